@@ -1,0 +1,2 @@
+//! ringmq: a thread-per-core MQTT 3.1.1 / 5.0 broker.
+pub mod protocol;

@@ -1,0 +1,128 @@
+//! PUBLISH (3.1.1 section 3.3, 5.0 section 3.3). Topic and payload are slices of the
+//! received frame, so forwarding a message never copies its payload.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::DecodeError;
+use super::packet::{PacketId, ProtocolVersion, QoS, packet_len, packet_type, put_fixed_header};
+use super::primitives::{Reader, put_string};
+use super::properties::{Properties, PropertyContext};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: Bytes,
+    /// Present exactly when `qos` is 1 or 2.
+    pub packet_id: Option<PacketId>,
+    pub properties: Properties,
+    pub payload: Bytes,
+}
+
+impl Publish {
+    pub(crate) fn decode(flags: u8, reader: &mut Reader, version: ProtocolVersion) -> Result<Publish, DecodeError> {
+        let dup = flags & 0b1000 != 0;
+        let qos = QoS::from_bits((flags >> 1) & 0b11)?;
+        let retain = flags & 0b0001 != 0;
+        if qos == QoS::AtMostOnce && dup {
+            return Err(DecodeError::DupWithQos0);
+        }
+        let topic = reader.string()?;
+        let packet_id = if qos == QoS::AtMostOnce { None } else { Some(PacketId::read(reader)?) };
+        let properties = if version.is_v5() {
+            Properties::decode(reader, PropertyContext::Publish)?
+        } else {
+            Properties::default()
+        };
+        let payload = reader.rest();
+        Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
+    }
+
+    /// Size on the wire for a connection of `version`.
+    pub fn wire_len(&self, version: ProtocolVersion) -> usize {
+        packet_len(self.remaining_len(version))
+    }
+
+    fn remaining_len(&self, version: ProtocolVersion) -> usize {
+        let mut len = 2 + self.topic.len() + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            len += 2;
+        }
+        if version.is_v5() {
+            len += self.properties.wire_len();
+        }
+        len
+    }
+
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        let remaining = self.remaining_len(version);
+        buf.reserve(packet_len(remaining));
+        let mut first = (packet_type::PUBLISH << 4) | ((self.qos as u8) << 1);
+        if self.dup {
+            first |= 0b1000;
+        }
+        if self.retain {
+            first |= 0b0001;
+        }
+        put_fixed_header(buf, first, remaining);
+        put_string(buf, &self.topic);
+        if let Some(packet_id) = self.packet_id {
+            debug_assert!(self.qos != QoS::AtMostOnce);
+            buf.put_u16(packet_id.get());
+        }
+        if version.is_v5() {
+            self.properties.encode(buf);
+        }
+        buf.put_slice(&self.payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Packet, decode};
+
+    #[test]
+    fn qos1_v311_spelled_out() {
+        let bytes = [0x32, 0x08, 0, 3, b'a', b'/', b'b', 0x00, 0x07, b'x'];
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Some(Packet::Publish(publish)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else {
+            panic!("not a PUBLISH")
+        };
+        assert_eq!(publish.qos, QoS::AtLeastOnce);
+        assert_eq!(publish.packet_id, PacketId::new(7));
+        assert_eq!(&publish.topic[..], b"a/b");
+        assert_eq!(&publish.payload[..], b"x");
+        let mut out = BytesMut::new();
+        publish.encode(ProtocolVersion::V311, &mut out);
+        assert_eq!(&out[..], &bytes[..]);
+    }
+
+    #[test]
+    fn qos3_and_dup_on_qos0_rejected() {
+        let mut qos3 = BytesMut::from(&[0x36, 0x05, 0, 1, b'a', 0, 1][..]);
+        assert_eq!(decode(&mut qos3, ProtocolVersion::V311, 1024), Err(DecodeError::InvalidQos));
+        let mut dup0 = BytesMut::from(&[0x38, 0x03, 0, 1, b'a'][..]);
+        assert_eq!(decode(&mut dup0, ProtocolVersion::V311, 1024), Err(DecodeError::DupWithQos0));
+    }
+
+    #[test]
+    fn zero_packet_id_rejected() {
+        let mut buf = BytesMut::from(&[0x32, 0x05, 0, 1, b'a', 0, 0][..]);
+        assert_eq!(decode(&mut buf, ProtocolVersion::V311, 1024), Err(DecodeError::ZeroPacketId));
+    }
+
+    #[test]
+    fn v5_empty_properties_byte() {
+        let bytes = [0x30, 0x05, 0, 1, b't', 0x00, b'p'];
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Some(Packet::Publish(publish)) = decode(&mut buf, ProtocolVersion::V5, 1024).unwrap() else {
+            panic!("not a PUBLISH")
+        };
+        assert_eq!(&publish.payload[..], b"p");
+        let mut out = BytesMut::new();
+        publish.encode(ProtocolVersion::V5, &mut out);
+        assert_eq!(&out[..], &bytes[..]);
+    }
+}
