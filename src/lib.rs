@@ -1,2 +1,3 @@
 //! ringmq: a thread-per-core MQTT 3.1.1 / 5.0 broker.
 pub mod protocol;
+pub mod topics;

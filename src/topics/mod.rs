@@ -1,0 +1,119 @@
+//! Topic semantics, pure: what a valid topic name and filter are, which filters match a
+//! topic (the subscription trie), and which retained topics a new filter matches.
+//!
+//! Everything works on the raw UTF-8 bytes the codec validated; levels are split on b'/'.
+//! Owns no IO and no notion of sessions: subscribers are opaque keys.
+
+mod retained;
+mod trie;
+
+pub use retained::RetainedTree;
+pub use trie::SubscriptionTree;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic name contains a wildcard")]
+    WildcardInName,
+    #[error("'#' must be the last level and stand alone in it")]
+    MisplacedMultiLevelWildcard,
+    #[error("'+' must stand alone in its level")]
+    MisplacedSingleLevelWildcard,
+}
+
+/// A topic a message is published to: non-empty, no wildcards (MQTT 4.7.3).
+pub fn validate_topic_name(topic: &[u8]) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(TopicError::WildcardInName);
+    }
+    Ok(())
+}
+
+/// A subscription filter: non-empty; `#` only as the whole last level; `+` only as a
+/// whole level (MQTT 4.7.1).
+pub fn validate_topic_filter(filter: &[u8]) -> Result<(), TopicError> {
+    if filter.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    let mut levels = filter.split(|&b| b == b'/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        if level.contains(&b'#') && (level != b"#" || !is_last) {
+            return Err(TopicError::MisplacedMultiLevelWildcard);
+        }
+        if level.contains(&b'+') && level != b"+" {
+            return Err(TopicError::MisplacedSingleLevelWildcard);
+        }
+    }
+    Ok(())
+}
+
+/// Topics beginning with `$` are not matched by a filter starting with a wildcard (4.7.2).
+pub fn is_system_topic(topic: &[u8]) -> bool {
+    topic.first() == Some(&b'$')
+}
+
+/// Reference matcher: does `filter` match `topic`? Slow and obviously right; the trie is
+/// tested against it.
+pub fn filter_matches(filter: &[u8], topic: &[u8]) -> bool {
+    if is_system_topic(topic) && matches!(filter.first(), Some(b'+') | Some(b'#')) {
+        return false;
+    }
+    let mut filter_levels = filter.split(|&b| b == b'/');
+    let mut topic_levels = topic.split(|&b| b == b'/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some(b"#"), _) => return true,
+            (Some(f), Some(t)) if f == b"+" || f == t => continue,
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_topic_name(b"a/b"), Ok(()));
+        assert_eq!(validate_topic_name(b"/"), Ok(()));
+        assert_eq!(validate_topic_name(b""), Err(TopicError::Empty));
+        assert_eq!(validate_topic_name(b"a/+"), Err(TopicError::WildcardInName));
+        assert_eq!(validate_topic_name(b"a#"), Err(TopicError::WildcardInName));
+    }
+
+    #[test]
+    fn filters() {
+        for ok in [&b"#"[..], b"+", b"a/#", b"+/+", b"/+", b"a//b", b"$SYS/#", b"+/a/#"] {
+            assert_eq!(validate_topic_filter(ok), Ok(()), "{}", String::from_utf8_lossy(ok));
+        }
+        assert_eq!(validate_topic_filter(b""), Err(TopicError::Empty));
+        assert_eq!(validate_topic_filter(b"a/#/b"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert_eq!(validate_topic_filter(b"a#"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert_eq!(validate_topic_filter(b"a/b+"), Err(TopicError::MisplacedSingleLevelWildcard));
+    }
+
+    #[test]
+    fn reference_matcher_spec_examples() {
+        assert!(filter_matches(b"sport/tennis/player1/#", b"sport/tennis/player1"));
+        assert!(filter_matches(b"sport/tennis/player1/#", b"sport/tennis/player1/ranking"));
+        assert!(filter_matches(b"sport/#", b"sport"));
+        assert!(filter_matches(b"sport/tennis/+", b"sport/tennis/player1"));
+        assert!(!filter_matches(b"sport/tennis/+", b"sport/tennis/player1/ranking"));
+        assert!(!filter_matches(b"sport/+", b"sport"));
+        assert!(filter_matches(b"sport/+", b"sport/"));
+        assert!(filter_matches(b"+/+", b"/finance"));
+        assert!(filter_matches(b"/+", b"/finance"));
+        assert!(!filter_matches(b"+", b"/finance"));
+        assert!(!filter_matches(b"#", b"$SYS/x"));
+        assert!(!filter_matches(b"+/monitor/Clients", b"$SYS/monitor/Clients"));
+        assert!(filter_matches(b"$SYS/#", b"$SYS/monitor/Clients"));
+        assert!(filter_matches(b"$SYS/monitor/+", b"$SYS/monitor/Clients"));
+    }
+}
