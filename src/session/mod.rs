@@ -1,0 +1,326 @@
+//! Per-client session state, as a plain state machine with no IO and no clock.
+//!
+//! Owns what MQTT says outlives a connection: subscriptions, outbound QoS 1/2 messages in
+//! flight (with their packet ids and acknowledgement stage), messages queued behind the
+//! in-flight window or while offline, and inbound QoS 2 packet ids awaiting PUBREL. It is
+//! `Send`, so a session can move to the shard its client reconnects on.
+
+mod message;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use message::Message;
+
+use crate::protocol::{PacketId, QoS, SubscriptionOptions};
+
+/// Bounds on what one session may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Unacknowledged QoS 1/2 PUBLISH packets sent to the client at once.
+    pub inflight_max: u16,
+    /// QoS 1/2 messages waiting behind the window or while offline; beyond it they drop.
+    pub queued_max: usize,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStage {
+    AwaitingPubAck,
+    AwaitingPubRec,
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    packet_id: PacketId,
+    qos: QoS,
+    retain: bool,
+    message: Arc<Message>,
+    stage: AckStage,
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    qos: QoS,
+    retain: bool,
+    message: Arc<Message>,
+}
+
+/// A packet the session wants written to its client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Publish { packet_id: Option<PacketId>, qos: QoS, dup: bool, retain: bool, message: Arc<Message> },
+    PubRel(PacketId),
+}
+
+/// What became of a message offered to the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Offer {
+    /// Write this now.
+    Send(Outgoing),
+    /// Kept until the window opens or the client returns.
+    Queued,
+    /// Not kept: QoS 0 to an offline client, or the queue was full.
+    Dropped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    client_id: Bytes,
+    limits: SessionLimits,
+    /// Filter -> options, one entry per filter (re-subscribing replaces).
+    pub subscriptions: BTreeMap<Bytes, SubscriptionOptions>,
+    inflight: VecDeque<Inflight>,
+    queued: VecDeque<Queued>,
+    incoming_qos2: HashSet<PacketId>,
+    next_packet_id: PacketId,
+    /// Messages this session had to drop (queue full, or QoS 0 while offline).
+    pub dropped_count: u64,
+}
+
+impl Session {
+    pub fn new(client_id: Bytes, limits: SessionLimits) -> Session {
+        assert!(limits.inflight_max > 0, "a zero in-flight window would never deliver");
+        Session {
+            client_id,
+            limits,
+            subscriptions: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            queued: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            next_packet_id: PacketId::new(1).expect("1 is non-zero"),
+            dropped_count: 0,
+        }
+    }
+
+    pub fn client_id(&self) -> &Bytes {
+        &self.client_id
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    fn window_open(&self) -> bool {
+        self.inflight.len() < usize::from(self.limits.inflight_max)
+    }
+
+    fn allocate_packet_id(&mut self) -> PacketId {
+        // The window is far below 65535, so a free id is always a few steps away.
+        loop {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = candidate.next();
+            if !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    fn start_inflight(&mut self, qos: QoS, retain: bool, message: Arc<Message>) -> Outgoing {
+        debug_assert!(qos != QoS::AtMostOnce);
+        let packet_id = self.allocate_packet_id();
+        let stage = if qos == QoS::AtLeastOnce { AckStage::AwaitingPubAck } else { AckStage::AwaitingPubRec };
+        self.inflight.push_back(Inflight { packet_id, qos, retain, message: message.clone(), stage });
+        Outgoing::Publish { packet_id: Some(packet_id), qos, dup: false, retain, message }
+    }
+
+    /// Offers a message at its delivery QoS (already the minimum of published and granted).
+    /// Order is kept: nothing overtakes a message already queued.
+    pub fn offer(&mut self, message: Arc<Message>, qos: QoS, retain: bool, online: bool) -> Offer {
+        if qos == QoS::AtMostOnce {
+            if online {
+                return Offer::Send(Outgoing::Publish { packet_id: None, qos, dup: false, retain, message });
+            }
+            self.dropped_count += 1;
+            return Offer::Dropped;
+        }
+        if online && self.queued.is_empty() && self.window_open() {
+            return Offer::Send(self.start_inflight(qos, retain, message));
+        }
+        if self.queued.len() >= self.limits.queued_max {
+            self.dropped_count += 1;
+            return Offer::Dropped;
+        }
+        self.queued.push_back(Queued { qos, retain, message });
+        Offer::Queued
+    }
+
+    /// Moves queued messages into the window while it has room.
+    pub fn fill_window(&mut self, out: &mut Vec<Outgoing>) {
+        while self.window_open() {
+            let Some(next) = self.queued.pop_front() else { break };
+            out.push(self.start_inflight(next.qos, next.retain, next.message));
+        }
+    }
+
+    /// On reconnect with a kept session: re-send everything unacknowledged with DUP set
+    /// (a PUBREL for those past PUBREC), in the original order, then fill the window.
+    pub fn resume(&mut self, out: &mut Vec<Outgoing>) {
+        for entry in &self.inflight {
+            out.push(match entry.stage {
+                AckStage::AwaitingPubComp => Outgoing::PubRel(entry.packet_id),
+                AckStage::AwaitingPubAck | AckStage::AwaitingPubRec => Outgoing::Publish {
+                    packet_id: Some(entry.packet_id),
+                    qos: entry.qos,
+                    dup: true,
+                    retain: entry.retain,
+                    message: entry.message.clone(),
+                },
+            });
+        }
+        self.fill_window(out);
+    }
+
+    fn position(&self, packet_id: PacketId, stage: AckStage) -> Option<usize> {
+        self.inflight.iter().position(|entry| entry.packet_id == packet_id && entry.stage == stage)
+    }
+
+    /// PUBACK for a QoS 1 message. False if nothing was waiting for it.
+    pub fn on_puback(&mut self, packet_id: PacketId) -> bool {
+        match self.position(packet_id, AckStage::AwaitingPubAck) {
+            Some(index) => {
+                self.inflight.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC for a QoS 2 message: the message is now the client's; answer with PUBREL.
+    /// A repeated PUBREC (the client did not see our PUBREL) is answered again.
+    pub fn on_pubrec(&mut self, packet_id: PacketId) -> bool {
+        if let Some(index) = self.position(packet_id, AckStage::AwaitingPubRec) {
+            self.inflight[index].stage = AckStage::AwaitingPubComp;
+            return true;
+        }
+        self.position(packet_id, AckStage::AwaitingPubComp).is_some()
+    }
+
+    /// PUBCOMP ends a QoS 2 flow. False if nothing was waiting for it.
+    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> bool {
+        match self.position(packet_id, AckStage::AwaitingPubComp) {
+            Some(index) => {
+                self.inflight.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An inbound QoS 2 PUBLISH: true the first time this id is seen (route the message),
+    /// false for a resend before PUBREL (answer PUBREC again, route nothing).
+    pub fn receive_qos2(&mut self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// An inbound PUBREL: releases the id. False if it was not pending.
+    pub fn release_qos2(&mut self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.remove(&packet_id)
+    }
+
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Properties;
+
+    fn limits(inflight_max: u16, queued_max: usize) -> SessionLimits {
+        SessionLimits { inflight_max, queued_max }
+    }
+
+    fn message(payload: &'static str) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Bytes::from_static(b"t"),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Properties::default(),
+        })
+    }
+
+    fn sent_id(offer: &Offer) -> PacketId {
+        match offer {
+            Offer::Send(Outgoing::Publish { packet_id: Some(id), .. }) => *id,
+            other => panic!("expected a send with an id, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn qos0_offline_is_dropped_and_counted() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 2));
+        assert_eq!(session.offer(message("a"), QoS::AtMostOnce, false, false), Offer::Dropped);
+        assert_eq!(session.dropped_count, 1);
+    }
+
+    #[test]
+    fn window_queues_in_order_and_acks_release() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 10));
+        let first = sent_id(&session.offer(message("1"), QoS::AtLeastOnce, false, true));
+        let _second = sent_id(&session.offer(message("2"), QoS::AtLeastOnce, false, true));
+        assert_eq!(session.offer(message("3"), QoS::AtLeastOnce, false, true), Offer::Queued);
+        assert!(session.on_puback(first));
+        assert!(!session.on_puback(first), "a second PUBACK finds nothing");
+        let mut out = Vec::new();
+        session.fill_window(&mut out);
+        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"3"));
+    }
+
+    #[test]
+    fn queue_bound_drops() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 1));
+        assert_eq!(session.offer(message("1"), QoS::AtLeastOnce, false, false), Offer::Queued);
+        assert_eq!(session.offer(message("2"), QoS::AtLeastOnce, false, false), Offer::Dropped);
+        assert_eq!(session.dropped_count, 1);
+    }
+
+    #[test]
+    fn qos2_outbound_flow_and_resume() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
+        let a = sent_id(&session.offer(message("a"), QoS::ExactlyOnce, false, true));
+        let b = sent_id(&session.offer(message("b"), QoS::ExactlyOnce, false, true));
+        assert!(session.on_pubrec(a));
+        assert!(session.on_pubrec(a), "repeated PUBREC is answered again");
+        // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
+        let mut out = Vec::new();
+        session.resume(&mut out);
+        assert_eq!(out[0], Outgoing::PubRel(a));
+        assert!(matches!(&out[1], Outgoing::Publish { packet_id: Some(id), dup: true, .. } if *id == b));
+        assert!(!session.on_pubcomp(b), "b has not reached PUBREC");
+        assert!(session.on_pubcomp(a));
+        assert_eq!(session.inflight_len(), 1);
+    }
+
+    #[test]
+    fn incoming_qos2_is_exactly_once() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
+        let id = PacketId::new(7).unwrap();
+        assert!(session.receive_qos2(id));
+        assert!(!session.receive_qos2(id), "DUP resend before PUBREL is not routed again");
+        assert!(session.release_qos2(id));
+        assert!(!session.release_qos2(id));
+        assert!(session.receive_qos2(id), "after PUBREL the id is free for a new message");
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
+        session.next_packet_id = PacketId::new(u16::MAX).unwrap();
+        let a = sent_id(&session.offer(message("a"), QoS::AtLeastOnce, false, true));
+        let b = sent_id(&session.offer(message("b"), QoS::AtLeastOnce, false, true));
+        assert_eq!((a.get(), b.get()), (u16::MAX, 1));
+        session.next_packet_id = PacketId::new(u16::MAX).unwrap();
+        let c = sent_id(&session.offer(message("c"), QoS::AtLeastOnce, false, true));
+        assert_eq!(c.get(), 2);
+    }
+}
