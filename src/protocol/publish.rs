@@ -41,41 +41,64 @@ impl Publish {
 
     /// Size on the wire for a connection of `version`.
     pub fn wire_len(&self, version: ProtocolVersion) -> usize {
-        packet_len(self.remaining_len(version))
-    }
-
-    fn remaining_len(&self, version: ProtocolVersion) -> usize {
-        let mut len = 2 + self.topic.len() + self.payload.len();
-        if self.qos != QoS::AtMostOnce {
-            len += 2;
-        }
-        if version.is_v5() {
-            len += self.properties.wire_len();
-        }
-        len
+        packet_len(remaining_len(version, self.qos, &self.topic, &self.properties, &self.payload))
     }
 
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) {
-        let remaining = self.remaining_len(version);
-        buf.reserve(packet_len(remaining));
-        let mut first = (packet_type::PUBLISH << 4) | ((self.qos as u8) << 1);
-        if self.dup {
-            first |= 0b1000;
-        }
-        if self.retain {
-            first |= 0b0001;
-        }
-        put_fixed_header(buf, first, remaining);
-        put_string(buf, &self.topic);
-        if let Some(packet_id) = self.packet_id {
-            debug_assert!(self.qos != QoS::AtMostOnce);
-            buf.put_u16(packet_id.get());
-        }
-        if version.is_v5() {
-            self.properties.encode(buf);
-        }
-        buf.put_slice(&self.payload);
+        let header = PublishHeader { dup: self.dup, qos: self.qos, retain: self.retain, packet_id: self.packet_id };
+        write_publish(buf, version, header, &self.topic, &self.properties, &self.payload);
     }
+}
+
+/// The per-delivery part of a PUBLISH: what differs between two copies of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishHeader {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub packet_id: Option<PacketId>,
+}
+
+fn remaining_len(version: ProtocolVersion, qos: QoS, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
+    let mut len = 2 + topic.len() + payload.len();
+    if qos != QoS::AtMostOnce {
+        len += 2;
+    }
+    if version.is_v5() {
+        len += properties.wire_len();
+    }
+    len
+}
+
+/// Writes a PUBLISH from its parts, so a routed message is encoded straight into a
+/// connection's buffer without building a `Publish` per subscriber.
+pub fn write_publish(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    header: PublishHeader,
+    topic: &[u8],
+    properties: &Properties,
+    payload: &[u8],
+) {
+    debug_assert_eq!(header.packet_id.is_some(), header.qos != QoS::AtMostOnce);
+    let remaining = remaining_len(version, header.qos, topic, properties, payload);
+    buf.reserve(packet_len(remaining));
+    let mut first = (packet_type::PUBLISH << 4) | ((header.qos as u8) << 1);
+    if header.dup {
+        first |= 0b1000;
+    }
+    if header.retain {
+        first |= 0b0001;
+    }
+    put_fixed_header(buf, first, remaining);
+    put_string(buf, topic);
+    if let Some(packet_id) = header.packet_id {
+        buf.put_u16(packet_id.get());
+    }
+    if version.is_v5() {
+        properties.encode(buf);
+    }
+    buf.put_slice(payload);
 }
 
 #[cfg(test)]

@@ -1,0 +1,134 @@
+//! Client authentication: who may connect. Owns the password file (the format
+//! `mosquitto_passwd` writes: `user:$7$iterations$salt$hash`, PBKDF2-HMAC-SHA512, base64)
+//! and the anonymous rule. Pure: the file is parsed once at start-up.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha2::Sha512;
+
+use crate::protocol::ConnectRefusal;
+
+const HASH_LEN_BYTES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordFileError {
+    #[error("line {line}: expected `user:$7$iterations$salt$hash`")]
+    Format { line: usize },
+    #[error("line {line}: unsupported hash type (only $7$ PBKDF2-SHA512 is supported)")]
+    UnsupportedHash { line: usize },
+    #[error("line {line}: bad base64 or iteration count")]
+    Encoding { line: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PasswordHash {
+    iterations: u32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl PasswordHash {
+    fn verify(&self, password: &[u8]) -> bool {
+        let mut computed = [0u8; HASH_LEN_BYTES];
+        pbkdf2::pbkdf2_hmac::<Sha512>(password, &self.salt, self.iterations, &mut computed);
+        // Compare without an early exit so timing does not reveal the matching prefix.
+        self.hash.len() == HASH_LEN_BYTES && computed.iter().zip(&self.hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// Formats one password-file line for `username` (what `ringmq --hash-password` prints).
+pub fn hash_password_line(username: &str, password: &[u8], salt: &[u8], iterations: u32) -> String {
+    let mut hash = [0u8; HASH_LEN_BYTES];
+    pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut hash);
+    format!("{username}:$7${iterations}${}${}", BASE64.encode(salt), BASE64.encode(hash))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    users: Option<HashMap<String, PasswordHash>>,
+    allow_anonymous: bool,
+}
+
+impl Authenticator {
+    /// Anyone may connect, with or without credentials.
+    pub fn anonymous() -> Authenticator {
+        Authenticator { users: None, allow_anonymous: true }
+    }
+
+    pub fn from_password_file(contents: &str, allow_anonymous: bool) -> Result<Authenticator, PasswordFileError> {
+        let mut users = HashMap::new();
+        for (index, raw) in contents.lines().enumerate() {
+            let line = index + 1;
+            let raw = raw.trim();
+            if raw.is_empty() || raw.starts_with('#') {
+                continue;
+            }
+            let (user, encoded) = raw.split_once(':').ok_or(PasswordFileError::Format { line })?;
+            let parts: Vec<&str> = encoded.split('$').collect();
+            let [empty, kind, iterations, salt, hash] = parts[..] else {
+                return Err(PasswordFileError::Format { line });
+            };
+            if !empty.is_empty() {
+                return Err(PasswordFileError::Format { line });
+            }
+            if kind != "7" {
+                return Err(PasswordFileError::UnsupportedHash { line });
+            }
+            let iterations: u32 = iterations.parse().map_err(|_| PasswordFileError::Encoding { line })?;
+            let salt = BASE64.decode(salt).map_err(|_| PasswordFileError::Encoding { line })?;
+            let hash = BASE64.decode(hash).map_err(|_| PasswordFileError::Encoding { line })?;
+            if iterations == 0 || hash.len() != HASH_LEN_BYTES {
+                return Err(PasswordFileError::Encoding { line });
+            }
+            users.insert(user.to_string(), PasswordHash { iterations, salt, hash });
+        }
+        Ok(Authenticator { users: Some(users), allow_anonymous })
+    }
+
+    /// Decides a CONNECT's credentials. `Err` carries the CONNACK refusal
+    /// (4 / 0x86 for wrong credentials, 5 / 0x87 for a client not allowed in).
+    pub fn check(&self, username: Option<&[u8]>, password: Option<&[u8]>) -> Result<(), ConnectRefusal> {
+        let Some(users) = &self.users else { return Ok(()) };
+        let Some(username) = username else {
+            return if self.allow_anonymous { Ok(()) } else { Err(ConnectRefusal::NotAuthorized) };
+        };
+        let known = std::str::from_utf8(username).ok().and_then(|name| users.get(name));
+        match (known, password) {
+            (Some(hash), Some(password)) if hash.verify(password) => Ok(()),
+            _ => Err(ConnectRefusal::BadUserNameOrPassword),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_file_round_trip() {
+        let file = format!("# users\n{}\n", hash_password_line("alice", b"secret", b"0123456789ab", 1000));
+        let auth = Authenticator::from_password_file(&file, false).unwrap();
+        assert_eq!(auth.check(Some(b"alice"), Some(b"secret")), Ok(()));
+        assert_eq!(auth.check(Some(b"alice"), Some(b"wrong")), Err(ConnectRefusal::BadUserNameOrPassword));
+        assert_eq!(auth.check(Some(b"bob"), Some(b"secret")), Err(ConnectRefusal::BadUserNameOrPassword));
+        assert_eq!(auth.check(Some(b"alice"), None), Err(ConnectRefusal::BadUserNameOrPassword));
+        assert_eq!(auth.check(None, None), Err(ConnectRefusal::NotAuthorized));
+        let open = Authenticator::from_password_file(&file, true).unwrap();
+        assert_eq!(open.check(None, None), Ok(()));
+    }
+
+    #[test]
+    fn malformed_lines_are_reported_with_their_number() {
+        assert!(matches!(Authenticator::from_password_file("alice", false), Err(PasswordFileError::Format { line: 1 })));
+        assert!(matches!(
+            Authenticator::from_password_file("\nalice:$6$abc$def", false),
+            Err(PasswordFileError::Format { line: 2 })
+        ));
+        assert!(matches!(
+            Authenticator::from_password_file("alice:$6$1$abc$def", false),
+            Err(PasswordFileError::UnsupportedHash { line: 1 })
+        ));
+    }
+}

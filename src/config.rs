@@ -1,0 +1,198 @@
+//! Command-line flags and the named limits they set, with their units in their names,
+//! and the checks of how they relate. Parsing only: nothing here opens a socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::session::SessionLimits;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ringmq", version, about = "A thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring")]
+pub struct Config {
+    /// Address to listen on; every shard binds it with SO_REUSEPORT.
+    #[arg(long, default_value = "0.0.0.0:1883")]
+    pub listen: SocketAddr,
+
+    /// Shards to run: a count ("4", pinned to CPUs 0-3) or a CPU list ("0,2-3").
+    /// Default: one shard per available CPU.
+    #[arg(long)]
+    pub cores: Option<String>,
+
+    /// Close a socket that has not sent a complete CONNECT within this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_s: u64,
+
+    /// Largest packet accepted from a client, in bytes (1..=268435460).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_packet_size_bytes: u32,
+
+    /// Unacknowledged QoS 1/2 messages in flight to one client.
+    #[arg(long, default_value_t = 32)]
+    pub inflight_max: u16,
+
+    /// QoS 1/2 messages queued per session (behind the window or while offline); more drop.
+    #[arg(long, default_value_t = 1000)]
+    pub queued_messages_max: usize,
+
+    /// Bytes waiting to be written to one connection before QoS 0 messages to it are dropped.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub outbound_buffer_max_bytes: usize,
+
+    /// Publishes waiting for one peer shard before publishers on this shard stop being read.
+    #[arg(long, default_value_t = 8192)]
+    pub mesh_outbox_max_messages: usize,
+
+    /// Capacity of each shard-to-shard channel, in batches.
+    #[arg(long, default_value_t = 256)]
+    pub mesh_channel_batches: usize,
+
+    /// Password file in mosquitto_passwd's format (`user:$7$...`). Without it anyone may connect.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+
+    /// With a password file: also let clients without a user name in.
+    #[arg(long, default_value_t = false)]
+    pub allow_anonymous: bool,
+
+    /// Publish per-shard counters under `$SYS/ringmq/shard/<n>/` every this many seconds (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub sys_interval_s: u64,
+
+    /// Memory each shard registers with io_uring, in KiB. It counts against `ulimit -l`.
+    #[arg(long, default_value_t = 256)]
+    pub io_memory_kib: usize,
+
+    /// io_uring submission queue depth per shard.
+    #[arg(long, default_value_t = 128)]
+    pub ring_depth: usize,
+
+    /// Print a password-file line for USER (password read from standard input) and exit.
+    #[arg(long, value_name = "USER")]
+    pub hash_password: Option<String>,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug".
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--cores: {0}")]
+    Cores(String),
+    #[error("--max-packet-size-bytes must be between 16 and 268435460")]
+    MaxPacketSize,
+    #[error("--inflight-max must be at least 1")]
+    InflightMax,
+    #[error("--mesh-channel-batches must be at least 1")]
+    MeshChannel,
+    #[error("--ring-depth must be a power of two between 8 and 32768")]
+    RingDepth,
+}
+
+/// Timing and size limits the shards use, derived from `Config`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub max_packet_size_bytes: u32,
+    pub session: SessionLimits,
+    pub outbound_buffer_max_bytes: usize,
+    pub mesh_outbox_max_messages: usize,
+    pub sys_interval: Option<Duration>,
+}
+
+impl Config {
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        if !(16..=268_435_460).contains(&self.max_packet_size_bytes) {
+            return Err(ConfigError::MaxPacketSize);
+        }
+        if self.inflight_max == 0 {
+            return Err(ConfigError::InflightMax);
+        }
+        if self.mesh_channel_batches == 0 {
+            return Err(ConfigError::MeshChannel);
+        }
+        if !self.ring_depth.is_power_of_two() || !(8..=32_768).contains(&self.ring_depth) {
+            return Err(ConfigError::RingDepth);
+        }
+        Ok(Limits {
+            connect_timeout: Duration::from_secs(self.connect_timeout_s),
+            max_packet_size_bytes: self.max_packet_size_bytes,
+            session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },
+            outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
+            mesh_outbox_max_messages: self.mesh_outbox_max_messages,
+            sys_interval: (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s)),
+        })
+    }
+
+    /// The CPUs to pin one shard each to, from those this process may use.
+    pub fn cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, ConfigError> {
+        parse_cores(self.cores.as_deref(), allowed)
+    }
+}
+
+/// "4" -> the first four allowed CPUs; "0,2-3" -> CPUs 0, 2 and 3 (each must be allowed);
+/// None -> every allowed CPU.
+pub fn parse_cores(spec: Option<&str>, allowed: &[usize]) -> Result<Vec<usize>, ConfigError> {
+    let Some(spec) = spec else { return Ok(allowed.to_vec()) };
+    let spec = spec.trim();
+    let bad = |why: &str| ConfigError::Cores(format!("{why} in {spec:?}"));
+    if !spec.contains([',', '-']) {
+        let count: usize = spec.parse().map_err(|_| bad("not a count or CPU list"))?;
+        if count == 0 || count > allowed.len() {
+            return Err(bad(&format!("count must be 1..={}", allowed.len())));
+        }
+        return Ok(allowed[..count].to_vec());
+    }
+    let mut cpus = Vec::new();
+    for part in spec.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse(), b.trim().parse()),
+            None => (part.trim().parse(), part.trim().parse()),
+        };
+        let (first, last): (usize, usize) = (first.map_err(|_| bad("bad CPU"))?, last.map_err(|_| bad("bad CPU"))?);
+        if first > last {
+            return Err(bad("empty CPU range"));
+        }
+        for cpu in first..=last {
+            if !allowed.contains(&cpu) {
+                return Err(bad(&format!("CPU {cpu} is not available to this process")));
+            }
+            cpus.push(cpu);
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_forms() {
+        let four = [0, 1, 2, 3];
+        assert_eq!(parse_cores(None, &[0, 1, 2]), Ok(vec![0, 1, 2]));
+        assert_eq!(parse_cores(Some("2"), &four), Ok(vec![0, 1]));
+        assert_eq!(parse_cores(Some("2"), &[5, 7, 9]), Ok(vec![5, 7]), "a count takes the allowed CPUs in order");
+        assert_eq!(parse_cores(Some("0,2-3"), &four), Ok(vec![0, 2, 3]));
+        assert!(parse_cores(Some("0"), &four).is_err());
+        assert!(parse_cores(Some("5"), &four).is_err());
+        assert!(parse_cores(Some("3-1"), &four).is_err());
+        assert!(parse_cores(Some("0,9"), &four).is_err());
+    }
+
+    #[test]
+    fn limits_validated() {
+        let mut config = Config::parse_from(["ringmq"]);
+        assert!(config.limits().is_ok());
+        config.ring_depth = 100;
+        assert_eq!(config.limits().unwrap_err(), ConfigError::RingDepth);
+        config.ring_depth = 128;
+        config.inflight_max = 0;
+        assert_eq!(config.limits().unwrap_err(), ConfigError::InflightMax);
+    }
+}

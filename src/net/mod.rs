@@ -1,0 +1,198 @@
+//! Thin glue between sockets and the shard: accept, read and decode, hand packets to the
+//! shard, write what the shard buffered. The only module besides `runtime` that knows
+//! glommio. Everything a connection decides is decided in `shard`.
+
+mod split;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::sleep;
+
+use crate::protocol::{DecodeError, Packet, ProtocolVersion, decode};
+use crate::shard::link::Link;
+use crate::shard::{CloseReason, Shard};
+use split::{ReadHalf, WriteHalf};
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// A one-shot, single-threaded "it happened" flag with a waiter.
+#[derive(Default)]
+pub struct Latch {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Latch {
+    pub fn set(&self) {
+        self.set.set(true);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.get() {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Accepts connections until `stopping` is set.
+pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stopping: Rc<Latch>) {
+    loop {
+        let accepted = or(async { Some(listener.accept().await) }, async {
+            stopping.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let shard = shard.clone();
+                glommio::spawn_local(serve_connection(shard, stream)).detach();
+            }
+            Some(Err(error)) => {
+                // EMFILE and friends: log, back off briefly, keep serving existing clients.
+                tracing::warn!(%error, "accept failed");
+                sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let link = shard.borrow_mut().new_link();
+    let stream = Rc::new(RefCell::new(stream));
+    let writer = glommio::spawn_local(write_loop(link.clone(), WriteHalf::new(stream.clone())));
+    let mut reader = ReadHalf::new(stream);
+    let outcome = read_loop(&shard, &link, &mut reader).await;
+    shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
+    writer.await;
+}
+
+/// Writes whatever the shard buffered for this link, one write per wake-up, until the
+/// link closes; then shuts the socket down so the peer and our reader see the end.
+async fn write_loop(link: Rc<Link>, mut writer: WriteHalf) {
+    while let Some(bytes) = link.next_output().await {
+        if writer.write_all(&bytes).await.is_err() {
+            link.close();
+            break;
+        }
+    }
+    writer.shutdown();
+}
+
+enum ReadOutcome {
+    Data,
+    Closed,
+}
+
+/// Reads more bytes into `buf`, unless the link starts closing first.
+async fn read_more(reader: &mut ReadHalf, buf: &mut BytesMut, link: &Link) -> ReadOutcome {
+    let start = buf.len();
+    buf.resize(start + READ_CHUNK_BYTES, 0);
+    let read = or(async { Some(reader.read(&mut buf[start..]).await) }, async {
+        link.wait_closing().await;
+        None
+    })
+    .await;
+    match read {
+        Some(Ok(count)) if count > 0 => {
+            buf.truncate(start + count);
+            ReadOutcome::Data
+        }
+        _ => {
+            buf.truncate(start);
+            ReadOutcome::Closed
+        }
+    }
+}
+
+async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
+    let limits = shard.borrow().limits().clone();
+    let max_packet = limits.max_packet_size_bytes;
+    let mut buf = BytesMut::new();
+
+    // The first packet must be a CONNECT, and it must arrive in time.
+    let first = or(
+        async {
+            loop {
+                match decode(&mut buf, ProtocolVersion::V311, max_packet) {
+                    Ok(Some(packet)) => return Some(Ok(packet)),
+                    Ok(None) => {}
+                    Err(error) => return Some(Err(error)),
+                }
+                if let ReadOutcome::Closed = read_more(reader, &mut buf, link).await {
+                    return None;
+                }
+            }
+        },
+        async {
+            sleep(limits.connect_timeout).await;
+            None
+        },
+    )
+    .await;
+    let connect = match first {
+        None => return Ok(()),
+        Some(Ok(Packet::Connect(connect))) => connect,
+        Some(Ok(other)) => {
+            tracing::debug!(packet = other.name(), "first packet is not CONNECT");
+            return Ok(());
+        }
+        Some(Err(DecodeError::UnsupportedProtocolLevel(level))) => {
+            tracing::debug!(level, "unsupported protocol level");
+            // CONNACK return code 1 in the 3.1.1 layout, which every version can read.
+            link.write_with(|out| out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]));
+            return Ok(());
+        }
+        Some(Err(error)) => {
+            tracing::debug!(%error, "malformed CONNECT");
+            return Ok(());
+        }
+    };
+    let version = connect.version;
+    shard.borrow_mut().begin_connect(link, connect, Instant::now());
+    if !link.wait_open().await {
+        return Ok(());
+    }
+
+    loop {
+        loop {
+            match decode(&mut buf, version, max_packet) {
+                Ok(Some(packet)) => {
+                    shard.borrow_mut().handle_packet(link, packet, Instant::now())?;
+                    if link.is_closing() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return Err(CloseReason::Decode(error)),
+            }
+        }
+        // Back-pressure: while a peer shard's queue is full, leave this socket unread.
+        poll_fn(|cx| shard.borrow_mut().poll_uncongested(cx)).await;
+        if let ReadOutcome::Closed = read_more(reader, &mut buf, link).await {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Start and stop of the broker: one glommio `LocalExecutor` pinned per CPU, each running
+//! one shard; the full mesh of bounded channels between them; the SO_REUSEPORT listeners.
+//! This and `net` are the only modules that know glommio.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::timer::sleep;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::auth::{Authenticator, PasswordFileError};
+use crate::config::{Config, ConfigError, Limits};
+use crate::net::{Latch, accept_loop};
+use crate::shard::{MeshMessage, Shard, ShardId};
+
+/// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
+const TICK: Duration = Duration::from_millis(100);
+/// Time given to writers to flush DISCONNECTs on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+/// glommio refuses to start an executor below this locked-memory limit.
+const GLOMMIO_MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
+
+type Batch = Vec<MeshMessage>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read password file {path}: {source}")]
+    PasswordFileRead { path: PathBuf, source: std::io::Error },
+    #[error("password file: {0}")]
+    PasswordFile(#[from] PasswordFileError),
+    #[error(
+        "locked-memory limit is {limit_kib} KiB; io_uring needs at least {needed_kib} KiB. \
+         Raise it with `ulimit -l {needed_kib}` (or `ulimit -l unlimited`), or LimitMEMLOCK= in a systemd unit"
+    )]
+    MemLock { limit_kib: u64, needed_kib: u64 },
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start shard executor: {0}")]
+    Executor(String),
+}
+
+/// A running broker. Dropping it does not stop it; set the stop flag and `wait`.
+pub struct Broker {
+    pub local_addr: SocketAddr,
+    pub shard_count: usize,
+    handles: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Broker {
+    /// Blocks until every shard has stopped.
+    pub fn wait(self) {
+        for handle in self.handles {
+            if let Err(error) = handle.join() {
+                tracing::error!(%error, "shard executor failed");
+            }
+        }
+    }
+}
+
+/// CPUs this process may run on (respects `taskset`).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
+fn memlock_limit_bytes() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return u64::MAX;
+    }
+    limit.rlim_cur as u64
+}
+
+/// Binds (without listening) to resolve port 0 to a concrete port that every shard then
+/// binds with SO_REUSEPORT. An unlistened socket receives no connections.
+fn reserve_address(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    let local = socket.local_addr().map_err(bind_error)?.as_socket().ok_or_else(|| {
+        bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address"))
+    })?;
+    Ok((socket, local))
+}
+
+/// Starts every shard and returns once all are listening.
+pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
+    let limits = config.limits()?;
+    let cpus = config.cpus(&allowed_cpus())?;
+    let auth = Arc::new(match &config.password_file {
+        Some(path) => {
+            let contents = std::fs::read_to_string(path)
+                .map_err(|source| StartError::PasswordFileRead { path: path.clone(), source })?;
+            Authenticator::from_password_file(&contents, config.allow_anonymous)?
+        }
+        None => Authenticator::anonymous(),
+    });
+
+    let memlock = memlock_limit_bytes();
+    if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {
+        return Err(StartError::MemLock { limit_kib: memlock / 1024, needed_kib: GLOMMIO_MIN_MEMLOCK_BYTES / 1024 });
+    }
+    let io_memory_bytes = config.io_memory_kib * 1024;
+    let wanted = (io_memory_bytes * cpus.len()) as u64;
+    if memlock < wanted {
+        tracing::warn!(
+            limit_kib = memlock / 1024,
+            wanted_kib = wanted / 1024,
+            "locked-memory limit below shards x --io-memory-kib: io_uring buffers stay unregistered \
+             (sockets work; raise `ulimit -l` or lower --io-memory-kib to silence this)"
+        );
+    }
+
+    let (reservation, local_addr) = reserve_address(config.listen)?;
+    let shard_count = cpus.len();
+    let mesh: MeshBuilder<Batch, Full> = MeshBuilder::full(shard_count, config.mesh_channel_batches);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let mut handles = Vec::with_capacity(shard_count);
+    for (index, &cpu) in cpus.iter().enumerate() {
+        let mesh = mesh.clone();
+        let limits = limits.clone();
+        let auth = auth.clone();
+        let stop = stop.clone();
+        let ready = ready_tx.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("ringmq-shard-{index}"))
+            .io_memory(io_memory_bytes)
+            .ring_depth(config.ring_depth)
+            .spawn(move || shard_main(ShardParams { shard_count, local_addr, limits, auth, mesh, stop, ready }))
+            .map_err(|error| StartError::Executor(error.to_string()))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..shard_count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = failure.or(Some(error)),
+            Err(_) => failure = failure.or(Some(StartError::Executor("a shard exited during start-up".into()))),
+        }
+    }
+    drop(reservation);
+    if let Some(error) = failure {
+        stop.store(true, Ordering::SeqCst);
+        for handle in handles {
+            let _ = handle.join();
+        }
+        return Err(error);
+    }
+    Ok(Broker { local_addr, shard_count, handles })
+}
+
+struct ShardParams {
+    shard_count: usize,
+    local_addr: SocketAddr,
+    limits: Limits,
+    auth: Arc<Authenticator>,
+    mesh: MeshBuilder<Batch, Full>,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+}
+
+async fn shard_main(params: ShardParams) {
+    let ShardParams { shard_count, local_addr, limits, auth, mesh, stop, ready } = params;
+    let Ok((senders, mut receivers)) = mesh.join().await else {
+        let _ = ready.send(Err(StartError::Executor("joining the shard mesh failed".into())));
+        return;
+    };
+    let id = ShardId(senders.peer_id());
+    let listener = match TcpListener::bind(local_addr) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let source = std::io::Error::other(error.to_string());
+            let _ = ready.send(Err(StartError::Bind { addr: local_addr, source }));
+            return;
+        }
+    };
+    let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, limits, auth, Instant::now())));
+
+    for (peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = receiver.recv().await {
+                shard.borrow_mut().handle_batch(ShardId(peer), batch, Instant::now());
+            }
+        })
+        .detach();
+    }
+    let senders = Rc::new(senders);
+    for peer in (0..shard_count).filter(|&peer| peer != id.0) {
+        let shard = shard.clone();
+        let senders = senders.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let batch = poll_fn(|cx| shard.borrow_mut().poll_outbox(ShardId(peer), cx)).await;
+                if senders.send_to(peer, batch).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+    let stopping = Rc::new(Latch::default());
+    glommio::spawn_local(accept_loop(shard.clone(), listener, stopping.clone())).detach();
+    let _ = ready.send(Ok(()));
+
+    while !stop.load(Ordering::Relaxed) {
+        sleep(TICK).await;
+        shard.borrow_mut().tick(Instant::now());
+    }
+    stopping.set();
+    shard.borrow_mut().begin_shutdown();
+    sleep(SHUTDOWN_GRACE).await;
+    let counters = shard.borrow().counters.clone();
+    tracing::info!(shard = id.0, ?counters, "shard stopped");
+}

@@ -1,0 +1,42 @@
+//! Per-shard counters: every bound the shard enforces has one, so an operator can see
+//! what was shed and why. Published under `$SYS/ringmq/shard/<n>/`.
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub protocol_errors: u64,
+    pub keep_alive_timeouts: u64,
+    pub takeovers: u64,
+    pub publishes_received: u64,
+    pub messages_delivered: u64,
+    /// QoS 0 messages not written because the subscriber's output buffer was full.
+    pub qos0_dropped_slow_subscriber: u64,
+    /// QoS 0 to offline sessions and QoS 1/2 beyond a session's queue bound.
+    pub session_queue_drops: u64,
+    /// Times a publisher's socket was left unread because a peer shard's queue was full.
+    pub publisher_throttled: u64,
+    /// Handoffs whose replay window had already been evicted from the recent-publish log.
+    pub takeover_replay_gaps: u64,
+    pub wills_published: u64,
+}
+
+impl Counters {
+    /// Name/value pairs, for `$SYS` and logs.
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
+        [
+            ("connections_accepted", self.connections_accepted),
+            ("connections_refused", self.connections_refused),
+            ("protocol_errors", self.protocol_errors),
+            ("keep_alive_timeouts", self.keep_alive_timeouts),
+            ("takeovers", self.takeovers),
+            ("publishes_received", self.publishes_received),
+            ("messages_delivered", self.messages_delivered),
+            ("qos0_dropped_slow_subscriber", self.qos0_dropped_slow_subscriber),
+            ("session_queue_drops", self.session_queue_drops),
+            ("publisher_throttled", self.publisher_throttled),
+            ("takeover_replay_gaps", self.takeover_replay_gaps),
+            ("wills_published", self.wills_published),
+        ]
+    }
+}

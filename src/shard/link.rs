@@ -1,0 +1,136 @@
+//! A `Link` is the shard's handle on one live network connection: the bytes waiting to
+//! be written and the state the IO tasks wait on. Pure: wakers are `std::task::Waker`, so
+//! shard logic that writes to links runs in tests without sockets or an executor.
+//!
+//! Everything a shard wants to send to a client is appended here; the connection's writer
+//! task takes the whole buffer at once, so all packets produced in one wake-up leave in
+//! one write.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+
+use super::mesh::ConnId;
+use super::ClientKey;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// CONNECT received, waiting for the home shard to settle the client id.
+    Connecting,
+    /// CONNACK sent; packets flow.
+    Open,
+    /// Flush what is buffered, then close the socket.
+    Closing,
+}
+
+pub struct Link {
+    pub conn_id: ConnId,
+    state: Cell<LinkState>,
+    client: Cell<Option<ClientKey>>,
+    out: RefCell<BytesMut>,
+    writer_waker: Cell<Option<Waker>>,
+    reader_waker: Cell<Option<Waker>>,
+}
+
+impl Link {
+    pub fn new(conn_id: ConnId) -> Link {
+        Link {
+            conn_id,
+            state: Cell::new(LinkState::Connecting),
+            client: Cell::new(None),
+            out: RefCell::new(BytesMut::new()),
+            writer_waker: Cell::new(None),
+            reader_waker: Cell::new(None),
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state.get()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.get() == LinkState::Closing
+    }
+
+    /// The client this connection serves, once CONNACK has been sent.
+    pub fn client(&self) -> Option<ClientKey> {
+        self.client.get()
+    }
+
+    pub(crate) fn open(&self, client: ClientKey) {
+        debug_assert_eq!(self.state.get(), LinkState::Connecting);
+        self.client.set(Some(client));
+        self.state.set(LinkState::Open);
+        wake(&self.reader_waker);
+    }
+
+    /// Appends bytes to be written. Ignored once closing: the connection is going away.
+    pub fn write_with(&self, encode: impl FnOnce(&mut BytesMut)) {
+        if self.state.get() == LinkState::Closing {
+            return;
+        }
+        encode(&mut self.out.borrow_mut());
+        wake(&self.writer_waker);
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.out.borrow().len()
+    }
+
+    /// Asks the IO tasks to flush what is buffered and close the socket.
+    pub fn close(&self) {
+        self.state.set(LinkState::Closing);
+        wake(&self.writer_waker);
+        wake(&self.reader_waker);
+    }
+
+    /// Writer side: waits for bytes (or for closing with nothing left), then takes them all.
+    /// `None` means: closing and fully flushed.
+    pub async fn next_output(&self) -> Option<Bytes> {
+        poll_fn(|cx| {
+            let mut out = self.out.borrow_mut();
+            if !out.is_empty() {
+                return Poll::Ready(Some(out.split().freeze()));
+            }
+            if self.state.get() == LinkState::Closing {
+                return Poll::Ready(None);
+            }
+            self.writer_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Reader side: waits until the link is open (`true`) or closing (`false`).
+    pub async fn wait_open(&self) -> bool {
+        poll_fn(|cx| match self.state.get() {
+            LinkState::Open => Poll::Ready(true),
+            LinkState::Closing => Poll::Ready(false),
+            LinkState::Connecting => {
+                self.reader_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Reader side: resolves once the link is closing (used to abandon a pending read).
+    pub async fn wait_closing(&self) {
+        poll_fn(|cx| {
+            if self.state.get() == LinkState::Closing {
+                return Poll::Ready(());
+            }
+            self.reader_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+fn wake(slot: &Cell<Option<Waker>>) {
+    if let Some(waker) = slot.take() {
+        waker.wake();
+    }
+}

@@ -1,0 +1,54 @@
+//! What shards say to each other. One typed enum travels over bounded shard-to-shard
+//! queues (the transport lives in `runtime`); this file only defines the words.
+//!
+//! Data (`Publish`) and control (claims, evictions, handoffs, releases) share one FIFO per
+//! shard pair, which is what keeps a publisher's messages in order at every shard and a
+//! claim's answer behind everything sent before it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::session::{Message, Session};
+
+/// Index of a shard, 0..shard_count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub usize);
+
+/// A network connection, unique across the process: the accepting shard and a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    const SHARD_SHIFT: u32 = 48;
+
+    pub fn new(shard: ShardId, sequence: u64) -> ConnId {
+        debug_assert!(sequence < 1 << Self::SHARD_SHIFT);
+        ConnId(((shard.0 as u64) << Self::SHARD_SHIFT) | sequence)
+    }
+
+    pub fn shard(self) -> ShardId {
+        ShardId((self.0 >> Self::SHARD_SHIFT) as usize)
+    }
+}
+
+/// The position of each source shard's publish stream that a shard has applied:
+/// `cut[s]` is the last publish sequence number from shard `s` it processed.
+pub type StreamCut = Box<[u64]>;
+
+#[derive(Debug)]
+pub enum MeshMessage {
+    /// A message published on the sending shard; `sequence` numbers that shard's publishes.
+    Publish { sequence: u64, message: Arc<Message> },
+    /// To the client id's home shard: connection `conn` wants to own `client_id`.
+    Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
+    /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.
+    Granted { conn: ConnId },
+    /// From the home shard to the shard holding `previous`: give the session to `next`.
+    Evict { client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool },
+    /// From the old owner to `conn`'s shard: the session (if kept) and where the old owner
+    /// stood in every publish stream when it let go.
+    Handoff { conn: ConnId, session: Option<Box<Session>>, cut: StreamCut },
+    /// To the home shard: the session owned through `conn` has ended.
+    Released { client_id: Bytes, conn: ConnId },
+}

@@ -1,0 +1,811 @@
+//! The per-core service. A `Shard` owns everything its core touches: the clients
+//! (sessions, live or offline) that live here, their subscriptions in a local trie, a full
+//! replica of the retained store, the client-id registry entries this shard is home for,
+//! and one outbox per peer shard. Other shards reach it only through `MeshMessage`s.
+//!
+//! Pure: no sockets, no executor, no clock. The IO layer hands it decoded packets, mesh
+//! batches and `now`; it answers by writing into `Link`s and outboxes and waking wakers.
+//!
+//! Routing: every publish is applied locally and broadcast to every peer, each of which
+//! matches it against its own trie (see DESIGN.md "who must see a publish"). The retained
+//! store is replicated the same way, in the same FIFO as the publishes, so a subscribe on
+//! any shard sees a retained message either in its replica or as a later live delivery.
+//!
+//! Client ids: `home_shard(id)` holds the registry entry saying which connection owns the
+//! id. A CONNECT claims the id at home; home either grants it or tells the previous owner
+//! to evict and hand the session to the new connection's shard (see `on_evict`).
+
+mod counters;
+pub mod link;
+pub mod mesh;
+mod recent;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use counters::Counters;
+use link::{Link, LinkState};
+pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
+use recent::RecentPublishes;
+
+use crate::auth::Authenticator;
+use crate::config::Limits;
+use crate::protocol::{
+    Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
+    PublishHeader, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    write_publish,
+};
+use crate::session::{Message, Offer, Outgoing, Session};
+use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
+
+/// Index of a client slot within one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(u32);
+
+/// Publishes kept for catching up handed-over sessions.
+const RECENT_PUBLISHES_MAX: usize = 4096;
+const RECENT_PUBLISHES_MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why the broker closes a connection. Each maps to the reason code of the DISCONNECT a
+/// 5.0 client is sent first; a 3.1.1 client is just disconnected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("second CONNECT on one connection")]
+    SecondConnect,
+    #[error("{0} may only be sent by a server")]
+    ServerOnlyPacket(&'static str),
+    #[error("invalid topic name: {0}")]
+    TopicName(TopicError),
+    #[error("topic alias used but none was granted")]
+    TopicAlias,
+    #[error("AUTH without an authentication method in CONNECT")]
+    UnexpectedAuth,
+}
+
+impl CloseReason {
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            CloseReason::Decode(error) => error.reason_code(),
+            CloseReason::TopicName(_) => ReasonCode::TOPIC_NAME_INVALID,
+            CloseReason::TopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
+            CloseReason::SecondConnect | CloseReason::ServerOnlyPacket(_) | CloseReason::UnexpectedAuth => {
+                ReasonCode::PROTOCOL_ERROR
+            }
+        }
+    }
+}
+
+struct Client {
+    session: Session,
+    /// The live connection; `None` while the session is offline.
+    link: Option<Rc<Link>>,
+    conn_id: ConnId,
+    version: ProtocolVersion,
+    keep_alive: Option<Duration>,
+    last_activity: Instant,
+    will: Option<Will>,
+    /// Clean session (3.1.1) / clean start: the session ends with the connection.
+    ends_with_connection: bool,
+    /// For a session handed over from another shard: publishes at or before this cut were
+    /// the old owner's to deliver, so this shard skips them for this client.
+    skip_until: Option<StreamCut>,
+}
+
+struct PendingConnect {
+    link: Rc<Link>,
+    connect: Box<Connect>,
+    client_id: Bytes,
+    client_id_assigned: bool,
+    /// Home asked to evict this connection before its own claim was answered.
+    deferred_eviction: Option<(ConnId, bool)>,
+}
+
+pub struct Shard {
+    id: ShardId,
+    shard_count: usize,
+    limits: Limits,
+    auth: Arc<Authenticator>,
+    clients: Vec<Option<Client>>,
+    free_keys: Vec<ClientKey>,
+    client_index: HashMap<Bytes, ClientKey>,
+    subscriptions: SubscriptionTree<ClientKey, SubscriptionOptions>,
+    retained: RetainedTree<Arc<Message>>,
+    registry: HashMap<Bytes, ConnId>,
+    pending_connects: HashMap<ConnId, PendingConnect>,
+    outboxes: Vec<Vec<MeshMessage>>,
+    outbox_wakers: Vec<Option<Waker>>,
+    congestion_waiters: Vec<Waker>,
+    publish_sequence: u64,
+    seen: Vec<u64>,
+    recent: RecentPublishes,
+    next_conn_sequence: u64,
+    match_scratch: Vec<(ClientKey, QoS)>,
+    outgoing_scratch: Vec<Outgoing>,
+    next_sys_publish: Option<Instant>,
+    accepting: bool,
+    pub counters: Counters,
+}
+
+/// The shard that holds the registry entry for `client_id` (FNV-1a, stable in a process).
+pub fn home_shard(client_id: &[u8], shard_count: usize) -> ShardId {
+    let hash = client_id.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    ShardId((hash % shard_count as u64) as usize)
+}
+
+fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing) {
+    match outgoing {
+        Outgoing::Publish { packet_id, qos, dup, retain, message } => link.write_with(|buf| {
+            let header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id };
+            write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
+        }),
+        Outgoing::PubRel(packet_id) => link.write_with(|buf| Packet::PubRel(Ack::new(*packet_id)).encode(version, buf)),
+    }
+}
+
+fn write_packet(link: &Link, version: ProtocolVersion, packet: &Packet) {
+    link.write_with(|buf| packet.encode(version, buf));
+}
+
+impl Shard {
+    pub fn new(id: ShardId, shard_count: usize, limits: Limits, auth: Arc<Authenticator>, now: Instant) -> Shard {
+        assert!(id.0 < shard_count);
+        let next_sys_publish = limits.sys_interval.map(|interval| now + interval);
+        Shard {
+            id,
+            shard_count,
+            limits,
+            auth,
+            clients: Vec::new(),
+            free_keys: Vec::new(),
+            client_index: HashMap::new(),
+            subscriptions: SubscriptionTree::default(),
+            retained: RetainedTree::default(),
+            registry: HashMap::new(),
+            pending_connects: HashMap::new(),
+            outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
+            outbox_wakers: (0..shard_count).map(|_| None).collect(),
+            congestion_waiters: Vec::new(),
+            publish_sequence: 0,
+            seen: vec![0; shard_count],
+            recent: RecentPublishes::new(RECENT_PUBLISHES_MAX, RECENT_PUBLISHES_MAX_PAYLOAD_BYTES),
+            next_conn_sequence: 0,
+            match_scratch: Vec::new(),
+            outgoing_scratch: Vec::new(),
+            next_sys_publish,
+            accepting: true,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A new link for an accepted socket.
+    pub fn new_link(&mut self) -> Rc<Link> {
+        self.next_conn_sequence += 1;
+        self.counters.connections_accepted += 1;
+        Rc::new(Link::new(ConnId::new(self.id, self.next_conn_sequence)))
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        self.clients.iter().flatten().filter(|client| client.link.is_some()).count()
+    }
+
+    pub fn retained_len(&self) -> usize {
+        self.retained.len()
+    }
+
+    // ----- clients -----
+
+    fn client(&mut self, key: ClientKey) -> &mut Client {
+        self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots")
+    }
+
+    fn insert_client(&mut self, client: Client) -> ClientKey {
+        let client_id = client.session.client_id().clone();
+        let subscriptions: Vec<(Bytes, SubscriptionOptions)> =
+            client.session.subscriptions.iter().map(|(filter, options)| (filter.clone(), *options)).collect();
+        let key = match self.free_keys.pop() {
+            Some(key) => {
+                self.clients[key.0 as usize] = Some(client);
+                key
+            }
+            None => {
+                self.clients.push(Some(client));
+                ClientKey((self.clients.len() - 1) as u32)
+            }
+        };
+        for (filter, options) in subscriptions {
+            self.subscriptions.insert(&filter, key, options);
+        }
+        let previous = self.client_index.insert(client_id, key);
+        assert!(previous.is_none(), "the registry grants a client id to one connection at a time");
+        key
+    }
+
+    fn remove_client(&mut self, key: ClientKey) -> Client {
+        let client = self.clients[key.0 as usize].take().expect("removing a live client");
+        for filter in client.session.subscriptions.keys() {
+            self.subscriptions.remove(filter, &key);
+        }
+        self.client_index.remove(client.session.client_id());
+        self.free_keys.push(key);
+        client
+    }
+
+    /// The client a link serves, if that link is still the client's current connection.
+    fn client_of(&self, link: &Link) -> Option<ClientKey> {
+        let key = link.client()?;
+        let client = self.clients.get(key.0 as usize)?.as_ref()?;
+        (client.conn_id == link.conn_id).then_some(key)
+    }
+
+    // ----- mesh -----
+
+    fn send(&mut self, target: ShardId, message: MeshMessage, now: Instant) {
+        if target == self.id {
+            self.handle_message(target, message, now);
+            return;
+        }
+        self.outboxes[target.0].push(message);
+        if let Some(waker) = self.outbox_wakers[target.0].take() {
+            waker.wake();
+        }
+    }
+
+    /// Forwarder side: everything queued for `peer`, once there is something.
+    pub fn poll_outbox(&mut self, peer: ShardId, cx: &mut Context<'_>) -> Poll<Vec<MeshMessage>> {
+        if self.outboxes[peer.0].is_empty() {
+            self.outbox_wakers[peer.0] = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let batch = std::mem::take(&mut self.outboxes[peer.0]);
+        if !self.congested() {
+            for waker in self.congestion_waiters.drain(..) {
+                waker.wake();
+            }
+        }
+        Poll::Ready(batch)
+    }
+
+    /// True while some peer's outbox is at its bound: publishers here should not be read.
+    pub fn congested(&self) -> bool {
+        self.outboxes.iter().any(|outbox| outbox.len() >= self.limits.mesh_outbox_max_messages)
+    }
+
+    /// Reader side: ready once no outbox is at its bound.
+    pub fn poll_uncongested(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.congested() {
+            return Poll::Ready(());
+        }
+        self.counters.publisher_throttled += 1;
+        self.congestion_waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// A batch from peer `from`, in the order it sent them.
+    pub fn handle_batch(&mut self, from: ShardId, batch: Vec<MeshMessage>, now: Instant) {
+        for message in batch {
+            self.handle_message(from, message, now);
+        }
+    }
+
+    fn handle_message(&mut self, from: ShardId, message: MeshMessage, now: Instant) {
+        match message {
+            MeshMessage::Publish { sequence, message } => {
+                debug_assert!(sequence > self.seen[from.0], "per-pair FIFO keeps sequences rising");
+                self.seen[from.0] = sequence;
+                self.apply_publish(from, sequence, &message, now);
+            }
+            MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
+            MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, now),
+            MeshMessage::Evict { client_id, previous, next, clean_start } => {
+                self.on_evict(client_id, previous, next, clean_start, now)
+            }
+            MeshMessage::Handoff { conn, session, cut } => self.complete_connect(conn, session, Some(cut), now),
+            MeshMessage::Released { client_id, conn } => {
+                if self.registry.get(&client_id) == Some(&conn) {
+                    self.registry.remove(&client_id);
+                }
+            }
+        }
+    }
+
+    // ----- connecting -----
+
+    fn admit(&self, connect: &Connect) -> Result<(), ConnectRefusal> {
+        if !self.accepting {
+            return Err(ConnectRefusal::ServerUnavailable);
+        }
+        self.auth.check(connect.username.as_deref(), connect.password.as_deref())?;
+        if connect.client_id.is_empty() && !connect.clean_start && !connect.version.is_v5() {
+            return Err(ConnectRefusal::ClientIdentifierNotValid);
+        }
+        Ok(())
+    }
+
+    /// A CONNECT arrived on `link`. Refused: CONNACK with the code, then close. Otherwise
+    /// the client id is claimed at its home shard and `link` opens when that is settled.
+    pub fn begin_connect(&mut self, link: &Rc<Link>, connect: Box<Connect>, now: Instant) {
+        let version = connect.version;
+        if let Err(refusal) = self.admit(&connect) {
+            self.counters.connections_refused += 1;
+            let code = if version.is_v5() { refusal.reason_code_v5().0 } else { refusal.return_code_v311() };
+            let connack = ConnAck { session_present: false, code, properties: Properties::default() };
+            write_packet(link, version, &Packet::ConnAck(connack));
+            link.close();
+            return;
+        }
+        let client_id_assigned = connect.client_id.is_empty();
+        let client_id = if client_id_assigned {
+            Bytes::from(format!("ringmq-{:x}-{:x}", self.id.0, self.next_conn_sequence))
+        } else {
+            connect.client_id.clone()
+        };
+        let clean_start = connect.clean_start;
+        let conn = link.conn_id;
+        self.pending_connects.insert(
+            conn,
+            PendingConnect { link: link.clone(), connect, client_id: client_id.clone(), client_id_assigned, deferred_eviction: None },
+        );
+        let home = home_shard(&client_id, self.shard_count);
+        self.send(home, MeshMessage::Claim { client_id, conn, clean_start }, now);
+    }
+
+    /// Home shard: `conn` claims `client_id`. Claims are answered in arrival order, so two
+    /// racing CONNECTs end with the later one owning the id and the earlier one evicted.
+    fn on_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, now: Instant) {
+        match self.registry.insert(client_id.clone(), conn) {
+            None => self.send(conn.shard(), MeshMessage::Granted { conn }, now),
+            Some(previous) => {
+                self.send(previous.shard(), MeshMessage::Evict { client_id, previous, next: conn, clean_start }, now)
+            }
+        }
+    }
+
+    /// This shard holds (or is about to hold) `previous`'s session: close that connection
+    /// (publishing its will, as for any close without DISCONNECT) and hand the session,
+    /// unless either side asked for a clean one, to `next`'s shard with our stream cut.
+    fn on_evict(&mut self, client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool, now: Instant) {
+        // Interleaving: home granted `previous` via an eviction elsewhere, then got `next`'s
+        // claim; the Handoff for `previous` (from the third shard) can arrive here after this
+        // Evict (from home). Finish `previous` first, then evict it.
+        if let Some(pending) = self.pending_connects.get_mut(&previous) {
+            pending.deferred_eviction = Some((next, clean_start));
+            return;
+        }
+        let mut handed = None;
+        if let Some(&key) = self.client_index.get(&client_id)
+            && self.client(key).conn_id == previous
+        {
+            self.counters.takeovers += 1;
+            let mut client = self.remove_client(key);
+            if let Some(link) = client.link.take() {
+                if client.version.is_v5() {
+                    write_packet(&link, client.version, &Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)));
+                }
+                link.close();
+                if let Some(will) = client.will.take() {
+                    self.publish_will(will, now);
+                }
+            }
+            if !clean_start && !client.ends_with_connection {
+                handed = Some(Box::new(client.session));
+            }
+        }
+        let cut: StreamCut = self.seen.clone().into_boxed_slice();
+        self.send(next.shard(), MeshMessage::Handoff { conn: next, session: handed, cut }, now);
+    }
+
+    /// The claim for `conn` is settled: install the session (handed over or new), answer
+    /// CONNACK, re-send what was in flight, and catch up on publishes the old owner had not
+    /// yet seen when it let go.
+    fn complete_connect(&mut self, conn: ConnId, handed: Option<Box<Session>>, cut: Option<StreamCut>, now: Instant) {
+        let Some(pending) = self.pending_connects.remove(&conn) else {
+            debug_assert!(false, "every claim is answered exactly once");
+            return;
+        };
+        let PendingConnect { link, connect, client_id, client_id_assigned, deferred_eviction } = pending;
+        let version = connect.version;
+        let session_present = handed.is_some();
+        let session = match handed {
+            Some(session) => *session,
+            None => Session::new(client_id.clone(), self.limits.session),
+        };
+        let link_alive = link.state() == LinkState::Connecting;
+        let key = self.insert_client(Client {
+            session,
+            link: link_alive.then(|| link.clone()),
+            conn_id: conn,
+            version,
+            keep_alive: (connect.keep_alive_s > 0).then(|| Duration::from_secs(u64::from(connect.keep_alive_s))),
+            last_activity: now,
+            will: connect.will,
+            ends_with_connection: connect.clean_start,
+            skip_until: None,
+        });
+        if link_alive {
+            let mut properties = Properties::default();
+            if version.is_v5() && client_id_assigned {
+                properties.assigned_client_identifier = Some(client_id.clone());
+            }
+            let connack = ConnAck { session_present, code: 0, properties };
+            write_packet(&link, version, &Packet::ConnAck(connack));
+            link.open(key);
+            let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
+            self.client(key).session.resume(&mut outgoing);
+            for packet in outgoing.drain(..) {
+                write_outgoing(&link, version, &packet);
+            }
+            self.outgoing_scratch = outgoing;
+        }
+        if let Some(cut) = cut {
+            self.catch_up(key, cut);
+        }
+        if !link_alive {
+            self.client_lost(key, now);
+        }
+        if let Some((next, clean_start)) = deferred_eviction {
+            self.on_evict(client_id, conn, next, clean_start, now);
+        }
+    }
+
+    /// Delivers to a handed-over session the publishes this shard applied after the old
+    /// owner's cut, and skips the ones at or before it that are still on their way here.
+    fn catch_up(&mut self, key: ClientKey, cut: StreamCut) {
+        let (entries, gap) = self.recent.since(&cut, &self.seen);
+        let mut missed: Vec<(Arc<Message>, QoS)> = Vec::new();
+        let client = self.clients[key.0 as usize].as_ref().expect("just inserted");
+        for entry in entries {
+            let granted = client
+                .session
+                .subscriptions
+                .iter()
+                .filter(|(filter, _)| filter_matches(filter, &entry.message.topic))
+                .map(|(_, options)| options.qos)
+                .max();
+            if let Some(granted) = granted {
+                missed.push((entry.message.clone(), granted.min(entry.message.qos)));
+            }
+        }
+        if gap {
+            self.counters.takeover_replay_gaps += 1;
+            tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
+        }
+        for (message, qos) in missed {
+            self.deliver_to(key, &message, qos, false, None);
+        }
+        if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
+            self.client(key).skip_until = Some(cut);
+        }
+    }
+
+    /// The connection of `key` is gone (or was never opened): publish the will, and end
+    /// the session if it lives only as long as its connection.
+    fn client_lost(&mut self, key: ClientKey, now: Instant) {
+        let client = self.client(key);
+        client.link = None;
+        let will = client.will.take();
+        let ends = client.ends_with_connection;
+        let conn = client.conn_id;
+        if let Some(will) = will
+            && self.accepting
+        {
+            self.publish_will(will, now);
+        }
+        if ends {
+            let client = self.remove_client(key);
+            let client_id = client.session.client_id().clone();
+            let home = home_shard(&client_id, self.shard_count);
+            self.send(home, MeshMessage::Released { client_id, conn }, now);
+        }
+    }
+
+    /// The IO layer's last word on a link: the socket closed, the peer misbehaved
+    /// (`error`), or the link was closed by the shard. Idempotent.
+    pub fn connection_ended(&mut self, link: &Link, error: Option<&CloseReason>, now: Instant) {
+        if let Some(error) = error {
+            self.counters.protocol_errors += 1;
+            tracing::debug!(shard = self.id.0, %error, "closing connection");
+            if let Some(key) = self.client_of(link) {
+                let version = self.client(key).version;
+                if version.is_v5() {
+                    write_packet(link, version, &Packet::Disconnect(Disconnect::new(error.reason_code())));
+                }
+            }
+        }
+        link.close();
+        if let Some(key) = self.client_of(link)
+            && self.client(key).link.is_some()
+        {
+            self.client_lost(key, now);
+        }
+    }
+
+    // ----- packets -----
+
+    /// One packet from an open link.
+    pub fn handle_packet(&mut self, link: &Link, packet: Packet, now: Instant) -> Result<(), CloseReason> {
+        let Some(key) = self.client_of(link) else {
+            // Taken over or timed out while this packet was in the socket buffer.
+            return Ok(());
+        };
+        let client = self.client(key);
+        client.last_activity = now;
+        let version = client.version;
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(key, link, publish, now)?,
+            Packet::PubAck(ack) => {
+                self.client(key).session.on_puback(ack.packet_id);
+                self.fill_window(key, link);
+            }
+            Packet::PubRec(ack) => {
+                let known = self.client(key).session.on_pubrec(ack.packet_id);
+                let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+                write_packet(link, version, &Packet::PubRel(Ack::with_reason(ack.packet_id, reason)));
+            }
+            Packet::PubRel(ack) => {
+                let known = self.client(key).session.release_qos2(ack.packet_id);
+                let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+                write_packet(link, version, &Packet::PubComp(Ack::with_reason(ack.packet_id, reason)));
+            }
+            Packet::PubComp(ack) => {
+                self.client(key).session.on_pubcomp(ack.packet_id);
+                self.fill_window(key, link);
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe),
+            Packet::PingReq => write_packet(link, version, &Packet::PingResp),
+            Packet::Disconnect(disconnect) => {
+                let client = self.client(key);
+                if disconnect.reason != ReasonCode::DISCONNECT_WITH_WILL {
+                    client.will = None;
+                }
+                link.close();
+                self.client_lost(key, now);
+            }
+            Packet::Connect(_) => return Err(CloseReason::SecondConnect),
+            Packet::Auth(_) => return Err(CloseReason::UnexpectedAuth),
+            server_only @ (Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp) => {
+                return Err(CloseReason::ServerOnlyPacket(server_only.name()));
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_window(&mut self, key: ClientKey, link: &Link) {
+        let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
+        let client = self.client(key);
+        client.session.fill_window(&mut outgoing);
+        let version = client.version;
+        self.counters.messages_delivered += outgoing.len() as u64;
+        for packet in outgoing.drain(..) {
+            write_outgoing(link, version, &packet);
+        }
+        self.outgoing_scratch = outgoing;
+    }
+
+    fn handle_publish(&mut self, key: ClientKey, link: &Link, publish: Publish, now: Instant) -> Result<(), CloseReason> {
+        validate_topic_name(&publish.topic).map_err(CloseReason::TopicName)?;
+        if publish.properties.topic_alias.is_some() {
+            // We grant no topic aliases (Topic Alias Maximum 0).
+            return Err(CloseReason::TopicAlias);
+        }
+        self.counters.publishes_received += 1;
+        let version = self.client(key).version;
+        let qos = publish.qos;
+        let packet_id = publish.packet_id;
+        let is_new = match (qos, packet_id) {
+            (QoS::ExactlyOnce, Some(id)) => self.client(key).session.receive_qos2(id),
+            _ => true,
+        };
+        if is_new {
+            let mut properties = publish.properties;
+            properties.subscription_identifiers.clear();
+            let message = Arc::new(Message {
+                topic: publish.topic,
+                payload: publish.payload,
+                qos,
+                retain: publish.retain,
+                properties,
+            });
+            self.route(message, now);
+        }
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => write_packet(link, version, &Packet::PubAck(Ack::new(id))),
+            (QoS::ExactlyOnce, Some(id)) => write_packet(link, version, &Packet::PubRec(Ack::new(id))),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe) {
+        let version = self.client(key).version;
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
+        for (filter, options) in subscribe.filters {
+            if validate_topic_filter(&filter).is_err() {
+                codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
+            self.subscriptions.insert(&filter, key, options);
+            self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos))));
+            self.client(key).session.subscriptions.insert(filter, options);
+            codes.push(ReasonCode(options.qos as u8));
+        }
+        let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
+        write_packet(link, version, &Packet::SubAck(suback));
+        for (message, qos) in retained {
+            self.deliver_to(key, &message, qos, true, None);
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe) {
+        let version = self.client(key).version;
+        let mut codes = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = self.client(key).session.subscriptions.remove(filter).is_some();
+            self.subscriptions.remove(filter, &key);
+            codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
+        let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
+        write_packet(link, version, &Packet::UnsubAck(unsuback));
+    }
+
+    // ----- routing -----
+
+    fn publish_will(&mut self, will: Will, now: Instant) {
+        if validate_topic_name(&will.topic).is_err() {
+            return;
+        }
+        self.counters.wills_published += 1;
+        let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties };
+        self.route(Arc::new(message), now);
+    }
+
+    /// A message published on this shard: applied here, and broadcast to every peer.
+    fn route(&mut self, message: Arc<Message>, now: Instant) {
+        self.publish_sequence += 1;
+        let sequence = self.publish_sequence;
+        self.seen[self.id.0] = sequence;
+        for peer in 0..self.shard_count {
+            if peer != self.id.0 {
+                self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone() }, now);
+            }
+        }
+        self.apply_publish(self.id, sequence, &message, now);
+    }
+
+    /// Updates the retained replica and delivers to the local subscribers: each client
+    /// once, at the highest QoS any of its matching subscriptions granted.
+    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, _now: Instant) {
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained.insert(&message.topic, message.clone());
+            }
+        }
+        if self.shard_count > 1 {
+            self.recent.push(source, sequence, message.clone());
+        }
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, options.qos)));
+        if matches.len() > 1 {
+            // Overlapping subscriptions: one copy per client, at the highest granted QoS.
+            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            matches.dedup_by_key(|entry| entry.0);
+        }
+        for &(key, granted) in &matches {
+            self.deliver_to(key, message, granted.min(message.qos), false, Some((source, sequence)));
+        }
+        matches.clear();
+        self.match_scratch = matches;
+    }
+
+    fn deliver_to(&mut self, key: ClientKey, message: &Arc<Message>, qos: QoS, retain: bool, origin: Option<(ShardId, u64)>) {
+        let outbound_limit = self.limits.outbound_buffer_max_bytes;
+        let client = self.clients[key.0 as usize].as_mut().expect("matched clients are live");
+        if let (Some(skip), Some((source, sequence))) = (&client.skip_until, origin)
+            && sequence <= skip[source.0]
+        {
+            return;
+        }
+        let link = client.link.as_ref().filter(|link| !link.is_closing());
+        if qos == QoS::AtMostOnce && link.is_some_and(|link| link.buffered_bytes() >= outbound_limit) {
+            self.counters.qos0_dropped_slow_subscriber += 1;
+            return;
+        }
+        match client.session.offer(message.clone(), qos, retain, link.is_some()) {
+            Offer::Send(outgoing) => {
+                let link = link.expect("offers are sent only when online");
+                write_outgoing(link, client.version, &outgoing);
+                self.counters.messages_delivered += 1;
+            }
+            Offer::Queued => {}
+            Offer::Dropped => self.counters.session_queue_drops += 1,
+        }
+    }
+
+    // ----- time -----
+
+    /// The coarse timer: keep-alive expiry (1.5 x keep alive, MQTT 3.1.2.10) and the
+    /// periodic `$SYS` counters.
+    pub fn tick(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (index, slot) in self.clients.iter().enumerate() {
+            if let Some(client) = slot
+                && client.link.is_some()
+                && let Some(keep_alive) = client.keep_alive
+                && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
+            {
+                expired.push(ClientKey(index as u32));
+            }
+        }
+        for key in expired {
+            self.counters.keep_alive_timeouts += 1;
+            let client = self.client(key);
+            let version = client.version;
+            if let Some(link) = client.link.clone() {
+                if version.is_v5() {
+                    write_packet(&link, version, &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+                }
+                link.close();
+            }
+            self.client_lost(key, now);
+        }
+        if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
+            && now >= due
+        {
+            self.next_sys_publish = Some(now + interval);
+            self.publish_sys(now);
+        }
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        let connected = self.connected_clients() as u64;
+        let mut fields: Vec<(&'static str, u64)> = self.counters.fields().to_vec();
+        fields.push(("clients_connected", connected));
+        for (name, value) in fields {
+            let message = Message {
+                topic: Bytes::from(format!("$SYS/ringmq/shard/{}/{}", self.id.0, name)),
+                payload: Bytes::from(value.to_string()),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+            };
+            self.route(Arc::new(message), now);
+        }
+    }
+
+    /// Stop accepting clients and close every connection (5.0 clients hear 0x8B first).
+    pub fn begin_shutdown(&mut self) {
+        self.accepting = false;
+        for client in self.clients.iter().flatten() {
+            if let Some(link) = &client.link {
+                if client.version.is_v5() {
+                    write_packet(link, client.version, &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)));
+                }
+                link.close();
+            }
+        }
+        for pending in self.pending_connects.values() {
+            pending.link.close();
+        }
+    }
+}
+
