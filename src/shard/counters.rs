@@ -8,6 +8,8 @@ pub struct Counters {
     pub protocol_errors: u64,
     pub keep_alive_timeouts: u64,
     pub takeovers: u64,
+    /// Sessions that arrived here from another shard (a client reconnected elsewhere).
+    pub sessions_moved_in: u64,
     pub publishes_received: u64,
     pub messages_delivered: u64,
     /// QoS 0 messages not written because the subscriber's output buffer was full.
@@ -23,13 +25,14 @@ pub struct Counters {
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 12] {
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
             ("protocol_errors", self.protocol_errors),
             ("keep_alive_timeouts", self.keep_alive_timeouts),
             ("takeovers", self.takeovers),
+            ("sessions_moved_in", self.sessions_moved_in),
             ("publishes_received", self.publishes_received),
             ("messages_delivered", self.messages_delivered),
             ("qos0_dropped_slow_subscriber", self.qos0_dropped_slow_subscriber),

@@ -316,7 +316,12 @@ impl Shard {
             MeshMessage::Evict { client_id, previous, next, clean_start } => {
                 self.on_evict(client_id, previous, next, clean_start, now)
             }
-            MeshMessage::Handoff { conn, session, cut } => self.complete_connect(conn, session, Some(cut), now),
+            MeshMessage::Handoff { conn, session, cut } => {
+                if from != self.id && session.is_some() {
+                    self.counters.sessions_moved_in += 1;
+                }
+                self.complete_connect(conn, session, Some(cut), now)
+            }
             MeshMessage::Released { client_id, conn } => {
                 if self.registry.get(&client_id) == Some(&conn) {
                     self.registry.remove(&client_id);

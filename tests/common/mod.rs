@@ -1,0 +1,313 @@
+//! Test harness: the real `ringmq` binary on a free loopback port, and a raw MQTT client
+//! over a std socket for byte-exact protocol checks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringmq::protocol::{
+    Ack, ConnAck, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, SubAck, Subscribe,
+    SubscriptionOptions, Will, decode,
+};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct Broker {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    /// Two shards, counters on `$SYS` every second, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--sys-interval-s", "1", "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ringmq");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Broker { child, addr }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        // SAFETY: signalling our own child process by pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    pub fn raw(&self) -> RawClient {
+        RawClient::open(self.addr, ProtocolVersion::V311)
+    }
+
+    /// Connects a 3.1.1 client and asserts CONNACK 0.
+    pub fn client(&self, client_id: &str, clean: bool) -> RawClient {
+        let mut client = self.raw();
+        let connack = client.connect(client_id, clean, 60, None);
+        assert_eq!(connack.code, 0, "CONNACK for {client_id}");
+        client
+    }
+
+    /// Latest per-shard counters from `$SYS/ringmq/shard/<n>/<name>`, once `ready` holds
+    /// (polled as the broker republishes them every second), or panics after a while.
+    pub fn wait_for_counters(&self, what: &str, ready: impl Fn(&Counters) -> bool) -> Counters {
+        let mut watcher = self.client(&format!("sys-watcher-{}", rand_suffix()), true);
+        watcher.subscribe(&[("$SYS/ringmq/shard/+/+", QoS::AtMostOnce)]);
+        let mut counters = Counters::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Packet::Publish(publish)) = watcher.try_recv(Duration::from_millis(200)) {
+                let topic = String::from_utf8(publish.topic.to_vec()).expect("utf8 topic");
+                let parts: Vec<&str> = topic.split('/').collect();
+                let value: u64 = std::str::from_utf8(&publish.payload).expect("utf8").parse().expect("number");
+                counters.values.insert((parts[3].parse().expect("shard"), parts[4].to_string()), value);
+                if ready(&counters) {
+                    return counters;
+                }
+            }
+        }
+        panic!("counters never satisfied: {what}; last seen {counters:?}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    hasher.finish()
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub values: HashMap<(usize, String), u64>,
+}
+
+impl Counters {
+    pub fn get(&self, shard: usize, name: &str) -> Option<u64> {
+        self.values.get(&(shard, name.to_string())).copied()
+    }
+    pub fn total(&self, name: &str) -> u64 {
+        self.values.iter().filter(|((_, n), _)| n == name).map(|(_, v)| v).sum()
+    }
+}
+
+pub struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+    pub version: ProtocolVersion,
+}
+
+impl RawClient {
+    pub fn open(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect to broker");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient { stream, buf: BytesMut::new(), version }
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().expect("local addr").port()
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out);
+        self.send_bytes(&out);
+    }
+
+    /// The next packet within `timeout`, or `None` (timeout, or the broker closed).
+    pub fn try_recv(&mut self, timeout: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(packet) = decode(&mut self.buf, self.version, u32::MAX).expect("broker sent a valid packet") {
+                return Some(packet);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return None,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Packet {
+        self.try_recv(WAIT).expect("a packet from the broker")
+    }
+
+    /// The next PUBLISH, skipping nothing: any other packet fails the test.
+    pub fn recv_publish(&mut self) -> Publish {
+        match self.recv() {
+            Packet::Publish(publish) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// True once the broker has closed the connection (EOF or reset) within `timeout`.
+    /// Packets received meanwhile are returned through `seen`.
+    pub fn closed_within(&mut self, timeout: Duration, seen: &mut Vec<Packet>) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(Some(packet)) = decode(&mut self.buf, self.version, u32::MAX) {
+                seen.push(packet);
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    pub fn assert_closed(&mut self) {
+        let mut seen = Vec::new();
+        assert!(self.closed_within(WAIT, &mut seen), "broker should have closed the connection");
+    }
+
+    pub fn connect_packet(&self, client_id: &str, clean: bool, keep_alive_s: u16, will: Option<Will>) -> Packet {
+        Packet::Connect(Box::new(Connect {
+            version: self.version,
+            clean_start: clean,
+            keep_alive_s,
+            properties: Properties::default(),
+            client_id: Bytes::copy_from_slice(client_id.as_bytes()),
+            will,
+            username: None,
+            password: None,
+        }))
+    }
+
+    pub fn connect(&mut self, client_id: &str, clean: bool, keep_alive_s: u16, will: Option<Will>) -> ConnAck {
+        let packet = self.connect_packet(client_id, clean, keep_alive_s, will);
+        self.send(&packet);
+        match self.recv() {
+            Packet::ConnAck(connack) => connack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
+        let filters = filters
+            .iter()
+            .map(|(filter, qos)| (Bytes::copy_from_slice(filter.as_bytes()), SubscriptionOptions::with_qos(*qos)))
+            .collect();
+        let packet_id = PacketId::new(4242).expect("non-zero");
+        self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters }));
+        match self.recv() {
+            Packet::SubAck(suback) => {
+                assert_eq!(suback.packet_id, packet_id);
+                suback
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes and completes the QoS flow as a well-behaved client.
+    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, id: u16) {
+        let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(id).expect("non-zero id"));
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::copy_from_slice(payload),
+        }));
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => assert!(matches!(self.recv(), Packet::PubAck(ack) if Some(ack.packet_id) == packet_id)),
+            QoS::ExactlyOnce => {
+                let packet_id = packet_id.expect("qos 2 has an id");
+                assert!(matches!(self.recv(), Packet::PubRec(ack) if ack.packet_id == packet_id));
+                self.send(&Packet::PubRel(Ack::new(packet_id)));
+                assert!(matches!(self.recv(), Packet::PubComp(ack) if ack.packet_id == packet_id));
+            }
+        }
+    }
+
+    /// Acknowledges a received PUBLISH as its QoS requires.
+    pub fn ack(&mut self, publish: &Publish) {
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(Ack::new(id))),
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.send(&Packet::PubRec(Ack::new(id)));
+                assert!(matches!(self.recv(), Packet::PubRel(ack) if ack.packet_id == id));
+                self.send(&Packet::PubComp(Ack::new(id)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends DISCONNECT and closes the socket.
+    pub fn disconnect(mut self) {
+        self.send_bytes(&[0xE0, 0x00]);
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let mut seen = Vec::new();
+        self.closed_within(WAIT, &mut seen);
+    }
+
+    /// Closes the socket without DISCONNECT.
+    pub fn drop_abruptly(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Nothing arrives within `quiet`.
+    pub fn assert_silent(&mut self, quiet: Duration) {
+        if let Some(packet) = self.try_recv(quiet) {
+            panic!("expected silence, got {packet:?}");
+        }
+    }
+}
+
+pub fn will(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Will {
+    Will {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        payload: Bytes::copy_from_slice(payload),
+        qos,
+        retain,
+        properties: Properties::default(),
+    }
+}
