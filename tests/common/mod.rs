@@ -126,6 +126,8 @@ impl Counters {
 pub struct RawClient {
     stream: TcpStream,
     buf: BytesMut,
+    /// Packets read while waiting for a specific one (e.g. PUBREL), returned first.
+    pending: std::collections::VecDeque<Packet>,
     pub version: ProtocolVersion,
 }
 
@@ -133,7 +135,7 @@ impl RawClient {
     pub fn open(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect to broker");
         stream.set_nodelay(true).expect("nodelay");
-        RawClient { stream, buf: BytesMut::new(), version }
+        RawClient { stream, buf: BytesMut::new(), pending: Default::default(), version }
     }
 
     pub fn local_port(&self) -> u16 {
@@ -152,6 +154,13 @@ impl RawClient {
 
     /// The next packet within `timeout`, or `None` (timeout, or the broker closed).
     pub fn try_recv(&mut self, timeout: Duration) -> Option<Packet> {
+        if let Some(packet) = self.pending.pop_front() {
+            return Some(packet);
+        }
+        self.read_packet(timeout)
+    }
+
+    fn read_packet(&mut self, timeout: Duration) -> Option<Packet> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(packet) = decode(&mut self.buf, self.version, u32::MAX).expect("broker sent a valid packet") {
@@ -274,7 +283,12 @@ impl RawClient {
             (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(Ack::new(id))),
             (QoS::ExactlyOnce, Some(id)) => {
                 self.send(&Packet::PubRec(Ack::new(id)));
-                assert!(matches!(self.recv(), Packet::PubRel(ack) if ack.packet_id == id));
+                loop {
+                    match self.read_packet(WAIT).expect("PUBREL from the broker") {
+                        Packet::PubRel(ack) if ack.packet_id == id => break,
+                        other => self.pending.push_back(other),
+                    }
+                }
                 self.send(&Packet::PubComp(Ack::new(id)));
             }
             _ => {}
