@@ -166,7 +166,8 @@ impl RawClient {
             if let Some(packet) = decode(&mut self.buf, self.version, u32::MAX).expect("broker sent a valid packet") {
                 return Some(packet);
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
+            // Always attempt one read, so a zero timeout still polls the socket.
+            let left = deadline.saturating_duration_since(Instant::now());
             self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
@@ -267,13 +268,26 @@ impl RawClient {
         }));
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => assert!(matches!(self.recv(), Packet::PubAck(ack) if Some(ack.packet_id) == packet_id)),
+            QoS::AtLeastOnce => {
+                self.expect(|p| matches!(p, Packet::PubAck(ack) if Some(ack.packet_id) == packet_id));
+            }
             QoS::ExactlyOnce => {
                 let packet_id = packet_id.expect("qos 2 has an id");
-                assert!(matches!(self.recv(), Packet::PubRec(ack) if ack.packet_id == packet_id));
+                self.expect(|p| matches!(p, Packet::PubRec(ack) if ack.packet_id == packet_id));
                 self.send(&Packet::PubRel(Ack::new(packet_id)));
-                assert!(matches!(self.recv(), Packet::PubComp(ack) if ack.packet_id == packet_id));
+                self.expect(|p| matches!(p, Packet::PubComp(ack) if ack.packet_id == packet_id));
             }
+        }
+    }
+
+    /// Reads until a packet satisfying `wanted` arrives; others are kept for `recv`.
+    pub fn expect(&mut self, wanted: impl Fn(&Packet) -> bool) -> Packet {
+        loop {
+            let packet = self.read_packet(WAIT).expect("the expected packet from the broker");
+            if wanted(&packet) {
+                return packet;
+            }
+            self.pending.push_back(packet);
         }
     }
 
@@ -283,12 +297,7 @@ impl RawClient {
             (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(Ack::new(id))),
             (QoS::ExactlyOnce, Some(id)) => {
                 self.send(&Packet::PubRec(Ack::new(id)));
-                loop {
-                    match self.read_packet(WAIT).expect("PUBREL from the broker") {
-                        Packet::PubRel(ack) if ack.packet_id == id => break,
-                        other => self.pending.push_back(other),
-                    }
-                }
+                self.expect(|p| matches!(p, Packet::PubRel(ack) if ack.packet_id == id));
                 self.send(&Packet::PubComp(Ack::new(id)));
             }
             _ => {}
