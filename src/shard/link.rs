@@ -79,6 +79,11 @@ impl Link {
         self.out.borrow().len()
     }
 
+    /// Takes everything buffered, without waiting (simulation and tests read links this way).
+    pub fn take_output(&self) -> Bytes {
+        self.out.borrow_mut().split().freeze()
+    }
+
     /// Asks the IO tasks to flush what is buffered and close the socket.
     pub fn close(&self) {
         self.state.set(LinkState::Closing);

@@ -394,6 +394,7 @@ impl Shard {
             return;
         }
         let mut handed = None;
+        let mut cut: StreamCut = self.seen.clone().into_boxed_slice();
         if let Some(&key) = self.client_index.get(&client_id)
             && self.client(key).conn_id == previous
         {
@@ -409,10 +410,17 @@ impl Shard {
                 }
             }
             if !clean_start && !client.ends_with_connection {
+                // A session that arrived here from a shard further ahead in some stream
+                // already holds everything up to its own cut there: hand on the later of
+                // the two positions, or the next shard would replay those messages again.
+                if let Some(skip_until) = &client.skip_until {
+                    for (position, already_held) in cut.iter_mut().zip(skip_until.iter()) {
+                        *position = (*position).max(*already_held);
+                    }
+                }
                 handed = Some(Box::new(client.session));
             }
         }
-        let cut: StreamCut = self.seen.clone().into_boxed_slice();
         self.send(next.shard(), MeshMessage::Handoff { conn: next, session: handed, cut }, now);
     }
 
@@ -814,3 +822,5 @@ impl Shard {
     }
 }
 
+#[cfg(test)]
+mod simulation;
