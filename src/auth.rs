@@ -1,4 +1,5 @@
-//! Client authentication: who may connect. Owns the password file (the format
+//! Client authentication and authorization: who may connect, and which filters may not
+//! be subscribed to. Owns the password file (the format
 //! `mosquitto_passwd` writes: `user:$7$iterations$salt$hash`, PBKDF2-HMAC-SHA512, base64)
 //! and the anonymous rule. Pure: the file is parsed once at start-up.
 
@@ -49,12 +50,24 @@ pub fn hash_password_line(username: &str, password: &[u8], salt: &[u8], iteratio
 pub struct Authenticator {
     users: Option<HashMap<String, PasswordHash>>,
     allow_anonymous: bool,
+    denied_filters: Vec<Vec<u8>>,
 }
 
 impl Authenticator {
     /// Anyone may connect, with or without credentials.
     pub fn anonymous() -> Authenticator {
-        Authenticator { users: None, allow_anonymous: true }
+        Authenticator { users: None, allow_anonymous: true, denied_filters: Vec::new() }
+    }
+
+    /// Refuses SUBSCRIBE to any filter a pattern here matches when the requested filter is
+    /// read as a topic: `secret/#` denies `secret/x` and `secret/+` (not `#`).
+    pub fn deny_subscriptions(mut self, patterns: impl IntoIterator<Item = String>) -> Authenticator {
+        self.denied_filters.extend(patterns.into_iter().map(String::into_bytes));
+        self
+    }
+
+    pub fn may_subscribe(&self, filter: &[u8]) -> bool {
+        !self.denied_filters.iter().any(|pattern| crate::topics::filter_matches(pattern, filter))
     }
 
     pub fn from_password_file(contents: &str, allow_anonymous: bool) -> Result<Authenticator, PasswordFileError> {
@@ -84,7 +97,7 @@ impl Authenticator {
             }
             users.insert(user.to_string(), PasswordHash { iterations, salt, hash });
         }
-        Ok(Authenticator { users: Some(users), allow_anonymous })
+        Ok(Authenticator { users: Some(users), allow_anonymous, denied_filters: Vec::new() })
     }
 
     /// Decides a CONNECT's credentials. `Err` carries the CONNACK refusal
@@ -117,6 +130,15 @@ mod tests {
         assert_eq!(auth.check(None, None), Err(ConnectRefusal::NotAuthorized));
         let open = Authenticator::from_password_file(&file, true).unwrap();
         assert_eq!(open.check(None, None), Ok(()));
+    }
+
+    #[test]
+    fn denied_filters() {
+        let auth = Authenticator::anonymous().deny_subscriptions(["test/nosubscribe".to_string(), "secret/#".to_string()]);
+        assert!(!auth.may_subscribe(b"test/nosubscribe"));
+        assert!(!auth.may_subscribe(b"secret/x"));
+        assert!(!auth.may_subscribe(b"secret/+"));
+        assert!(auth.may_subscribe(b"test/other"));
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub struct Config {
     #[arg(long, default_value_t = false)]
     pub allow_anonymous: bool,
 
+    /// Refuse subscriptions to filters this pattern matches (repeatable): SUBACK 0x80
+    /// (3.1.1) / 0x87 Not authorized (5.0).
+    #[arg(long, value_name = "FILTER")]
+    pub deny_subscribe: Vec<String>,
+
     /// Publish per-shard counters under `$SYS/ringmq/shard/<n>/` every this many seconds (0: never).
     #[arg(long, default_value_t = 10)]
     pub sys_interval_s: u64,

@@ -114,7 +114,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             Authenticator::from_password_file(&contents, config.allow_anonymous)?
         }
         None => Authenticator::anonymous(),
-    });
+    }
+    .deny_subscriptions(config.deny_subscribe.iter().cloned()));
 
     let memlock = memlock_limit_bytes();
     if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {

@@ -121,6 +121,17 @@ fn suback_has_one_code_per_filter_in_order() {
 }
 
 #[test]
+fn denied_filters_get_a_failure_code() {
+    let broker = Broker::start(&["--deny-subscribe", "test/nosubscribe", "--deny-subscribe", "secret/#"]);
+    let mut client = broker.client("denied", true);
+    let suback = client.subscribe(&[("test/nosubscribe", QoS::ExactlyOnce), ("secret/+", QoS::AtMostOnce), ("open", QoS::AtLeastOnce)]);
+    assert_eq!(suback.codes, vec![ReasonCode(0x80), ReasonCode(0x80), ReasonCode(1)]);
+    let mut publisher = broker.client("denied-pub", true);
+    publisher.publish("test/nosubscribe", b"x", QoS::AtMostOnce, false, 0);
+    client.assert_silent(Duration::from_millis(300));
+}
+
+#[test]
 fn wildcards_and_dollar_topics() {
     let broker = Broker::start(&[]);
     let mut everything = broker.client("wild-all", true);

@@ -655,6 +655,10 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
+            if !self.auth.may_subscribe(&filter) {
+                codes.push(if version.is_v5() { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
             self.subscriptions.insert(&filter, key, options);
             self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos))));
             self.client(key).session.subscriptions.insert(filter, options);
