@@ -1,6 +1,7 @@
 //! The `ringmq` binary: parse flags, start the shards, stop on SIGINT/SIGTERM.
 
 use std::io::{BufRead, Write};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -14,8 +15,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// PBKDF2 rounds for new password-file entries (what mosquitto_passwd uses).
 const PASSWORD_HASH_ITERATIONS: u32 = 101;
 
-fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+fn main() -> ExitCode {
+    match run(Config::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ringmq: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
     if let Some(user) = &config.hash_password {
         let mut password = String::new();
         std::io::stdin().lock().read_line(&mut password).context("reading the password from standard input")?;
