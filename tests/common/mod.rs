@@ -291,6 +291,19 @@ impl RawClient {
         }
     }
 
+    /// Sends a QoS 0 PUBLISH to `topic` as given, valid or not, expecting no answer.
+    pub fn publish_raw_topic(&mut self, topic: &str) {
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }));
+    }
+
     /// Acknowledges a received PUBLISH as its QoS requires.
     pub fn ack(&mut self, publish: &Publish) {
         match (publish.qos, publish.packet_id) {
