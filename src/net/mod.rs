@@ -2,7 +2,7 @@
 //! shard, write what the shard buffered. The only module besides `runtime` that knows
 //! glommio. Everything a connection decides is decided in `shard`.
 
-mod split;
+pub mod split;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

@@ -1,0 +1,191 @@
+//! One MQTT client connection on a glommio executor: an outbox drained by a writer task
+//! (so acknowledgements and publishes never interleave mid-packet), and a packet reader.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use ringmq::net::split::{ReadHalf, WriteHalf};
+use ringmq::protocol::{Connect, Packet, Properties, ProtocolVersion, decode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connect to {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    #[error("connection closed by the broker")]
+    Closed,
+    #[error("read: {0}")]
+    Io(String),
+    #[error("broker sent a malformed packet: {0}")]
+    Decode(#[from] ringmq::protocol::DecodeError),
+    #[error("CONNACK refused with code {0:#04x}")]
+    Refused(u8),
+    #[error("expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: &'static str },
+}
+
+/// A wake-up slot shared by two tasks on one executor.
+#[derive(Default)]
+pub struct Signal {
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits until `ready()` holds, re-checking after each notify.
+    pub async fn wait_until(&self, ready: impl Fn() -> bool) {
+        poll_fn(|cx| {
+            if ready() {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Bytes waiting for the writer task.
+#[derive(Default)]
+pub struct Outbox {
+    buf: RefCell<BytesMut>,
+    closed: Cell<bool>,
+    has_data: Signal,
+    /// Notified after each write, for senders waiting for room.
+    pub drained: Signal,
+}
+
+impl Outbox {
+    pub fn push(&self, packet: &Packet, version: ProtocolVersion) {
+        packet.encode(version, &mut self.buf.borrow_mut());
+        self.has_data.notify();
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.borrow().len()
+    }
+
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.has_data.notify();
+    }
+
+    async fn next(&self) -> Option<Bytes> {
+        self.has_data.wait_until(|| !self.buf.borrow().is_empty() || self.closed.get()).await;
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            return None;
+        }
+        Some(buf.split().freeze())
+    }
+}
+
+pub struct Reader {
+    half: ReadHalf,
+    buf: BytesMut,
+    version: ProtocolVersion,
+}
+
+impl Reader {
+    /// The next packet; `Err(Closed)` at end of stream. Dropping the future loses nothing.
+    pub async fn next(&mut self) -> Result<Packet, ConnError> {
+        loop {
+            if let Some(packet) = self.buffered()? {
+                return Ok(packet);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// A packet already received, without waiting.
+    pub fn buffered(&mut self) -> Result<Option<Packet>, ConnError> {
+        Ok(decode(&mut self.buf, self.version, u32::MAX)?)
+    }
+
+    /// Waits for more bytes from the socket. Dropping the future loses nothing.
+    pub async fn read_more(&mut self) -> Result<(), ConnError> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.half.read(&mut chunk).await {
+            Ok(0) => Err(ConnError::Closed),
+            Ok(count) => {
+                self.buf.extend_from_slice(&chunk[..count]);
+                Ok(())
+            }
+            Err(error) => Err(ConnError::Io(error.to_string())),
+        }
+    }
+}
+
+pub struct Connection {
+    pub reader: Reader,
+    pub outbox: Rc<Outbox>,
+    pub version: ProtocolVersion,
+    writer: glommio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    /// TCP connect, CONNECT, and wait for a successful CONNACK.
+    pub async fn open(addr: SocketAddr, client_id: &str, clean: bool, version: ProtocolVersion) -> Result<Connection, ConnError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|error| ConnError::Connect { addr, message: error.to_string() })?;
+        let _ = stream.set_nodelay(true);
+        let stream = Rc::new(RefCell::new(stream));
+        let outbox = Rc::new(Outbox::default());
+        let mut write_half = WriteHalf::new(stream.clone());
+        let writer_outbox = outbox.clone();
+        let writer = glommio::spawn_local(async move {
+            while let Some(bytes) = writer_outbox.next().await {
+                if write_half.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                writer_outbox.drained.notify();
+            }
+            write_half.shutdown();
+        })
+        .detach();
+        let mut connection = Connection {
+            reader: Reader { half: ReadHalf::new(stream), buf: BytesMut::new(), version },
+            outbox,
+            version,
+            writer,
+        };
+        let connect = Connect {
+            version,
+            clean_start: clean,
+            keep_alive_s: 60,
+            properties: Properties::default(),
+            client_id: Bytes::copy_from_slice(client_id.as_bytes()),
+            will: None,
+            username: None,
+            password: None,
+        };
+        connection.send(&Packet::Connect(Box::new(connect)));
+        match connection.reader.next().await? {
+            Packet::ConnAck(connack) if connack.code == 0 => Ok(connection),
+            Packet::ConnAck(connack) => Err(ConnError::Refused(connack.code)),
+            other => Err(ConnError::Unexpected { expected: "CONNACK", got: other.name() }),
+        }
+    }
+
+    pub fn send(&self, packet: &Packet) {
+        self.outbox.push(packet, self.version);
+    }
+
+    /// DISCONNECT, flush, close.
+    pub async fn close(self) {
+        self.send(&Packet::Disconnect(ringmq::protocol::Disconnect::new(ringmq::protocol::ReasonCode::SUCCESS)));
+        self.outbox.close();
+        let _ = self.writer.await;
+    }
+}

@@ -1,0 +1,15 @@
+//! loadgen: drives any MQTT broker with fan-out, fan-in, point-to-point and connection
+//! storm loads, and says honestly what happened.
+//!
+//! Pure parts: `plan` (who publishes where, who must hear whom), `stamp` (what every
+//! payload carries), `tracker` (loss, duplication and order per publisher and
+//! subscriber), `schedule` (open-loop due times), `report` (numbers and outputs).
+//! IO: `conn` (one client connection on glommio) and `run` (executors, phases).
+
+pub mod conn;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod stamp;
+pub mod tracker;

@@ -1,0 +1,154 @@
+//! The `loadgen` binary: flags in, one run, a report out. Exit status 1 when the run lost
+//! or duplicated what its QoS forbids, or hit errors.
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use loadgen::plan::Scenario;
+use loadgen::run::{RunConfig, run};
+use ringmq::protocol::{ProtocolVersion, QoS};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about = "MQTT load generator with loss/duplicate/order accounting and coordinated-omission-corrected latency")]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    #[arg(long, value_enum, default_value = "fanout")]
+    scenario: Scenario,
+    /// Publishers (fanout, fanin); for p2p, the number of pairs.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers (fanout, fanin).
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Connections to open (conn-storm).
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos_pub: u8,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos_sub: u8,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long, default_value_t = 3)]
+    mqtt: u8,
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    #[arg(long, default_value = "loadgen")]
+    topic_prefix: String,
+    /// Fanout subscribers use PREFIX/# instead of the exact topic.
+    #[arg(long)]
+    wildcard: bool,
+    /// Open loop: total messages per second over all publishers. Without it: closed loop, as fast as acknowledgements allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Unacknowledged QoS 1/2 messages per publisher (closed loop window).
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Stop each publisher after this many messages (whichever comes first with the duration).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Latency samples of messages sent in the first seconds are left out.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_s: f64,
+    /// Time after publishing ends to wait for the last deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    drain_s: f64,
+    /// conn-storm: keep the connections open this long before closing them.
+    #[arg(long, default_value_t = 0.0)]
+    hold_s: f64,
+    /// Subscribers (and storm connections) use clean session 0.
+    #[arg(long)]
+    persistent: bool,
+    /// Client executors: a count or a CPU list, as for ringmq --cores.
+    #[arg(long, default_value = "1")]
+    cores: String,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Write the latency percentile distribution here.
+    #[arg(long)]
+    hist: Option<PathBuf>,
+    /// Draw the latency percentile curve into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn qos(level: u8) -> QoS {
+    QoS::from_bits(level).expect("clap keeps it in 0..=2")
+}
+
+fn main() -> ExitCode {
+    match main_inner() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("loadgen: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main_inner() -> anyhow::Result<bool> {
+    let cli = Cli::parse();
+    let broker = (cli.host.as_str(), cli.port)
+        .to_socket_addrs()
+        .context("resolving --host")?
+        .next()
+        .context("--host resolves to no address")?;
+    let version = match cli.mqtt {
+        3 | 4 => ProtocolVersion::V311,
+        5 => ProtocolVersion::V5,
+        other => bail!("--mqtt must be 3 or 5, not {other}"),
+    };
+    let cpus = ringmq::config::parse_cores(Some(&cli.cores), &ringmq::runtime::allowed_cpus()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (publishers, subscribers) = match cli.scenario {
+        Scenario::P2p => (cli.publishers, cli.publishers),
+        _ => (cli.publishers, cli.subscribers),
+    };
+    let config = RunConfig {
+        broker,
+        scenario: cli.scenario,
+        publishers,
+        subscribers,
+        connections: cli.connections,
+        qos_pub: qos(cli.qos_pub),
+        qos_sub: qos(cli.qos_sub),
+        version,
+        payload_bytes: cli.payload_bytes,
+        topic_prefix: cli.topic_prefix.clone(),
+        wildcard: cli.wildcard,
+        rate_per_s: cli.rate,
+        inflight: cli.inflight,
+        duration: Duration::from_secs_f64(cli.duration_s),
+        messages_per_publisher: cli.messages,
+        warmup: Duration::from_secs_f64(cli.warmup_s),
+        drain: Duration::from_secs_f64(cli.drain_s),
+        hold: Duration::from_secs_f64(cli.hold_s),
+        persistent: cli.persistent,
+        cpus,
+        progress: !cli.json && unsafe { libc::isatty(2) } == 1,
+    };
+    let outcome = run(config.clone())?;
+    let (report, histogram) = loadgen::report::build(&config, &outcome);
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
+    if let Some(path) = &cli.hist {
+        loadgen::report::write_distribution(&histogram, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &cli.plot {
+        let title = format!("{:?} QoS {}->{} against {}", report.scenario, report.qos_pub, report.qos_sub, report.broker);
+        loadgen::report::write_plot(&histogram, &title, path)?;
+    }
+    Ok(!report.failed)
+}

@@ -1,0 +1,68 @@
+//! Scenarios turned into a plan: which connections publish to which topic, which
+//! subscribe to which filter, and so which subscriber must hear which publisher.
+
+use ringmq::topics::filter_matches;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// P publishers, S subscribers, all on one topic (or a wildcard with --wildcard).
+    Fanout,
+    /// P publishers on their own topics, S subscribers on a wildcard over all of them.
+    Fanin,
+    /// N pairs, each publisher with its own subscriber on its own topic.
+    P2p,
+    /// Open connections as fast as possible, then hold them idle.
+    ConnStorm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Topic of publisher `i`.
+    pub publishers: Vec<String>,
+    /// Filter of subscriber `i`.
+    pub subscribers: Vec<String>,
+}
+
+impl Plan {
+    pub fn new(scenario: Scenario, publishers: usize, subscribers: usize, prefix: &str, wildcard: bool) -> Plan {
+        match scenario {
+            Scenario::Fanout => Plan {
+                publishers: vec![format!("{prefix}/fanout"); publishers],
+                subscribers: vec![if wildcard { format!("{prefix}/#") } else { format!("{prefix}/fanout") }; subscribers],
+            },
+            Scenario::Fanin => Plan {
+                publishers: (0..publishers).map(|p| format!("{prefix}/fanin/{p}")).collect(),
+                subscribers: vec![format!("{prefix}/fanin/+"); subscribers],
+            },
+            Scenario::P2p => Plan {
+                publishers: (0..publishers).map(|p| format!("{prefix}/p2p/{p}")).collect(),
+                subscribers: (0..publishers).map(|p| format!("{prefix}/p2p/{p}")).collect(),
+            },
+            Scenario::ConnStorm => Plan { publishers: Vec::new(), subscribers: Vec::new() },
+        }
+    }
+
+    /// The publishers subscriber `subscriber` must hear.
+    pub fn publishers_heard_by(&self, subscriber: usize) -> Vec<u32> {
+        let filter = self.subscribers[subscriber].as_bytes();
+        (0..self.publishers.len() as u32).filter(|&p| filter_matches(filter, self.publishers[p as usize].as_bytes())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_hears_whom() {
+        let fanout = Plan::new(Scenario::Fanout, 2, 3, "b", true);
+        assert_eq!(fanout.subscribers, vec!["b/#"; 3]);
+        assert_eq!(fanout.publishers_heard_by(2), vec![0, 1]);
+        let fanin = Plan::new(Scenario::Fanin, 3, 1, "b", false);
+        assert_eq!(fanin.publishers_heard_by(0), vec![0, 1, 2]);
+        let p2p = Plan::new(Scenario::P2p, 3, 0, "b", false);
+        assert_eq!(p2p.subscribers.len(), 3);
+        assert_eq!(p2p.publishers_heard_by(1), vec![1]);
+    }
+}

@@ -1,0 +1,155 @@
+//! loadgen against the real ringmq binary, every scenario at small scale: exact delivered
+//! counts for QoS 1 and 2, no loss, no QoS 2 duplicates, sane percentiles.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Builds the broker once (the workspace's release profile) and returns its path.
+fn ringmq_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--bin", "ringmq"])
+                .current_dir(&root)
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building ringmq");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            target.join("release").join("ringmq")
+        })
+        .clone()
+}
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let mut child = Command::new(ringmq_binary())
+            // Bursts here exceed the default 1000-message session queue; these tests are
+            // about loadgen's accounting, not the broker's shedding.
+            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "warn", "--sys-interval-s", "0", "--queued-messages-max", "1000000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ringmq");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
+        let addr = line.split_whitespace().find_map(|w| w.parse().ok()).expect("address in the listening line");
+        Broker { child, addr }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs loadgen with `args` plus --json against `broker`; returns (exit success, report).
+fn loadgen(broker: &Broker, args: &[&str]) -> (bool, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--host", "127.0.0.1", "--port", &broker.addr.port().to_string(), "--json", "--warmup-s", "0"])
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8(output.stdout).expect("utf8");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("loadgen printed no JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
+    });
+    (output.status.success(), report)
+}
+
+fn count(report: &Value, name: &str) -> u64 {
+    report["counts"][name].as_u64().unwrap_or_else(|| panic!("counts.{name} in {report}"))
+}
+
+fn assert_exact(report: &Value, expected: u64) {
+    assert_eq!(count(report, "expected"), expected, "{report}");
+    assert_eq!(count(report, "unique"), expected, "{report}");
+    assert_eq!(count(report, "delivered"), expected, "{report}");
+    assert_eq!(count(report, "lost"), 0, "{report}");
+    assert_eq!(count(report, "duplicated"), 0, "{report}");
+    assert_eq!(count(report, "out_of_order"), 0, "{report}");
+    assert_sane_latency(report, "latency_us");
+}
+
+fn assert_sane_latency(report: &Value, field: &str) {
+    let p = &report[field];
+    let value = |name: &str| p[name].as_u64().unwrap_or_else(|| panic!("{field}.{name} in {report}"));
+    assert!(value("p50") > 0, "{report}");
+    assert!(value("p50") <= value("p99") && value("p99") <= value("max"), "{report}");
+}
+
+#[test]
+fn fanout_qos1_and_qos2_deliver_exactly() {
+    let broker = Broker::start();
+    for qos in ["1", "2"] {
+        let (ok, report) = loadgen(&broker, &["--scenario", "fanout", "--publishers", "2", "--subscribers", "20", "--qos-pub", qos, "--qos-sub", qos, "--messages", "200", "--duration-s", "30", "--cores", "2"]);
+        assert!(ok, "{report}");
+        assert_eq!(report["published"], 400);
+        assert_exact(&report, 400 * 20);
+    }
+}
+
+#[test]
+fn fanin_over_a_wildcard_delivers_exactly() {
+    let broker = Broker::start();
+    let (ok, report) = loadgen(&broker, &["--scenario", "fanin", "--publishers", "30", "--subscribers", "2", "--qos-pub", "1", "--qos-sub", "2", "--messages", "50", "--duration-s", "30"]);
+    assert!(ok, "{report}");
+    assert_exact(&report, 30 * 50 * 2);
+}
+
+#[test]
+fn p2p_pairs_deliver_exactly_in_open_loop() {
+    let broker = Broker::start();
+    // 40 pairs sharing 4000 msg/s for 100 messages each: about one second, open loop.
+    let (ok, report) = loadgen(&broker, &["--scenario", "p2p", "--publishers", "40", "--qos-pub", "2", "--qos-sub", "2", "--messages", "100", "--rate", "4000", "--duration-s", "30"]);
+    assert!(ok, "{report}");
+    assert_exact(&report, 40 * 100);
+    assert_eq!(report["rate_per_s"], 4000.0);
+}
+
+#[test]
+fn qos0_fanout_reports_what_arrived() {
+    let broker = Broker::start();
+    let (ok, report) = loadgen(&broker, &["--scenario", "fanout", "--subscribers", "5", "--messages", "1000", "--duration-s", "30", "--mqtt", "5"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["mqtt"], "5.0");
+    // At this scale nothing is shed; QoS 0 loss would be reported, not fatal.
+    assert_exact(&report, 5000);
+}
+
+#[test]
+fn conn_storm_opens_every_connection() {
+    let broker = Broker::start();
+    let (ok, report) = loadgen(&broker, &["--scenario", "conn-storm", "--connections", "300", "--hold-s", "0.2", "--cores", "2"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["connections_ok"], 300);
+    assert!(report["connects_per_s"].as_f64().expect("rate") > 0.0);
+    assert_sane_latency(&report, "connack_latency_us");
+}
+
+#[test]
+fn loss_at_qos1_fails_the_run_loudly() {
+    // Nothing listens here: every connection fails, and the run must not pass.
+    let dead = Broker::start();
+    let port = dead.addr.port();
+    drop(dead);
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--port", &port.to_string(), "--scenario", "fanout", "--subscribers", "2", "--qos-pub", "1", "--qos-sub", "1", "--messages", "10", "--drain-s", "1"])
+        .output()
+        .expect("run loadgen");
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("FAILED") && stdout.contains("ERROR"), "{stdout}");
+}
