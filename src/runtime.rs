@@ -86,7 +86,7 @@ fn memlock_limit_bytes() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return u64::MAX;
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// Binds (without listening) to resolve port 0 to a concrete port that every shard then

@@ -107,20 +107,20 @@ fn concurrent_connects_with_one_client_id_leave_exactly_one_live() {
             })
             .collect();
         let mut clients: Vec<RawClient> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
-        // Give the evictions time to land, then count who still answers a ping.
-        std::thread::sleep(Duration::from_millis(300));
-        let mut live = 0;
-        for client in &mut clients {
-            client.send(&Packet::PingReq);
-            if client.try_recv(Duration::from_millis(500)) == Some(Packet::PingResp) {
-                live += 1;
+        // Wait for the evictions: all but one connection must be closed by the broker.
+        let mut closed = vec![false; clients.len()];
+        let deadline = std::time::Instant::now() + WAIT;
+        while closed.iter().filter(|c| **c).count() < clients.len() - 1 && std::time::Instant::now() < deadline {
+            for (client, closed) in clients.iter_mut().zip(closed.iter_mut()).filter(|(_, c)| !**c) {
+                *closed = client.closed_within(Duration::from_millis(20), &mut Vec::new());
             }
         }
-        assert_eq!(live, 1, "exactly one connection owns the client id");
+        assert_eq!(closed.iter().filter(|c| **c).count(), clients.len() - 1, "all but one evicted");
+        let survivor = closed.iter().position(|c| !*c).expect("one survivor");
+        clients[survivor].send(&Packet::PingReq);
+        assert_eq!(clients[survivor].recv(), Packet::PingResp, "the survivor owns the client id");
         for client in clients {
             client.drop_abruptly();
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = WAIT;
 }

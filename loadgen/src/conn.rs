@@ -75,6 +75,10 @@ impl Outbox {
         self.buf.borrow().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.buf.borrow().is_empty()
+    }
+
     pub fn close(&self) {
         self.closed.set(true);
         self.has_data.notify();

@@ -23,7 +23,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     pub fn of(histogram: &Histogram<u64>) -> Option<Percentiles> {
-        (histogram.len() > 0).then(|| Percentiles {
+        (!histogram.is_empty()).then(|| Percentiles {
             samples: histogram.len(),
             p50: histogram.value_at_quantile(0.5),
             p90: histogram.value_at_quantile(0.9),

@@ -412,7 +412,7 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
                 in_flight.set(in_flight.get() + 1);
             }
             sequence += 1;
-            if sequence % 256 == 0 {
+            if sequence.is_multiple_of(256) {
                 shared.sent.fetch_add(256, Ordering::Relaxed);
                 glommio::yield_if_needed().await;
             }

@@ -155,6 +155,8 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
 mod smallvec_levels {
     const INLINE: usize = 16;
 
+    // The inline variant is the point: up to 16 levels live on the stack, no allocation.
+    #[allow(clippy::large_enum_variant)]
     pub enum Levels<'a> {
         Inline([&'a [u8]; INLINE], usize),
         Heap(Vec<&'a [u8]>),
