@@ -16,6 +16,10 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0:1883")]
     pub listen: SocketAddr,
 
+    /// Pending-connection queue per shard's listener (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    pub listen_backlog: i32,
+
     /// Shards to run: a count ("4", pinned to CPUs 0-3) or a CPU list ("0,2-3").
     /// Default: one shard per available CPU.
     #[arg(long)]
@@ -100,6 +104,7 @@ pub enum ConfigError {
 /// Timing and size limits the shards use, derived from `Config`.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    pub listen_backlog: i32,
     pub connect_timeout: Duration,
     pub max_packet_size_bytes: u32,
     pub session: SessionLimits,
@@ -123,6 +128,7 @@ impl Config {
             return Err(ConfigError::RingDepth);
         }
         Ok(Limits {
+            listen_backlog: self.listen_backlog.max(1),
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
             max_packet_size_bytes: self.max_packet_size_bytes,
             session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },

@@ -89,6 +89,18 @@ fn memlock_limit_bytes() -> u64 {
     limit.rlim_cur
 }
 
+/// A listening socket on `addr` in the SO_REUSEPORT group, with our backlog (glommio's
+/// own `bind` fixes it at 1024, which a connection storm on one shard overflows).
+fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    // SAFETY: we own the listening descriptor and hand it to glommio, which owns it from here.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Binds (without listening) to resolve port 0 to a concrete port that every shard then
 /// binds with SO_REUSEPORT. An unlistened socket receives no connections.
 fn reserve_address(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), StartError> {
@@ -188,10 +200,9 @@ async fn shard_main(params: ShardParams) {
         return;
     };
     let id = ShardId(senders.peer_id());
-    let listener = match TcpListener::bind(local_addr) {
+    let listener = match listen(local_addr, limits.listen_backlog) {
         Ok(listener) => listener,
-        Err(error) => {
-            let source = std::io::Error::other(error.to_string());
+        Err(source) => {
             let _ = ready.send(Err(StartError::Bind { addr: local_addr, source }));
             return;
         }

@@ -42,6 +42,7 @@ struct Sim {
 
 fn limits() -> Limits {
     Limits {
+        listen_backlog: 128,
         connect_timeout: Duration::from_secs(10),
         max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 8, queued_max: 100_000 },
