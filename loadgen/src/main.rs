@@ -44,6 +44,10 @@ struct Cli {
     /// Fanout subscribers use PREFIX/# instead of the exact topic.
     #[arg(long)]
     wildcard: bool,
+    /// Subscribers share one subscription, `$share/GROUP/<filter>`: each message must reach
+    /// exactly one of them (fanin or fanout).
+    #[arg(long, value_name = "GROUP")]
+    shared_group: Option<String>,
     /// Open loop: total messages per second over all publishers. Without it: closed loop, as fast as acknowledgements allow.
     #[arg(long)]
     rate: Option<f64>,
@@ -125,6 +129,7 @@ fn main_inner() -> anyhow::Result<bool> {
         payload_bytes: cli.payload_bytes,
         topic_prefix: cli.topic_prefix.clone(),
         wildcard: cli.wildcard,
+        shared_group: cli.shared_group.clone(),
         rate_per_s: cli.rate,
         inflight: cli.inflight,
         duration: Duration::from_secs_f64(cli.duration_s),

@@ -25,7 +25,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(scenario: Scenario, publishers: usize, subscribers: usize, prefix: &str, wildcard: bool) -> Plan {
+    /// With `shared_group`, every subscriber joins `$share/GROUP/<filter>`: together they
+    /// must receive each message once.
+    pub fn new(scenario: Scenario, publishers: usize, subscribers: usize, prefix: &str, wildcard: bool, shared_group: Option<&str>) -> Plan {
+        let mut plan = Self::unshared(scenario, publishers, subscribers, prefix, wildcard);
+        if let Some(group) = shared_group {
+            for filter in &mut plan.subscribers {
+                *filter = format!("$share/{group}/{filter}");
+            }
+        }
+        plan
+    }
+
+    fn unshared(scenario: Scenario, publishers: usize, subscribers: usize, prefix: &str, wildcard: bool) -> Plan {
         match scenario {
             Scenario::Fanout => Plan {
                 publishers: vec![format!("{prefix}/fanout"); publishers],
@@ -46,6 +58,11 @@ impl Plan {
     /// The publishers subscriber `subscriber` must hear.
     pub fn publishers_heard_by(&self, subscriber: usize) -> Vec<u32> {
         let filter = self.subscribers[subscriber].as_bytes();
+        // `$share/GROUP/filter` matches what `filter` matches.
+        let filter = match filter.strip_prefix(b"$share/") {
+            Some(rest) => rest.splitn(2, |&b| b == b'/').nth(1).unwrap_or_default(),
+            None => filter,
+        };
         (0..self.publishers.len() as u32).filter(|&p| filter_matches(filter, self.publishers[p as usize].as_bytes())).collect()
     }
 }
@@ -56,13 +73,16 @@ mod tests {
 
     #[test]
     fn who_hears_whom() {
-        let fanout = Plan::new(Scenario::Fanout, 2, 3, "b", true);
+        let fanout = Plan::new(Scenario::Fanout, 2, 3, "b", true, None);
         assert_eq!(fanout.subscribers, vec!["b/#"; 3]);
         assert_eq!(fanout.publishers_heard_by(2), vec![0, 1]);
-        let fanin = Plan::new(Scenario::Fanin, 3, 1, "b", false);
+        let fanin = Plan::new(Scenario::Fanin, 3, 1, "b", false, None);
         assert_eq!(fanin.publishers_heard_by(0), vec![0, 1, 2]);
-        let p2p = Plan::new(Scenario::P2p, 3, 0, "b", false);
+        let p2p = Plan::new(Scenario::P2p, 3, 0, "b", false, None);
         assert_eq!(p2p.subscribers.len(), 3);
         assert_eq!(p2p.publishers_heard_by(1), vec![1]);
+        let shared = Plan::new(Scenario::Fanin, 2, 2, "b", false, Some("g"));
+        assert_eq!(shared.subscribers, vec!["$share/g/b/fanin/+"; 2]);
+        assert_eq!(shared.publishers_heard_by(1), vec![0, 1]);
     }
 }

@@ -47,6 +47,7 @@ pub struct Report {
     pub subscribers: usize,
     pub client_cores: usize,
     pub rate_per_s: Option<f64>,
+    pub shared_group: Option<String>,
     pub published: u64,
     pub counts: Counts,
     pub publish_seconds: f64,
@@ -72,13 +73,22 @@ pub fn build(config: &RunConfig, outcome: &RunOutcome) -> (Report, Histogram<u64
     let mut errors = Vec::new();
     let mut connections_ok = 0;
     let mut last_ns = 0;
+    let mut group: Option<crate::tracker::Tracker> = None;
     for result in &outcome.results {
+        for tracker in &result.group_trackers {
+            group.get_or_insert_with(Default::default).merge(tracker);
+        }
         latency.add(&result.latency_us).expect("same bounds");
         connack.add(&result.connack_us).expect("same bounds");
         counts += result.counts;
         errors.extend(result.errors.iter().cloned());
         connections_ok += result.connections_ok;
         last_ns = last_ns.max(result.last_delivery_ns);
+    }
+    if let Some(group) = group {
+        // Every member hears the same publishers; the group as a whole must get each once.
+        let heard = config.plan().publishers_heard_by(0);
+        counts += group.counts(&heard, &outcome.published_per_publisher);
     }
     let seconds = |ns: u64| ns as f64 / 1e9;
     let publish_seconds = seconds(outcome.publish_end_ns.saturating_sub(outcome.start_ns));
@@ -101,6 +111,7 @@ pub fn build(config: &RunConfig, outcome: &RunOutcome) -> (Report, Histogram<u64
         subscribers: if storm { 0 } else { config.subscribers },
         client_cores: config.cpus.len(),
         rate_per_s: config.rate_per_s,
+        shared_group: config.shared_group.clone(),
         published: outcome.published,
         counts,
         publish_seconds,

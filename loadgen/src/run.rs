@@ -42,6 +42,8 @@ pub struct RunConfig {
     pub payload_bytes: usize,
     pub topic_prefix: String,
     pub wildcard: bool,
+    /// Subscribers share one `$share/GROUP/...` subscription.
+    pub shared_group: Option<String>,
     pub rate_per_s: Option<f64>,
     pub inflight: usize,
     pub duration: Duration,
@@ -52,6 +54,12 @@ pub struct RunConfig {
     pub persistent: bool,
     pub cpus: Vec<usize>,
     pub progress: bool,
+}
+
+impl RunConfig {
+    pub fn plan(&self) -> Plan {
+        Plan::new(self.scenario, self.publishers, self.subscribers, &self.topic_prefix, self.wildcard, self.shared_group.as_deref())
+    }
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -68,6 +76,8 @@ struct Shared {
     publish_end_ns: AtomicU64,
     sent: AtomicU64,
     delivered: AtomicU64,
+    /// Fresh deliveries to members of the shared group, for knowing when they are done.
+    group_delivered: AtomicU64,
     abort: AtomicBool,
 }
 
@@ -85,6 +95,8 @@ pub struct ExecutorResult {
     pub connections_ok: u64,
     pub errors: Vec<String>,
     pub last_delivery_ns: u64,
+    /// Trackers of shared-group members, merged into one account by the report.
+    pub group_trackers: Vec<Tracker>,
 }
 
 impl ExecutorResult {
@@ -96,6 +108,7 @@ impl ExecutorResult {
             connections_ok: 0,
             errors: Vec::new(),
             last_delivery_ns: 0,
+            group_trackers: Vec::new(),
         }
     }
 }
@@ -104,6 +117,7 @@ impl ExecutorResult {
 pub struct RunOutcome {
     pub results: Vec<ExecutorResult>,
     pub published: u64,
+    pub published_per_publisher: Vec<u64>,
     pub start_ns: u64,
     pub publish_end_ns: u64,
     pub wall: Duration,
@@ -123,7 +137,7 @@ fn cpu_time() -> Duration {
 }
 
 pub fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
-    let plan = Plan::new(config.scenario, config.publishers, config.subscribers, &config.topic_prefix, config.wildcard);
+    let plan = config.plan();
     let shared = Arc::new(Shared {
         origin: Instant::now(),
         subscribers_ready: AtomicUsize::new(0),
@@ -133,6 +147,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
         publish_end_ns: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
+        group_delivered: AtomicU64::new(0),
         abort: AtomicBool::new(false),
     });
     let config = Arc::new(config);
@@ -177,6 +192,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<RunOutcome> {
     Ok(RunOutcome {
         results,
         published: shared.published.iter().map(|p| p.load(Ordering::Relaxed)).sum(),
+        published_per_publisher: shared.published.iter().map(|p| p.load(Ordering::Relaxed)).collect(),
         start_ns: shared.start_ns.load(Ordering::Relaxed),
         publish_end_ns: shared.publish_end_ns.load(Ordering::Relaxed),
         wall: wall_start.elapsed(),
@@ -216,6 +232,7 @@ fn fail(result: &RefCell<ExecutorResult>, shared: &Shared, what: String) {
 
 async fn subscriber(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared: Arc<Shared>, result: Rc<RefCell<ExecutorResult>>) {
     let heard = plan.publishers_heard_by(index);
+    let in_group = config.shared_group.is_some();
     let mut connection = match Connection::open(config.broker, &client_id("sub", index), !config.persistent, config.version).await {
         Ok(connection) => connection,
         Err(error) => return fail(&result, &shared, format!("subscriber {index}: {error}")),
@@ -273,6 +290,9 @@ async fn subscriber(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, share
                             latency.saturating_record((now.saturating_sub(stamp.sent_ns) / 1000).max(1));
                         }
                         last_delivery_ns = now;
+                        if in_group {
+                            shared.group_delivered.fetch_add(1, Ordering::Relaxed);
+                        }
                         delivered_unflushed += 1;
                         if delivered_unflushed == 1024 {
                             shared.delivered.fetch_add(delivered_unflushed, Ordering::Relaxed);
@@ -293,7 +313,8 @@ async fn subscriber(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, share
         if shared.publishers_done.load(Ordering::SeqCst) == plan.publishers.len() {
             let expected: u64 = heard.iter().map(|&p| shared.published[p as usize].load(Ordering::SeqCst)).sum();
             let drain_over = shared.now_ns() > shared.publish_end_ns.load(Ordering::SeqCst) + config.drain.as_nanos() as u64;
-            if tracker.unique_from(&heard) >= expected || drain_over {
+            let received = if in_group { shared.group_delivered.load(Ordering::Relaxed) } else { tracker.unique_from(&heard) };
+            if received >= expected || drain_over {
                 break;
             }
         }
@@ -311,7 +332,11 @@ async fn subscriber(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, share
     connection.close().await;
     let published: Vec<u64> = shared.published.iter().map(|p| p.load(Ordering::SeqCst)).collect();
     let mut result = result.borrow_mut();
-    result.counts += tracker.counts(&heard, &published);
+    if in_group {
+        result.group_trackers.push(tracker);
+    } else {
+        result.counts += tracker.counts(&heard, &published);
+    }
     result.latency_us.add(&latency).expect("same bounds");
     result.last_delivery_ns = result.last_delivery_ns.max(last_delivery_ns);
 }

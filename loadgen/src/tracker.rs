@@ -54,6 +54,24 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
+impl Stream {
+    /// Adds what another receiver got from the same publisher: a sequence both got is a
+    /// duplicate (a shared subscription delivers each message to one member only).
+    fn merge(&mut self, other: &Stream) {
+        if self.seen.len() < other.seen.len() {
+            self.seen.resize(other.seen.len(), 0);
+        }
+        for (mine, theirs) in self.seen.iter_mut().zip(&other.seen) {
+            self.duplicates += u64::from((*mine & *theirs).count_ones());
+            *mine |= *theirs;
+        }
+        self.unique = self.seen.iter().map(|word| u64::from(word.count_ones())).sum();
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.highest = self.highest.max(other.highest);
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Tracker {
     streams: HashMap<u32, Stream>,
@@ -62,6 +80,13 @@ pub struct Tracker {
 impl Tracker {
     pub fn record(&mut self, publisher: u32, sequence: u64) {
         self.streams.entry(publisher).or_default().record(sequence);
+    }
+
+    /// Folds in another group member's tracker (see `Stream::merge`).
+    pub fn merge(&mut self, other: &Tracker) {
+        for (publisher, stream) in &other.streams {
+            self.streams.entry(*publisher).or_default().merge(stream);
+        }
     }
 
     /// Unique messages received so far from the given publishers.
@@ -121,6 +146,23 @@ mod tests {
         tracker.record(9, 0);
         let counts = tracker.counts(&[], &[0; 10]);
         assert_eq!((counts.expected, counts.delivered), (0, 1));
+    }
+
+    #[test]
+    fn shared_group_members_merge_into_one_account() {
+        let mut first = Tracker::default();
+        let mut second = Tracker::default();
+        for sequence in [0, 2, 4] {
+            first.record(0, sequence);
+        }
+        for sequence in [1, 3, 4, 100] {
+            second.record(0, sequence);
+        }
+        first.merge(&second);
+        let counts = first.counts(&[0], &[101]);
+        assert_eq!(counts.unique, 6, "0 1 2 3 4 100");
+        assert_eq!(counts.duplicated, 1, "4 reached both members");
+        assert_eq!(counts.lost, 95);
     }
 
     #[test]
