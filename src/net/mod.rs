@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
@@ -106,24 +106,42 @@ enum ReadOutcome {
     Closed,
 }
 
+thread_local! {
+    /// Every read on this shard lands here first; only the bytes that arrived are appended
+    /// to the connection's buffer. glommio needs the read buffer only during a poll, so a
+    /// connection waiting for data holds no buffer at all.
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK_BYTES].into_boxed_slice());
+}
+
 /// Reads more bytes into `buf`, unless the link starts closing first.
 async fn read_more(reader: &mut ReadHalf, buf: &mut BytesMut, link: &Link) -> ReadOutcome {
-    let start = buf.len();
-    buf.resize(start + READ_CHUNK_BYTES, 0);
-    let read = or(async { Some(reader.read(&mut buf[start..]).await) }, async {
-        link.wait_closing().await;
-        None
-    })
+    let read = or(
+        async {
+            Some(
+                poll_fn(|cx| {
+                    READ_SCRATCH.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut scratch[..]) {
+                            Poll::Ready(Ok(count)) => {
+                                buf.extend_from_slice(&scratch[..count]);
+                                Poll::Ready(Ok(count))
+                            }
+                            other => other,
+                        }
+                    })
+                })
+                .await,
+            )
+        },
+        async {
+            link.wait_closing().await;
+            None
+        },
+    )
     .await;
     match read {
-        Some(Ok(count)) if count > 0 => {
-            buf.truncate(start + count);
-            ReadOutcome::Data
-        }
-        _ => {
-            buf.truncate(start);
-            ReadOutcome::Closed
-        }
+        Some(Ok(count)) if count > 0 => ReadOutcome::Data,
+        _ => ReadOutcome::Closed,
     }
 }
 
@@ -188,6 +206,11 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
                 Ok(None) => break,
                 Err(error) => return Err(CloseReason::Decode(error)),
             }
+        }
+        if buf.is_empty() {
+            // Everything consumed: give the rest of the read block back rather than hold
+            // up to 16 KiB for every idle connection.
+            buf = BytesMut::new();
         }
         // Back-pressure: while a peer shard's queue is full, leave this socket unread.
         poll_fn(|cx| shard.borrow_mut().poll_uncongested(cx)).await;

@@ -253,6 +253,17 @@ impl Properties {
     pub fn is_empty(&self) -> bool {
         self.body_len() == 0
     }
+
+    /// The same properties in one compact allocation of their own, so that keeping them
+    /// does not keep the frame they were decoded from alive.
+    pub fn detached(&self, context: PropertyContext) -> Properties {
+        if self.is_empty() {
+            return Properties::default();
+        }
+        let mut block = bytes::BytesMut::with_capacity(self.wire_len());
+        self.encode(&mut block);
+        Properties::decode(&mut Reader::new(block.freeze()), context).expect("our own encoding decodes")
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,15 @@
 
 use bytes::Bytes;
 
-use crate::protocol::{Properties, QoS};
+use crate::protocol::{Properties, PropertyContext, QoS};
+
+/// A copy of `bytes` in an allocation of its own. Decoded fields are slices of the
+/// connection's read block; anything kept beyond the delivery of one message (client ids,
+/// subscription filters, wills, retained messages) is copied, or it would keep the whole
+/// block alive.
+pub fn detach(bytes: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(bytes)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -15,4 +23,17 @@ pub struct Message {
     /// The RETAIN flag as published.
     pub retain: bool,
     pub properties: Properties,
+}
+
+impl Message {
+    /// The same message, holding no slice of any read buffer (see `detach`).
+    pub fn detached(&self) -> Message {
+        Message {
+            topic: detach(&self.topic),
+            payload: detach(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.detached(PropertyContext::Publish),
+        }
+    }
 }

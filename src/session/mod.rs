@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use message::Message;
+pub use message::{Message, detach};
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
 

@@ -40,7 +40,7 @@ use crate::protocol::{
     PublishHeader, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
-use crate::session::{Message, Offer, Outgoing, Session};
+use crate::session::{Message, Offer, Outgoing, Session, detach};
 use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
 
 /// Index of a client slot within one shard.
@@ -359,7 +359,7 @@ impl Shard {
         let client_id = if client_id_assigned {
             Bytes::from(format!("ringmq-{:x}-{:x}", self.id.0, self.next_conn_sequence))
         } else {
-            connect.client_id.clone()
+            detach(&connect.client_id)
         };
         let clean_start = connect.clean_start;
         let conn = link.conn_id;
@@ -447,7 +447,13 @@ impl Shard {
             version,
             keep_alive: (connect.keep_alive_s > 0).then(|| Duration::from_secs(u64::from(connect.keep_alive_s))),
             last_activity: now,
-            will: connect.will,
+            will: connect.will.map(|will| Will {
+                topic: detach(&will.topic),
+                payload: detach(&will.payload),
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties.detached(crate::protocol::PropertyContext::Will),
+            }),
             ends_with_connection: connect.clean_start,
             skip_until: None,
         });
@@ -629,14 +635,10 @@ impl Shard {
         if is_new {
             let mut properties = publish.properties;
             properties.subscription_identifiers.clear();
-            let message = Arc::new(Message {
-                topic: publish.topic,
-                payload: publish.payload,
-                qos,
-                retain: publish.retain,
-                properties,
-            });
-            self.route(message, now);
+            let message = Message { topic: publish.topic, payload: publish.payload, qos, retain: publish.retain, properties };
+            // A retained message outlives this delivery: store it detached from the read block.
+            let message = if message.retain { message.detached() } else { message };
+            self.route(Arc::new(message), now);
         }
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => write_packet(link, version, &Packet::PubAck(Ack::new(id))),
@@ -661,7 +663,7 @@ impl Shard {
             }
             self.subscriptions.insert(&filter, key, options);
             self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos))));
-            self.client(key).session.subscriptions.insert(filter, options);
+            self.client(key).session.subscriptions.insert(detach(&filter), options);
             codes.push(ReasonCode(options.qos as u8));
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
