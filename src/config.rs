@@ -37,6 +37,15 @@ pub struct Config {
     #[arg(long, default_value_t = 32)]
     pub inflight_max: u16,
 
+    /// Inbound QoS 2 messages a client may have awaiting PUBREL (5.0 Receive Maximum,
+    /// announced in CONNACK; a 5.0 client going beyond it is disconnected with 0x93).
+    #[arg(long, default_value_t = 1024)]
+    pub receive_maximum: u16,
+
+    /// Cap on a 5.0 client's keep alive, in seconds, announced as Server Keep Alive (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_keepalive_s: u16,
+
     /// QoS 1/2 messages queued per session (behind the window or while offline); more drop.
     #[arg(long, default_value_t = 1000)]
     pub queued_messages_max: usize,
@@ -95,6 +104,8 @@ pub enum ConfigError {
     MaxPacketSize,
     #[error("--inflight-max must be at least 1")]
     InflightMax,
+    #[error("--receive-maximum must be at least 1")]
+    ReceiveMaximum,
     #[error("--mesh-channel-batches must be at least 1")]
     MeshChannel,
     #[error("--ring-depth must be a power of two between 8 and 32768")]
@@ -108,6 +119,8 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub max_packet_size_bytes: u32,
     pub session: SessionLimits,
+    pub receive_maximum: u16,
+    pub max_keep_alive_s: Option<u16>,
     pub outbound_buffer_max_bytes: usize,
     pub mesh_outbox_max_messages: usize,
     pub sys_interval: Option<Duration>,
@@ -121,6 +134,9 @@ impl Config {
         if self.inflight_max == 0 {
             return Err(ConfigError::InflightMax);
         }
+        if self.receive_maximum == 0 {
+            return Err(ConfigError::ReceiveMaximum);
+        }
         if self.mesh_channel_batches == 0 {
             return Err(ConfigError::MeshChannel);
         }
@@ -132,6 +148,8 @@ impl Config {
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
             max_packet_size_bytes: self.max_packet_size_bytes,
             session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },
+            receive_maximum: self.receive_maximum,
+            max_keep_alive_s: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
             outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
             mesh_outbox_max_messages: self.mesh_outbox_max_messages,
             sys_interval: (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s)),

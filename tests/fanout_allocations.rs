@@ -90,6 +90,8 @@ fn allocations_per_publish(subscribers: usize, qos: QoS) -> u64 {
         connect_timeout: Duration::from_secs(10),
         max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 64, queued_max: 1000 },
+        receive_maximum: 1024,
+        max_keep_alive_s: None,
         outbound_buffer_max_bytes: 1 << 30,
         mesh_outbox_max_messages: 1 << 20,
         sys_interval: None,

@@ -59,6 +59,12 @@ pub struct PublishHeader {
     pub packet_id: Option<PacketId>,
 }
 
+/// Size on the wire of a PUBLISH with these parts (checked against a client's Maximum
+/// Packet Size before it is sent).
+pub fn publish_wire_len(version: ProtocolVersion, qos: QoS, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
+    packet_len(remaining_len(version, qos, topic, properties, payload))
+}
+
 fn remaining_len(version: ProtocolVersion, qos: QoS, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
     let mut len = 2 + topic.len() + payload.len();
     if qos != QoS::AtMostOnce {

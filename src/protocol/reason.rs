@@ -66,6 +66,8 @@ pub enum ConnectRefusal {
     ServerUnavailable,
     BadUserNameOrPassword,
     NotAuthorized,
+    /// 5.0 extended authentication with a method we do not offer.
+    BadAuthenticationMethod,
 }
 
 impl ConnectRefusal {
@@ -76,7 +78,7 @@ impl ConnectRefusal {
             ConnectRefusal::ClientIdentifierNotValid => 2,
             ConnectRefusal::ServerUnavailable => 3,
             ConnectRefusal::BadUserNameOrPassword => 4,
-            ConnectRefusal::NotAuthorized => 5,
+            ConnectRefusal::NotAuthorized | ConnectRefusal::BadAuthenticationMethod => 5,
         }
     }
 
@@ -87,6 +89,7 @@ impl ConnectRefusal {
             ConnectRefusal::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
             ConnectRefusal::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
             ConnectRefusal::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+            ConnectRefusal::BadAuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
         }
     }
 }

@@ -96,6 +96,12 @@ impl Session {
         }
     }
 
+    /// The client's Receive Maximum (5.0) narrows the window for this connection.
+    pub fn set_inflight_max(&mut self, inflight_max: u16) {
+        assert!(inflight_max > 0, "a zero in-flight window would never deliver");
+        self.limits.inflight_max = inflight_max;
+    }
+
     pub fn client_id(&self) -> &Bytes {
         &self.client_id
     }

@@ -21,11 +21,15 @@ pub struct Counters {
     /// Handoffs whose replay window had already been evicted from the recent-publish log.
     pub takeover_replay_gaps: u64,
     pub wills_published: u64,
+    /// Messages not sent because they exceed the client's Maximum Packet Size.
+    pub oversize_drops: u64,
+    /// Offline sessions ended by their Session Expiry Interval.
+    pub sessions_expired: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, u64); 15] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -40,6 +44,8 @@ impl Counters {
             ("publisher_throttled", self.publisher_throttled),
             ("takeover_replay_gaps", self.takeover_replay_gaps),
             ("wills_published", self.wills_published),
+            ("oversize_drops", self.oversize_drops),
+            ("sessions_expired", self.sessions_expired),
         ]
     }
 }

@@ -37,7 +37,7 @@ use crate::auth::Authenticator;
 use crate::config::Limits;
 use crate::protocol::{
     Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
-    PublishHeader, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    PublishHeader, QoS, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
 use crate::session::{Message, Offer, Outgoing, Session, detach};
@@ -67,6 +67,12 @@ pub enum CloseReason {
     TopicAlias,
     #[error("AUTH without an authentication method in CONNECT")]
     UnexpectedAuth,
+    #[error("more QoS 2 messages awaiting PUBREL than the Receive Maximum")]
+    ReceiveMaximumExceeded,
+    #[error("DISCONNECT sets a session expiry on a session that had none")]
+    SessionExpiryOnDisconnect,
+    #[error("subscription identifiers are not supported")]
+    SubscriptionIdentifiersUnsupported,
 }
 
 impl CloseReason {
@@ -75,9 +81,39 @@ impl CloseReason {
             CloseReason::Decode(error) => error.reason_code(),
             CloseReason::TopicName(_) => ReasonCode::TOPIC_NAME_INVALID,
             CloseReason::TopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
-            CloseReason::SecondConnect | CloseReason::ServerOnlyPacket(_) | CloseReason::UnexpectedAuth => {
-                ReasonCode::PROTOCOL_ERROR
-            }
+            CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            CloseReason::SubscriptionIdentifiersUnsupported => ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+            CloseReason::SecondConnect
+            | CloseReason::ServerOnlyPacket(_)
+            | CloseReason::UnexpectedAuth
+            | CloseReason::SessionExpiryOnDisconnect => ReasonCode::PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// How long a session outlives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionExpiry {
+    /// Clean session (3.1.1) or Session Expiry Interval 0 (5.0).
+    WithConnection,
+    After(Duration),
+    /// Clean session 0 (3.1.1) or 0xFFFFFFFF (5.0).
+    Never,
+}
+
+impl SessionExpiry {
+    fn from_connect(connect: &Connect) -> SessionExpiry {
+        if !connect.version.is_v5() {
+            return if connect.clean_start { SessionExpiry::WithConnection } else { SessionExpiry::Never };
+        }
+        Self::from_interval(connect.properties.session_expiry_interval.unwrap_or(0))
+    }
+
+    fn from_interval(seconds: u32) -> SessionExpiry {
+        match seconds {
+            0 => SessionExpiry::WithConnection,
+            u32::MAX => SessionExpiry::Never,
+            seconds => SessionExpiry::After(Duration::from_secs(u64::from(seconds))),
         }
     }
 }
@@ -91,8 +127,11 @@ struct Client {
     keep_alive: Option<Duration>,
     last_activity: Instant,
     will: Option<Will>,
-    /// Clean session (3.1.1) / clean start: the session ends with the connection.
-    ends_with_connection: bool,
+    session_expiry: SessionExpiry,
+    /// While offline with `SessionExpiry::After`: when the session ends.
+    expires_at: Option<Instant>,
+    /// The client's Maximum Packet Size (5.0); larger messages are not sent to it.
+    max_packet_size_out: u32,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
@@ -340,6 +379,10 @@ impl Shard {
         if connect.client_id.is_empty() && !connect.clean_start && !connect.version.is_v5() {
             return Err(ConnectRefusal::ClientIdentifierNotValid);
         }
+        if connect.properties.authentication_method.is_some() {
+            // No extended authentication method is offered yet.
+            return Err(ConnectRefusal::BadAuthenticationMethod);
+        }
         Ok(())
     }
 
@@ -409,7 +452,7 @@ impl Shard {
                     self.publish_will(will, now);
                 }
             }
-            if !clean_start && !client.ends_with_connection {
+            if !clean_start && client.session_expiry != SessionExpiry::WithConnection {
                 // A session that arrived here from a shard further ahead in some stream
                 // already holds everything up to its own cut there: hand on the later of
                 // the two positions, or the next shard would replay those messages again.
@@ -435,17 +478,30 @@ impl Shard {
         let PendingConnect { link, connect, client_id, client_id_assigned, deferred_eviction } = pending;
         let version = connect.version;
         let session_present = handed.is_some();
-        let session = match handed {
+        let mut session = match handed {
             Some(session) => *session,
             None => Session::new(client_id.clone(), self.limits.session),
         };
+        let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        session.set_inflight_max(self.limits.session.inflight_max.min(client_receive_maximum));
+        let mut keep_alive_s = connect.keep_alive_s;
+        let mut server_keep_alive = None;
+        if version.is_v5()
+            && let Some(max) = self.limits.max_keep_alive_s
+            && (keep_alive_s == 0 || keep_alive_s > max)
+        {
+            keep_alive_s = max;
+            server_keep_alive = Some(max);
+        }
         let link_alive = link.state() == LinkState::Connecting;
+        let session_expiry = SessionExpiry::from_connect(&connect);
+        let max_packet_size_out = if version.is_v5() { connect.properties.maximum_packet_size.unwrap_or(u32::MAX) } else { u32::MAX };
         let key = self.insert_client(Client {
             session,
             link: link_alive.then(|| link.clone()),
             conn_id: conn,
             version,
-            keep_alive: (connect.keep_alive_s > 0).then(|| Duration::from_secs(u64::from(connect.keep_alive_s))),
+            keep_alive: (keep_alive_s > 0).then(|| Duration::from_secs(u64::from(keep_alive_s))),
             last_activity: now,
             will: connect.will.map(|will| Will {
                 topic: detach(&will.topic),
@@ -454,13 +510,23 @@ impl Shard {
                 retain: will.retain,
                 properties: will.properties.detached(crate::protocol::PropertyContext::Will),
             }),
-            ends_with_connection: connect.clean_start,
+            session_expiry,
+            expires_at: None,
+            max_packet_size_out,
             skip_until: None,
         });
         if link_alive {
             let mut properties = Properties::default();
-            if version.is_v5() && client_id_assigned {
-                properties.assigned_client_identifier = Some(client_id.clone());
+            if version.is_v5() {
+                // What this server offers, where it differs from the protocol's defaults.
+                if client_id_assigned {
+                    properties.assigned_client_identifier = Some(client_id.clone());
+                }
+                properties.receive_maximum = (self.limits.receive_maximum != u16::MAX).then_some(self.limits.receive_maximum);
+                properties.maximum_packet_size = Some(self.limits.max_packet_size_bytes);
+                properties.server_keep_alive = server_keep_alive;
+                properties.subscription_identifier_available = Some(0);
+                properties.shared_subscription_available = Some(0);
             }
             let connack = ConnAck { session_present, code: 0, properties };
             write_packet(&link, version, &Packet::ConnAck(connack));
@@ -519,19 +585,27 @@ impl Shard {
         let client = self.client(key);
         client.link = None;
         let will = client.will.take();
-        let ends = client.ends_with_connection;
-        let conn = client.conn_id;
+        let expiry = client.session_expiry;
+        if let SessionExpiry::After(after) = expiry {
+            client.expires_at = Some(now + after);
+        }
         if let Some(will) = will
             && self.accepting
         {
             self.publish_will(will, now);
         }
-        if ends {
-            let client = self.remove_client(key);
-            let client_id = client.session.client_id().clone();
-            let home = home_shard(&client_id, self.shard_count);
-            self.send(home, MeshMessage::Released { client_id, conn }, now);
+        if expiry == SessionExpiry::WithConnection {
+            self.end_session(key, now);
         }
+    }
+
+    /// Removes a session whose time is up and tells its home shard.
+    fn end_session(&mut self, key: ClientKey, now: Instant) {
+        let client = self.remove_client(key);
+        let conn = client.conn_id;
+        let client_id = client.session.client_id().clone();
+        let home = home_shard(&client_id, self.shard_count);
+        self.send(home, MeshMessage::Released { client_id, conn }, now);
     }
 
     /// The IO layer's last word on a link: the socket closed, the peer misbehaved
@@ -586,11 +660,17 @@ impl Shard {
                 self.client(key).session.on_pubcomp(ack.packet_id);
                 self.fill_window(key, link);
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe)?,
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe),
             Packet::PingReq => write_packet(link, version, &Packet::PingResp),
             Packet::Disconnect(disconnect) => {
                 let client = self.client(key);
+                if let Some(seconds) = disconnect.properties.session_expiry_interval {
+                    if client.session_expiry == SessionExpiry::WithConnection && seconds != 0 {
+                        return Err(CloseReason::SessionExpiryOnDisconnect);
+                    }
+                    client.session_expiry = SessionExpiry::from_interval(seconds);
+                }
                 if disconnect.reason != ReasonCode::DISCONNECT_WITH_WILL {
                     client.will = None;
                 }
@@ -628,8 +708,16 @@ impl Shard {
         let version = self.client(key).version;
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        let receive_maximum = usize::from(self.limits.receive_maximum);
         let is_new = match (qos, packet_id) {
-            (QoS::ExactlyOnce, Some(id)) => self.client(key).session.receive_qos2(id),
+            (QoS::ExactlyOnce, Some(id)) => {
+                let session = &mut self.client(key).session;
+                let is_new = session.receive_qos2(id);
+                if is_new && session.incoming_qos2_len() > receive_maximum {
+                    return Err(CloseReason::ReceiveMaximumExceeded);
+                }
+                is_new
+            }
             _ => true,
         };
         if is_new {
@@ -648,13 +736,22 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe) {
+    fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe) -> Result<(), CloseReason> {
         let version = self.client(key).version;
+        if !subscribe.properties.subscription_identifiers.is_empty() {
+            // CONNACK said Subscription Identifiers Available = 0.
+            return Err(CloseReason::SubscriptionIdentifiersUnsupported);
+        }
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
         for (filter, options) in subscribe.filters {
             if validate_topic_filter(&filter).is_err() {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
+            if filter.starts_with(b"$share/") {
+                // Shared subscriptions are not built yet (CONNACK says so to 5.0 clients).
+                codes.push(if version.is_v5() { ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
             if !self.auth.may_subscribe(&filter) {
@@ -671,6 +768,7 @@ impl Shard {
         for (message, qos) in retained {
             self.deliver_to(key, &message, qos, true, None);
         }
+        Ok(())
     }
 
     fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe) {
@@ -745,6 +843,14 @@ impl Shard {
             return;
         }
         let link = client.link.as_ref().filter(|link| !link.is_closing());
+        if client.max_packet_size_out != u32::MAX
+            && publish_wire_len(client.version, qos, &message.topic, &message.properties, &message.payload)
+                > client.max_packet_size_out as usize
+        {
+            // Larger than the client accepts: discarded for this client, as if sent (5.0 3.1.2.25).
+            self.counters.oversize_drops += 1;
+            return;
+        }
         if qos == QoS::AtMostOnce && link.is_some_and(|link| link.buffered_bytes() >= outbound_limit) {
             self.counters.qos0_dropped_slow_subscriber += 1;
             return;
@@ -786,6 +892,19 @@ impl Shard {
                 link.close();
             }
             self.client_lost(key, now);
+        }
+        let ended: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let client = slot.as_ref()?;
+                (client.link.is_none() && client.expires_at.is_some_and(|at| now >= at)).then_some(ClientKey(index as u32))
+            })
+            .collect();
+        for key in ended {
+            self.counters.sessions_expired += 1;
+            self.end_session(key, now);
         }
         if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
             && now >= due

@@ -46,6 +46,8 @@ fn limits() -> Limits {
         connect_timeout: Duration::from_secs(10),
         max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 8, queued_max: 100_000 },
+        receive_maximum: 1024,
+        max_keep_alive_s: None,
         outbound_buffer_max_bytes: usize::MAX,
         mesh_outbox_max_messages: 1 << 20,
         sys_interval: None,

@@ -231,6 +231,19 @@ impl RawClient {
 
     pub fn connect(&mut self, client_id: &str, clean: bool, keep_alive_s: u16, will: Option<Will>) -> ConnAck {
         let packet = self.connect_packet(client_id, clean, keep_alive_s, will);
+        self.connect_sending(packet)
+    }
+
+    /// A 5.0 CONNECT with the given properties.
+    pub fn connect_with_properties(&mut self, client_id: &str, clean: bool, keep_alive_s: u16, properties: Properties) -> ConnAck {
+        let mut packet = self.connect_packet(client_id, clean, keep_alive_s, None);
+        if let Packet::Connect(connect) = &mut packet {
+            connect.properties = properties;
+        }
+        self.connect_sending(packet)
+    }
+
+    fn connect_sending(&mut self, packet: Packet) -> ConnAck {
         self.send(&packet);
         match self.recv() {
             Packet::ConnAck(connack) => connack,

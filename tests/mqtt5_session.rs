@@ -1,0 +1,183 @@
+//! MQTT 5.0 connection-level behaviour: what CONNACK announces, Server Keep Alive, Receive
+//! Maximum both ways, the client's Maximum Packet Size, authentication methods, session
+//! expiry, and the honest refusal of features not built yet.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Broker, RawClient, WAIT};
+use ringmq::protocol::{
+    Disconnect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
+
+fn v5(broker: &Broker) -> RawClient {
+    RawClient::open(broker.addr, ProtocolVersion::V5)
+}
+
+fn disconnect_reason(client: &mut RawClient) -> ReasonCode {
+    let mut seen = Vec::new();
+    assert!(client.closed_within(WAIT, &mut seen), "the broker closes the connection");
+    match seen.last() {
+        Some(Packet::Disconnect(disconnect)) => disconnect.reason,
+        other => panic!("expected a DISCONNECT before the close, got {other:?}"),
+    }
+}
+
+#[test]
+fn connack_announces_what_the_server_offers() {
+    let broker = Broker::start(&["--receive-maximum", "100", "--max-packet-size-bytes", "65536"]);
+    let mut client = v5(&broker);
+    let connack = client.connect("caps", true, 60, None);
+    assert_eq!(connack.code, 0);
+    let p = connack.properties;
+    assert_eq!(p.receive_maximum, Some(100));
+    assert_eq!(p.maximum_packet_size, Some(65536));
+    assert_eq!(p.subscription_identifier_available, Some(0));
+    assert_eq!(p.shared_subscription_available, Some(0));
+    assert_eq!(p.server_keep_alive, None, "no cap configured");
+    assert_eq!(p.maximum_qos, None, "QoS 2 is supported: property absent");
+    assert_eq!(p.topic_alias_maximum, None, "no aliases granted: property absent (0)");
+}
+
+#[test]
+fn server_keep_alive_caps_the_client_and_is_enforced() {
+    let broker = Broker::start(&["--max-keepalive-s", "1"]);
+    let mut client = v5(&broker);
+    let started = Instant::now();
+    let connack = client.connect("capped", true, 60, None);
+    assert_eq!(connack.properties.server_keep_alive, Some(1));
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::KEEP_ALIVE_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(4), "the cap, not the client's 60 s, applies");
+}
+
+#[test]
+fn client_receive_maximum_bounds_unacknowledged_deliveries() {
+    let broker = Broker::start(&[]);
+    let mut sub = v5(&broker);
+    let properties = Properties { receive_maximum: Some(2), ..Properties::default() };
+    assert_eq!(sub.connect_with_properties("narrow", true, 60, properties).code, 0);
+    sub.subscribe(&[("rm/t", QoS::AtLeastOnce)]);
+    let mut publisher = broker.client("rm-pub", true);
+    for n in 1..=5u16 {
+        publisher.publish("rm/t", &n.to_be_bytes(), QoS::AtLeastOnce, false, n);
+    }
+    let first = sub.recv_publish();
+    let _second = sub.recv_publish();
+    sub.assert_silent(Duration::from_millis(300));
+    sub.ack(&first);
+    let third = sub.recv_publish();
+    assert_eq!(&third.payload[..], &3u16.to_be_bytes(), "the window opens one message at a time, in order");
+}
+
+#[test]
+fn messages_above_the_client_maximum_packet_size_are_not_sent() {
+    let broker = Broker::start(&[]);
+    let mut sub = v5(&broker);
+    let properties = Properties { maximum_packet_size: Some(100), ..Properties::default() };
+    assert_eq!(sub.connect_with_properties("small", true, 60, properties).code, 0);
+    sub.subscribe(&[("mps/t", QoS::AtLeastOnce)]);
+    let mut publisher = broker.client("mps-pub", true);
+    publisher.publish("mps/t", &[7u8; 200], QoS::AtLeastOnce, false, 1);
+    publisher.publish("mps/t", b"fits", QoS::AtLeastOnce, false, 2);
+    let got = sub.recv_publish();
+    assert_eq!(&got.payload[..], b"fits", "the 200-byte message was dropped for this client");
+    sub.ack(&got);
+    sub.assert_silent(Duration::from_millis(300));
+}
+
+#[test]
+fn exceeding_our_receive_maximum_is_disconnect_0x93() {
+    let broker = Broker::start(&["--receive-maximum", "2"]);
+    let mut client = v5(&broker);
+    assert_eq!(client.connect("greedy", true, 60, None).code, 0);
+    for id in 1..=3u16 {
+        client.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: Bytes::from_static(b"rm/in"),
+            packet_id: PacketId::new(id),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }));
+    }
+    // Two PUBRECs, then the third QoS 2 message without PUBREL breaks the limit.
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+}
+
+#[test]
+fn unknown_authentication_method_gets_0x8c() {
+    let broker = Broker::start(&[]);
+    let mut client = v5(&broker);
+    let properties = Properties { authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")), ..Properties::default() };
+    let connack = client.connect_with_properties("auth", true, 60, properties);
+    assert_eq!(connack.code, ReasonCode::BAD_AUTHENTICATION_METHOD.0);
+    client.assert_closed();
+}
+
+#[test]
+fn session_expiry_zero_ends_the_session_with_the_connection() {
+    let broker = Broker::start(&[]);
+    let mut client = v5(&broker);
+    assert_eq!(client.connect("se-zero", false, 60, None).code, 0);
+    client.disconnect();
+    let mut client = v5(&broker);
+    assert!(!client.connect("se-zero", false, 60, None).session_present, "5.0 default expiry is 0");
+}
+
+#[test]
+fn session_with_expiry_outlives_a_clean_start_connection_and_queues() {
+    let broker = Broker::start(&[]);
+    let keep = Properties { session_expiry_interval: Some(30), ..Properties::default() };
+    let mut sub = v5(&broker);
+    assert_eq!(sub.connect_with_properties("se-keep", true, 60, keep.clone()).code, 0);
+    sub.subscribe(&[("se/t", QoS::AtLeastOnce)]);
+    sub.disconnect();
+    let mut publisher = broker.client("se-pub", true);
+    publisher.publish("se/t", b"while away", QoS::AtLeastOnce, false, 1);
+    let mut sub = v5(&broker);
+    let connack = sub.connect_with_properties("se-keep", false, 60, keep);
+    assert!(connack.session_present);
+    assert_eq!(&sub.recv_publish().payload[..], b"while away");
+}
+
+#[test]
+fn session_expires_after_its_interval() {
+    let broker = Broker::start(&[]);
+    let short = Properties { session_expiry_interval: Some(1), ..Properties::default() };
+    let mut client = v5(&broker);
+    assert_eq!(client.connect_with_properties("se-short", true, 60, short.clone()).code, 0);
+    client.disconnect();
+    broker.wait_for_counters("the session expired", |c| c.total("sessions_expired") >= 1);
+    let mut probe = v5(&broker);
+    assert!(!probe.connect("se-short", false, 60, None).session_present, "the session is gone");
+}
+
+#[test]
+fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
+    let broker = Broker::start(&[]);
+    let mut client = v5(&broker);
+    assert_eq!(client.connect("se-late", true, 60, None).code, 0);
+    client.send(&Packet::Disconnect(Disconnect {
+        reason: ReasonCode::SUCCESS,
+        properties: Properties { session_expiry_interval: Some(60), ..Properties::default() },
+    }));
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::PROTOCOL_ERROR);
+}
+
+#[test]
+fn features_not_built_are_refused_as_announced() {
+    let broker = Broker::start(&[]);
+    let mut client = v5(&broker);
+    assert_eq!(client.connect("not-yet", true, 60, None).code, 0);
+    let suback = client.subscribe(&[("$share/group/t", QoS::AtLeastOnce), ("t", QoS::AtLeastOnce)]);
+    assert_eq!(suback.codes, vec![ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)]);
+    client.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(2).expect("id"),
+        properties: Properties { subscription_identifiers: vec![7], ..Properties::default() },
+        filters: vec![(Bytes::from_static(b"u"), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
+    }));
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED);
+}
