@@ -23,6 +23,8 @@ pub struct Message {
     /// The RETAIN flag as published.
     pub retain: bool,
     pub properties: Properties,
+    /// Client id of the publishing connection (for no-local); `None` for the broker's own.
+    pub publisher: Option<Bytes>,
 }
 
 impl Message {
@@ -34,6 +36,7 @@ impl Message {
             qos: self.qos,
             retain: self.retain,
             properties: self.properties.detached(PropertyContext::Publish),
+            publisher: self.publisher.clone(),
         }
     }
 }

@@ -14,6 +14,29 @@ use bytes::Bytes;
 
 pub use message::{Message, detach};
 
+/// How one client receives a message, given every subscription of its that matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The highest QoS granted by a matching subscription (deliver at min(this, published)).
+    pub granted: QoS,
+    /// Some matching subscription asked for the RETAIN flag as published.
+    pub retain_as_published: bool,
+}
+
+/// One copy per client at the highest granted QoS (MQTT 3.1.1 3.3.5, 5.0 3.3.4). When the
+/// client published the message itself (`own_message`), no-local subscriptions do not count.
+pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a SubscriptionOptions>, own_message: bool) -> Option<Delivery> {
+    matching.into_iter().filter(|options| !(own_message && options.no_local)).fold(None, |merged, options| {
+        Some(match merged {
+            None => Delivery { granted: options.qos, retain_as_published: options.retain_as_published },
+            Some(merged) => Delivery {
+                granted: merged.granted.max(options.qos),
+                retain_as_published: merged.retain_as_published || options.retain_as_published,
+            },
+        })
+    })
+}
+
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
 
 /// Bounds on what one session may hold.
@@ -252,6 +275,7 @@ mod tests {
             qos: QoS::ExactlyOnce,
             retain: false,
             properties: Properties::default(),
+            publisher: None,
         })
     }
 
@@ -260,6 +284,18 @@ mod tests {
             Offer::Send(Outgoing::Publish { packet_id: Some(id), .. }) => *id,
             other => panic!("expected a send with an id, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn matching_subscriptions_merge_into_one_delivery() {
+        let plain = SubscriptionOptions::with_qos(QoS::AtMostOnce);
+        let no_local = SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::ExactlyOnce) };
+        let rap = SubscriptionOptions { retain_as_published: true, ..SubscriptionOptions::with_qos(QoS::AtLeastOnce) };
+        assert_eq!(merge_matching([&plain, &no_local], false), Some(Delivery { granted: QoS::ExactlyOnce, retain_as_published: false }));
+        assert_eq!(merge_matching([&plain, &no_local], true), Some(Delivery { granted: QoS::AtMostOnce, retain_as_published: false }));
+        assert_eq!(merge_matching([&no_local], true), None);
+        assert_eq!(merge_matching([&plain, &rap], false), Some(Delivery { granted: QoS::AtLeastOnce, retain_as_published: true }));
+        assert_eq!(merge_matching([], false), None);
     }
 
     #[test]

@@ -37,10 +37,10 @@ use crate::auth::Authenticator;
 use crate::config::Limits;
 use crate::protocol::{
     Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
-    PublishHeader, QoS, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
-use crate::session::{Message, Offer, Outgoing, Session, detach};
+use crate::session::{Message, Offer, Outgoing, Session, detach, merge_matching};
 use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
 
 /// Index of a client slot within one shard.
@@ -165,7 +165,7 @@ pub struct Shard {
     seen: Vec<u64>,
     recent: RecentPublishes,
     next_conn_sequence: u64,
-    match_scratch: Vec<(ClientKey, QoS)>,
+    match_scratch: Vec<(ClientKey, SubscriptionOptions)>,
     outgoing_scratch: Vec<Outgoing>,
     next_sys_publish: Option<Instant>,
     accepting: bool,
@@ -449,7 +449,7 @@ impl Shard {
                 }
                 link.close();
                 if let Some(will) = client.will.take() {
-                    self.publish_will(will, now);
+                    self.publish_will(will, client_id.clone(), now);
                 }
             }
             if !clean_start && client.session_expiry != SessionExpiry::WithConnection {
@@ -553,26 +553,22 @@ impl Shard {
     /// owner's cut, and skips the ones at or before it that are still on their way here.
     fn catch_up(&mut self, key: ClientKey, cut: StreamCut) {
         let (entries, gap) = self.recent.since(&cut, &self.seen);
-        let mut missed: Vec<(Arc<Message>, QoS)> = Vec::new();
+        let mut missed: Vec<(Arc<Message>, QoS, bool)> = Vec::new();
         let client = self.clients[key.0 as usize].as_ref().expect("just inserted");
         for entry in entries {
-            let granted = client
-                .session
-                .subscriptions
-                .iter()
-                .filter(|(filter, _)| filter_matches(filter, &entry.message.topic))
-                .map(|(_, options)| options.qos)
-                .max();
-            if let Some(granted) = granted {
-                missed.push((entry.message.clone(), granted.min(entry.message.qos)));
+            let message = &entry.message;
+            let matching = client.session.subscriptions.iter().filter(|(filter, _)| filter_matches(filter, &message.topic));
+            let own_message = message.publisher.as_ref() == Some(client.session.client_id());
+            if let Some(delivery) = merge_matching(matching.map(|(_, options)| options), own_message) {
+                missed.push((message.clone(), delivery.granted.min(message.qos), delivery.retain_as_published && message.retain));
             }
         }
         if gap {
             self.counters.takeover_replay_gaps += 1;
             tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
         }
-        for (message, qos) in missed {
-            self.deliver_to(key, &message, qos, false, None);
+        for (message, qos, retain) in missed {
+            self.deliver_to(key, &message, qos, retain, None);
         }
         if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
@@ -585,6 +581,7 @@ impl Shard {
         let client = self.client(key);
         client.link = None;
         let will = client.will.take();
+        let publisher = client.session.client_id().clone();
         let expiry = client.session_expiry;
         if let SessionExpiry::After(after) = expiry {
             client.expires_at = Some(now + after);
@@ -592,7 +589,7 @@ impl Shard {
         if let Some(will) = will
             && self.accepting
         {
-            self.publish_will(will, now);
+            self.publish_will(will, publisher, now);
         }
         if expiry == SessionExpiry::WithConnection {
             self.end_session(key, now);
@@ -706,6 +703,7 @@ impl Shard {
         }
         self.counters.publishes_received += 1;
         let version = self.client(key).version;
+        let publisher = self.client(key).session.client_id().clone();
         let qos = publish.qos;
         let packet_id = publish.packet_id;
         let receive_maximum = usize::from(self.limits.receive_maximum);
@@ -723,7 +721,8 @@ impl Shard {
         if is_new {
             let mut properties = publish.properties;
             properties.subscription_identifiers.clear();
-            let message = Message { topic: publish.topic, payload: publish.payload, qos, retain: publish.retain, properties };
+            let message =
+                Message { topic: publish.topic, payload: publish.payload, qos, retain: publish.retain, properties, publisher: Some(publisher) };
             // A retained message outlives this delivery: store it detached from the read block.
             let message = if message.retain { message.detached() } else { message };
             self.route(Arc::new(message), now);
@@ -759,8 +758,15 @@ impl Shard {
                 continue;
             }
             self.subscriptions.insert(&filter, key, options);
-            self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos))));
-            self.client(key).session.subscriptions.insert(detach(&filter), options);
+            let existed = self.client(key).session.subscriptions.insert(detach(&filter), options).is_some();
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendOnSubscribe => true,
+                RetainHandling::SendIfNewSubscription => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos))));
+            }
             codes.push(ReasonCode(options.qos as u8));
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
@@ -785,12 +791,19 @@ impl Shard {
 
     // ----- routing -----
 
-    fn publish_will(&mut self, will: Will, now: Instant) {
+    fn publish_will(&mut self, will: Will, publisher: Bytes, now: Instant) {
         if validate_topic_name(&will.topic).is_err() {
             return;
         }
         self.counters.wills_published += 1;
-        let message = Message { topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties };
+        let message = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            publisher: Some(publisher),
+        };
         self.route(Arc::new(message), now);
     }
 
@@ -821,17 +834,23 @@ impl Shard {
             self.recent.push(source, sequence, message.clone());
         }
         let mut matches = std::mem::take(&mut self.match_scratch);
-        self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, options.qos)));
-        if matches.len() > 1 {
-            // Overlapping subscriptions: one copy per client, at the highest granted QoS.
-            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            matches.dedup_by_key(|entry| entry.0);
-        }
-        for &(key, granted) in &matches {
-            self.deliver_to(key, message, granted.min(message.qos), false, Some((source, sequence)));
+        self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, *options)));
+        matches.sort_unstable_by_key(|entry| entry.0);
+        for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
+            let key = same_client[0].0;
+            let own_message = self.is_publisher(key, message);
+            if let Some(delivery) = merge_matching(same_client.iter().map(|(_, options)| options), own_message) {
+                let retain = delivery.retain_as_published && message.retain;
+                self.deliver_to(key, message, delivery.granted.min(message.qos), retain, Some((source, sequence)));
+            }
         }
         matches.clear();
         self.match_scratch = matches;
+    }
+
+    fn is_publisher(&self, key: ClientKey, message: &Message) -> bool {
+        let client = self.clients[key.0 as usize].as_ref().expect("matched clients are live");
+        message.publisher.as_ref() == Some(client.session.client_id())
     }
 
     fn deliver_to(&mut self, key: ClientKey, message: &Arc<Message>, qos: QoS, retain: bool, origin: Option<(ShardId, u64)>) {
@@ -925,6 +944,7 @@ impl Shard {
                 qos: QoS::AtMostOnce,
                 retain: true,
                 properties: Properties::default(),
+                publisher: None,
             };
             self.route(Arc::new(message), now);
         }

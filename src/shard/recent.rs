@@ -67,6 +67,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             properties: Properties::default(),
+            publisher: None,
         })
     }
 

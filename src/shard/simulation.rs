@@ -344,6 +344,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
                 qos: QoS::AtMostOnce,
                 retain: false,
                 properties: Properties::default(),
+                publisher: None,
             }),
             now,
         );

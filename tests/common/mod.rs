@@ -252,10 +252,14 @@ impl RawClient {
     }
 
     pub fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
-        let filters = filters
-            .iter()
-            .map(|(filter, qos)| (Bytes::copy_from_slice(filter.as_bytes()), SubscriptionOptions::with_qos(*qos)))
-            .collect();
+        let filters: Vec<(&str, SubscriptionOptions)> =
+            filters.iter().map(|(filter, qos)| (*filter, SubscriptionOptions::with_qos(*qos))).collect();
+        self.subscribe_with(&filters)
+    }
+
+    /// SUBSCRIBE with full (5.0) subscription options.
+    pub fn subscribe_with(&mut self, filters: &[(&str, SubscriptionOptions)]) -> SubAck {
+        let filters = filters.iter().map(|(filter, options)| (Bytes::copy_from_slice(filter.as_bytes()), *options)).collect();
         let packet_id = PacketId::new(4242).expect("non-zero");
         self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters }));
         match self.recv() {
