@@ -42,6 +42,10 @@ pub struct Config {
     #[arg(long, default_value_t = 1024)]
     pub receive_maximum: u16,
 
+    /// Topic aliases a 5.0 client may set on one connection (announced in CONNACK; 0: none).
+    #[arg(long, default_value_t = 64)]
+    pub topic_alias_maximum: u16,
+
     /// Cap on a 5.0 client's keep alive, in seconds, announced as Server Keep Alive (0: no cap).
     #[arg(long, default_value_t = 0)]
     pub max_keepalive_s: u16,
@@ -120,6 +124,7 @@ pub struct Limits {
     pub max_packet_size_bytes: u32,
     pub session: SessionLimits,
     pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
     pub max_keep_alive_s: Option<u16>,
     pub outbound_buffer_max_bytes: usize,
     pub mesh_outbox_max_messages: usize,
@@ -149,6 +154,7 @@ impl Config {
             max_packet_size_bytes: self.max_packet_size_bytes,
             session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },
             receive_maximum: self.receive_maximum,
+            topic_alias_maximum: self.topic_alias_maximum,
             max_keep_alive_s: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
             outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
             mesh_outbox_max_messages: self.mesh_outbox_max_messages,

@@ -91,6 +91,7 @@ fn allocations_per_publish(subscribers: usize, qos: QoS) -> u64 {
         max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 64, queued_max: 1000 },
         receive_maximum: 1024,
+        topic_alias_maximum: 0,
         max_keep_alive_s: None,
         outbound_buffer_max_bytes: 1 << 30,
         mesh_outbox_max_messages: 1 << 20,

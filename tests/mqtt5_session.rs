@@ -38,7 +38,7 @@ fn connack_announces_what_the_server_offers() {
     assert_eq!(p.shared_subscription_available, Some(0));
     assert_eq!(p.server_keep_alive, None, "no cap configured");
     assert_eq!(p.maximum_qos, None, "QoS 2 is supported: property absent");
-    assert_eq!(p.topic_alias_maximum, None, "no aliases granted: property absent (0)");
+    assert_eq!(p.topic_alias_maximum, Some(64));
 }
 
 #[test]

@@ -73,6 +73,10 @@ pub enum CloseReason {
     SessionExpiryOnDisconnect,
     #[error("subscription identifiers are not supported")]
     SubscriptionIdentifiersUnsupported,
+    #[error("topic alias used without ever being set on this connection")]
+    UnknownTopicAlias,
+    #[error("payload format indicator says UTF-8 but the payload is not")]
+    PayloadFormatInvalid,
 }
 
 impl CloseReason {
@@ -82,10 +86,12 @@ impl CloseReason {
             CloseReason::TopicName(_) => ReasonCode::TOPIC_NAME_INVALID,
             CloseReason::TopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            CloseReason::PayloadFormatInvalid => ReasonCode::PAYLOAD_FORMAT_INVALID,
             CloseReason::SubscriptionIdentifiersUnsupported => ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
             CloseReason::SecondConnect
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
+            | CloseReason::UnknownTopicAlias
             | CloseReason::SessionExpiryOnDisconnect => ReasonCode::PROTOCOL_ERROR,
         }
     }
@@ -132,6 +138,8 @@ struct Client {
     expires_at: Option<Instant>,
     /// The client's Maximum Packet Size (5.0); larger messages are not sent to it.
     max_packet_size_out: u32,
+    /// Topic aliases this connection has set (client to broker), per the connection only.
+    topic_aliases: HashMap<u16, Bytes>,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
@@ -513,6 +521,7 @@ impl Shard {
             session_expiry,
             expires_at: None,
             max_packet_size_out,
+            topic_aliases: HashMap::new(),
             skip_until: None,
         });
         if link_alive {
@@ -526,6 +535,7 @@ impl Shard {
                 properties.maximum_packet_size = Some(self.limits.max_packet_size_bytes);
                 properties.server_keep_alive = server_keep_alive;
                 properties.subscription_identifier_available = Some(0);
+                properties.topic_alias_maximum = (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
                 properties.shared_subscription_available = Some(0);
             }
             let connack = ConnAck { session_present, code: 0, properties };
@@ -695,14 +705,37 @@ impl Shard {
         self.outgoing_scratch = outgoing;
     }
 
-    fn handle_publish(&mut self, key: ClientKey, link: &Link, publish: Publish, now: Instant) -> Result<(), CloseReason> {
-        validate_topic_name(&publish.topic).map_err(CloseReason::TopicName)?;
-        if publish.properties.topic_alias.is_some() {
-            // We grant no topic aliases (Topic Alias Maximum 0).
-            return Err(CloseReason::TopicAlias);
+    fn handle_publish(&mut self, key: ClientKey, link: &Link, mut publish: Publish, now: Instant) -> Result<(), CloseReason> {
+        let alias_maximum = self.limits.topic_alias_maximum;
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            if alias == 0 || alias > alias_maximum {
+                return Err(CloseReason::TopicAlias);
+            }
+            let aliases = &mut self.client(key).topic_aliases;
+            if publish.topic.is_empty() {
+                publish.topic = aliases.get(&alias).cloned().ok_or(CloseReason::UnknownTopicAlias)?;
+            } else {
+                // Aliases live as long as the connection: keep the topic, not the read block.
+                aliases.insert(alias, detach(&publish.topic));
+            }
         }
+        validate_topic_name(&publish.topic).map_err(CloseReason::TopicName)?;
         self.counters.publishes_received += 1;
         let version = self.client(key).version;
+        if publish.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
+            // The publisher said UTF-8 and it is not (5.0 3.3.2.3.2): refuse, do not route.
+            return match (publish.qos, publish.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    write_packet(link, version, &Packet::PubAck(Ack::with_reason(id, ReasonCode::PAYLOAD_FORMAT_INVALID)));
+                    Ok(())
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    write_packet(link, version, &Packet::PubRec(Ack::with_reason(id, ReasonCode::PAYLOAD_FORMAT_INVALID)));
+                    Ok(())
+                }
+                _ => Err(CloseReason::PayloadFormatInvalid),
+            };
+        }
         let publisher = self.client(key).session.client_id().clone();
         let qos = publish.qos;
         let packet_id = publish.packet_id;

@@ -47,6 +47,7 @@ fn limits() -> Limits {
         max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 8, queued_max: 100_000 },
         receive_maximum: 1024,
+        topic_alias_maximum: 0,
         max_keep_alive_s: None,
         outbound_buffer_max_bytes: usize::MAX,
         mesh_outbox_max_messages: 1 << 20,

@@ -1,0 +1,102 @@
+//! MQTT 5.0 PUBLISH handling: client-to-broker topic aliases and payload format validation;
+//! properties are forwarded, the alias is not.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Broker, RawClient, WAIT};
+use ringmq::protocol::{Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
+
+fn v5(broker: &Broker, id: &str) -> RawClient {
+    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
+    assert_eq!(client.connect(id, true, 60, None).code, 0);
+    client
+}
+
+fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, properties: Properties) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Bytes::from_static(topic.as_bytes()),
+        packet_id: PacketId::new(id),
+        properties,
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn disconnect_reason(client: &mut RawClient) -> ReasonCode {
+    let mut seen = Vec::new();
+    assert!(client.closed_within(WAIT, &mut seen), "the broker closes the connection");
+    match seen.last() {
+        Some(Packet::Disconnect(disconnect)) => disconnect.reason,
+        other => panic!("expected a DISCONNECT before the close, got {other:?}"),
+    }
+}
+
+fn alias(n: u16) -> Properties {
+    Properties { topic_alias: Some(n), ..Properties::default() }
+}
+
+#[test]
+fn topic_alias_is_set_then_used_and_never_forwarded() {
+    let broker = Broker::start(&[]);
+    let mut sub = v5(&broker, "alias-sub");
+    sub.subscribe(&[("al/t", QoS::AtMostOnce)]);
+    let mut publisher = v5(&broker, "alias-pub");
+    let with_user_property =
+        Properties { user_properties: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))], ..alias(3) };
+    publisher.send(&publish("al/t", b"first", QoS::AtMostOnce, 0, with_user_property));
+    publisher.send(&publish("", b"second", QoS::AtMostOnce, 0, alias(3)));
+    for payload in [&b"first"[..], b"second"] {
+        let got = sub.recv_publish();
+        assert_eq!((&got.topic[..], &got.payload[..]), (&b"al/t"[..], payload));
+        assert_eq!(got.properties.topic_alias, None, "aliases are per connection, not forwarded");
+    }
+}
+
+#[test]
+fn user_properties_are_forwarded_unchanged() {
+    let broker = Broker::start(&[]);
+    let mut sub = v5(&broker, "up-sub");
+    sub.subscribe(&[("up/t", QoS::AtLeastOnce)]);
+    let mut publisher = v5(&broker, "up-pub");
+    let properties = Properties {
+        user_properties: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"1")), (Bytes::from_static(b"a"), Bytes::from_static(b"2"))],
+        response_topic: Some(Bytes::from_static(b"up/reply")),
+        correlation_data: Some(Bytes::from_static(&[1, 2, 3])),
+        content_type: Some(Bytes::from_static(b"text/plain")),
+        payload_format_indicator: Some(1),
+        ..Properties::default()
+    };
+    publisher.send(&publish("up/t", b"hello", QoS::AtLeastOnce, 1, properties.clone()));
+    let got = sub.recv_publish();
+    assert_eq!(got.properties, properties);
+}
+
+#[test]
+fn alias_above_the_maximum_is_0x94_and_unknown_alias_is_a_protocol_error() {
+    let broker = Broker::start(&["--topic-alias-maximum", "4"]);
+    let mut client = v5(&broker, "alias-big");
+    client.send(&publish("al/t", b"x", QoS::AtMostOnce, 0, alias(5)));
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::TOPIC_ALIAS_INVALID);
+    let mut client = v5(&broker, "alias-unknown");
+    client.send(&publish("", b"x", QoS::AtMostOnce, 0, alias(2)));
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::PROTOCOL_ERROR);
+}
+
+#[test]
+fn payload_not_matching_its_utf8_format_indicator_is_refused() {
+    let broker = Broker::start(&[]);
+    let mut sub = v5(&broker, "pf-sub");
+    sub.subscribe(&[("pf/t", QoS::AtLeastOnce)]);
+    let mut publisher = v5(&broker, "pf-pub");
+    let utf8 = Properties { payload_format_indicator: Some(1), ..Properties::default() };
+    publisher.send(&publish("pf/t", &[0xFF, 0xFE], QoS::AtLeastOnce, 1, utf8.clone()));
+    assert_eq!(publisher.recv(), Packet::PubAck(Ack::with_reason(PacketId::new(1).expect("id"), ReasonCode::PAYLOAD_FORMAT_INVALID)));
+    sub.assert_silent(Duration::from_millis(300));
+    publisher.send(&publish("pf/t", &[0xFF], QoS::AtMostOnce, 0, utf8));
+    assert_eq!(disconnect_reason(&mut publisher), ReasonCode::PAYLOAD_FORMAT_INVALID);
+}
