@@ -100,3 +100,51 @@ fn payload_not_matching_its_utf8_format_indicator_is_refused() {
     publisher.send(&publish("pf/t", &[0xFF], QoS::AtMostOnce, 0, utf8));
     assert_eq!(disconnect_reason(&mut publisher), ReasonCode::PAYLOAD_FORMAT_INVALID);
 }
+
+fn expiring(seconds: u32) -> Properties {
+    Properties { message_expiry_interval: Some(seconds), ..Properties::default() }
+}
+
+#[test]
+fn message_expiry_is_forwarded_as_what_is_left() {
+    let broker = Broker::start(&[]);
+    let mut sub = v5(&broker, "me-live");
+    sub.subscribe(&[("me/live", QoS::AtMostOnce)]);
+    let mut publisher = v5(&broker, "me-live-pub");
+    publisher.send(&publish("me/live", b"x", QoS::AtMostOnce, 0, expiring(100)));
+    let left = sub.recv_publish().properties.message_expiry_interval.expect("expiry forwarded");
+    assert!((99..=100).contains(&left), "{left}");
+}
+
+#[test]
+fn expired_messages_are_not_delivered_from_a_queue_or_the_retained_store() {
+    let broker = Broker::start(&[]);
+    let keep = Properties { session_expiry_interval: Some(60), ..Properties::default() };
+    let mut sub = RawClient::open(broker.addr, ProtocolVersion::V5);
+    assert_eq!(sub.connect_with_properties("me-offline", true, 60, keep.clone()).code, 0);
+    sub.subscribe(&[("me/q", QoS::AtLeastOnce)]);
+    sub.disconnect();
+    let mut publisher = v5(&broker, "me-pub");
+    publisher.send(&publish("me/q", b"short", QoS::AtLeastOnce, 1, expiring(1)));
+    publisher.send(&publish("me/q", b"long", QoS::AtLeastOnce, 2, expiring(100)));
+    publisher.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: true,
+        topic: Bytes::from_static(b"me/retained"),
+        packet_id: None,
+        properties: expiring(1),
+        payload: Bytes::from_static(b"stale"),
+    }));
+    std::thread::sleep(Duration::from_millis(1600));
+
+    let mut sub = RawClient::open(broker.addr, ProtocolVersion::V5);
+    assert!(sub.connect_with_properties("me-offline", false, 60, keep).session_present);
+    let got = sub.recv_publish();
+    assert_eq!(&got.payload[..], b"long", "the 1 s message expired in the queue");
+    let left = got.properties.message_expiry_interval.expect("expiry forwarded");
+    assert!((97..=99).contains(&left), "about 98 s left, got {left}");
+    sub.ack(&got);
+    sub.subscribe(&[("me/retained", QoS::AtMostOnce)]);
+    sub.assert_silent(Duration::from_millis(300));
+}

@@ -2,6 +2,8 @@
 //! (`Arc<Message>`) between shards and subscribers; topic and payload are slices of the
 //! publisher's frame.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::protocol::{Properties, PropertyContext, QoS};
@@ -25,6 +27,8 @@ pub struct Message {
     pub properties: Properties,
     /// Client id of the publishing connection (for no-local); `None` for the broker's own.
     pub publisher: Option<Bytes>,
+    /// From the Message Expiry Interval: past this, no new delivery starts.
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
@@ -37,6 +41,26 @@ impl Message {
             retain: self.retain,
             properties: self.properties.detached(PropertyContext::Publish),
             publisher: self.publisher.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// The properties to send at `now`: the Message Expiry Interval becomes what is left of
+    /// it (5.0 3.3.2.3.3). Borrowed unchanged for messages without one.
+    pub fn properties_at(&self, now: Instant) -> std::borrow::Cow<'_, Properties> {
+        match self.expires_at {
+            None => std::borrow::Cow::Borrowed(&self.properties),
+            Some(at) => {
+                let left = at.saturating_duration_since(now);
+                let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                let mut properties = self.properties.clone();
+                properties.message_expiry_interval = Some(seconds.min(u64::from(u32::MAX)) as u32);
+                std::borrow::Cow::Owned(properties)
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod message;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -102,6 +103,8 @@ pub struct Session {
     next_packet_id: PacketId,
     /// Messages this session had to drop (queue full, or QoS 0 while offline).
     pub dropped_count: u64,
+    /// Queued messages whose expiry passed before delivery could start.
+    pub expired_count: u64,
 }
 
 impl Session {
@@ -116,6 +119,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             next_packet_id: PacketId::new(1).expect("1 is non-zero"),
             dropped_count: 0,
+            expired_count: 0,
         }
     }
 
@@ -181,17 +185,21 @@ impl Session {
         Offer::Queued
     }
 
-    /// Moves queued messages into the window while it has room.
-    pub fn fill_window(&mut self, out: &mut Vec<Outgoing>) {
+    /// Moves queued messages into the window while it has room; expired ones are dropped.
+    pub fn fill_window(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
         while self.window_open() {
             let Some(next) = self.queued.pop_front() else { break };
+            if next.message.is_expired(now) {
+                self.expired_count += 1;
+                continue;
+            }
             out.push(self.start_inflight(next.qos, next.retain, next.message));
         }
     }
 
     /// On reconnect with a kept session: re-send everything unacknowledged with DUP set
     /// (a PUBREL for those past PUBREC), in the original order, then fill the window.
-    pub fn resume(&mut self, out: &mut Vec<Outgoing>) {
+    pub fn resume(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
         for entry in &self.inflight {
             out.push(match entry.stage {
                 AckStage::AwaitingPubComp => Outgoing::PubRel(entry.packet_id),
@@ -204,7 +212,7 @@ impl Session {
                 },
             });
         }
-        self.fill_window(out);
+        self.fill_window(now, out);
     }
 
     fn position(&self, packet_id: PacketId, stage: AckStage) -> Option<usize> {
@@ -276,6 +284,7 @@ mod tests {
             retain: false,
             properties: Properties::default(),
             publisher: None,
+            expires_at: None,
         })
     }
 
@@ -314,8 +323,32 @@ mod tests {
         assert!(session.on_puback(first));
         assert!(!session.on_puback(first), "a second PUBACK finds nothing");
         let mut out = Vec::new();
-        session.fill_window(&mut out);
+        session.fill_window(Instant::now(), &mut out);
         assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"3"));
+    }
+
+    #[test]
+    fn expired_queued_messages_are_not_sent() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
+        let now = Instant::now();
+        let expiring = Arc::new(Message { expires_at: Some(now + std::time::Duration::from_secs(5)), ..(*message("old")).clone() });
+        assert!(matches!(session.offer(message("sent"), QoS::AtLeastOnce, false, true), Offer::Send(_)));
+        assert_eq!(session.offer(expiring, QoS::AtLeastOnce, false, true), Offer::Queued);
+        assert_eq!(session.offer(message("new"), QoS::AtLeastOnce, false, true), Offer::Queued);
+        let first = PacketId::new(1).unwrap();
+        assert!(session.on_puback(first));
+        let mut out = Vec::new();
+        session.fill_window(now + std::time::Duration::from_secs(6), &mut out);
+        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"new"));
+        assert_eq!(session.expired_count, 1);
+    }
+
+    #[test]
+    fn remaining_expiry_is_rounded_up_and_properties_borrowed_without_one() {
+        let now = Instant::now();
+        let expiring = Message { expires_at: Some(now + std::time::Duration::from_millis(2500)), ..(*message("m")).clone() };
+        assert_eq!(expiring.properties_at(now).message_expiry_interval, Some(3));
+        assert!(matches!(message("m").properties_at(now), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
@@ -335,7 +368,7 @@ mod tests {
         assert!(session.on_pubrec(a), "repeated PUBREC is answered again");
         // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
         let mut out = Vec::new();
-        session.resume(&mut out);
+        session.resume(Instant::now(), &mut out);
         assert_eq!(out[0], Outgoing::PubRel(a));
         assert!(matches!(&out[1], Outgoing::Publish { packet_id: Some(id), dup: true, .. } if *id == b));
         assert!(!session.on_pubcomp(b), "b has not reached PUBREC");

@@ -25,11 +25,13 @@ pub struct Counters {
     pub oversize_drops: u64,
     /// Offline sessions ended by their Session Expiry Interval.
     pub sessions_expired: u64,
+    /// Deliveries not started because the message's expiry had passed.
+    pub messages_expired: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 15] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -46,6 +48,7 @@ impl Counters {
             ("wills_published", self.wills_published),
             ("oversize_drops", self.oversize_drops),
             ("sessions_expired", self.sessions_expired),
+            ("messages_expired", self.messages_expired),
         ]
     }
 }

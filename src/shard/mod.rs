@@ -188,11 +188,16 @@ pub fn home_shard(client_id: &[u8], shard_count: usize) -> ShardId {
     ShardId((hash % shard_count as u64) as usize)
 }
 
-fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing) {
+fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant) {
     match outgoing {
         Outgoing::Publish { packet_id, qos, dup, retain, message } => link.write_with(|buf| {
             let header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id };
-            write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
+            if version.is_v5() {
+                let properties = message.properties_at(now);
+                write_publish(buf, version, header, &message.topic, &properties, &message.payload)
+            } else {
+                write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
+            }
         }),
         Outgoing::PubRel(packet_id) => link.write_with(|buf| Packet::PubRel(Ack::new(*packet_id)).encode(version, buf)),
     }
@@ -542,14 +547,14 @@ impl Shard {
             write_packet(&link, version, &Packet::ConnAck(connack));
             link.open(key);
             let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
-            self.client(key).session.resume(&mut outgoing);
+            self.client(key).session.resume(now, &mut outgoing);
             for packet in outgoing.drain(..) {
-                write_outgoing(&link, version, &packet);
+                write_outgoing(&link, version, &packet, now);
             }
             self.outgoing_scratch = outgoing;
         }
         if let Some(cut) = cut {
-            self.catch_up(key, cut);
+            self.catch_up(key, cut, now);
         }
         if !link_alive {
             self.client_lost(key, now);
@@ -561,7 +566,7 @@ impl Shard {
 
     /// Delivers to a handed-over session the publishes this shard applied after the old
     /// owner's cut, and skips the ones at or before it that are still on their way here.
-    fn catch_up(&mut self, key: ClientKey, cut: StreamCut) {
+    fn catch_up(&mut self, key: ClientKey, cut: StreamCut, now: Instant) {
         let (entries, gap) = self.recent.since(&cut, &self.seen);
         let mut missed: Vec<(Arc<Message>, QoS, bool)> = Vec::new();
         let client = self.clients[key.0 as usize].as_ref().expect("just inserted");
@@ -578,7 +583,7 @@ impl Shard {
             tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
         }
         for (message, qos, retain) in missed {
-            self.deliver_to(key, &message, qos, retain, None);
+            self.deliver_to(key, &message, qos, retain, None, now);
         }
         if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
@@ -651,7 +656,7 @@ impl Shard {
             Packet::Publish(publish) => self.handle_publish(key, link, publish, now)?,
             Packet::PubAck(ack) => {
                 self.client(key).session.on_puback(ack.packet_id);
-                self.fill_window(key, link);
+                self.fill_window(key, link, now);
             }
             Packet::PubRec(ack) => {
                 let known = self.client(key).session.on_pubrec(ack.packet_id);
@@ -665,9 +670,9 @@ impl Shard {
             }
             Packet::PubComp(ack) => {
                 self.client(key).session.on_pubcomp(ack.packet_id);
-                self.fill_window(key, link);
+                self.fill_window(key, link, now);
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe)?,
+            Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe, now)?,
             Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe),
             Packet::PingReq => write_packet(link, version, &Packet::PingResp),
             Packet::Disconnect(disconnect) => {
@@ -693,14 +698,14 @@ impl Shard {
         Ok(())
     }
 
-    fn fill_window(&mut self, key: ClientKey, link: &Link) {
+    fn fill_window(&mut self, key: ClientKey, link: &Link, now: Instant) {
         let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
         let client = self.client(key);
-        client.session.fill_window(&mut outgoing);
+        client.session.fill_window(now, &mut outgoing);
         let version = client.version;
         self.counters.messages_delivered += outgoing.len() as u64;
         for packet in outgoing.drain(..) {
-            write_outgoing(link, version, &packet);
+            write_outgoing(link, version, &packet, now);
         }
         self.outgoing_scratch = outgoing;
     }
@@ -755,7 +760,15 @@ impl Shard {
             let mut properties = publish.properties;
             properties.subscription_identifiers.clear();
             let message =
-                Message { topic: publish.topic, payload: publish.payload, qos, retain: publish.retain, properties, publisher: Some(publisher) };
+                Message {
+                    expires_at: properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds))),
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    qos,
+                    retain: publish.retain,
+                    properties,
+                    publisher: Some(publisher),
+                };
             // A retained message outlives this delivery: store it detached from the read block.
             let message = if message.retain { message.detached() } else { message };
             self.route(Arc::new(message), now);
@@ -768,7 +781,7 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe) -> Result<(), CloseReason> {
+    fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
         if !subscribe.properties.subscription_identifiers.is_empty() {
             // CONNACK said Subscription Identifiers Available = 0.
@@ -805,7 +818,12 @@ impl Shard {
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
         write_packet(link, version, &Packet::SubAck(suback));
         for (message, qos) in retained {
-            self.deliver_to(key, &message, qos, true, None);
+            if message.is_expired(now) {
+                // Its expiry passed while retained: it is no longer the topic's message.
+                self.retained.remove(&message.topic);
+                continue;
+            }
+            self.deliver_to(key, &message, qos, true, None, now);
         }
         Ok(())
     }
@@ -829,7 +847,9 @@ impl Shard {
             return;
         }
         self.counters.wills_published += 1;
+        let expires_at = will.properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
         let message = Message {
+            expires_at,
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
@@ -855,7 +875,7 @@ impl Shard {
 
     /// Updates the retained replica and delivers to the local subscribers: each client
     /// once, at the highest QoS any of its matching subscriptions granted.
-    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, _now: Instant) {
+    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, now: Instant) {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
@@ -874,7 +894,7 @@ impl Shard {
             let own_message = self.is_publisher(key, message);
             if let Some(delivery) = merge_matching(same_client.iter().map(|(_, options)| options), own_message) {
                 let retain = delivery.retain_as_published && message.retain;
-                self.deliver_to(key, message, delivery.granted.min(message.qos), retain, Some((source, sequence)));
+                self.deliver_to(key, message, delivery.granted.min(message.qos), retain, Some((source, sequence)), now);
             }
         }
         matches.clear();
@@ -886,7 +906,19 @@ impl Shard {
         message.publisher.as_ref() == Some(client.session.client_id())
     }
 
-    fn deliver_to(&mut self, key: ClientKey, message: &Arc<Message>, qos: QoS, retain: bool, origin: Option<(ShardId, u64)>) {
+    fn deliver_to(
+        &mut self,
+        key: ClientKey,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        origin: Option<(ShardId, u64)>,
+        now: Instant,
+    ) {
+        if message.is_expired(now) {
+            self.counters.messages_expired += 1;
+            return;
+        }
         let outbound_limit = self.limits.outbound_buffer_max_bytes;
         let client = self.clients[key.0 as usize].as_mut().expect("matched clients are live");
         if let (Some(skip), Some((source, sequence))) = (&client.skip_until, origin)
@@ -910,7 +942,7 @@ impl Shard {
         match client.session.offer(message.clone(), qos, retain, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");
-                write_outgoing(link, client.version, &outgoing);
+                write_outgoing(link, client.version, &outgoing, now);
                 self.counters.messages_delivered += 1;
             }
             Offer::Queued => {}
@@ -978,6 +1010,7 @@ impl Shard {
                 retain: true,
                 properties: Properties::default(),
                 publisher: None,
+                expires_at: None,
             };
             self.route(Arc::new(message), now);
         }

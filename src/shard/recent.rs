@@ -68,6 +68,7 @@ mod tests {
             retain: false,
             properties: Properties::default(),
             publisher: None,
+            expires_at: None,
         })
     }
 

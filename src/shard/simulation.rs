@@ -346,6 +346,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
                 retain: false,
                 properties: Properties::default(),
                 publisher: None,
+                expires_at: None,
             }),
             now,
         );
