@@ -140,6 +140,8 @@ struct Client {
     max_packet_size_out: u32,
     /// Topic aliases this connection has set (client to broker), per the connection only.
     topic_aliases: HashMap<u16, Bytes>,
+    /// While offline: a will waiting for its Will Delay Interval.
+    pending_will: Option<(Instant, Will)>,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
@@ -201,6 +203,11 @@ fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, no
         }),
         Outgoing::PubRel(packet_id) => link.write_with(|buf| Packet::PubRel(Ack::new(*packet_id)).encode(version, buf)),
     }
+}
+
+/// The Will Delay Interval (5.0); zero for 3.1.1 wills.
+fn will_delay(will: &Will) -> Duration {
+    Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)))
 }
 
 fn write_packet(link: &Link, version: ProtocolVersion, packet: &Packet) {
@@ -456,16 +463,28 @@ impl Shard {
         {
             self.counters.takeovers += 1;
             let mut client = self.remove_client(key);
+            let continued = !clean_start && client.session_expiry != SessionExpiry::WithConnection;
             if let Some(link) = client.link.take() {
                 if client.version.is_v5() {
                     write_packet(&link, client.version, &Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)));
                 }
                 link.close();
-                if let Some(will) = client.will.take() {
+                // The old connection closed without DISCONNECT: its will goes out, unless it
+                // has a delay and the session goes on with the new connection (5.0 3.1.3.2.2).
+                if let Some(will) = client.will.take()
+                    && (will_delay(&will).is_zero() || !continued)
+                {
                     self.publish_will(will, client_id.clone(), now);
                 }
             }
-            if !clean_start && client.session_expiry != SessionExpiry::WithConnection {
+            // A delayed will still waiting: a new connection to a continued session cancels
+            // it; a session ending now sends it.
+            if let Some((_, will)) = client.pending_will.take()
+                && !continued
+            {
+                self.publish_will(will, client_id.clone(), now);
+            }
+            if continued {
                 // A session that arrived here from a shard further ahead in some stream
                 // already holds everything up to its own cut there: hand on the later of
                 // the two positions, or the next shard would replay those messages again.
@@ -527,6 +546,7 @@ impl Shard {
             expires_at: None,
             max_packet_size_out,
             topic_aliases: HashMap::new(),
+            pending_will: None,
             skip_until: None,
         });
         if link_alive {
@@ -604,7 +624,18 @@ impl Shard {
         if let Some(will) = will
             && self.accepting
         {
-            self.publish_will(will, publisher, now);
+            // Sent after its delay or when the session ends, whichever comes first.
+            let delay = will_delay(&will);
+            let due = match expiry {
+                SessionExpiry::WithConnection => now,
+                SessionExpiry::After(after) => now + delay.min(after),
+                SessionExpiry::Never => now + delay,
+            };
+            if due <= now {
+                self.publish_will(will, publisher, now);
+            } else {
+                self.client(key).pending_will = Some((due, will));
+            }
         }
         if expiry == SessionExpiry::WithConnection {
             self.end_session(key, now);
@@ -613,9 +644,12 @@ impl Shard {
 
     /// Removes a session whose time is up and tells its home shard.
     fn end_session(&mut self, key: ClientKey, now: Instant) {
-        let client = self.remove_client(key);
+        let mut client = self.remove_client(key);
         let conn = client.conn_id;
         let client_id = client.session.client_id().clone();
+        if let Some((_, will)) = client.pending_will.take() {
+            self.publish_will(will, client_id.clone(), now);
+        }
         let home = home_shard(&client_id, self.shard_count);
         self.send(home, MeshMessage::Released { client_id, conn }, now);
     }
@@ -848,13 +882,16 @@ impl Shard {
         }
         self.counters.wills_published += 1;
         let expires_at = will.properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
+        let mut properties = will.properties;
+        // The delay is the will's, not the message's: a PUBLISH may not carry it.
+        properties.will_delay_interval = None;
         let message = Message {
             expires_at,
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: will.properties,
+            properties,
             publisher: Some(publisher),
         };
         self.route(Arc::new(message), now);
@@ -989,6 +1026,22 @@ impl Shard {
         for key in ended {
             self.counters.sessions_expired += 1;
             self.end_session(key, now);
+        }
+        let wills_due: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let (due, _) = slot.as_ref()?.pending_will.as_ref()?;
+                (now >= *due).then_some(ClientKey(index as u32))
+            })
+            .collect();
+        for key in wills_due {
+            let client = self.client(key);
+            let publisher = client.session.client_id().clone();
+            if let Some((_, will)) = client.pending_will.take() {
+                self.publish_will(will, publisher, now);
+            }
         }
         if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
             && now >= due

@@ -243,7 +243,7 @@ impl RawClient {
         self.connect_sending(packet)
     }
 
-    fn connect_sending(&mut self, packet: Packet) -> ConnAck {
+    pub fn connect_sending(&mut self, packet: Packet) -> ConnAck {
         self.send(&packet);
         match self.recv() {
             Packet::ConnAck(connack) => connack,
