@@ -34,7 +34,7 @@ fn connack_announces_what_the_server_offers() {
     let p = connack.properties;
     assert_eq!(p.receive_maximum, Some(100));
     assert_eq!(p.maximum_packet_size, Some(65536));
-    assert_eq!(p.subscription_identifier_available, Some(0));
+    assert_eq!(p.subscription_identifier_available, None, "supported: property absent (1)");
     assert_eq!(p.shared_subscription_available, Some(0));
     assert_eq!(p.server_keep_alive, None, "no cap configured");
     assert_eq!(p.maximum_qos, None, "QoS 2 is supported: property absent");
@@ -168,16 +168,47 @@ fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
 }
 
 #[test]
-fn features_not_built_are_refused_as_announced() {
+fn shared_subscriptions_are_refused_as_announced() {
     let broker = Broker::start(&[]);
     let mut client = v5(&broker);
     assert_eq!(client.connect("not-yet", true, 60, None).code, 0);
     let suback = client.subscribe(&[("$share/group/t", QoS::AtLeastOnce), ("t", QoS::AtLeastOnce)]);
     assert_eq!(suback.codes, vec![ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)]);
+}
+
+fn subscribe_with_identifier(client: &mut RawClient, filter: &'static str, identifier: u32) {
     client.send(&Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(2).expect("id"),
-        properties: Properties { subscription_identifiers: vec![7], ..Properties::default() },
-        filters: vec![(Bytes::from_static(b"u"), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
+        packet_id: PacketId::new(identifier as u16).expect("id"),
+        properties: Properties { subscription_identifiers: vec![identifier], ..Properties::default() },
+        filters: vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
     }));
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED);
+    assert!(matches!(client.recv(), Packet::SubAck(_)));
+}
+
+#[test]
+fn one_copy_carries_every_matching_subscription_identifier() {
+    let broker = Broker::start(&[]);
+    let mut publisher = broker.client("sid-pub", true);
+    publisher.publish("sid/a", b"retained", QoS::AtLeastOnce, true, 1);
+    let mut client = v5(&broker);
+    assert_eq!(client.connect("sid", true, 60, None).code, 0);
+    subscribe_with_identifier(&mut client, "sid/+", 7);
+    let retained = client.recv_publish();
+    assert_eq!(retained.properties.subscription_identifiers, vec![7], "retained delivery names its subscription");
+    client.ack(&retained);
+    subscribe_with_identifier(&mut client, "sid/#", 9);
+    let again = client.recv_publish();
+    assert_eq!(again.properties.subscription_identifiers, vec![9]);
+    client.ack(&again);
+    client.subscribe(&[("sid/a", QoS::AtMostOnce)]);
+    let plain = client.recv_publish();
+    assert!(plain.properties.subscription_identifiers.is_empty());
+    client.ack(&plain);
+    publisher.publish("sid/a", b"live", QoS::AtLeastOnce, false, 2);
+    let live = client.recv_publish();
+    let mut ids = live.properties.subscription_identifiers.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![7, 9], "one copy, both identifiers");
+    client.ack(&live);
+    client.assert_silent(Duration::from_millis(300));
 }

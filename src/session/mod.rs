@@ -15,27 +15,46 @@ use bytes::Bytes;
 
 pub use message::{Message, detach};
 
-/// How one client receives a message, given every subscription of its that matches.
+/// One subscription of a session: its options and, in 5.0, its identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// How one client receives a message, given every subscription of its that matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// The highest QoS granted by a matching subscription (deliver at min(this, published)).
     pub granted: QoS,
     /// Some matching subscription asked for the RETAIN flag as published.
     pub retain_as_published: bool,
+    /// Identifiers of every matching subscription that has one (empty: no allocation).
+    pub subscription_ids: Vec<u32>,
 }
 
-/// One copy per client at the highest granted QoS (MQTT 3.1.1 3.3.5, 5.0 3.3.4). When the
-/// client published the message itself (`own_message`), no-local subscriptions do not count.
-pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a SubscriptionOptions>, own_message: bool) -> Option<Delivery> {
-    matching.into_iter().filter(|options| !(own_message && options.no_local)).fold(None, |merged, options| {
-        Some(match merged {
-            None => Delivery { granted: options.qos, retain_as_published: options.retain_as_published },
-            Some(merged) => Delivery {
-                granted: merged.granted.max(options.qos),
-                retain_as_published: merged.retain_as_published || options.retain_as_published,
-            },
-        })
-    })
+/// One copy per client at the highest granted QoS, carrying every matching subscription
+/// identifier (MQTT 3.1.1 3.3.5, 5.0 3.3.4). When the client published the message itself
+/// (`own_message`), no-local subscriptions do not count.
+pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a Subscription>, own_message: bool) -> Option<Delivery> {
+    let mut merged: Option<Delivery> = None;
+    for subscription in matching {
+        let options = subscription.options;
+        if own_message && options.no_local {
+            continue;
+        }
+        let delivery = merged.get_or_insert(Delivery {
+            granted: options.qos,
+            retain_as_published: false,
+            subscription_ids: Vec::new(),
+        });
+        delivery.granted = delivery.granted.max(options.qos);
+        delivery.retain_as_published |= options.retain_as_published;
+        if let Some(identifier) = subscription.identifier {
+            delivery.subscription_ids.push(identifier);
+        }
+    }
+    merged
 }
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
@@ -62,6 +81,7 @@ struct Inflight {
     packet_id: PacketId,
     qos: QoS,
     retain: bool,
+    subscription_ids: Vec<u32>,
     message: Arc<Message>,
     stage: AckStage,
 }
@@ -70,13 +90,22 @@ struct Inflight {
 struct Queued {
     qos: QoS,
     retain: bool,
+    subscription_ids: Vec<u32>,
     message: Arc<Message>,
 }
 
 /// A packet the session wants written to its client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    Publish { packet_id: Option<PacketId>, qos: QoS, dup: bool, retain: bool, message: Arc<Message> },
+    Publish {
+        packet_id: Option<PacketId>,
+        qos: QoS,
+        dup: bool,
+        retain: bool,
+        /// Identifiers of the recipient's matching subscriptions (5.0).
+        subscription_ids: Vec<u32>,
+        message: Arc<Message>,
+    },
     PubRel(PacketId),
 }
 
@@ -96,7 +125,7 @@ pub struct Session {
     client_id: Bytes,
     limits: SessionLimits,
     /// Filter -> options, one entry per filter (re-subscribing replaces).
-    pub subscriptions: BTreeMap<Bytes, SubscriptionOptions>,
+    pub subscriptions: BTreeMap<Bytes, Subscription>,
     inflight: VecDeque<Inflight>,
     queued: VecDeque<Queued>,
     incoming_qos2: HashSet<PacketId>,
@@ -156,32 +185,33 @@ impl Session {
         }
     }
 
-    fn start_inflight(&mut self, qos: QoS, retain: bool, message: Arc<Message>) -> Outgoing {
+    fn start_inflight(&mut self, qos: QoS, retain: bool, subscription_ids: Vec<u32>, message: Arc<Message>) -> Outgoing {
         debug_assert!(qos != QoS::AtMostOnce);
         let packet_id = self.allocate_packet_id();
         let stage = if qos == QoS::AtLeastOnce { AckStage::AwaitingPubAck } else { AckStage::AwaitingPubRec };
-        self.inflight.push_back(Inflight { packet_id, qos, retain, message: message.clone(), stage });
-        Outgoing::Publish { packet_id: Some(packet_id), qos, dup: false, retain, message }
+        let kept_ids = subscription_ids.clone();
+        self.inflight.push_back(Inflight { packet_id, qos, retain, subscription_ids: kept_ids, message: message.clone(), stage });
+        Outgoing::Publish { packet_id: Some(packet_id), qos, dup: false, retain, subscription_ids, message }
     }
 
     /// Offers a message at its delivery QoS (already the minimum of published and granted).
     /// Order is kept: nothing overtakes a message already queued.
-    pub fn offer(&mut self, message: Arc<Message>, qos: QoS, retain: bool, online: bool) -> Offer {
+    pub fn offer(&mut self, message: Arc<Message>, qos: QoS, retain: bool, subscription_ids: Vec<u32>, online: bool) -> Offer {
         if qos == QoS::AtMostOnce {
             if online {
-                return Offer::Send(Outgoing::Publish { packet_id: None, qos, dup: false, retain, message });
+                return Offer::Send(Outgoing::Publish { packet_id: None, qos, dup: false, retain, subscription_ids, message });
             }
             self.dropped_count += 1;
             return Offer::Dropped;
         }
         if online && self.queued.is_empty() && self.window_open() {
-            return Offer::Send(self.start_inflight(qos, retain, message));
+            return Offer::Send(self.start_inflight(qos, retain, subscription_ids, message));
         }
         if self.queued.len() >= self.limits.queued_max {
             self.dropped_count += 1;
             return Offer::Dropped;
         }
-        self.queued.push_back(Queued { qos, retain, message });
+        self.queued.push_back(Queued { qos, retain, subscription_ids, message });
         Offer::Queued
     }
 
@@ -193,7 +223,7 @@ impl Session {
                 self.expired_count += 1;
                 continue;
             }
-            out.push(self.start_inflight(next.qos, next.retain, next.message));
+            out.push(self.start_inflight(next.qos, next.retain, next.subscription_ids, next.message));
         }
     }
 
@@ -208,6 +238,7 @@ impl Session {
                     qos: entry.qos,
                     dup: true,
                     retain: entry.retain,
+                    subscription_ids: entry.subscription_ids.clone(),
                     message: entry.message.clone(),
                 },
             });
@@ -297,29 +328,31 @@ mod tests {
 
     #[test]
     fn matching_subscriptions_merge_into_one_delivery() {
-        let plain = SubscriptionOptions::with_qos(QoS::AtMostOnce);
-        let no_local = SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::ExactlyOnce) };
-        let rap = SubscriptionOptions { retain_as_published: true, ..SubscriptionOptions::with_qos(QoS::AtLeastOnce) };
-        assert_eq!(merge_matching([&plain, &no_local], false), Some(Delivery { granted: QoS::ExactlyOnce, retain_as_published: false }));
-        assert_eq!(merge_matching([&plain, &no_local], true), Some(Delivery { granted: QoS::AtMostOnce, retain_as_published: false }));
+        let with = |options: SubscriptionOptions, identifier: Option<u32>| Subscription { options, identifier };
+        let plain = with(SubscriptionOptions::with_qos(QoS::AtMostOnce), Some(7));
+        let no_local = with(SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::ExactlyOnce) }, Some(9));
+        let rap = with(SubscriptionOptions { retain_as_published: true, ..SubscriptionOptions::with_qos(QoS::AtLeastOnce) }, None);
+        let delivery = |granted, retain_as_published, subscription_ids: Vec<u32>| Some(Delivery { granted, retain_as_published, subscription_ids });
+        assert_eq!(merge_matching([&plain, &no_local], false), delivery(QoS::ExactlyOnce, false, vec![7, 9]));
+        assert_eq!(merge_matching([&plain, &no_local], true), delivery(QoS::AtMostOnce, false, vec![7]));
         assert_eq!(merge_matching([&no_local], true), None);
-        assert_eq!(merge_matching([&plain, &rap], false), Some(Delivery { granted: QoS::AtLeastOnce, retain_as_published: true }));
+        assert_eq!(merge_matching([&plain, &rap], false), delivery(QoS::AtLeastOnce, true, vec![7]));
         assert_eq!(merge_matching([], false), None);
     }
 
     #[test]
     fn qos0_offline_is_dropped_and_counted() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 2));
-        assert_eq!(session.offer(message("a"), QoS::AtMostOnce, false, false), Offer::Dropped);
+        assert_eq!(session.offer(message("a"), QoS::AtMostOnce, false, Vec::new(), false), Offer::Dropped);
         assert_eq!(session.dropped_count, 1);
     }
 
     #[test]
     fn window_queues_in_order_and_acks_release() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 10));
-        let first = sent_id(&session.offer(message("1"), QoS::AtLeastOnce, false, true));
-        let _second = sent_id(&session.offer(message("2"), QoS::AtLeastOnce, false, true));
-        assert_eq!(session.offer(message("3"), QoS::AtLeastOnce, false, true), Offer::Queued);
+        let first = sent_id(&session.offer(message("1"), QoS::AtLeastOnce, false, Vec::new(), true));
+        let _second = sent_id(&session.offer(message("2"), QoS::AtLeastOnce, false, Vec::new(), true));
+        assert_eq!(session.offer(message("3"), QoS::AtLeastOnce, false, Vec::new(), true), Offer::Queued);
         assert!(session.on_puback(first));
         assert!(!session.on_puback(first), "a second PUBACK finds nothing");
         let mut out = Vec::new();
@@ -332,9 +365,9 @@ mod tests {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
         let now = Instant::now();
         let expiring = Arc::new(Message { expires_at: Some(now + std::time::Duration::from_secs(5)), ..(*message("old")).clone() });
-        assert!(matches!(session.offer(message("sent"), QoS::AtLeastOnce, false, true), Offer::Send(_)));
-        assert_eq!(session.offer(expiring, QoS::AtLeastOnce, false, true), Offer::Queued);
-        assert_eq!(session.offer(message("new"), QoS::AtLeastOnce, false, true), Offer::Queued);
+        assert!(matches!(session.offer(message("sent"), QoS::AtLeastOnce, false, Vec::new(), true), Offer::Send(_)));
+        assert_eq!(session.offer(expiring, QoS::AtLeastOnce, false, Vec::new(), true), Offer::Queued);
+        assert_eq!(session.offer(message("new"), QoS::AtLeastOnce, false, Vec::new(), true), Offer::Queued);
         let first = PacketId::new(1).unwrap();
         assert!(session.on_puback(first));
         let mut out = Vec::new();
@@ -354,16 +387,16 @@ mod tests {
     #[test]
     fn queue_bound_drops() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 1));
-        assert_eq!(session.offer(message("1"), QoS::AtLeastOnce, false, false), Offer::Queued);
-        assert_eq!(session.offer(message("2"), QoS::AtLeastOnce, false, false), Offer::Dropped);
+        assert_eq!(session.offer(message("1"), QoS::AtLeastOnce, false, Vec::new(), false), Offer::Queued);
+        assert_eq!(session.offer(message("2"), QoS::AtLeastOnce, false, Vec::new(), false), Offer::Dropped);
         assert_eq!(session.dropped_count, 1);
     }
 
     #[test]
     fn qos2_outbound_flow_and_resume() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-        let a = sent_id(&session.offer(message("a"), QoS::ExactlyOnce, false, true));
-        let b = sent_id(&session.offer(message("b"), QoS::ExactlyOnce, false, true));
+        let a = sent_id(&session.offer(message("a"), QoS::ExactlyOnce, false, Vec::new(), true));
+        let b = sent_id(&session.offer(message("b"), QoS::ExactlyOnce, false, Vec::new(), true));
         assert!(session.on_pubrec(a));
         assert!(session.on_pubrec(a), "repeated PUBREC is answered again");
         // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
@@ -391,11 +424,11 @@ mod tests {
     fn packet_ids_skip_those_in_flight() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
         session.next_packet_id = PacketId::new(u16::MAX).unwrap();
-        let a = sent_id(&session.offer(message("a"), QoS::AtLeastOnce, false, true));
-        let b = sent_id(&session.offer(message("b"), QoS::AtLeastOnce, false, true));
+        let a = sent_id(&session.offer(message("a"), QoS::AtLeastOnce, false, Vec::new(), true));
+        let b = sent_id(&session.offer(message("b"), QoS::AtLeastOnce, false, Vec::new(), true));
         assert_eq!((a.get(), b.get()), (u16::MAX, 1));
         session.next_packet_id = PacketId::new(u16::MAX).unwrap();
-        let c = sent_id(&session.offer(message("c"), QoS::AtLeastOnce, false, true));
+        let c = sent_id(&session.offer(message("c"), QoS::AtLeastOnce, false, Vec::new(), true));
         assert_eq!(c.get(), 2);
     }
 }

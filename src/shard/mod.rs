@@ -37,10 +37,10 @@ use crate::auth::Authenticator;
 use crate::config::Limits;
 use crate::protocol::{
     Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
-    PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
-use crate::session::{Message, Offer, Outgoing, Session, detach, merge_matching};
+use crate::session::{Message, Offer, Outgoing, Session, Subscription, detach, merge_matching};
 use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
 
 /// Index of a client slot within one shard.
@@ -71,8 +71,6 @@ pub enum CloseReason {
     ReceiveMaximumExceeded,
     #[error("DISCONNECT sets a session expiry on a session that had none")]
     SessionExpiryOnDisconnect,
-    #[error("subscription identifiers are not supported")]
-    SubscriptionIdentifiersUnsupported,
     #[error("topic alias used without ever being set on this connection")]
     UnknownTopicAlias,
     #[error("payload format indicator says UTF-8 but the payload is not")]
@@ -87,7 +85,6 @@ impl CloseReason {
             CloseReason::TopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             CloseReason::PayloadFormatInvalid => ReasonCode::PAYLOAD_FORMAT_INVALID,
-            CloseReason::SubscriptionIdentifiersUnsupported => ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
             CloseReason::SecondConnect
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
@@ -164,7 +161,7 @@ pub struct Shard {
     clients: Vec<Option<Client>>,
     free_keys: Vec<ClientKey>,
     client_index: HashMap<Bytes, ClientKey>,
-    subscriptions: SubscriptionTree<ClientKey, SubscriptionOptions>,
+    subscriptions: SubscriptionTree<ClientKey, Subscription>,
     retained: RetainedTree<Arc<Message>>,
     registry: HashMap<Bytes, ConnId>,
     pending_connects: HashMap<ConnId, PendingConnect>,
@@ -175,7 +172,7 @@ pub struct Shard {
     seen: Vec<u64>,
     recent: RecentPublishes,
     next_conn_sequence: u64,
-    match_scratch: Vec<(ClientKey, SubscriptionOptions)>,
+    match_scratch: Vec<(ClientKey, Subscription)>,
     outgoing_scratch: Vec<Outgoing>,
     next_sys_publish: Option<Instant>,
     accepting: bool,
@@ -192,10 +189,13 @@ pub fn home_shard(client_id: &[u8], shard_count: usize) -> ShardId {
 
 fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant) {
     match outgoing {
-        Outgoing::Publish { packet_id, qos, dup, retain, message } => link.write_with(|buf| {
+        Outgoing::Publish { packet_id, qos, dup, retain, subscription_ids, message } => link.write_with(|buf| {
             let header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id };
             if version.is_v5() {
-                let properties = message.properties_at(now);
+                let mut properties = message.properties_at(now);
+                if !subscription_ids.is_empty() {
+                    properties.to_mut().subscription_identifiers.clone_from(subscription_ids);
+                }
                 write_publish(buf, version, header, &message.topic, &properties, &message.payload)
             } else {
                 write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
@@ -276,8 +276,8 @@ impl Shard {
 
     fn insert_client(&mut self, client: Client) -> ClientKey {
         let client_id = client.session.client_id().clone();
-        let subscriptions: Vec<(Bytes, SubscriptionOptions)> =
-            client.session.subscriptions.iter().map(|(filter, options)| (filter.clone(), *options)).collect();
+        let subscriptions: Vec<(Bytes, Subscription)> =
+            client.session.subscriptions.iter().map(|(filter, subscription)| (filter.clone(), *subscription)).collect();
         let key = match self.free_keys.pop() {
             Some(key) => {
                 self.clients[key.0 as usize] = Some(client);
@@ -559,7 +559,6 @@ impl Shard {
                 properties.receive_maximum = (self.limits.receive_maximum != u16::MAX).then_some(self.limits.receive_maximum);
                 properties.maximum_packet_size = Some(self.limits.max_packet_size_bytes);
                 properties.server_keep_alive = server_keep_alive;
-                properties.subscription_identifier_available = Some(0);
                 properties.topic_alias_maximum = (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
                 properties.shared_subscription_available = Some(0);
             }
@@ -588,22 +587,23 @@ impl Shard {
     /// owner's cut, and skips the ones at or before it that are still on their way here.
     fn catch_up(&mut self, key: ClientKey, cut: StreamCut, now: Instant) {
         let (entries, gap) = self.recent.since(&cut, &self.seen);
-        let mut missed: Vec<(Arc<Message>, QoS, bool)> = Vec::new();
+        let mut missed: Vec<(Arc<Message>, QoS, bool, Vec<u32>)> = Vec::new();
         let client = self.clients[key.0 as usize].as_ref().expect("just inserted");
         for entry in entries {
             let message = &entry.message;
             let matching = client.session.subscriptions.iter().filter(|(filter, _)| filter_matches(filter, &message.topic));
             let own_message = message.publisher.as_ref() == Some(client.session.client_id());
-            if let Some(delivery) = merge_matching(matching.map(|(_, options)| options), own_message) {
-                missed.push((message.clone(), delivery.granted.min(message.qos), delivery.retain_as_published && message.retain));
+            if let Some(delivery) = merge_matching(matching.map(|(_, subscription)| subscription), own_message) {
+                let retain = delivery.retain_as_published && message.retain;
+                missed.push((message.clone(), delivery.granted.min(message.qos), retain, delivery.subscription_ids));
             }
         }
         if gap {
             self.counters.takeover_replay_gaps += 1;
             tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
         }
-        for (message, qos, retain) in missed {
-            self.deliver_to(key, &message, qos, retain, None, now);
+        for (message, qos, retain, subscription_ids) in missed {
+            self.deliver_to(key, &message, qos, retain, subscription_ids, None, now);
         }
         if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
@@ -817,12 +817,9 @@ impl Shard {
 
     fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
-        if !subscribe.properties.subscription_identifiers.is_empty() {
-            // CONNACK said Subscription Identifiers Available = 0.
-            return Err(CloseReason::SubscriptionIdentifiersUnsupported);
-        }
+        let identifier = subscribe.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
+        let mut retained: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
         for (filter, options) in subscribe.filters {
             if validate_topic_filter(&filter).is_err() {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
@@ -837,27 +834,28 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
-            self.subscriptions.insert(&filter, key, options);
-            let existed = self.client(key).session.subscriptions.insert(detach(&filter), options).is_some();
+            let subscription = Subscription { options, identifier };
+            self.subscriptions.insert(&filter, key, subscription);
+            let existed = self.client(key).session.subscriptions.insert(detach(&filter), subscription).is_some();
             let send_retained = match options.retain_handling {
                 RetainHandling::SendOnSubscribe => true,
                 RetainHandling::SendIfNewSubscription => !existed,
                 RetainHandling::DoNotSend => false,
             };
             if send_retained {
-                self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos))));
+                self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos), identifier)));
             }
             codes.push(ReasonCode(options.qos as u8));
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
         write_packet(link, version, &Packet::SubAck(suback));
-        for (message, qos) in retained {
+        for (message, qos, identifier) in retained {
             if message.is_expired(now) {
                 // Its expiry passed while retained: it is no longer the topic's message.
                 self.retained.remove(&message.topic);
                 continue;
             }
-            self.deliver_to(key, &message, qos, true, None, now);
+            self.deliver_to(key, &message, qos, true, identifier.into_iter().collect(), None, now);
         }
         Ok(())
     }
@@ -929,9 +927,10 @@ impl Shard {
         for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same_client[0].0;
             let own_message = self.is_publisher(key, message);
-            if let Some(delivery) = merge_matching(same_client.iter().map(|(_, options)| options), own_message) {
+            if let Some(delivery) = merge_matching(same_client.iter().map(|(_, subscription)| subscription), own_message) {
                 let retain = delivery.retain_as_published && message.retain;
-                self.deliver_to(key, message, delivery.granted.min(message.qos), retain, Some((source, sequence)), now);
+                let qos = delivery.granted.min(message.qos);
+                self.deliver_to(key, message, qos, retain, delivery.subscription_ids, Some((source, sequence)), now);
             }
         }
         matches.clear();
@@ -949,6 +948,7 @@ impl Shard {
         message: &Arc<Message>,
         qos: QoS,
         retain: bool,
+        subscription_ids: Vec<u32>,
         origin: Option<(ShardId, u64)>,
         now: Instant,
     ) {
@@ -964,10 +964,13 @@ impl Shard {
             return;
         }
         let link = client.link.as_ref().filter(|link| !link.is_closing());
-        if client.max_packet_size_out != u32::MAX
-            && publish_wire_len(client.version, qos, &message.topic, &message.properties, &message.payload)
-                > client.max_packet_size_out as usize
-        {
+        if client.max_packet_size_out != u32::MAX && {
+            let mut properties = std::borrow::Cow::Borrowed(&message.properties);
+            if !subscription_ids.is_empty() {
+                properties.to_mut().subscription_identifiers.clone_from(&subscription_ids);
+            }
+            publish_wire_len(client.version, qos, &message.topic, &properties, &message.payload) > client.max_packet_size_out as usize
+        } {
             // Larger than the client accepts: discarded for this client, as if sent (5.0 3.1.2.25).
             self.counters.oversize_drops += 1;
             return;
@@ -976,7 +979,7 @@ impl Shard {
             self.counters.qos0_dropped_slow_subscriber += 1;
             return;
         }
-        match client.session.offer(message.clone(), qos, retain, link.is_some()) {
+        match client.session.offer(message.clone(), qos, retain, subscription_ids, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");
                 write_outgoing(link, client.version, &outgoing, now);
