@@ -79,7 +79,7 @@ fn codec(c: &mut Criterion) {
                 // What delivery does per subscriber: a header and the shared payload into
                 // the connection's buffer (cleared so the buffer does not grow).
                 buf.clear();
-                let header = PublishHeader { dup: false, qos: QoS::AtLeastOnce, retain: false, packet_id: PacketId::new(7) };
+                let header = PublishHeader { dup: false, qos: QoS::AtLeastOnce, retain: false, packet_id: PacketId::new(7), topic_alias: None };
                 write_publish(&mut buf, V311, header, &message.topic, &message.properties, &message.payload);
                 black_box(buf.len())
             })

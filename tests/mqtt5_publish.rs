@@ -148,3 +148,33 @@ fn expired_messages_are_not_delivered_from_a_queue_or_the_retained_store() {
     sub.subscribe(&[("me/retained", QoS::AtMostOnce)]);
     sub.assert_silent(Duration::from_millis(300));
 }
+
+#[test]
+fn broker_assigns_topic_aliases_up_to_the_clients_maximum() {
+    let broker = Broker::start(&[]);
+    let mut sub = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let properties = Properties { topic_alias_maximum: Some(2), ..Properties::default() };
+    assert_eq!(sub.connect_with_properties("ta-sub", true, 60, properties).code, 0);
+    sub.subscribe(&[("ta/#", QoS::AtMostOnce)]);
+    let mut publisher = v5(&broker, "ta-pub");
+    for topic in ["ta/a", "ta/a", "ta/b", "ta/c", "ta/a", "ta/c"] {
+        publisher.send(&publish(topic, b"x", QoS::AtMostOnce, 0, Properties::default()));
+    }
+    let seen: Vec<(Vec<u8>, Option<u16>)> =
+        (0..6).map(|_| sub.recv_publish()).map(|p| (p.topic.to_vec(), p.properties.topic_alias)).collect();
+    let expected: Vec<(Vec<u8>, Option<u16>)> = vec![
+        (b"ta/a".to_vec(), Some(1)),
+        (Vec::new(), Some(1)),
+        (b"ta/b".to_vec(), Some(2)),
+        (b"ta/c".to_vec(), None),
+        (Vec::new(), Some(1)),
+        (b"ta/c".to_vec(), None),
+    ];
+    assert_eq!(seen, expected, "two aliases, then full topics");
+    // A client that did not ask for aliases never gets one.
+    let mut plain = v5(&broker, "ta-plain");
+    plain.subscribe(&[("ta/#", QoS::AtMostOnce)]);
+    publisher.send(&publish("ta/a", b"x", QoS::AtMostOnce, 0, Properties::default()));
+    let got = plain.recv_publish();
+    assert_eq!((&got.topic[..], got.properties.topic_alias), (&b"ta/a"[..], None));
+}

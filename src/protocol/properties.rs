@@ -186,6 +186,11 @@ macro_rules! properties {
 
             pub fn encode(&self, buf: &mut impl BufMut) {
                 put_varint(buf, self.body_len() as u32);
+                self.encode_body(buf);
+            }
+
+            /// The properties without the length prefix (for callers that append more).
+            pub fn encode_body(&self, buf: &mut impl BufMut) {
                 $( if let Some(value) = &self.$field { buf.put_u8($id); value.write(buf); } )*
                 for id in &self.subscription_identifiers {
                     buf.put_u8(SUBSCRIPTION_IDENTIFIER_ID);

@@ -5,7 +5,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::DecodeError;
 use super::packet::{PacketId, ProtocolVersion, QoS, packet_len, packet_type, put_fixed_header};
-use super::primitives::{Reader, put_string};
+use super::primitives::{Reader, put_string, put_varint, varint_len};
+
+const TOPIC_ALIAS_PROPERTY_ID: u8 = 0x23;
 use super::properties::{Properties, PropertyContext};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +43,15 @@ impl Publish {
 
     /// Size on the wire for a connection of `version`.
     pub fn wire_len(&self, version: ProtocolVersion) -> usize {
-        packet_len(remaining_len(version, self.qos, &self.topic, &self.properties, &self.payload))
+        packet_len(remaining_len(version, &self.header(), &self.topic, &self.properties, &self.payload))
+    }
+
+    fn header(&self) -> PublishHeader {
+        PublishHeader { dup: self.dup, qos: self.qos, retain: self.retain, packet_id: self.packet_id, topic_alias: None }
     }
 
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) {
-        let header = PublishHeader { dup: self.dup, qos: self.qos, retain: self.retain, packet_id: self.packet_id };
+        let header = self.header();
         write_publish(buf, version, header, &self.topic, &self.properties, &self.payload);
     }
 }
@@ -57,21 +63,31 @@ pub struct PublishHeader {
     pub qos: QoS,
     pub retain: bool,
     pub packet_id: Option<PacketId>,
+    /// A broker-to-client Topic Alias (5.0), added to the properties on the wire.
+    pub topic_alias: Option<u16>,
 }
+
+/// Bytes a Topic Alias property takes: identifier and two-byte value.
+const TOPIC_ALIAS_PROPERTY_BYTES: usize = 3;
 
 /// Size on the wire of a PUBLISH with these parts (checked against a client's Maximum
 /// Packet Size before it is sent).
-pub fn publish_wire_len(version: ProtocolVersion, qos: QoS, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
-    packet_len(remaining_len(version, qos, topic, properties, payload))
+pub fn publish_wire_len(version: ProtocolVersion, header: &PublishHeader, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
+    packet_len(remaining_len(version, header, topic, properties, payload))
 }
 
-fn remaining_len(version: ProtocolVersion, qos: QoS, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
+fn property_block_len(header: &PublishHeader, properties: &Properties) -> usize {
+    properties.body_len() + if header.topic_alias.is_some() { TOPIC_ALIAS_PROPERTY_BYTES } else { 0 }
+}
+
+fn remaining_len(version: ProtocolVersion, header: &PublishHeader, topic: &[u8], properties: &Properties, payload: &[u8]) -> usize {
     let mut len = 2 + topic.len() + payload.len();
-    if qos != QoS::AtMostOnce {
+    if header.qos != QoS::AtMostOnce {
         len += 2;
     }
     if version.is_v5() {
-        len += properties.wire_len();
+        let block = property_block_len(header, properties);
+        len += varint_len(block as u32) + block;
     }
     len
 }
@@ -87,7 +103,8 @@ pub fn write_publish(
     payload: &[u8],
 ) {
     debug_assert_eq!(header.packet_id.is_some(), header.qos != QoS::AtMostOnce);
-    let remaining = remaining_len(version, header.qos, topic, properties, payload);
+    debug_assert!(properties.topic_alias.is_none(), "aliases are per connection, set through the header");
+    let remaining = remaining_len(version, &header, topic, properties, payload);
     buf.reserve(packet_len(remaining));
     let mut first = (packet_type::PUBLISH << 4) | ((header.qos as u8) << 1);
     if header.dup {
@@ -102,7 +119,12 @@ pub fn write_publish(
         buf.put_u16(packet_id.get());
     }
     if version.is_v5() {
-        properties.encode(buf);
+        put_varint(buf, property_block_len(&header, properties) as u32);
+        properties.encode_body(buf);
+        if let Some(alias) = header.topic_alias {
+            buf.put_u8(TOPIC_ALIAS_PROPERTY_ID);
+            buf.put_u16(alias);
+        }
     }
     buf.put_slice(payload);
 }
@@ -134,6 +156,17 @@ mod tests {
         assert_eq!(decode(&mut qos3, ProtocolVersion::V311, 1024), Err(DecodeError::InvalidQos));
         let mut dup0 = BytesMut::from(&[0x38, 0x03, 0, 1, b'a'][..]);
         assert_eq!(decode(&mut dup0, ProtocolVersion::V311, 1024), Err(DecodeError::DupWithQos0));
+    }
+
+    #[test]
+    fn topic_alias_from_the_header_is_appended_to_the_properties() {
+        let header = PublishHeader { dup: false, qos: QoS::AtMostOnce, retain: false, packet_id: None, topic_alias: Some(2) };
+        let mut out = BytesMut::new();
+        write_publish(&mut out, ProtocolVersion::V5, header, b"", &Properties::default(), b"p");
+        assert_eq!(&out[..], &[0x30, 0x07, 0, 0, 0x03, 0x23, 0x00, 0x02, b'p']);
+        assert_eq!(publish_wire_len(ProtocolVersion::V5, &header, b"", &Properties::default(), b"p"), out.len());
+        let Some(Packet::Publish(decoded)) = decode(&mut out, ProtocolVersion::V5, 1024).unwrap() else { panic!() };
+        assert_eq!((decoded.topic.len(), decoded.properties.topic_alias), (0, Some(2)));
     }
 
     #[test]

@@ -139,6 +139,7 @@ struct Client {
     topic_aliases: HashMap<u16, Bytes>,
     /// While offline: a will waiting for its Will Delay Interval.
     pending_will: Option<(Instant, Will)>,
+    aliases_out: OutboundAliases,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
@@ -187,16 +188,45 @@ pub fn home_shard(client_id: &[u8], shard_count: usize) -> ShardId {
     ShardId((hash % shard_count as u64) as usize)
 }
 
-fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant) {
+/// Broker-to-client topic aliases of one connection (5.0): the first topics sent get an
+/// alias each, up to the client's Topic Alias Maximum; later messages on those topics carry
+/// only the alias. Per connection: a new connection starts with none.
+#[derive(Debug, Default)]
+struct OutboundAliases {
+    maximum: u16,
+    assigned: HashMap<Bytes, u16>,
+}
+
+impl OutboundAliases {
+    /// The topic to put on the wire (empty once aliased) and the alias to send with it.
+    fn resolve<'t>(&mut self, topic: &'t Bytes) -> (&'t [u8], Option<u16>) {
+        if self.maximum == 0 {
+            return (topic, None);
+        }
+        if let Some(&alias) = self.assigned.get(topic) {
+            return (&[], Some(alias));
+        }
+        if self.assigned.len() < usize::from(self.maximum) {
+            let alias = self.assigned.len() as u16 + 1;
+            self.assigned.insert(detach(topic), alias);
+            return (topic, Some(alias));
+        }
+        (topic, None)
+    }
+}
+
+fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant, aliases: &mut OutboundAliases) {
     match outgoing {
         Outgoing::Publish { packet_id, qos, dup, retain, subscription_ids, message } => link.write_with(|buf| {
-            let header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id };
+            let mut header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id, topic_alias: None };
             if version.is_v5() {
                 let mut properties = message.properties_at(now);
                 if !subscription_ids.is_empty() {
                     properties.to_mut().subscription_identifiers.clone_from(subscription_ids);
                 }
-                write_publish(buf, version, header, &message.topic, &properties, &message.payload)
+                let (topic, alias) = aliases.resolve(&message.topic);
+                header.topic_alias = alias;
+                write_publish(buf, version, header, topic, &properties, &message.payload)
             } else {
                 write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
             }
@@ -547,6 +577,10 @@ impl Shard {
             max_packet_size_out,
             topic_aliases: HashMap::new(),
             pending_will: None,
+            aliases_out: OutboundAliases {
+                maximum: if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
+                assigned: HashMap::new(),
+            },
             skip_until: None,
         });
         if link_alive {
@@ -566,9 +600,10 @@ impl Shard {
             write_packet(&link, version, &Packet::ConnAck(connack));
             link.open(key);
             let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
-            self.client(key).session.resume(now, &mut outgoing);
+            let client = self.client(key);
+            client.session.resume(now, &mut outgoing);
             for packet in outgoing.drain(..) {
-                write_outgoing(&link, version, &packet, now);
+                write_outgoing(&link, version, &packet, now, &mut client.aliases_out);
             }
             self.outgoing_scratch = outgoing;
         }
@@ -734,12 +769,16 @@ impl Shard {
 
     fn fill_window(&mut self, key: ClientKey, link: &Link, now: Instant) {
         let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
-        let client = self.client(key);
-        client.session.fill_window(now, &mut outgoing);
+        let delivered = {
+            let client = self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots");
+            client.session.fill_window(now, &mut outgoing);
+            outgoing.len() as u64
+        };
+        self.counters.messages_delivered += delivered;
+        let client = self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots");
         let version = client.version;
-        self.counters.messages_delivered += outgoing.len() as u64;
         for packet in outgoing.drain(..) {
-            write_outgoing(link, version, &packet, now);
+            write_outgoing(link, version, &packet, now, &mut client.aliases_out);
         }
         self.outgoing_scratch = outgoing;
     }
@@ -969,7 +1008,10 @@ impl Shard {
             if !subscription_ids.is_empty() {
                 properties.to_mut().subscription_identifiers.clone_from(&subscription_ids);
             }
-            publish_wire_len(client.version, qos, &message.topic, &properties, &message.payload) > client.max_packet_size_out as usize
+            // Counted with an alias property, in case this delivery assigns one.
+            let topic_alias = (client.aliases_out.maximum > 0).then_some(1);
+            let header = PublishHeader { dup: false, qos, retain, packet_id: None, topic_alias };
+            publish_wire_len(client.version, &header, &message.topic, &properties, &message.payload) > client.max_packet_size_out as usize
         } {
             // Larger than the client accepts: discarded for this client, as if sent (5.0 3.1.2.25).
             self.counters.oversize_drops += 1;
@@ -982,7 +1024,7 @@ impl Shard {
         match client.session.offer(message.clone(), qos, retain, subscription_ids, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");
-                write_outgoing(link, client.version, &outgoing, now);
+                write_outgoing(link, client.version, &outgoing, now, &mut client.aliases_out);
                 self.counters.messages_delivered += 1;
             }
             Offer::Queued => {}
