@@ -42,6 +42,18 @@ pub struct Config {
     #[arg(long, default_value_t = 1024)]
     pub receive_maximum: u16,
 
+    /// Highest QoS accepted and granted (0-2); announced to 5.0 clients when below 2.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub max_qos: u8,
+
+    /// Refuse retained messages (PUBLISH with RETAIN gets DISCONNECT 0x9A).
+    #[arg(long)]
+    pub no_retain: bool,
+
+    /// Refuse subscriptions with wildcards (SUBACK 0xA2 / 0x80).
+    #[arg(long)]
+    pub no_wildcard_subscriptions: bool,
+
     /// Topic aliases a 5.0 client may set on one connection (announced in CONNACK; 0: none).
     #[arg(long, default_value_t = 64)]
     pub topic_alias_maximum: u16,
@@ -110,6 +122,8 @@ pub enum ConfigError {
     InflightMax,
     #[error("--receive-maximum must be at least 1")]
     ReceiveMaximum,
+    #[error("--max-qos must be 0, 1 or 2")]
+    MaxQos,
     #[error("--mesh-channel-batches must be at least 1")]
     MeshChannel,
     #[error("--ring-depth must be a power of two between 8 and 32768")]
@@ -126,6 +140,9 @@ pub struct Limits {
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
     pub max_keep_alive_s: Option<u16>,
+    pub max_qos: crate::protocol::QoS,
+    pub retain_available: bool,
+    pub wildcard_subscriptions: bool,
     pub outbound_buffer_max_bytes: usize,
     pub mesh_outbox_max_messages: usize,
     pub sys_interval: Option<Duration>,
@@ -155,6 +172,9 @@ impl Config {
             session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },
             receive_maximum: self.receive_maximum,
             topic_alias_maximum: self.topic_alias_maximum,
+            max_qos: crate::protocol::QoS::from_bits(self.max_qos).map_err(|_| ConfigError::MaxQos)?,
+            retain_available: !self.no_retain,
+            wildcard_subscriptions: !self.no_wildcard_subscriptions,
             max_keep_alive_s: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
             outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
             mesh_outbox_max_messages: self.mesh_outbox_max_messages,

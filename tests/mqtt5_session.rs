@@ -114,6 +114,7 @@ fn unknown_authentication_method_gets_0x8c() {
     let properties = Properties { authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")), ..Properties::default() };
     let connack = client.connect_with_properties("auth", true, 60, properties);
     assert_eq!(connack.code, ReasonCode::BAD_AUTHENTICATION_METHOD.0);
+    assert_eq!(connack.properties.reason_string.as_deref(), Some(&b"authentication method not supported"[..]));
     client.assert_closed();
 }
 
@@ -211,4 +212,28 @@ fn one_copy_carries_every_matching_subscription_identifier() {
     assert_eq!(ids, vec![7, 9], "one copy, both identifiers");
     client.ack(&live);
     client.assert_silent(Duration::from_millis(300));
+}
+
+#[test]
+fn restricted_server_announces_and_enforces_its_limits() {
+    let broker = Broker::start(&["--max-qos", "1", "--no-retain", "--no-wildcard-subscriptions"]);
+    let mut client = v5(&broker);
+    let connack = client.connect("restricted", true, 60, None);
+    assert_eq!(connack.properties.maximum_qos, Some(1));
+    assert_eq!(connack.properties.retain_available, Some(0));
+    assert_eq!(connack.properties.wildcard_subscription_available, Some(0));
+    let suback = client.subscribe(&[("r/+", QoS::AtMostOnce), ("r/t", QoS::ExactlyOnce)]);
+    assert_eq!(suback.codes, vec![ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)], "QoS 2 granted as 1");
+    client.publish_raw_packet(QoS::ExactlyOnce, false);
+    assert_eq!(disconnect_reason(&mut client), ReasonCode::QOS_NOT_SUPPORTED);
+
+    let mut retainer = v5(&broker);
+    assert_eq!(retainer.connect("retainer", true, 60, None).code, 0);
+    retainer.publish_raw_packet(QoS::AtMostOnce, true);
+    assert_eq!(disconnect_reason(&mut retainer), ReasonCode::RETAIN_NOT_SUPPORTED);
+
+    let mut will_too_high = v5(&broker);
+    let connack = will_too_high.connect("will-qos2", true, 60, Some(common::will("w", b"x", QoS::ExactlyOnce, false)));
+    assert_eq!(connack.code, ReasonCode::QOS_NOT_SUPPORTED.0);
+    assert!(connack.properties.reason_string.is_some(), "a refusal says why");
 }

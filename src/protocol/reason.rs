@@ -68,6 +68,10 @@ pub enum ConnectRefusal {
     NotAuthorized,
     /// 5.0 extended authentication with a method we do not offer.
     BadAuthenticationMethod,
+    /// A will with a QoS above the server's Maximum QoS.
+    QosNotSupported,
+    /// A retained will while the server has retain switched off.
+    RetainNotSupported,
 }
 
 impl ConnectRefusal {
@@ -78,7 +82,10 @@ impl ConnectRefusal {
             ConnectRefusal::ClientIdentifierNotValid => 2,
             ConnectRefusal::ServerUnavailable => 3,
             ConnectRefusal::BadUserNameOrPassword => 4,
-            ConnectRefusal::NotAuthorized | ConnectRefusal::BadAuthenticationMethod => 5,
+            ConnectRefusal::NotAuthorized
+            | ConnectRefusal::BadAuthenticationMethod
+            | ConnectRefusal::QosNotSupported
+            | ConnectRefusal::RetainNotSupported => 5,
         }
     }
 
@@ -90,6 +97,22 @@ impl ConnectRefusal {
             ConnectRefusal::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
             ConnectRefusal::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
             ConnectRefusal::BadAuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
+            ConnectRefusal::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+            ConnectRefusal::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
+        }
+    }
+
+    /// A human-readable Reason String for 5.0 CONNACKs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ConnectRefusal::UnsupportedProtocolVersion => "unsupported protocol version",
+            ConnectRefusal::ClientIdentifierNotValid => "client identifier not valid",
+            ConnectRefusal::ServerUnavailable => "server unavailable (shutting down)",
+            ConnectRefusal::BadUserNameOrPassword => "bad user name or password",
+            ConnectRefusal::NotAuthorized => "not authorized",
+            ConnectRefusal::BadAuthenticationMethod => "authentication method not supported",
+            ConnectRefusal::QosNotSupported => "will QoS above the server's maximum QoS",
+            ConnectRefusal::RetainNotSupported => "retained will while retain is not available",
         }
     }
 }

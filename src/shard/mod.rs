@@ -37,7 +37,7 @@ use crate::auth::Authenticator;
 use crate::config::Limits;
 use crate::protocol::{
     Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
-    PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
 use crate::session::{Message, Offer, Outgoing, Session, Subscription, detach, merge_matching};
@@ -71,6 +71,10 @@ pub enum CloseReason {
     ReceiveMaximumExceeded,
     #[error("DISCONNECT sets a session expiry on a session that had none")]
     SessionExpiryOnDisconnect,
+    #[error("PUBLISH above the server's Maximum QoS")]
+    QosNotSupported,
+    #[error("retained PUBLISH while retain is not available")]
+    RetainNotSupported,
     #[error("topic alias used without ever being set on this connection")]
     UnknownTopicAlias,
     #[error("payload format indicator says UTF-8 but the payload is not")]
@@ -85,6 +89,8 @@ impl CloseReason {
             CloseReason::TopicAlias => ReasonCode::TOPIC_ALIAS_INVALID,
             CloseReason::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             CloseReason::PayloadFormatInvalid => ReasonCode::PAYLOAD_FORMAT_INVALID,
+            CloseReason::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+            CloseReason::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             CloseReason::SecondConnect
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
@@ -429,6 +435,14 @@ impl Shard {
         if connect.client_id.is_empty() && !connect.clean_start && !connect.version.is_v5() {
             return Err(ConnectRefusal::ClientIdentifierNotValid);
         }
+        if let Some(will) = &connect.will {
+            if will.qos > self.limits.max_qos {
+                return Err(ConnectRefusal::QosNotSupported);
+            }
+            if will.retain && !self.limits.retain_available {
+                return Err(ConnectRefusal::RetainNotSupported);
+            }
+        }
         if connect.properties.authentication_method.is_some() {
             // No extended authentication method is offered yet.
             return Err(ConnectRefusal::BadAuthenticationMethod);
@@ -443,7 +457,11 @@ impl Shard {
         if let Err(refusal) = self.admit(&connect) {
             self.counters.connections_refused += 1;
             let code = if version.is_v5() { refusal.reason_code_v5().0 } else { refusal.return_code_v311() };
-            let connack = ConnAck { session_present: false, code, properties: Properties::default() };
+            let mut properties = Properties::default();
+            if version.is_v5() {
+                properties.reason_string = Some(Bytes::from_static(refusal.describe().as_bytes()));
+            }
+            let connack = ConnAck { session_present: false, code, properties };
             write_packet(link, version, &Packet::ConnAck(connack));
             link.close();
             return;
@@ -595,6 +613,9 @@ impl Shard {
                 properties.server_keep_alive = server_keep_alive;
                 properties.topic_alias_maximum = (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
                 properties.shared_subscription_available = Some(0);
+                properties.maximum_qos = (self.limits.max_qos < QoS::ExactlyOnce).then_some(self.limits.max_qos as u8);
+                properties.retain_available = (!self.limits.retain_available).then_some(0);
+                properties.wildcard_subscription_available = (!self.limits.wildcard_subscriptions).then_some(0);
             }
             let connack = ConnAck { session_present, code: 0, properties };
             write_packet(&link, version, &Packet::ConnAck(connack));
@@ -798,6 +819,12 @@ impl Shard {
             }
         }
         validate_topic_name(&publish.topic).map_err(CloseReason::TopicName)?;
+        if publish.qos > self.limits.max_qos {
+            return Err(CloseReason::QosNotSupported);
+        }
+        if publish.retain && !self.limits.retain_available {
+            return Err(CloseReason::RetainNotSupported);
+        }
         self.counters.publishes_received += 1;
         let version = self.client(key).version;
         if publish.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
@@ -869,10 +896,16 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
+            if !self.limits.wildcard_subscriptions && filter.iter().any(|&b| b == b'+' || b == b'#') {
+                codes.push(if version.is_v5() { ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
             if !self.auth.may_subscribe(&filter) {
                 codes.push(if version.is_v5() { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
+            // Granted QoS never exceeds the server's maximum.
+            let options = SubscriptionOptions { qos: options.qos.min(self.limits.max_qos), ..options };
             let subscription = Subscription { options, identifier };
             self.subscriptions.insert(&filter, key, subscription);
             let existed = self.client(key).session.subscriptions.insert(detach(&filter), subscription).is_some();

@@ -321,6 +321,19 @@ impl RawClient {
         }));
     }
 
+    /// Sends a PUBLISH to `r/t` with the given QoS and RETAIN flag, expecting no answer.
+    pub fn publish_raw_packet(&mut self, qos: QoS, retain: bool) {
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: Bytes::from_static(b"r/t"),
+            packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero")),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }));
+    }
+
     /// Acknowledges a received PUBLISH as its QoS requires.
     pub fn ack(&mut self, publish: &Publish) {
         match (publish.qos, publish.packet_id) {
