@@ -35,7 +35,7 @@ fn connack_announces_what_the_server_offers() {
     assert_eq!(p.receive_maximum, Some(100));
     assert_eq!(p.maximum_packet_size, Some(65536));
     assert_eq!(p.subscription_identifier_available, None, "supported: property absent (1)");
-    assert_eq!(p.shared_subscription_available, Some(0));
+    assert_eq!(p.shared_subscription_available, None, "supported: property absent (1)");
     assert_eq!(p.server_keep_alive, None, "no cap configured");
     assert_eq!(p.maximum_qos, None, "QoS 2 is supported: property absent");
     assert_eq!(p.topic_alias_maximum, Some(64));
@@ -166,15 +166,6 @@ fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
         properties: Properties { session_expiry_interval: Some(60), ..Properties::default() },
     }));
     assert_eq!(disconnect_reason(&mut client), ReasonCode::PROTOCOL_ERROR);
-}
-
-#[test]
-fn shared_subscriptions_are_refused_as_announced() {
-    let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
-    assert_eq!(client.connect("not-yet", true, 60, None).code, 0);
-    let suback = client.subscribe(&[("$share/group/t", QoS::AtLeastOnce), ("t", QoS::AtLeastOnce)]);
-    assert_eq!(suback.codes, vec![ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)]);
 }
 
 fn subscribe_with_identifier(client: &mut RawClient, filter: &'static str, identifier: u32) {

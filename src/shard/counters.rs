@@ -27,11 +27,14 @@ pub struct Counters {
     pub sessions_expired: u64,
     /// Deliveries not started because the message's expiry had passed.
     pub messages_expired: u64,
+    /// Shared-subscription deliveries whose chosen member had left this shard, with no other
+    /// member of the group here to take it.
+    pub shared_misses: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 16] {
+    pub fn fields(&self) -> [(&'static str, u64); 17] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -49,6 +52,7 @@ impl Counters {
             ("oversize_drops", self.oversize_drops),
             ("sessions_expired", self.sessions_expired),
             ("messages_expired", self.messages_expired),
+            ("shared_misses", self.shared_misses),
         ]
     }
 }

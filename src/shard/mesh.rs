@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::protocol::QoS;
 use crate::session::{Message, Session};
+
+use super::shared::SharedTarget;
 
 /// Index of a shard, 0..shard_count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,7 +42,12 @@ pub type StreamCut = Box<[u64]>;
 #[derive(Debug)]
 pub enum MeshMessage {
     /// A message published on the sending shard; `sequence` numbers that shard's publishes.
-    Publish { sequence: u64, message: Arc<Message> },
+    /// `shared` names the member chosen in each matching shared-subscription group.
+    Publish { sequence: u64, message: Arc<Message>, shared: Vec<SharedTarget> },
+    /// A client on the sending shard joined a shared-subscription group.
+    ShareJoin { group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS },
+    /// A client on the sending shard left one (unsubscribed, or its session left the shard).
+    ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes },
     /// To the client id's home shard: connection `conn` wants to own `client_id`.
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
     /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.

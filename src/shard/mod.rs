@@ -19,6 +19,7 @@ mod counters;
 pub mod link;
 pub mod mesh;
 mod recent;
+mod shared;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -32,6 +33,7 @@ pub use counters::Counters;
 use link::{Link, LinkState};
 pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
 use recent::RecentPublishes;
+use shared::{SharedGroups, SharedTarget};
 
 use crate::auth::Authenticator;
 use crate::config::Limits;
@@ -41,7 +43,7 @@ use crate::protocol::{
     write_publish,
 };
 use crate::session::{Message, Offer, Outgoing, Session, Subscription, detach, merge_matching};
-use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
+use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, parse_shared, validate_topic_filter, validate_topic_name};
 
 /// Index of a client slot within one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +73,8 @@ pub enum CloseReason {
     ReceiveMaximumExceeded,
     #[error("DISCONNECT sets a session expiry on a session that had none")]
     SessionExpiryOnDisconnect,
+    #[error("no-local set on a shared subscription")]
+    NoLocalOnSharedSubscription,
     #[error("PUBLISH above the server's Maximum QoS")]
     QosNotSupported,
     #[error("retained PUBLISH while retain is not available")]
@@ -95,6 +99,7 @@ impl CloseReason {
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
             | CloseReason::UnknownTopicAlias
+            | CloseReason::NoLocalOnSharedSubscription
             | CloseReason::SessionExpiryOnDisconnect => ReasonCode::PROTOCOL_ERROR,
         }
     }
@@ -170,6 +175,7 @@ pub struct Shard {
     client_index: HashMap<Bytes, ClientKey>,
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
     retained: RetainedTree<Arc<Message>>,
+    shared: SharedGroups,
     registry: HashMap<Bytes, ConnId>,
     pending_connects: HashMap<ConnId, PendingConnect>,
     outboxes: Vec<Vec<MeshMessage>>,
@@ -264,6 +270,7 @@ impl Shard {
             client_index: HashMap::new(),
             subscriptions: SubscriptionTree::default(),
             retained: RetainedTree::default(),
+            shared: SharedGroups::default(),
             registry: HashMap::new(),
             pending_connects: HashMap::new(),
             outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -310,7 +317,7 @@ impl Shard {
         self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots")
     }
 
-    fn insert_client(&mut self, client: Client) -> ClientKey {
+    fn insert_client(&mut self, client: Client, now: Instant) -> ClientKey {
         let client_id = client.session.client_id().clone();
         let subscriptions: Vec<(Bytes, Subscription)> =
             client.session.subscriptions.iter().map(|(filter, subscription)| (filter.clone(), *subscription)).collect();
@@ -324,18 +331,34 @@ impl Shard {
                 ClientKey((self.clients.len() - 1) as u32)
             }
         };
-        for (filter, options) in subscriptions {
-            self.subscriptions.insert(&filter, key, options);
+        for (filter, subscription) in subscriptions {
+            match parse_shared(&filter) {
+                Some(Ok((group, inner))) => {
+                    let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
+                    self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, now);
+                }
+                _ => {
+                    self.subscriptions.insert(&filter, key, subscription);
+                }
+            }
         }
         let previous = self.client_index.insert(client_id, key);
         assert!(previous.is_none(), "the registry grants a client id to one connection at a time");
         key
     }
 
-    fn remove_client(&mut self, key: ClientKey) -> Client {
+    fn remove_client(&mut self, key: ClientKey, now: Instant) -> Client {
         let client = self.clients[key.0 as usize].take().expect("removing a live client");
         for filter in client.session.subscriptions.keys() {
-            self.subscriptions.remove(filter, &key);
+            match parse_shared(filter) {
+                Some(Ok((group, inner))) => {
+                    let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
+                    self.broadcast_share_leave(group, inner, client.session.client_id().clone(), now);
+                }
+                _ => {
+                    self.subscriptions.remove(filter, &key);
+                }
+            }
         }
         self.client_index.remove(client.session.client_id());
         self.free_keys.push(key);
@@ -401,11 +424,13 @@ impl Shard {
 
     fn handle_message(&mut self, from: ShardId, message: MeshMessage, now: Instant) {
         match message {
-            MeshMessage::Publish { sequence, message } => {
+            MeshMessage::Publish { sequence, message, shared } => {
                 debug_assert!(sequence > self.seen[from.0], "per-pair FIFO keeps sequences rising");
                 self.seen[from.0] = sequence;
-                self.apply_publish(from, sequence, &message, now);
+                self.apply_publish(from, sequence, &message, &shared, now);
             }
+            MeshMessage::ShareJoin { group, filter, client_id, granted } => self.shared.join(group, filter, from, client_id, granted),
+            MeshMessage::ShareLeave { group, filter, client_id } => self.shared.leave(&group, &filter, from, &client_id),
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => {
@@ -510,7 +535,7 @@ impl Shard {
             && self.client(key).conn_id == previous
         {
             self.counters.takeovers += 1;
-            let mut client = self.remove_client(key);
+            let mut client = self.remove_client(key, now);
             let continued = !clean_start && client.session_expiry != SessionExpiry::WithConnection;
             if let Some(link) = client.link.take() {
                 if client.version.is_v5() {
@@ -600,7 +625,7 @@ impl Shard {
                 assigned: HashMap::new(),
             },
             skip_until: None,
-        });
+        }, now);
         if link_alive {
             let mut properties = Properties::default();
             if version.is_v5() {
@@ -612,7 +637,6 @@ impl Shard {
                 properties.maximum_packet_size = Some(self.limits.max_packet_size_bytes);
                 properties.server_keep_alive = server_keep_alive;
                 properties.topic_alias_maximum = (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
-                properties.shared_subscription_available = Some(0);
                 properties.maximum_qos = (self.limits.max_qos < QoS::ExactlyOnce).then_some(self.limits.max_qos as u8);
                 properties.retain_available = (!self.limits.retain_available).then_some(0);
                 properties.wildcard_subscription_available = (!self.limits.wildcard_subscriptions).then_some(0);
@@ -700,7 +724,7 @@ impl Shard {
 
     /// Removes a session whose time is up and tells its home shard.
     fn end_session(&mut self, key: ClientKey, now: Instant) {
-        let mut client = self.remove_client(key);
+        let mut client = self.remove_client(key, now);
         let conn = client.conn_id;
         let client_id = client.session.client_id().clone();
         if let Some((_, will)) = client.pending_will.take() {
@@ -763,7 +787,7 @@ impl Shard {
                 self.fill_window(key, link, now);
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe, now)?,
-            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe, now),
             Packet::PingReq => write_packet(link, version, &Packet::PingResp),
             Packet::Disconnect(disconnect) => {
                 let client = self.client(key);
@@ -891,12 +915,20 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
-            if filter.starts_with(b"$share/") {
-                // Shared subscriptions are not built yet (CONNACK says so to 5.0 clients).
-                codes.push(if version.is_v5() { ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
-                continue;
+            let shared = match parse_shared(&filter) {
+                None => None,
+                Some(Ok((group, inner))) => Some((Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner))),
+                Some(Err(_)) => {
+                    codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                    continue;
+                }
+            };
+            if shared.is_some() && options.no_local {
+                // MQTT 5.0 3.8.3.1: no-local on a shared subscription is a protocol error.
+                return Err(CloseReason::NoLocalOnSharedSubscription);
             }
-            if !self.limits.wildcard_subscriptions && filter.iter().any(|&b| b == b'+' || b == b'#') {
+            let matched_filter = shared.as_ref().map_or(&filter[..], |(_, inner)| &inner[..]);
+            if !self.limits.wildcard_subscriptions && matched_filter.iter().any(|&b| b == b'+' || b == b'#') {
                 codes.push(if version.is_v5() { ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
@@ -907,6 +939,14 @@ impl Shard {
             // Granted QoS never exceeds the server's maximum.
             let options = SubscriptionOptions { qos: options.qos.min(self.limits.max_qos), ..options };
             let subscription = Subscription { options, identifier };
+            if let Some((group, inner)) = shared {
+                // Retained messages are not sent to a shared subscription (5.0 4.8.2).
+                self.client(key).session.subscriptions.insert(detach(&filter), subscription);
+                let client_id = self.client(key).session.client_id().clone();
+                self.broadcast_share_join(group, inner, client_id, options.qos, now);
+                codes.push(ReasonCode(options.qos as u8));
+                continue;
+            }
             self.subscriptions.insert(&filter, key, subscription);
             let existed = self.client(key).session.subscriptions.insert(detach(&filter), subscription).is_some();
             let send_retained = match options.retain_handling {
@@ -932,12 +972,21 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe) {
+    fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe, now: Instant) {
         let version = self.client(key).version;
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
             let existed = self.client(key).session.subscriptions.remove(filter).is_some();
-            self.subscriptions.remove(filter, &key);
+            match parse_shared(filter) {
+                Some(Ok((group, inner))) if existed => {
+                    let client_id = self.client(key).session.client_id().clone();
+                    self.broadcast_share_leave(Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner), client_id, now);
+                }
+                Some(_) => {}
+                None => {
+                    self.subscriptions.remove(filter, &key);
+                }
+            }
             codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
@@ -972,17 +1021,18 @@ impl Shard {
         self.publish_sequence += 1;
         let sequence = self.publish_sequence;
         self.seen[self.id.0] = sequence;
+        let shared = self.shared.choose(&message.topic);
         for peer in 0..self.shard_count {
             if peer != self.id.0 {
-                self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone() }, now);
+                self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
             }
         }
-        self.apply_publish(self.id, sequence, &message, now);
+        self.apply_publish(self.id, sequence, &message, &shared, now);
     }
 
     /// Updates the retained replica and delivers to the local subscribers: each client
     /// once, at the highest QoS any of its matching subscriptions granted.
-    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, now: Instant) {
+    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, shared: &[SharedTarget], now: Instant) {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
@@ -1007,6 +1057,45 @@ impl Shard {
         }
         matches.clear();
         self.match_scratch = matches;
+        let here = self.id;
+        for target in shared.iter().filter(|target| target.shard == here) {
+            self.deliver_shared(target, message, Some((source, sequence)), now);
+        }
+    }
+
+    /// The member chosen at the origin, or, if it has left this shard meanwhile (moved or
+    /// unsubscribed), another member of the group here. Without one the message is counted
+    /// as missed for that group.
+    fn deliver_shared(&mut self, target: &SharedTarget, message: &Arc<Message>, origin: Option<(ShardId, u64)>, now: Instant) {
+        let member = match self.client_index.get(&target.client_id) {
+            Some(&key) => Some((key, target.granted)),
+            None => self
+                .shared
+                .local_member(&target.group, &target.filter, self.id, &target.client_id)
+                .and_then(|(client_id, granted)| self.client_index.get(&client_id).map(|&key| (key, granted))),
+        };
+        match member {
+            Some((key, granted)) => self.deliver_to(key, message, granted.min(message.qos), false, Vec::new(), origin, now),
+            None => self.counters.shared_misses += 1,
+        }
+    }
+
+    fn broadcast_share_join(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, now: Instant) {
+        let here = self.id.0;
+        for peer in (0..self.shard_count).filter(|&peer| peer != here) {
+            let join = MeshMessage::ShareJoin { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), granted };
+            self.send(ShardId(peer), join, now);
+        }
+        self.shared.join(group, filter, self.id, client_id, granted);
+    }
+
+    fn broadcast_share_leave(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, now: Instant) {
+        let here = self.id.0;
+        for peer in (0..self.shard_count).filter(|&peer| peer != here) {
+            let leave = MeshMessage::ShareLeave { group: group.clone(), filter: filter.clone(), client_id: client_id.clone() };
+            self.send(ShardId(peer), leave, now);
+        }
+        self.shared.leave(&group, &filter, self.id, &client_id);
     }
 
     fn is_publisher(&self, key: ClientKey, message: &Message) -> bool {

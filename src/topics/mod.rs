@@ -52,6 +52,18 @@ pub fn validate_topic_filter(filter: &[u8]) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// `$share/GROUP/FILTER` split into group and filter; `None` for an ordinary filter.
+/// The group name must be non-empty and hold no `/`, `+` or `#` (MQTT 5.0 4.8.2).
+pub fn parse_shared(filter: &[u8]) -> Option<Result<(&[u8], &[u8]), TopicError>> {
+    let rest = filter.strip_prefix(b"$share/")?;
+    let Some(slash) = rest.iter().position(|&b| b == b'/') else { return Some(Err(TopicError::Empty)) };
+    let (group, inner) = (&rest[..slash], &rest[slash + 1..]);
+    if group.is_empty() || group.iter().any(|&b| b == b'+' || b == b'#') {
+        return Some(Err(TopicError::MisplacedSingleLevelWildcard));
+    }
+    Some(validate_topic_filter(inner).map(|()| (group, inner)))
+}
+
 /// Topics beginning with `$` are not matched by a filter starting with a wildcard (4.7.2).
 pub fn is_system_topic(topic: &[u8]) -> bool {
     topic.first() == Some(&b'$')
@@ -97,6 +109,16 @@ mod tests {
         assert_eq!(validate_topic_filter(b"a/#/b"), Err(TopicError::MisplacedMultiLevelWildcard));
         assert_eq!(validate_topic_filter(b"a#"), Err(TopicError::MisplacedMultiLevelWildcard));
         assert_eq!(validate_topic_filter(b"a/b+"), Err(TopicError::MisplacedSingleLevelWildcard));
+    }
+
+    #[test]
+    fn shared_filters() {
+        assert_eq!(parse_shared(b"a/b"), None);
+        assert_eq!(parse_shared(b"$share/g/a/+"), Some(Ok((&b"g"[..], &b"a/+"[..]))));
+        assert!(matches!(parse_shared(b"$share/g"), Some(Err(_))));
+        assert!(matches!(parse_shared(b"$share//a"), Some(Err(_))));
+        assert!(matches!(parse_shared(b"$share/g+/a"), Some(Err(_))));
+        assert!(matches!(parse_shared(b"$share/g/a/#/b"), Some(Err(_))));
     }
 
     #[test]

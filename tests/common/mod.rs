@@ -257,6 +257,13 @@ impl RawClient {
         self.subscribe_with(&filters)
     }
 
+    /// Sends a SUBSCRIBE without waiting for the SUBACK (for subscriptions that must fail).
+    pub fn subscribe_with_no_wait(&mut self, filters: &[(&str, SubscriptionOptions)]) {
+        let filters = filters.iter().map(|(filter, options)| (Bytes::copy_from_slice(filter.as_bytes()), *options)).collect();
+        let packet_id = PacketId::new(4343).expect("non-zero");
+        self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters }));
+    }
+
     /// SUBSCRIBE with full (5.0) subscription options.
     pub fn subscribe_with(&mut self, filters: &[(&str, SubscriptionOptions)]) -> SubAck {
         let filters = filters.iter().map(|(filter, options)| (Bytes::copy_from_slice(filter.as_bytes()), *options)).collect();

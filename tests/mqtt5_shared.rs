@@ -1,0 +1,105 @@
+//! Shared subscriptions ($share/GROUP/FILTER) with members on both shards: each message to
+//! exactly one member of each group, spread over the members, rebalanced when one leaves.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Broker, RawClient, WAIT};
+use ringmq::protocol::{Packet, PacketId, Properties, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Unsubscribe};
+
+fn v5(broker: &Broker, id: &str) -> RawClient {
+    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
+    assert_eq!(client.connect(id, true, 60, None).code, 0);
+    client
+}
+
+/// Reads whatever arrives within `quiet` of the last packet; acknowledges QoS 1.
+fn drain(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    while let Some(packet) = client.try_recv(quiet) {
+        if let Packet::Publish(publish) = packet {
+            client.ack(&publish);
+            payloads.push(publish.payload.to_vec());
+        }
+    }
+    payloads
+}
+
+#[test]
+fn each_message_reaches_one_member_of_each_group_across_shards() {
+    let broker = Broker::start(&[]);
+    // Eight members of group a (spread over both shards by the kernel), two of group b.
+    let mut group_a: Vec<RawClient> = (0..8).map(|i| v5(&broker, &format!("share-a-{i}"))).collect();
+    for member in &mut group_a {
+        assert_eq!(member.subscribe(&[("$share/a/jobs/+", QoS::AtLeastOnce)]).codes, vec![ReasonCode(1)]);
+    }
+    let mut group_b: Vec<RawClient> = (0..2).map(|i| v5(&broker, &format!("share-b-{i}"))).collect();
+    for member in &mut group_b {
+        member.subscribe(&[("$share/b/jobs/#", QoS::AtMostOnce)]);
+    }
+    // Give the joins time to reach the other shard: wait until a probe message lands.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut publisher = v5(&broker, "share-pub");
+    let messages = 400u32;
+    for n in 0..messages {
+        publisher.publish("jobs/x", &n.to_be_bytes(), QoS::AtLeastOnce, false, (n % 60000 + 1) as u16);
+    }
+    let mut per_member = Vec::new();
+    let mut seen_a: HashMap<Vec<u8>, usize> = HashMap::new();
+    for member in &mut group_a {
+        let got = drain(member, Duration::from_millis(400));
+        per_member.push(got.len());
+        for payload in got {
+            *seen_a.entry(payload).or_default() += 1;
+        }
+    }
+    assert_eq!(seen_a.len(), messages as usize, "group a got every message");
+    assert!(seen_a.values().all(|&count| count == 1), "group a got each message once");
+    assert!(per_member.iter().all(|&count| count > 0), "every member got a share: {per_member:?}");
+    let b_total: usize = group_b.iter_mut().map(|m| drain(m, Duration::from_millis(200)).len()).sum();
+    assert_eq!(b_total, messages as usize, "group b, independently, got each message once");
+    broker.wait_for_counters("members on both shards", |c| {
+        c.get(0, "clients_connected").unwrap_or(0) > 0 && c.get(1, "clients_connected").unwrap_or(0) > 0
+    });
+}
+
+#[test]
+fn a_member_leaving_rebalances_to_the_others() {
+    let broker = Broker::start(&[]);
+    let mut stay = v5(&broker, "share-stay");
+    stay.subscribe(&[("$share/g/t", QoS::AtMostOnce)]);
+    let mut leave = v5(&broker, "share-leave");
+    leave.subscribe(&[("$share/g/t", QoS::AtMostOnce)]);
+    leave.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: PacketId::new(5).expect("id"),
+        properties: Properties::default(),
+        filters: vec![Bytes::from_static(b"$share/g/t")],
+    }));
+    assert!(matches!(leave.recv(), Packet::UnsubAck(ack) if ack.codes == vec![ReasonCode::SUCCESS]));
+    std::thread::sleep(Duration::from_millis(100));
+    let mut publisher = v5(&broker, "share-pub-2");
+    for n in 0..20u8 {
+        publisher.publish("t", &[n], QoS::AtMostOnce, false, 0);
+    }
+    assert_eq!(drain(&mut stay, Duration::from_millis(300)).len(), 20);
+    leave.assert_silent(Duration::from_millis(100));
+}
+
+#[test]
+fn shared_subscriptions_get_no_retained_messages_and_refuse_no_local() {
+    let broker = Broker::start(&[]);
+    let mut publisher = v5(&broker, "share-ret-pub");
+    publisher.publish("kept/t", b"r", QoS::AtLeastOnce, true, 1);
+    let mut member = v5(&broker, "share-ret");
+    member.subscribe(&[("$share/g/kept/#", QoS::AtLeastOnce)]);
+    member.assert_silent(Duration::from_millis(300));
+    let suback = member.subscribe(&[("$share/g+x/t", QoS::AtMostOnce)]);
+    assert_eq!(suback.codes, vec![ReasonCode::TOPIC_FILTER_INVALID], "a wildcard in the group name");
+    member.subscribe_with_no_wait(&[("$share/g/t", SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::AtMostOnce) })]);
+    let mut seen = Vec::new();
+    assert!(member.closed_within(WAIT, &mut seen));
+    assert!(matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PROTOCOL_ERROR), "{seen:?}");
+}
