@@ -110,6 +110,14 @@ fn fanin_over_a_wildcard_delivers_exactly() {
 }
 
 #[test]
+fn fanin_over_a_shared_subscription_delivers_each_message_once() {
+    let broker = Broker::start();
+    let (ok, report) = loadgen(&broker, &["--scenario", "fanin", "--publishers", "10", "--subscribers", "6", "--shared-group", "workers", "--qos-pub", "1", "--qos-sub", "1", "--messages", "100", "--duration-s", "30", "--mqtt", "5", "--cores", "2"]);
+    assert!(ok, "{report}");
+    assert_exact(&report, 10 * 100);
+}
+
+#[test]
 fn p2p_pairs_deliver_exactly_in_open_loop() {
     let broker = Broker::start();
     // 40 pairs sharing 4000 msg/s for 100 messages each: about one second, open loop.

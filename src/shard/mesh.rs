@@ -44,10 +44,13 @@ pub enum MeshMessage {
     /// A message published on the sending shard; `sequence` numbers that shard's publishes.
     /// `shared` names the member chosen in each matching shared-subscription group.
     Publish { sequence: u64, message: Arc<Message>, shared: Vec<SharedTarget> },
-    /// A client on the sending shard joined a shared-subscription group.
-    ShareJoin { group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS },
+    /// A client on the sending shard joined a shared-subscription group. A non-zero
+    /// `request` asks for a `ShareApplied` back: the SUBACK waits for every peer.
+    ShareJoin { group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64 },
     /// A client on the sending shard left one (unsubscribed, or its session left the shard).
-    ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes },
+    ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes, request: u64 },
+    /// The receiving shard's join or leave numbered `request` is applied here.
+    ShareApplied { request: u64 },
     /// To the client id's home shard: connection `conn` wants to own `client_id`.
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
     /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.

@@ -156,6 +156,14 @@ struct Client {
     skip_until: Option<StreamCut>,
 }
 
+/// A SUBACK or UNSUBACK held until every peer has applied the shared-subscription change.
+struct AwaitingConfirmations {
+    remaining: usize,
+    link: Rc<Link>,
+    version: ProtocolVersion,
+    packet: Packet,
+}
+
 struct PendingConnect {
     link: Rc<Link>,
     connect: Box<Connect>,
@@ -176,6 +184,8 @@ pub struct Shard {
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
     retained: RetainedTree<Arc<Message>>,
     shared: SharedGroups,
+    next_share_request: u64,
+    awaiting_share_confirmations: HashMap<u64, AwaitingConfirmations>,
     registry: HashMap<Bytes, ConnId>,
     pending_connects: HashMap<ConnId, PendingConnect>,
     outboxes: Vec<Vec<MeshMessage>>,
@@ -271,6 +281,8 @@ impl Shard {
             subscriptions: SubscriptionTree::default(),
             retained: RetainedTree::default(),
             shared: SharedGroups::default(),
+            next_share_request: 0,
+            awaiting_share_confirmations: HashMap::new(),
             registry: HashMap::new(),
             pending_connects: HashMap::new(),
             outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -335,7 +347,7 @@ impl Shard {
             match parse_shared(&filter) {
                 Some(Ok((group, inner))) => {
                     let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
-                    self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, now);
+                    self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, 0, now);
                 }
                 _ => {
                     self.subscriptions.insert(&filter, key, subscription);
@@ -353,7 +365,7 @@ impl Shard {
             match parse_shared(filter) {
                 Some(Ok((group, inner))) => {
                     let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
-                    self.broadcast_share_leave(group, inner, client.session.client_id().clone(), now);
+                    self.broadcast_share_leave(group, inner, client.session.client_id().clone(), 0, now);
                 }
                 _ => {
                     self.subscriptions.remove(filter, &key);
@@ -429,8 +441,19 @@ impl Shard {
                 self.seen[from.0] = sequence;
                 self.apply_publish(from, sequence, &message, &shared, now);
             }
-            MeshMessage::ShareJoin { group, filter, client_id, granted } => self.shared.join(group, filter, from, client_id, granted),
-            MeshMessage::ShareLeave { group, filter, client_id } => self.shared.leave(&group, &filter, from, &client_id),
+            MeshMessage::ShareJoin { group, filter, client_id, granted, request } => {
+                self.shared.join(group, filter, from, client_id, granted);
+                if request != 0 {
+                    self.send(from, MeshMessage::ShareApplied { request }, now);
+                }
+            }
+            MeshMessage::ShareLeave { group, filter, client_id, request } => {
+                self.shared.leave(&group, &filter, from, &client_id);
+                if request != 0 {
+                    self.send(from, MeshMessage::ShareApplied { request }, now);
+                }
+            }
+            MeshMessage::ShareApplied { request } => self.share_applied(request),
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => {
@@ -908,6 +931,8 @@ impl Shard {
     fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
         let identifier = subscribe.properties.subscription_identifiers.first().copied();
+        let request = self.next_share_request();
+        let mut confirmations = 0;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
         for (filter, options) in subscribe.filters {
@@ -943,7 +968,7 @@ impl Shard {
                 // Retained messages are not sent to a shared subscription (5.0 4.8.2).
                 self.client(key).session.subscriptions.insert(detach(&filter), subscription);
                 let client_id = self.client(key).session.client_id().clone();
-                self.broadcast_share_join(group, inner, client_id, options.qos, now);
+                confirmations += self.broadcast_share_join(group, inner, client_id, options.qos, request, now);
                 codes.push(ReasonCode(options.qos as u8));
                 continue;
             }
@@ -960,7 +985,7 @@ impl Shard {
             codes.push(ReasonCode(options.qos as u8));
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
-        write_packet(link, version, &Packet::SubAck(suback));
+        self.answer_when_applied(request, confirmations, link, version, Packet::SubAck(suback));
         for (message, qos, identifier) in retained {
             if message.is_expired(now) {
                 // Its expiry passed while retained: it is no longer the topic's message.
@@ -974,13 +999,16 @@ impl Shard {
 
     fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe, now: Instant) {
         let version = self.client(key).version;
+        let request = self.next_share_request();
+        let mut confirmations = 0;
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
             let existed = self.client(key).session.subscriptions.remove(filter).is_some();
             match parse_shared(filter) {
                 Some(Ok((group, inner))) if existed => {
                     let client_id = self.client(key).session.client_id().clone();
-                    self.broadcast_share_leave(Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner), client_id, now);
+                    let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
+                    confirmations += self.broadcast_share_leave(group, inner, client_id, request, now);
                 }
                 Some(_) => {}
                 None => {
@@ -990,7 +1018,7 @@ impl Shard {
             codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
-        write_packet(link, version, &Packet::UnsubAck(unsuback));
+        self.answer_when_applied(request, confirmations, link, version, Packet::UnsubAck(unsuback));
     }
 
     // ----- routing -----
@@ -1068,8 +1096,8 @@ impl Shard {
     /// as missed for that group.
     fn deliver_shared(&mut self, target: &SharedTarget, message: &Arc<Message>, origin: Option<(ShardId, u64)>, now: Instant) {
         let member = match self.client_index.get(&target.client_id) {
-            Some(&key) => Some((key, target.granted)),
-            None => self
+            Some(&key) if self.holds_shared(key, target) => Some((key, target.granted)),
+            _ => self
                 .shared
                 .local_member(&target.group, &target.filter, self.id, &target.client_id)
                 .and_then(|(client_id, granted)| self.client_index.get(&client_id).map(|&key| (key, granted))),
@@ -1080,22 +1108,64 @@ impl Shard {
         }
     }
 
-    fn broadcast_share_join(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, now: Instant) {
+    /// Joins here and tells every peer; `request` (non-zero) collects their confirmations.
+    /// Returns how many confirmations to expect.
+    fn broadcast_share_join(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64, now: Instant) -> usize {
         let here = self.id.0;
         for peer in (0..self.shard_count).filter(|&peer| peer != here) {
-            let join = MeshMessage::ShareJoin { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), granted };
+            let join =
+                MeshMessage::ShareJoin { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), granted, request };
             self.send(ShardId(peer), join, now);
         }
         self.shared.join(group, filter, self.id, client_id, granted);
+        self.shard_count - 1
     }
 
-    fn broadcast_share_leave(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, now: Instant) {
+    fn broadcast_share_leave(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, request: u64, now: Instant) -> usize {
         let here = self.id.0;
         for peer in (0..self.shard_count).filter(|&peer| peer != here) {
-            let leave = MeshMessage::ShareLeave { group: group.clone(), filter: filter.clone(), client_id: client_id.clone() };
+            let leave = MeshMessage::ShareLeave { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), request };
             self.send(ShardId(peer), leave, now);
         }
         self.shared.leave(&group, &filter, self.id, &client_id);
+        self.shard_count - 1
+    }
+
+    fn next_share_request(&mut self) -> u64 {
+        self.next_share_request += 1;
+        self.next_share_request
+    }
+
+    /// Sends `packet` (a SUBACK or UNSUBACK) once `expected` peer confirmations for
+    /// `request` are in, so that no shard can route a message past a change the client
+    /// has already been told about.
+    fn answer_when_applied(&mut self, request: u64, expected: usize, link: &Link, version: ProtocolVersion, packet: Packet) {
+        if expected == 0 {
+            write_packet(link, version, &packet);
+            return;
+        }
+        let Some(key) = self.client_of(link) else { return };
+        let Some(link) = self.client(key).link.clone() else { return };
+        self.awaiting_share_confirmations.insert(request, AwaitingConfirmations { remaining: expected, link, version, packet });
+    }
+
+    fn share_applied(&mut self, request: u64) {
+        let Some(waiting) = self.awaiting_share_confirmations.get_mut(&request) else { return };
+        waiting.remaining -= 1;
+        if waiting.remaining == 0 {
+            let waiting = self.awaiting_share_confirmations.remove(&request).expect("present");
+            write_packet(&waiting.link, waiting.version, &waiting.packet);
+        }
+    }
+
+    /// Whether `key` still holds the shared subscription `target` was chosen for.
+    fn holds_shared(&self, key: ClientKey, target: &SharedTarget) -> bool {
+        let mut full = Vec::with_capacity(8 + target.group.len() + target.filter.len());
+        full.extend_from_slice(b"$share/");
+        full.extend_from_slice(&target.group);
+        full.push(b'/');
+        full.extend_from_slice(&target.filter);
+        self.clients[key.0 as usize].as_ref().is_some_and(|client| client.session.subscriptions.contains_key(&full[..]))
     }
 
     fn is_publisher(&self, key: ClientKey, message: &Message) -> bool {
