@@ -23,6 +23,10 @@ use split::{ReadHalf, WriteHalf};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// After our last packet, how long to keep reading (and discarding) what the client still
+/// sends before closing. Closing with unread bytes makes the kernel reset the connection,
+/// which can destroy our final DISCONNECT before the client reads it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A one-shot, single-threaded "it happened" flag with a waiter.
 #[derive(Default)]
@@ -87,10 +91,27 @@ async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
     let outcome = read_loop(&shard, &link, &mut reader).await;
     shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
     writer.await;
+    linger(&mut reader).await;
+}
+
+/// Discards what the client still sends until it closes too, or `LINGER` passes.
+async fn linger(reader: &mut ReadHalf) {
+    let drain = async {
+        loop {
+            let read = poll_fn(|cx| {
+                READ_SCRATCH.with(|scratch| std::pin::Pin::new(&mut *reader).poll_read(cx, &mut scratch.borrow_mut()[..]))
+            })
+            .await;
+            if !matches!(read, Ok(count) if count > 0) {
+                return;
+            }
+        }
+    };
+    or(drain, sleep(LINGER)).await;
 }
 
 /// Writes whatever the shard buffered for this link, one write per wake-up, until the
-/// link closes; then shuts the socket down so the peer and our reader see the end.
+/// link closes; then shuts our sending side so the peer sees the end after our last byte.
 async fn write_loop(link: Rc<Link>, mut writer: WriteHalf) {
     while let Some(bytes) = link.next_output().await {
         if writer.write_all(&bytes).await.is_err() {

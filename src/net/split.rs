@@ -27,12 +27,12 @@ impl WriteHalf {
         WriteHalf(stream)
     }
 
-    /// Shuts both directions: the peer sees EOF, and a pending read here returns.
+    /// Shuts our sending side: the peer reads everything we sent, then EOF.
     pub fn shutdown(&self) {
         let fd = self.0.borrow().as_raw_fd();
         // SAFETY: `fd` is owned by the stream we hold a reference to, so it is open.
         unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
+            libc::shutdown(fd, libc::SHUT_WR);
         }
     }
 }
