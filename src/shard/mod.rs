@@ -156,6 +156,13 @@ struct Client {
     skip_until: Option<StreamCut>,
 }
 
+/// How one client gets its copy of a message: QoS, RETAIN flag, subscription identifiers.
+struct CopyFor {
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+}
+
 /// A SUBACK or UNSUBACK held until every peer has applied the shared-subscription change.
 struct AwaitingConfirmations {
     remaining: usize,
@@ -706,7 +713,7 @@ impl Shard {
             tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
         }
         for (message, qos, retain, subscription_ids) in missed {
-            self.deliver_to(key, &message, qos, retain, subscription_ids, None, now);
+            self.deliver_to(key, &message, CopyFor { qos, retain, subscription_ids }, None, now);
         }
         if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
@@ -992,7 +999,7 @@ impl Shard {
                 self.retained.remove(&message.topic);
                 continue;
             }
-            self.deliver_to(key, &message, qos, true, identifier.into_iter().collect(), None, now);
+            self.deliver_to(key, &message, CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect() }, None, now);
         }
         Ok(())
     }
@@ -1080,7 +1087,8 @@ impl Shard {
             if let Some(delivery) = merge_matching(same_client.iter().map(|(_, subscription)| subscription), own_message) {
                 let retain = delivery.retain_as_published && message.retain;
                 let qos = delivery.granted.min(message.qos);
-                self.deliver_to(key, message, qos, retain, delivery.subscription_ids, Some((source, sequence)), now);
+                let copy = CopyFor { qos, retain, subscription_ids: delivery.subscription_ids };
+                self.deliver_to(key, message, copy, Some((source, sequence)), now);
             }
         }
         matches.clear();
@@ -1103,7 +1111,10 @@ impl Shard {
                 .and_then(|(client_id, granted)| self.client_index.get(&client_id).map(|&key| (key, granted))),
         };
         match member {
-            Some((key, granted)) => self.deliver_to(key, message, granted.min(message.qos), false, Vec::new(), origin, now),
+            Some((key, granted)) => {
+                let copy = CopyFor { qos: granted.min(message.qos), retain: false, subscription_ids: Vec::new() };
+                self.deliver_to(key, message, copy, origin, now)
+            }
             None => self.counters.shared_misses += 1,
         }
     }
@@ -1173,16 +1184,8 @@ impl Shard {
         message.publisher.as_ref() == Some(client.session.client_id())
     }
 
-    fn deliver_to(
-        &mut self,
-        key: ClientKey,
-        message: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        subscription_ids: Vec<u32>,
-        origin: Option<(ShardId, u64)>,
-        now: Instant,
-    ) {
+    fn deliver_to(&mut self, key: ClientKey, message: &Arc<Message>, copy: CopyFor, origin: Option<(ShardId, u64)>, now: Instant) {
+        let CopyFor { qos, retain, subscription_ids } = copy;
         if message.is_expired(now) {
             self.counters.messages_expired += 1;
             return;

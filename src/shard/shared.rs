@@ -79,7 +79,7 @@ impl SharedGroups {
     pub fn leave(&mut self, name: &Bytes, filter: &Bytes, shard: ShardId, client_id: &Bytes) {
         let Some(&index) = self.by_name.get(&(name.clone(), filter.clone())) else { return };
         let group = self.groups[index as usize].as_mut().expect("indexed groups exist");
-        group.members.retain(|m| !(m.shard == shard && &m.client_id == client_id));
+        group.members.retain(|m| !(m.shard == shard && m.client_id == *client_id));
         if group.members.is_empty() {
             self.filters.remove(filter, &index);
             self.by_name.remove(&(name.clone(), filter.clone()));
@@ -113,7 +113,7 @@ impl SharedGroups {
     pub fn local_member(&self, name: &Bytes, filter: &Bytes, shard: ShardId, except: &Bytes) -> Option<(Bytes, QoS)> {
         let index = *self.by_name.get(&(name.clone(), filter.clone()))?;
         let group = self.groups[index as usize].as_ref()?;
-        group.members.iter().find(|m| m.shard == shard && &m.client_id != except).map(|m| (m.client_id.clone(), m.granted))
+        group.members.iter().find(|m| m.shard == shard && m.client_id != *except).map(|m| (m.client_id.clone(), m.granted))
     }
 }
 

@@ -52,9 +52,12 @@ pub fn validate_topic_filter(filter: &[u8]) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// A shared subscription's group name and the filter it shares.
+pub type SharedFilter<'a> = (&'a [u8], &'a [u8]);
+
 /// `$share/GROUP/FILTER` split into group and filter; `None` for an ordinary filter.
 /// The group name must be non-empty and hold no `/`, `+` or `#` (MQTT 5.0 4.8.2).
-pub fn parse_shared(filter: &[u8]) -> Option<Result<(&[u8], &[u8]), TopicError>> {
+pub fn parse_shared(filter: &[u8]) -> Option<Result<SharedFilter<'_>, TopicError>> {
     let rest = filter.strip_prefix(b"$share/")?;
     let Some(slash) = rest.iter().position(|&b| b == b'/') else { return Some(Err(TopicError::Empty)) };
     let (group, inner) = (&rest[..slash], &rest[slash + 1..]);
