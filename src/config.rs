@@ -148,6 +148,13 @@ pub struct Limits {
     pub sys_interval: Option<Duration>,
 }
 
+impl Limits {
+    /// The limits of a broker started with no flags.
+    pub fn defaults() -> Limits {
+        Config::parse_from(["ringmq"]).limits().expect("the default flags are valid")
+    }
+}
+
 impl Config {
     pub fn limits(&self) -> Result<Limits, ConfigError> {
         if !(16..=268_435_460).contains(&self.max_packet_size_bytes) {

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ringmq::auth::Authenticator;
@@ -86,19 +86,11 @@ fn publish_packet(qos: QoS, id: u16) -> Packet {
 fn allocations_per_publish(subscribers: usize, qos: QoS) -> u64 {
     let now = Instant::now();
     let limits = Limits {
-        listen_backlog: 128,
-        connect_timeout: Duration::from_secs(10),
-        max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 64, queued_max: 1000 },
-        receive_maximum: 1024,
-        topic_alias_maximum: 0,
-        max_keep_alive_s: None,
-        max_qos: QoS::ExactlyOnce,
-        retain_available: true,
-        wildcard_subscriptions: true,
         outbound_buffer_max_bytes: 1 << 30,
-        mesh_outbox_max_messages: 1 << 20,
         sys_interval: None,
+        topic_alias_maximum: 0,
+        ..Limits::defaults()
     };
     let mut shard = Shard::new(ShardId(0), 1, limits, Arc::new(Authenticator::anonymous()), now);
     let publisher = connect(&mut shard, "publisher", now);

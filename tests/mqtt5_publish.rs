@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Broker, RawClient, WAIT};
+use common::{Broker, RawClient};
 use ringmq::protocol::{Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
 
 fn v5(broker: &Broker, id: &str) -> RawClient {
@@ -27,14 +27,6 @@ fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, prope
     })
 }
 
-fn disconnect_reason(client: &mut RawClient) -> ReasonCode {
-    let mut seen = Vec::new();
-    assert!(client.closed_within(WAIT, &mut seen), "the broker closes the connection");
-    match seen.last() {
-        Some(Packet::Disconnect(disconnect)) => disconnect.reason,
-        other => panic!("expected a DISCONNECT before the close, got {other:?}"),
-    }
-}
 
 fn alias(n: u16) -> Properties {
     Properties { topic_alias: Some(n), ..Properties::default() }
@@ -81,10 +73,10 @@ fn alias_above_the_maximum_is_0x94_and_unknown_alias_is_a_protocol_error() {
     let broker = Broker::start(&["--topic-alias-maximum", "4"]);
     let mut client = v5(&broker, "alias-big");
     client.send(&publish("al/t", b"x", QoS::AtMostOnce, 0, alias(5)));
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::TOPIC_ALIAS_INVALID);
+    assert_eq!(client.disconnect_reason(), ReasonCode::TOPIC_ALIAS_INVALID);
     let mut client = v5(&broker, "alias-unknown");
     client.send(&publish("", b"x", QoS::AtMostOnce, 0, alias(2)));
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(client.disconnect_reason(), ReasonCode::PROTOCOL_ERROR);
 }
 
 #[test]
@@ -98,7 +90,7 @@ fn payload_not_matching_its_utf8_format_indicator_is_refused() {
     assert_eq!(publisher.recv(), Packet::PubAck(Ack::with_reason(PacketId::new(1).expect("id"), ReasonCode::PAYLOAD_FORMAT_INVALID)));
     sub.assert_silent(Duration::from_millis(300));
     publisher.send(&publish("pf/t", &[0xFF], QoS::AtMostOnce, 0, utf8));
-    assert_eq!(disconnect_reason(&mut publisher), ReasonCode::PAYLOAD_FORMAT_INVALID);
+    assert_eq!(publisher.disconnect_reason(), ReasonCode::PAYLOAD_FORMAT_INVALID);
 }
 
 fn expiring(seconds: u32) -> Properties {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Broker, RawClient, WAIT};
+use common::{Broker, RawClient};
 use ringmq::protocol::{
     Disconnect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
@@ -16,14 +16,6 @@ fn v5(broker: &Broker) -> RawClient {
     RawClient::open(broker.addr, ProtocolVersion::V5)
 }
 
-fn disconnect_reason(client: &mut RawClient) -> ReasonCode {
-    let mut seen = Vec::new();
-    assert!(client.closed_within(WAIT, &mut seen), "the broker closes the connection");
-    match seen.last() {
-        Some(Packet::Disconnect(disconnect)) => disconnect.reason,
-        other => panic!("expected a DISCONNECT before the close, got {other:?}"),
-    }
-}
 
 #[test]
 fn connack_announces_what_the_server_offers() {
@@ -48,7 +40,7 @@ fn server_keep_alive_caps_the_client_and_is_enforced() {
     let started = Instant::now();
     let connack = client.connect("capped", true, 60, None);
     assert_eq!(connack.properties.server_keep_alive, Some(1));
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::KEEP_ALIVE_TIMEOUT);
+    assert_eq!(client.disconnect_reason(), ReasonCode::KEEP_ALIVE_TIMEOUT);
     assert!(started.elapsed() < Duration::from_secs(4), "the cap, not the client's 60 s, applies");
 }
 
@@ -104,7 +96,7 @@ fn exceeding_our_receive_maximum_is_disconnect_0x93() {
         }));
     }
     // Two PUBRECs, then the third QoS 2 message without PUBREL breaks the limit.
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+    assert_eq!(client.disconnect_reason(), ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
 }
 
 #[test]
@@ -165,7 +157,7 @@ fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
         reason: ReasonCode::SUCCESS,
         properties: Properties { session_expiry_interval: Some(60), ..Properties::default() },
     }));
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(client.disconnect_reason(), ReasonCode::PROTOCOL_ERROR);
 }
 
 fn subscribe_with_identifier(client: &mut RawClient, filter: &'static str, identifier: u32) {
@@ -216,12 +208,12 @@ fn restricted_server_announces_and_enforces_its_limits() {
     let suback = client.subscribe(&[("r/+", QoS::AtMostOnce), ("r/t", QoS::ExactlyOnce)]);
     assert_eq!(suback.codes, vec![ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)], "QoS 2 granted as 1");
     client.publish_raw_packet(QoS::ExactlyOnce, false);
-    assert_eq!(disconnect_reason(&mut client), ReasonCode::QOS_NOT_SUPPORTED);
+    assert_eq!(client.disconnect_reason(), ReasonCode::QOS_NOT_SUPPORTED);
 
     let mut retainer = v5(&broker);
     assert_eq!(retainer.connect("retainer", true, 60, None).code, 0);
     retainer.publish_raw_packet(QoS::AtMostOnce, true);
-    assert_eq!(disconnect_reason(&mut retainer), ReasonCode::RETAIN_NOT_SUPPORTED);
+    assert_eq!(retainer.disconnect_reason(), ReasonCode::RETAIN_NOT_SUPPORTED);
 
     let mut will_too_high = v5(&broker);
     let connack = will_too_high.connect("will-qos2", true, 60, Some(common::will("w", b"x", QoS::ExactlyOnce, false)));

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -42,19 +42,12 @@ struct Sim {
 
 fn limits() -> Limits {
     Limits {
-        listen_backlog: 128,
-        connect_timeout: Duration::from_secs(10),
-        max_packet_size_bytes: 1 << 20,
         session: SessionLimits { inflight_max: 8, queued_max: 100_000 },
-        receive_maximum: 1024,
-        topic_alias_maximum: 0,
-        max_keep_alive_s: None,
-        max_qos: QoS::ExactlyOnce,
-        retain_available: true,
-        wildcard_subscriptions: true,
         outbound_buffer_max_bytes: usize::MAX,
         mesh_outbox_max_messages: 1 << 20,
         sys_interval: None,
+        topic_alias_maximum: 0,
+        ..Limits::defaults()
     }
 }
 

@@ -211,6 +211,16 @@ impl RawClient {
         }
     }
 
+    /// The reason code of the DISCONNECT the broker sent before closing (5.0).
+    pub fn disconnect_reason(&mut self) -> ringmq::protocol::ReasonCode {
+        let mut seen = Vec::new();
+        assert!(self.closed_within(WAIT, &mut seen), "the broker closes the connection");
+        match seen.last() {
+            Some(Packet::Disconnect(disconnect)) => disconnect.reason,
+            other => panic!("expected a DISCONNECT before the close, got {other:?}"),
+        }
+    }
+
     pub fn assert_closed(&mut self) {
         let mut seen = Vec::new();
         assert!(self.closed_within(WAIT, &mut seen), "broker should have closed the connection");
