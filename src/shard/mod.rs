@@ -140,7 +140,8 @@ struct Client {
     version: ProtocolVersion,
     keep_alive: Option<Duration>,
     last_activity: Instant,
-    will: Option<Will>,
+    /// Boxed: a will carries a whole property set, and most clients have none.
+    will: Option<Box<Will>>,
     session_expiry: SessionExpiry,
     /// While offline with `SessionExpiry::After`: when the session ends.
     expires_at: Option<Instant>,
@@ -149,7 +150,7 @@ struct Client {
     /// Topic aliases this connection has set (client to broker), per the connection only.
     topic_aliases: HashMap<u16, Bytes>,
     /// While offline: a will waiting for its Will Delay Interval.
-    pending_will: Option<(Instant, Will)>,
+    pending_will: Option<Box<(Instant, Will)>>,
     aliases_out: OutboundAliases,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
@@ -577,14 +578,15 @@ impl Shard {
                 if let Some(will) = client.will.take()
                     && (will_delay(&will).is_zero() || !continued)
                 {
-                    self.publish_will(will, client_id.clone(), now);
+                    self.publish_will(*will, client_id.clone(), now);
                 }
             }
             // A delayed will still waiting: a new connection to a continued session cancels
             // it; a session ending now sends it.
-            if let Some((_, will)) = client.pending_will.take()
+            if let Some(pending) = client.pending_will.take()
                 && !continued
             {
+                let (_, will) = *pending;
                 self.publish_will(will, client_id.clone(), now);
             }
             if continued {
@@ -638,13 +640,13 @@ impl Shard {
             version,
             keep_alive: (keep_alive_s > 0).then(|| Duration::from_secs(u64::from(keep_alive_s))),
             last_activity: now,
-            will: connect.will.map(|will| Will {
+            will: connect.will.map(|will| Box::new(Will {
                 topic: detach(&will.topic),
                 payload: detach(&will.payload),
                 qos: will.qos,
                 retain: will.retain,
                 properties: will.properties.detached(crate::protocol::PropertyContext::Will),
-            }),
+            })),
             session_expiry,
             expires_at: None,
             max_packet_size_out,
@@ -742,9 +744,9 @@ impl Shard {
                 SessionExpiry::Never => now + delay,
             };
             if due <= now {
-                self.publish_will(will, publisher, now);
+                self.publish_will(*will, publisher, now);
             } else {
-                self.client(key).pending_will = Some((due, will));
+                self.client(key).pending_will = Some(Box::new((due, *will)));
             }
         }
         if expiry == SessionExpiry::WithConnection {
@@ -757,7 +759,8 @@ impl Shard {
         let mut client = self.remove_client(key, now);
         let conn = client.conn_id;
         let client_id = client.session.client_id().clone();
-        if let Some((_, will)) = client.pending_will.take() {
+        if let Some(pending) = client.pending_will.take() {
+            let (_, will) = *pending;
             self.publish_will(will, client_id.clone(), now);
         }
         let home = home_shard(&client_id, self.shard_count);
@@ -1272,14 +1275,15 @@ impl Shard {
             .iter()
             .enumerate()
             .filter_map(|(index, slot)| {
-                let (due, _) = slot.as_ref()?.pending_will.as_ref()?;
+                let (due, _) = &**slot.as_ref()?.pending_will.as_ref()?;
                 (now >= *due).then_some(ClientKey(index as u32))
             })
             .collect();
         for key in wills_due {
             let client = self.client(key);
             let publisher = client.session.client_id().clone();
-            if let Some((_, will)) = client.pending_will.take() {
+            if let Some(pending) = client.pending_will.take() {
+                let (_, will) = *pending;
                 self.publish_will(will, publisher, now);
             }
         }
