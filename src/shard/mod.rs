@@ -43,7 +43,7 @@ use crate::protocol::{
     write_publish,
 };
 use crate::session::{Message, Offer, Outgoing, Session, Subscription, detach, merge_matching};
-use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, parse_shared, validate_topic_filter, validate_topic_name};
+use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
 
 /// Index of a client slot within one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +103,13 @@ impl CloseReason {
             | CloseReason::SessionExpiryOnDisconnect => ReasonCode::PROTOCOL_ERROR,
         }
     }
+}
+
+/// What the coarse timer found due for one client.
+enum TimerEvent {
+    KeepAliveTimeout,
+    SessionExpired,
+    WillDelayOver,
 }
 
 /// How long a session outlives its connection.
@@ -270,6 +277,14 @@ fn will_delay(will: &Will) -> Duration {
     Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)))
 }
 
+/// Closes a connection the broker ends; a 5.0 client hears why first.
+fn close_with_reason(link: &Link, version: ProtocolVersion, reason: ReasonCode) {
+    if version.is_v5() {
+        write_packet(link, version, &Packet::Disconnect(Disconnect::new(reason)));
+    }
+    link.close();
+}
+
 fn write_packet(link: &Link, version: ProtocolVersion, packet: &Packet) {
     link.write_with(|buf| packet.encode(version, buf));
 }
@@ -327,10 +342,6 @@ impl Shard {
         self.clients.iter().flatten().filter(|client| client.link.is_some()).count()
     }
 
-    pub fn retained_len(&self) -> usize {
-        self.retained.len()
-    }
-
     // ----- clients -----
 
     fn client(&mut self, key: ClientKey) -> &mut Client {
@@ -352,9 +363,8 @@ impl Shard {
             }
         };
         for (filter, subscription) in subscriptions {
-            match parse_shared(&filter) {
+            match shared::parse_owned(&filter) {
                 Some(Ok((group, inner))) => {
-                    let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
                     self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, 0, now);
                 }
                 _ => {
@@ -370,9 +380,8 @@ impl Shard {
     fn remove_client(&mut self, key: ClientKey, now: Instant) -> Client {
         let client = self.clients[key.0 as usize].take().expect("removing a live client");
         for filter in client.session.subscriptions.keys() {
-            match parse_shared(filter) {
+            match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) => {
-                    let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
                     self.broadcast_share_leave(group, inner, client.session.client_id().clone(), 0, now);
                 }
                 _ => {
@@ -569,10 +578,7 @@ impl Shard {
             let mut client = self.remove_client(key, now);
             let continued = !clean_start && client.session_expiry != SessionExpiry::WithConnection;
             if let Some(link) = client.link.take() {
-                if client.version.is_v5() {
-                    write_packet(&link, client.version, &Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)));
-                }
-                link.close();
+                close_with_reason(&link, client.version, ReasonCode::SESSION_TAKEN_OVER);
                 // The old connection closed without DISCONNECT: its will goes out, unless it
                 // has a delay and the session goes on with the new connection (5.0 3.1.3.2.2).
                 if let Some(will) = client.will.take()
@@ -775,9 +781,7 @@ impl Shard {
             tracing::debug!(shard = self.id.0, %error, "closing connection");
             if let Some(key) = self.client_of(link) {
                 let version = self.client(key).version;
-                if version.is_v5() {
-                    write_packet(link, version, &Packet::Disconnect(Disconnect::new(error.reason_code())));
-                }
+                close_with_reason(link, version, error.reason_code());
             }
         }
         link.close();
@@ -950,9 +954,9 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
-            let shared = match parse_shared(&filter) {
+            let shared = match shared::parse_owned(&filter) {
                 None => None,
-                Some(Ok((group, inner))) => Some((Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner))),
+                Some(Ok(parts)) => Some(parts),
                 Some(Err(_)) => {
                     codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                     continue;
@@ -1014,10 +1018,9 @@ impl Shard {
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
             let existed = self.client(key).session.subscriptions.remove(filter).is_some();
-            match parse_shared(filter) {
+            match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) if existed => {
                     let client_id = self.client(key).session.client_id().clone();
-                    let (group, inner) = (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner));
                     confirmations += self.broadcast_share_leave(group, inner, client_id, request, now);
                 }
                 Some(_) => {}
@@ -1235,56 +1238,46 @@ impl Shard {
     /// The coarse timer: keep-alive expiry (1.5 x keep alive, MQTT 3.1.2.10) and the
     /// periodic `$SYS` counters.
     pub fn tick(&mut self, now: Instant) {
-        let mut expired = Vec::new();
+        // One pass decides; the actions follow, since they add and remove clients.
+        let mut due = Vec::new();
         for (index, slot) in self.clients.iter().enumerate() {
-            if let Some(client) = slot
-                && client.link.is_some()
-                && let Some(keep_alive) = client.keep_alive
-                && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
-            {
-                expired.push(ClientKey(index as u32));
-            }
-        }
-        for key in expired {
-            self.counters.keep_alive_timeouts += 1;
-            let client = self.client(key);
-            let version = client.version;
-            if let Some(link) = client.link.clone() {
-                if version.is_v5() {
-                    write_packet(&link, version, &Packet::Disconnect(Disconnect::new(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+            let Some(client) = slot else { continue };
+            let key = ClientKey(index as u32);
+            if client.link.is_some() {
+                if let Some(keep_alive) = client.keep_alive
+                    && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
+                {
+                    due.push((key, TimerEvent::KeepAliveTimeout));
                 }
-                link.close();
+            } else if client.expires_at.is_some_and(|at| now >= at) {
+                // Ending the session also sends a will still waiting for its delay.
+                due.push((key, TimerEvent::SessionExpired));
+            } else if client.pending_will.as_ref().is_some_and(|pending| now >= pending.0) {
+                due.push((key, TimerEvent::WillDelayOver));
             }
-            self.client_lost(key, now);
         }
-        let ended: Vec<ClientKey> = self
-            .clients
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| {
-                let client = slot.as_ref()?;
-                (client.link.is_none() && client.expires_at.is_some_and(|at| now >= at)).then_some(ClientKey(index as u32))
-            })
-            .collect();
-        for key in ended {
-            self.counters.sessions_expired += 1;
-            self.end_session(key, now);
-        }
-        let wills_due: Vec<ClientKey> = self
-            .clients
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| {
-                let (due, _) = &**slot.as_ref()?.pending_will.as_ref()?;
-                (now >= *due).then_some(ClientKey(index as u32))
-            })
-            .collect();
-        for key in wills_due {
-            let client = self.client(key);
-            let publisher = client.session.client_id().clone();
-            if let Some(pending) = client.pending_will.take() {
-                let (_, will) = *pending;
-                self.publish_will(will, publisher, now);
+        for (key, event) in due {
+            match event {
+                TimerEvent::KeepAliveTimeout => {
+                    self.counters.keep_alive_timeouts += 1;
+                    let client = self.client(key);
+                    if let Some(link) = client.link.clone() {
+                        close_with_reason(&link, client.version, ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    }
+                    self.client_lost(key, now);
+                }
+                TimerEvent::SessionExpired => {
+                    self.counters.sessions_expired += 1;
+                    self.end_session(key, now);
+                }
+                TimerEvent::WillDelayOver => {
+                    let client = self.client(key);
+                    let publisher = client.session.client_id().clone();
+                    if let Some(pending) = client.pending_will.take() {
+                        let (_, will) = *pending;
+                        self.publish_will(will, publisher, now);
+                    }
+                }
             }
         }
         if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
@@ -1318,10 +1311,7 @@ impl Shard {
         self.accepting = false;
         for client in self.clients.iter().flatten() {
             if let Some(link) = &client.link {
-                if client.version.is_v5() {
-                    write_packet(link, client.version, &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)));
-                }
-                link.close();
+                close_with_reason(link, client.version, ReasonCode::SERVER_SHUTTING_DOWN);
             }
         }
         for pending in self.pending_connects.values() {
