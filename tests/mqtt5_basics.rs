@@ -6,11 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Broker, RawClient};
-use ringmq::protocol::{Packet, PacketId, Properties, ProtocolVersion, QoS, ReasonCode, Unsubscribe};
-
-fn v5(broker: &Broker) -> RawClient {
-    RawClient::open(broker.addr, ProtocolVersion::V5)
-}
+use ringmq::protocol::{Packet, PacketId, Properties, QoS, ReasonCode, Unsubscribe};
 
 fn closed_with(client: &mut RawClient) -> Vec<Packet> {
     let mut seen = Vec::new();
@@ -21,7 +17,7 @@ fn closed_with(client: &mut RawClient) -> Vec<Packet> {
 #[test]
 fn v5_client_gets_an_assigned_client_identifier() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     let connack = client.connect("", true, 60, None);
     assert_eq!(connack.code, 0);
     let assigned = connack.properties.assigned_client_identifier.expect("assigned client id");
@@ -31,7 +27,7 @@ fn v5_client_gets_an_assigned_client_identifier() {
 #[test]
 fn v5_suback_and_unsuback_reason_codes() {
     let broker = Broker::start(&["--deny-subscribe", "secret/#"]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("v5-codes", true, 60, None).code, 0);
     let suback = client.subscribe(&[("ok/+", QoS::AtLeastOnce), ("bad/#/x", QoS::AtMostOnce), ("secret/a", QoS::AtMostOnce)]);
     assert_eq!(suback.codes, vec![ReasonCode(1), ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::NOT_AUTHORIZED]);
@@ -49,9 +45,9 @@ fn v5_suback_and_unsuback_reason_codes() {
 #[test]
 fn v5_takeover_sends_disconnect_0x8e() {
     let broker = Broker::start(&[]);
-    let mut old = v5(&broker);
+    let mut old = broker.raw_v5();
     assert_eq!(old.connect("v5-taken", true, 60, None).code, 0);
-    let mut new = v5(&broker);
+    let mut new = broker.raw_v5();
     assert_eq!(new.connect("v5-taken", true, 60, None).code, 0);
     let seen = closed_with(&mut old);
     assert!(matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER), "{seen:?}");
@@ -60,15 +56,15 @@ fn v5_takeover_sends_disconnect_0x8e() {
 #[test]
 fn v5_protocol_error_is_announced_before_close() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("v5-bad", true, 60, None).code, 0);
     client.send_bytes(&[0xC1, 0x00]); // PINGREQ with a reserved flag bit
     let seen = closed_with(&mut client);
     assert!(matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::MALFORMED_PACKET), "{seen:?}");
 
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("v5-wild", true, 60, None).code, 0);
-    client.publish_raw_topic("a/+");
+    client.publish_raw("a/+", QoS::AtMostOnce, false);
     let seen = closed_with(&mut client);
     assert!(matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::TOPIC_NAME_INVALID), "{seen:?}");
 }
@@ -76,7 +72,7 @@ fn v5_protocol_error_is_announced_before_close() {
 #[test]
 fn v5_keep_alive_timeout_sends_disconnect_0x8d() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("v5-silent", true, 1, None).code, 0);
     let seen = closed_with(&mut client);
     assert!(matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::KEEP_ALIVE_TIMEOUT), "{seen:?}");
@@ -85,7 +81,7 @@ fn v5_keep_alive_timeout_sends_disconnect_0x8d() {
 #[test]
 fn v5_shutdown_sends_disconnect_0x8b() {
     let mut broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("v5-bye", true, 60, None).code, 0);
     assert!(broker.terminate().expect("exits").success());
     let seen = closed_with(&mut client);

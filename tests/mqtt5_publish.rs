@@ -6,14 +6,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Broker, RawClient};
-use ringmq::protocol::{Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
-
-fn v5(broker: &Broker, id: &str) -> RawClient {
-    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
-    assert_eq!(client.connect(id, true, 60, None).code, 0);
-    client
-}
+use common::Broker;
+use ringmq::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 
 fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, properties: Properties) -> Packet {
     Packet::Publish(Publish {
@@ -35,9 +29,9 @@ fn alias(n: u16) -> Properties {
 #[test]
 fn topic_alias_is_set_then_used_and_never_forwarded() {
     let broker = Broker::start(&[]);
-    let mut sub = v5(&broker, "alias-sub");
+    let mut sub = broker.client_v5("alias-sub");
     sub.subscribe(&[("al/t", QoS::AtMostOnce)]);
-    let mut publisher = v5(&broker, "alias-pub");
+    let mut publisher = broker.client_v5("alias-pub");
     let with_user_property =
         Properties { user_properties: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))], ..alias(3) };
     publisher.send(&publish("al/t", b"first", QoS::AtMostOnce, 0, with_user_property));
@@ -52,9 +46,9 @@ fn topic_alias_is_set_then_used_and_never_forwarded() {
 #[test]
 fn user_properties_are_forwarded_unchanged() {
     let broker = Broker::start(&[]);
-    let mut sub = v5(&broker, "up-sub");
+    let mut sub = broker.client_v5("up-sub");
     sub.subscribe(&[("up/t", QoS::AtLeastOnce)]);
-    let mut publisher = v5(&broker, "up-pub");
+    let mut publisher = broker.client_v5("up-pub");
     let properties = Properties {
         user_properties: vec![(Bytes::from_static(b"a"), Bytes::from_static(b"1")), (Bytes::from_static(b"a"), Bytes::from_static(b"2"))],
         response_topic: Some(Bytes::from_static(b"up/reply")),
@@ -71,10 +65,10 @@ fn user_properties_are_forwarded_unchanged() {
 #[test]
 fn alias_above_the_maximum_is_0x94_and_unknown_alias_is_a_protocol_error() {
     let broker = Broker::start(&["--topic-alias-maximum", "4"]);
-    let mut client = v5(&broker, "alias-big");
+    let mut client = broker.client_v5("alias-big");
     client.send(&publish("al/t", b"x", QoS::AtMostOnce, 0, alias(5)));
     assert_eq!(client.disconnect_reason(), ReasonCode::TOPIC_ALIAS_INVALID);
-    let mut client = v5(&broker, "alias-unknown");
+    let mut client = broker.client_v5("alias-unknown");
     client.send(&publish("", b"x", QoS::AtMostOnce, 0, alias(2)));
     assert_eq!(client.disconnect_reason(), ReasonCode::PROTOCOL_ERROR);
 }
@@ -82,9 +76,9 @@ fn alias_above_the_maximum_is_0x94_and_unknown_alias_is_a_protocol_error() {
 #[test]
 fn payload_not_matching_its_utf8_format_indicator_is_refused() {
     let broker = Broker::start(&[]);
-    let mut sub = v5(&broker, "pf-sub");
+    let mut sub = broker.client_v5("pf-sub");
     sub.subscribe(&[("pf/t", QoS::AtLeastOnce)]);
-    let mut publisher = v5(&broker, "pf-pub");
+    let mut publisher = broker.client_v5("pf-pub");
     let utf8 = Properties { payload_format_indicator: Some(1), ..Properties::default() };
     publisher.send(&publish("pf/t", &[0xFF, 0xFE], QoS::AtLeastOnce, 1, utf8.clone()));
     assert_eq!(publisher.recv(), Packet::PubAck(Ack::with_reason(PacketId::new(1).expect("id"), ReasonCode::PAYLOAD_FORMAT_INVALID)));
@@ -100,9 +94,9 @@ fn expiring(seconds: u32) -> Properties {
 #[test]
 fn message_expiry_is_forwarded_as_what_is_left() {
     let broker = Broker::start(&[]);
-    let mut sub = v5(&broker, "me-live");
+    let mut sub = broker.client_v5("me-live");
     sub.subscribe(&[("me/live", QoS::AtMostOnce)]);
-    let mut publisher = v5(&broker, "me-live-pub");
+    let mut publisher = broker.client_v5("me-live-pub");
     publisher.send(&publish("me/live", b"x", QoS::AtMostOnce, 0, expiring(100)));
     let left = sub.recv_publish().properties.message_expiry_interval.expect("expiry forwarded");
     assert!((99..=100).contains(&left), "{left}");
@@ -112,11 +106,11 @@ fn message_expiry_is_forwarded_as_what_is_left() {
 fn expired_messages_are_not_delivered_from_a_queue_or_the_retained_store() {
     let broker = Broker::start(&[]);
     let keep = Properties { session_expiry_interval: Some(60), ..Properties::default() };
-    let mut sub = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let mut sub = broker.raw_v5();
     assert_eq!(sub.connect_with_properties("me-offline", true, 60, keep.clone()).code, 0);
     sub.subscribe(&[("me/q", QoS::AtLeastOnce)]);
     sub.disconnect();
-    let mut publisher = v5(&broker, "me-pub");
+    let mut publisher = broker.client_v5("me-pub");
     publisher.send(&publish("me/q", b"short", QoS::AtLeastOnce, 1, expiring(1)));
     publisher.send(&publish("me/q", b"long", QoS::AtLeastOnce, 2, expiring(100)));
     publisher.send(&Packet::Publish(Publish {
@@ -130,7 +124,7 @@ fn expired_messages_are_not_delivered_from_a_queue_or_the_retained_store() {
     }));
     std::thread::sleep(Duration::from_millis(1600));
 
-    let mut sub = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let mut sub = broker.raw_v5();
     assert!(sub.connect_with_properties("me-offline", false, 60, keep).session_present);
     let got = sub.recv_publish();
     assert_eq!(&got.payload[..], b"long", "the 1 s message expired in the queue");
@@ -144,11 +138,11 @@ fn expired_messages_are_not_delivered_from_a_queue_or_the_retained_store() {
 #[test]
 fn broker_assigns_topic_aliases_up_to_the_clients_maximum() {
     let broker = Broker::start(&[]);
-    let mut sub = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let mut sub = broker.raw_v5();
     let properties = Properties { topic_alias_maximum: Some(2), ..Properties::default() };
     assert_eq!(sub.connect_with_properties("ta-sub", true, 60, properties).code, 0);
     sub.subscribe(&[("ta/#", QoS::AtMostOnce)]);
-    let mut publisher = v5(&broker, "ta-pub");
+    let mut publisher = broker.client_v5("ta-pub");
     for topic in ["ta/a", "ta/a", "ta/b", "ta/c", "ta/a", "ta/c"] {
         publisher.send(&publish(topic, b"x", QoS::AtMostOnce, 0, Properties::default()));
     }
@@ -164,7 +158,7 @@ fn broker_assigns_topic_aliases_up_to_the_clients_maximum() {
     ];
     assert_eq!(seen, expected, "two aliases, then full topics");
     // A client that did not ask for aliases never gets one.
-    let mut plain = v5(&broker, "ta-plain");
+    let mut plain = broker.client_v5("ta-plain");
     plain.subscribe(&[("ta/#", QoS::AtMostOnce)]);
     publisher.send(&publish("ta/a", b"x", QoS::AtMostOnce, 0, Properties::default()));
     let got = plain.recv_publish();

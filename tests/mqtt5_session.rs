@@ -9,18 +9,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Broker, RawClient};
 use ringmq::protocol::{
-    Disconnect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    Disconnect, Packet, PacketId, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
-
-fn v5(broker: &Broker) -> RawClient {
-    RawClient::open(broker.addr, ProtocolVersion::V5)
-}
 
 
 #[test]
 fn connack_announces_what_the_server_offers() {
     let broker = Broker::start(&["--receive-maximum", "100", "--max-packet-size-bytes", "65536"]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     let connack = client.connect("caps", true, 60, None);
     assert_eq!(connack.code, 0);
     let p = connack.properties;
@@ -36,7 +32,7 @@ fn connack_announces_what_the_server_offers() {
 #[test]
 fn server_keep_alive_caps_the_client_and_is_enforced() {
     let broker = Broker::start(&["--max-keepalive-s", "1"]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     let started = Instant::now();
     let connack = client.connect("capped", true, 60, None);
     assert_eq!(connack.properties.server_keep_alive, Some(1));
@@ -47,7 +43,7 @@ fn server_keep_alive_caps_the_client_and_is_enforced() {
 #[test]
 fn client_receive_maximum_bounds_unacknowledged_deliveries() {
     let broker = Broker::start(&[]);
-    let mut sub = v5(&broker);
+    let mut sub = broker.raw_v5();
     let properties = Properties { receive_maximum: Some(2), ..Properties::default() };
     assert_eq!(sub.connect_with_properties("narrow", true, 60, properties).code, 0);
     sub.subscribe(&[("rm/t", QoS::AtLeastOnce)]);
@@ -66,7 +62,7 @@ fn client_receive_maximum_bounds_unacknowledged_deliveries() {
 #[test]
 fn messages_above_the_client_maximum_packet_size_are_not_sent() {
     let broker = Broker::start(&[]);
-    let mut sub = v5(&broker);
+    let mut sub = broker.raw_v5();
     let properties = Properties { maximum_packet_size: Some(100), ..Properties::default() };
     assert_eq!(sub.connect_with_properties("small", true, 60, properties).code, 0);
     sub.subscribe(&[("mps/t", QoS::AtLeastOnce)]);
@@ -82,7 +78,7 @@ fn messages_above_the_client_maximum_packet_size_are_not_sent() {
 #[test]
 fn exceeding_our_receive_maximum_is_disconnect_0x93() {
     let broker = Broker::start(&["--receive-maximum", "2"]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("greedy", true, 60, None).code, 0);
     for id in 1..=3u16 {
         client.send(&Packet::Publish(Publish {
@@ -102,7 +98,7 @@ fn exceeding_our_receive_maximum_is_disconnect_0x93() {
 #[test]
 fn unknown_authentication_method_gets_0x8c() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     let properties = Properties { authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")), ..Properties::default() };
     let connack = client.connect_with_properties("auth", true, 60, properties);
     assert_eq!(connack.code, ReasonCode::BAD_AUTHENTICATION_METHOD.0);
@@ -113,10 +109,10 @@ fn unknown_authentication_method_gets_0x8c() {
 #[test]
 fn session_expiry_zero_ends_the_session_with_the_connection() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("se-zero", false, 60, None).code, 0);
     client.disconnect();
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert!(!client.connect("se-zero", false, 60, None).session_present, "5.0 default expiry is 0");
 }
 
@@ -124,13 +120,13 @@ fn session_expiry_zero_ends_the_session_with_the_connection() {
 fn session_with_expiry_outlives_a_clean_start_connection_and_queues() {
     let broker = Broker::start(&[]);
     let keep = Properties { session_expiry_interval: Some(30), ..Properties::default() };
-    let mut sub = v5(&broker);
+    let mut sub = broker.raw_v5();
     assert_eq!(sub.connect_with_properties("se-keep", true, 60, keep.clone()).code, 0);
     sub.subscribe(&[("se/t", QoS::AtLeastOnce)]);
     sub.disconnect();
     let mut publisher = broker.client("se-pub", true);
     publisher.publish("se/t", b"while away", QoS::AtLeastOnce, false, 1);
-    let mut sub = v5(&broker);
+    let mut sub = broker.raw_v5();
     let connack = sub.connect_with_properties("se-keep", false, 60, keep);
     assert!(connack.session_present);
     assert_eq!(&sub.recv_publish().payload[..], b"while away");
@@ -140,18 +136,18 @@ fn session_with_expiry_outlives_a_clean_start_connection_and_queues() {
 fn session_expires_after_its_interval() {
     let broker = Broker::start(&[]);
     let short = Properties { session_expiry_interval: Some(1), ..Properties::default() };
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect_with_properties("se-short", true, 60, short.clone()).code, 0);
     client.disconnect();
     broker.wait_for_counters("the session expired", |c| c.total("sessions_expired") >= 1);
-    let mut probe = v5(&broker);
+    let mut probe = broker.raw_v5();
     assert!(!probe.connect("se-short", false, 60, None).session_present, "the session is gone");
 }
 
 #[test]
 fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("se-late", true, 60, None).code, 0);
     client.send(&Packet::Disconnect(Disconnect {
         reason: ReasonCode::SUCCESS,
@@ -174,7 +170,7 @@ fn one_copy_carries_every_matching_subscription_identifier() {
     let broker = Broker::start(&[]);
     let mut publisher = broker.client("sid-pub", true);
     publisher.publish("sid/a", b"retained", QoS::AtLeastOnce, true, 1);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     assert_eq!(client.connect("sid", true, 60, None).code, 0);
     subscribe_with_identifier(&mut client, "sid/+", 7);
     let retained = client.recv_publish();
@@ -200,22 +196,22 @@ fn one_copy_carries_every_matching_subscription_identifier() {
 #[test]
 fn restricted_server_announces_and_enforces_its_limits() {
     let broker = Broker::start(&["--max-qos", "1", "--no-retain", "--no-wildcard-subscriptions"]);
-    let mut client = v5(&broker);
+    let mut client = broker.raw_v5();
     let connack = client.connect("restricted", true, 60, None);
     assert_eq!(connack.properties.maximum_qos, Some(1));
     assert_eq!(connack.properties.retain_available, Some(0));
     assert_eq!(connack.properties.wildcard_subscription_available, Some(0));
     let suback = client.subscribe(&[("r/+", QoS::AtMostOnce), ("r/t", QoS::ExactlyOnce)]);
     assert_eq!(suback.codes, vec![ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)], "QoS 2 granted as 1");
-    client.publish_raw_packet(QoS::ExactlyOnce, false);
+    client.publish_raw("r/t", QoS::ExactlyOnce, false);
     assert_eq!(client.disconnect_reason(), ReasonCode::QOS_NOT_SUPPORTED);
 
-    let mut retainer = v5(&broker);
+    let mut retainer = broker.raw_v5();
     assert_eq!(retainer.connect("retainer", true, 60, None).code, 0);
-    retainer.publish_raw_packet(QoS::AtMostOnce, true);
+    retainer.publish_raw("r/t", QoS::AtMostOnce, true);
     assert_eq!(retainer.disconnect_reason(), ReasonCode::RETAIN_NOT_SUPPORTED);
 
-    let mut will_too_high = v5(&broker);
+    let mut will_too_high = broker.raw_v5();
     let connack = will_too_high.connect("will-qos2", true, 60, Some(common::will("w", b"x", QoS::ExactlyOnce, false)));
     assert_eq!(connack.code, ReasonCode::QOS_NOT_SUPPORTED.0);
     assert!(connack.properties.reason_string.is_some(), "a refusal says why");

@@ -8,13 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Broker, RawClient, WAIT};
-use ringmq::protocol::{Packet, PacketId, Properties, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, Unsubscribe};
-
-fn v5(broker: &Broker, id: &str) -> RawClient {
-    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
-    assert_eq!(client.connect(id, true, 60, None).code, 0);
-    client
-}
+use ringmq::protocol::{Packet, PacketId, Properties, QoS, ReasonCode, SubscriptionOptions, Unsubscribe};
 
 /// Reads whatever arrives within `quiet` of the last packet; acknowledges QoS 1.
 fn drain(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
@@ -32,16 +26,16 @@ fn drain(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
 fn each_message_reaches_one_member_of_each_group_across_shards() {
     let broker = Broker::start(&[]);
     // Eight members of group a (spread over both shards by the kernel), two of group b.
-    let mut group_a: Vec<RawClient> = (0..8).map(|i| v5(&broker, &format!("share-a-{i}"))).collect();
+    let mut group_a: Vec<RawClient> = (0..8).map(|i| broker.client_v5(&format!("share-a-{i}"))).collect();
     for member in &mut group_a {
         assert_eq!(member.subscribe(&[("$share/a/jobs/+", QoS::AtLeastOnce)]).codes, vec![ReasonCode(1)]);
     }
-    let mut group_b: Vec<RawClient> = (0..2).map(|i| v5(&broker, &format!("share-b-{i}"))).collect();
+    let mut group_b: Vec<RawClient> = (0..2).map(|i| broker.client_v5(&format!("share-b-{i}"))).collect();
     for member in &mut group_b {
         member.subscribe(&[("$share/b/jobs/#", QoS::AtMostOnce)]);
     }
     // Each SUBACK came only after both shards applied the join: publishing may start now.
-    let mut publisher = v5(&broker, "share-pub");
+    let mut publisher = broker.client_v5("share-pub");
     let messages = 400u32;
     for n in 0..messages {
         publisher.publish("jobs/x", &n.to_be_bytes(), QoS::AtLeastOnce, false, (n % 60000 + 1) as u16);
@@ -68,9 +62,9 @@ fn each_message_reaches_one_member_of_each_group_across_shards() {
 #[test]
 fn a_member_leaving_rebalances_to_the_others() {
     let broker = Broker::start(&[]);
-    let mut stay = v5(&broker, "share-stay");
+    let mut stay = broker.client_v5("share-stay");
     stay.subscribe(&[("$share/g/t", QoS::AtMostOnce)]);
-    let mut leave = v5(&broker, "share-leave");
+    let mut leave = broker.client_v5("share-leave");
     leave.subscribe(&[("$share/g/t", QoS::AtMostOnce)]);
     leave.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: PacketId::new(5).expect("id"),
@@ -79,7 +73,7 @@ fn a_member_leaving_rebalances_to_the_others() {
     }));
     // The UNSUBACK came only after both shards applied the leave.
     assert!(matches!(leave.recv(), Packet::UnsubAck(ack) if ack.codes == vec![ReasonCode::SUCCESS]));
-    let mut publisher = v5(&broker, "share-pub-2");
+    let mut publisher = broker.client_v5("share-pub-2");
     for n in 0..20u8 {
         publisher.publish("t", &[n], QoS::AtMostOnce, false, 0);
     }
@@ -90,9 +84,9 @@ fn a_member_leaving_rebalances_to_the_others() {
 #[test]
 fn shared_subscriptions_get_no_retained_messages_and_refuse_no_local() {
     let broker = Broker::start(&[]);
-    let mut publisher = v5(&broker, "share-ret-pub");
+    let mut publisher = broker.client_v5("share-ret-pub");
     publisher.publish("kept/t", b"r", QoS::AtLeastOnce, true, 1);
-    let mut member = v5(&broker, "share-ret");
+    let mut member = broker.client_v5("share-ret");
     member.subscribe(&[("$share/g/kept/#", QoS::AtLeastOnce)]);
     member.assert_silent(Duration::from_millis(300));
     let suback = member.subscribe(&[("$share/g+x/t", QoS::AtMostOnce)]);

@@ -4,14 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, RawClient};
-use ringmq::protocol::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
-
-fn v5(broker: &Broker, id: &str) -> RawClient {
-    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
-    assert_eq!(client.connect(id, true, 60, None).code, 0);
-    client
-}
+use common::Broker;
+use ringmq::protocol::{QoS, RetainHandling, SubscriptionOptions};
 
 fn options(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions::with_qos(qos)
@@ -20,11 +14,11 @@ fn options(qos: QoS) -> SubscriptionOptions {
 #[test]
 fn no_local_skips_the_publishers_own_messages() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker, "nl-self");
+    let mut client = broker.client_v5("nl-self");
     client.subscribe_with(&[("nl/t", SubscriptionOptions { no_local: true, ..options(QoS::AtMostOnce) })]);
     client.publish("nl/t", b"mine", QoS::AtMostOnce, false, 0);
     client.assert_silent(Duration::from_millis(300));
-    let mut other = v5(&broker, "nl-other");
+    let mut other = broker.client_v5("nl-other");
     other.publish("nl/t", b"theirs", QoS::AtMostOnce, false, 0);
     assert_eq!(&client.recv_publish().payload[..], b"theirs");
 }
@@ -32,7 +26,7 @@ fn no_local_skips_the_publishers_own_messages() {
 #[test]
 fn no_local_on_one_subscription_does_not_hide_another_match() {
     let broker = Broker::start(&[]);
-    let mut client = v5(&broker, "nl-two");
+    let mut client = broker.client_v5("nl-two");
     client.subscribe_with(&[
         ("nl2/t", SubscriptionOptions { no_local: true, ..options(QoS::AtLeastOnce) }),
         ("nl2/+", options(QoS::AtMostOnce)),
@@ -45,11 +39,11 @@ fn no_local_on_one_subscription_does_not_hide_another_match() {
 #[test]
 fn retain_as_published_keeps_the_flag_on_live_delivery() {
     let broker = Broker::start(&[]);
-    let mut as_published = v5(&broker, "rap-yes");
+    let mut as_published = broker.client_v5("rap-yes");
     as_published.subscribe_with(&[("rap/t", SubscriptionOptions { retain_as_published: true, ..options(QoS::AtMostOnce) })]);
-    let mut plain = v5(&broker, "rap-no");
+    let mut plain = broker.client_v5("rap-no");
     plain.subscribe_with(&[("rap/t", options(QoS::AtMostOnce))]);
-    let mut publisher = v5(&broker, "rap-pub");
+    let mut publisher = broker.client_v5("rap-pub");
     publisher.publish("rap/t", b"r", QoS::AtMostOnce, true, 0);
     assert!(as_published.recv_publish().retain);
     assert!(!plain.recv_publish().retain);
@@ -58,21 +52,21 @@ fn retain_as_published_keeps_the_flag_on_live_delivery() {
 #[test]
 fn retain_handling_chooses_when_retained_messages_are_sent() {
     let broker = Broker::start(&[]);
-    let mut publisher = v5(&broker, "rh-pub");
+    let mut publisher = broker.client_v5("rh-pub");
     publisher.publish("rh/t", b"kept", QoS::AtLeastOnce, true, 1);
 
-    let mut never = v5(&broker, "rh-2");
+    let mut never = broker.client_v5("rh-2");
     never.subscribe_with(&[("rh/t", SubscriptionOptions { retain_handling: RetainHandling::DoNotSend, ..options(QoS::AtMostOnce) })]);
     never.assert_silent(Duration::from_millis(300));
 
-    let mut if_new = v5(&broker, "rh-1");
+    let mut if_new = broker.client_v5("rh-1");
     let new_only = SubscriptionOptions { retain_handling: RetainHandling::SendIfNewSubscription, ..options(QoS::AtMostOnce) };
     if_new.subscribe_with(&[("rh/t", new_only)]);
     assert!(if_new.recv_publish().retain, "first subscription: sent");
     if_new.subscribe_with(&[("rh/t", new_only)]);
     if_new.assert_silent(Duration::from_millis(300));
 
-    let mut always = v5(&broker, "rh-0");
+    let mut always = broker.client_v5("rh-0");
     always.subscribe_with(&[("rh/t", options(QoS::AtMostOnce))]);
     assert!(always.recv_publish().retain);
     always.subscribe_with(&[("rh/t", options(QoS::AtMostOnce))]);

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Broker, RawClient, will};
-use ringmq::protocol::{Packet, Properties, ProtocolVersion, QoS};
+use ringmq::protocol::{Packet, Properties, QoS};
 
 fn watcher(broker: &Broker, name: &str) -> RawClient {
-    let mut watcher = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let mut watcher = broker.raw_v5();
     assert_eq!(watcher.connect(name, true, 60, None).code, 0);
     watcher.subscribe(&[("wills5/#", QoS::AtLeastOnce)]);
     watcher
@@ -18,7 +18,7 @@ fn watcher(broker: &Broker, name: &str) -> RawClient {
 
 /// Connects a 5.0 client with a will (delay, properties) and a session expiry.
 fn with_will(broker: &Broker, id: &str, delay_s: u32, session_expiry_s: u32, will_properties: Properties) -> RawClient {
-    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let mut client = broker.raw_v5();
     let mut last_will = will(&format!("wills5/{id}"), id.as_bytes(), QoS::AtLeastOnce, false);
     last_will.properties = Properties { will_delay_interval: Some(delay_s), ..will_properties };
     let mut packet = client.connect_packet(id, true, 60, Some(last_will));
@@ -59,7 +59,7 @@ fn reconnecting_within_the_delay_cancels_the_will() {
     let mut watch = watcher(&broker, "wd-watch-3");
     let client = with_will(&broker, "returns", 1, 30, Properties::default());
     client.drop_abruptly();
-    let mut again = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let mut again = broker.raw_v5();
     let keep = Properties { session_expiry_interval: Some(30), ..Properties::default() };
     assert!(again.connect_with_properties("returns", false, 60, keep).session_present);
     watch.assert_silent(Duration::from_millis(2000));

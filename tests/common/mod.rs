@@ -65,9 +65,21 @@ impl Broker {
         RawClient::open(self.addr, ProtocolVersion::V311)
     }
 
+    pub fn raw_v5(&self) -> RawClient {
+        RawClient::open(self.addr, ProtocolVersion::V5)
+    }
+
     /// Connects a 3.1.1 client and asserts CONNACK 0.
     pub fn client(&self, client_id: &str, clean: bool) -> RawClient {
-        let mut client = self.raw();
+        Self::connected(self.raw(), client_id, clean)
+    }
+
+    /// Connects a 5.0 client with Clean Start and asserts CONNACK 0.
+    pub fn client_v5(&self, client_id: &str) -> RawClient {
+        Self::connected(self.raw_v5(), client_id, true)
+    }
+
+    fn connected(mut client: RawClient, client_id: &str, clean: bool) -> RawClient {
         let connack = client.connect(client_id, clean, 60, None);
         assert_eq!(connack.code, 0, "CONNACK for {client_id}");
         client
@@ -325,26 +337,14 @@ impl RawClient {
         }
     }
 
-    /// Sends a QoS 0 PUBLISH to `topic` as given, valid or not, expecting no answer.
-    pub fn publish_raw_topic(&mut self, topic: &str) {
-        self.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: false,
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            packet_id: None,
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"x"),
-        }));
-    }
-
-    /// Sends a PUBLISH to `r/t` with the given QoS and RETAIN flag, expecting no answer.
-    pub fn publish_raw_packet(&mut self, qos: QoS, retain: bool) {
+    /// Sends a PUBLISH as given (valid or not) and expects no answer: for packets the
+    /// broker must refuse.
+    pub fn publish_raw(&mut self, topic: &str, qos: QoS, retain: bool) {
         self.send(&Packet::Publish(Publish {
             dup: false,
             qos,
             retain,
-            topic: Bytes::from_static(b"r/t"),
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
             packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero")),
             properties: Properties::default(),
             payload: Bytes::from_static(b"x"),
