@@ -92,3 +92,15 @@ fn pings_keep_a_connection_alive() {
         assert_eq!(client.recv(), Packet::PingResp);
     }
 }
+
+#[test]
+fn will_is_published_when_a_new_connection_takes_the_client_id_over() {
+    let broker = Broker::start(&[]);
+    let mut watch = watcher(&broker, "w-watch-5");
+    let mut old = broker.raw();
+    assert_eq!(old.connect("w-taken", true, 60, Some(will("wills/taken", b"replaced", QoS::AtMostOnce, false))).code, 0);
+    let mut new = broker.raw();
+    assert_eq!(new.connect("w-taken", true, 60, None).code, 0);
+    old.assert_closed();
+    assert_eq!(&watch.recv_publish().payload[..], b"replaced");
+}

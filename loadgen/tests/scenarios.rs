@@ -161,3 +161,27 @@ fn loss_at_qos1_fails_the_run_loudly() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("FAILED") && stdout.contains("ERROR"), "{stdout}");
 }
+
+#[test]
+fn writes_the_percentile_distribution_and_plot_and_reports_its_own_cpu() {
+    let broker = Broker::start();
+    let dir = std::env::temp_dir().join(format!("loadgen-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (hist, plot) = (dir.join("latency.txt"), dir.join("latency.svg"));
+    let (ok, report) = loadgen(&broker, &[
+        "--scenario", "fanout", "--subscribers", "4", "--qos-pub", "1", "--qos-sub", "1", "--messages", "300",
+        "--duration-s", "30", "--hist", hist.to_str().expect("utf8"), "--plot", plot.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{report}");
+    let cpu = report["client_cpu_fraction"].as_f64().expect("client CPU in the report");
+    assert!(cpu > 0.0, "{report}");
+    assert_eq!(report["client_saturated"], cpu > 0.9);
+    let distribution = std::fs::read_to_string(&hist).expect("distribution written");
+    let mut lines = distribution.lines();
+    assert_eq!(lines.next(), Some("value_us percentile total_count"));
+    let last: Vec<&str> = lines.last().expect("at least one step").split_whitespace().collect();
+    assert_eq!(last[1], "1.000000", "the distribution ends at the 100th percentile");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "an SVG with a latency curve");
+    let _ = std::fs::remove_dir_all(&dir);
+}
