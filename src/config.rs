@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long)]
     pub no_wildcard_subscriptions: bool,
 
+    /// Which shards a publish is sent to: `interest` (those with a matching subscriber, from
+    /// the replicated interest summary) or `broadcast` (all of them).
+    #[arg(long, value_enum, default_value = "interest")]
+    pub routing: Routing,
+
     /// Topic aliases a 5.0 client may set on one connection (announced in CONNACK; 0: none).
     #[arg(long, default_value_t = 64)]
     pub topic_alias_maximum: u16,
@@ -130,6 +135,13 @@ pub enum ConfigError {
     RingDepth,
 }
 
+/// How a shard picks the peers a publish goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    Interest,
+    Broadcast,
+}
+
 /// Timing and size limits the shards use, derived from `Config`.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -146,6 +158,7 @@ pub struct Limits {
     pub outbound_buffer_max_bytes: usize,
     pub mesh_outbox_max_messages: usize,
     pub sys_interval: Option<Duration>,
+    pub routing: Routing,
 }
 
 impl Limits {
@@ -186,6 +199,7 @@ impl Config {
             outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
             mesh_outbox_max_messages: self.mesh_outbox_max_messages,
             sys_interval: (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s)),
+            routing: self.routing,
         })
     }
 

@@ -164,3 +164,73 @@ fn broker_assigns_topic_aliases_up_to_the_clients_maximum() {
     let got = plain.recv_publish();
     assert_eq!((&got.topic[..], got.properties.topic_alias), (&b"ta/a"[..], None));
 }
+
+/// PUBACK/PUBREC reason for one QoS 1 or 2 publish (completing the QoS 2 flow).
+fn publish_reason(client: &mut common::RawClient, topic: &'static str, qos: QoS, id: u16) -> ReasonCode {
+    client.send(&publish(topic, b"x", qos, id, Properties::default()));
+    let packet_id = PacketId::new(id).expect("id");
+    match qos {
+        QoS::AtLeastOnce => match client.expect(|p| matches!(p, Packet::PubAck(ack) if ack.packet_id == packet_id)) {
+            Packet::PubAck(ack) => ack.reason,
+            _ => unreachable!(),
+        },
+        _ => {
+            let Packet::PubRec(rec) = client.expect(|p| matches!(p, Packet::PubRec(ack) if ack.packet_id == packet_id)) else {
+                unreachable!()
+            };
+            client.send(&Packet::PubRel(Ack::new(packet_id)));
+            client.expect(|p| matches!(p, Packet::PubComp(ack) if ack.packet_id == packet_id));
+            rec.reason
+        }
+    }
+}
+
+#[test]
+fn puback_and_pubrec_say_when_nobody_subscribes_on_any_shard() {
+    const TOPICS: [&str; 8] = ["nms/0", "nms/1", "nms/2", "nms/3", "nms/4", "nms/5", "nms/6", "nms/7"];
+    let broker = Broker::start(&[]);
+    let mut subscribers: Vec<_> = TOPICS
+        .iter()
+        .map(|topic| {
+            let mut subscriber = broker.client_v5(&format!("nms-sub-{topic}"));
+            subscriber.subscribe(&[(topic, QoS::AtLeastOnce)]);
+            subscriber
+        })
+        .collect();
+    let mut publisher = broker.client_v5("nms-pub");
+    // Some subscribers are on the publisher's shard and some on the other one.
+    broker.wait_for_counters("clients on both shards", |c| {
+        c.get(0, "clients_connected").unwrap_or(0) > 0 && c.get(1, "clients_connected").unwrap_or(0) > 0
+    });
+    for (n, topic) in TOPICS.iter().enumerate() {
+        assert_eq!(publish_reason(&mut publisher, topic, QoS::AtLeastOnce, n as u16 + 1), ReasonCode::SUCCESS, "{topic}");
+        let delivered = subscribers[n].recv_publish();
+        assert_eq!(&delivered.topic[..], topic.as_bytes(), "routed to the subscriber's shard");
+        subscribers[n].ack(&delivered);
+    }
+    assert_eq!(publish_reason(&mut publisher, "nms/none", QoS::AtLeastOnce, 100), ReasonCode::NO_MATCHING_SUBSCRIBERS);
+    assert_eq!(publish_reason(&mut publisher, "nms/none", QoS::ExactlyOnce, 101), ReasonCode::NO_MATCHING_SUBSCRIBERS);
+
+    // After the last subscriber leaves, the withdrawal reaches every shard shortly after
+    // the UNSUBACK (at the next timer tick): from then on the topic has nobody.
+    for subscriber in &mut subscribers {
+        subscriber.send(&Packet::Unsubscribe(ringmq::protocol::Unsubscribe {
+            packet_id: PacketId::new(9).expect("id"),
+            properties: Properties::default(),
+            filters: TOPICS.iter().map(|t| Bytes::from_static(t.as_bytes())).collect(),
+        }));
+        subscriber.expect(|p| matches!(p, Packet::UnsubAck(_)));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut id = 200;
+    for topic in TOPICS {
+        loop {
+            id += 1;
+            if publish_reason(&mut publisher, topic, QoS::AtLeastOnce, id) == ReasonCode::NO_MATCHING_SUBSCRIBERS {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{topic} still has subscribers 5 s after the last one left");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -45,12 +45,23 @@ pub enum MeshMessage {
     /// `shared` names the member chosen in each matching shared-subscription group.
     Publish { sequence: u64, message: Arc<Message>, shared: Vec<SharedTarget> },
     /// A client on the sending shard joined a shared-subscription group. A non-zero
-    /// `request` asks for a `ShareApplied` back: the SUBACK waits for every peer.
+    /// `request` asks for an `Applied` back: the SUBACK waits for every peer.
     ShareJoin { group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64 },
     /// A client on the sending shard left one (unsubscribed, or its session left the shard).
     ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes, request: u64 },
-    /// The receiving shard's join or leave numbered `request` is applied here.
-    ShareApplied { request: u64 },
+    /// A client on the sending shard is the first there to subscribe to `filter` (not
+    /// shared): send that shard the publishes it matches. Answered when `request` is non-zero.
+    InterestJoin { filter: Bytes, request: u64 },
+    /// The sending shard's last subscriber to `filter` is gone.
+    InterestLeave { filter: Bytes },
+    /// A session is moving to `shard`: send it every publish until it says `ReceiveAllDone`.
+    /// Always answered.
+    ReceiveAll { shard: ShardId, request: u64 },
+    /// The sending shard has announced the moved session's filters; one hold ends.
+    ReceiveAllDone,
+    /// The receiving shard's request numbered `request` is applied here, when this shard's
+    /// own publish sequence stood at `position`.
+    Applied { request: u64, position: u64 },
     /// To the client id's home shard: connection `conn` wants to own `client_id`.
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
     /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.
@@ -58,8 +69,9 @@ pub enum MeshMessage {
     /// From the home shard to the shard holding `previous`: give the session to `next`.
     Evict { client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool },
     /// From the old owner to `conn`'s shard: the session (if kept) and where the old owner
-    /// stood in every publish stream when it let go.
-    Handoff { conn: ConnId, session: Option<Box<Session>>, cut: StreamCut },
+    /// stood in every publish stream when it let go. With `receive_all_held`, every other
+    /// shard sends `conn`'s shard everything until that shard releases the hold.
+    Handoff { conn: ConnId, session: Option<Box<Session>>, cut: StreamCut, receive_all_held: bool },
     /// To the home shard: the session owned through `conn` has ended.
     Released { client_id: Bytes, conn: ConnId },
 }

@@ -6,16 +6,19 @@
 //! Pure: no sockets, no executor, no clock. The IO layer hands it decoded packets, mesh
 //! batches and `now`; it answers by writing into `Link`s and outboxes and waking wakers.
 //!
-//! Routing: every publish is applied locally and broadcast to every peer, each of which
-//! matches it against its own trie (see DESIGN.md "who must see a publish"). The retained
-//! store is replicated the same way, in the same FIFO as the publishes, so a subscribe on
-//! any shard sees a retained message either in its replica or as a later live delivery.
+//! Routing: every publish is applied locally and sent to the peers the interest summary
+//! names (`interest.rs`), each of which matches it against its own trie; `--routing
+//! broadcast` sends it to every peer instead. Retained publishes go to every peer: the
+//! retained store is replicated in the same FIFO as the publishes, so a subscribe on any
+//! shard sees a retained message either in its replica or as a later live delivery.
 //!
 //! Client ids: `home_shard(id)` holds the registry entry saying which connection owns the
 //! id. A CONNECT claims the id at home; home either grants it or tells the previous owner
 //! to evict and hand the session to the new connection's shard (see `on_evict`).
 
+mod barrier;
 mod counters;
+mod interest;
 pub mod link;
 pub mod mesh;
 mod recent;
@@ -29,14 +32,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use barrier::Barriers;
 pub use counters::Counters;
+use interest::{Interest, LocalAdd};
 use link::{Link, LinkState};
 pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
 use recent::RecentPublishes;
 use shared::{SharedGroups, SharedTarget};
 
 use crate::auth::Authenticator;
-use crate::config::Limits;
+use crate::config::{Limits, Routing};
 use crate::protocol::{
     Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
     PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
@@ -171,12 +176,28 @@ struct CopyFor {
     subscription_ids: Vec<u32>,
 }
 
-/// A SUBACK or UNSUBACK held until every peer has applied the shared-subscription change.
-struct AwaitingConfirmations {
-    remaining: usize,
+/// A SUBACK or UNSUBACK, held until every peer applied the subscription change, and the
+/// retained messages the new subscriptions get after it.
+struct HeldAnswer {
     link: Rc<Link>,
     version: ProtocolVersion,
     packet: Packet,
+    retained: Vec<RetainedCopy>,
+}
+
+/// A retained message for a new subscription: at what QoS, under which identifier.
+struct RetainedCopy {
+    message: Arc<Message>,
+    qos: QoS,
+    identifier: Option<u32>,
+}
+
+/// A session leaving this shard, kept (and fed) here until every other shard has applied
+/// the receive-all hold for its new shard.
+struct MovingSession {
+    client_id: Bytes,
+    previous: ConnId,
+    next: ConnId,
 }
 
 struct PendingConnect {
@@ -199,8 +220,11 @@ pub struct Shard {
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
     retained: RetainedTree<Arc<Message>>,
     shared: SharedGroups,
-    next_share_request: u64,
-    awaiting_share_confirmations: HashMap<u64, AwaitingConfirmations>,
+    interest: Interest,
+    barriers: Barriers<HeldAnswer>,
+    moving: HashMap<u64, MovingSession>,
+    /// Per publish: which peers it goes to (reused).
+    route_targets: Vec<bool>,
     registry: HashMap<Bytes, ConnId>,
     pending_connects: HashMap<ConnId, PendingConnect>,
     outboxes: Vec<Vec<MeshMessage>>,
@@ -304,8 +328,10 @@ impl Shard {
             subscriptions: SubscriptionTree::default(),
             retained: RetainedTree::default(),
             shared: SharedGroups::default(),
-            next_share_request: 0,
-            awaiting_share_confirmations: HashMap::new(),
+            interest: Interest::new(shard_count),
+            barriers: Barriers::new(shard_count),
+            moving: HashMap::new(),
+            route_targets: vec![false; shard_count],
             registry: HashMap::new(),
             pending_connects: HashMap::new(),
             outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -313,7 +339,7 @@ impl Shard {
             congestion_waiters: Vec::new(),
             publish_sequence: 0,
             seen: vec![0; shard_count],
-            recent: RecentPublishes::new(RECENT_PUBLISHES_MAX, RECENT_PUBLISHES_MAX_PAYLOAD_BYTES),
+            recent: RecentPublishes::new(shard_count, RECENT_PUBLISHES_MAX, RECENT_PUBLISHES_MAX_PAYLOAD_BYTES),
             next_conn_sequence: 0,
             match_scratch: Vec::new(),
             outgoing_scratch: Vec::new(),
@@ -348,8 +374,10 @@ impl Shard {
         self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots")
     }
 
+    /// Installs a client and announces its session's subscriptions to the peers.
     fn insert_client(&mut self, client: Client, now: Instant) -> ClientKey {
         let client_id = client.session.client_id().clone();
+        let request = self.barriers.new_request();
         let subscriptions: Vec<(Bytes, Subscription)> =
             client.session.subscriptions.iter().map(|(filter, subscription)| (filter.clone(), *subscription)).collect();
         let key = match self.free_keys.pop() {
@@ -369,6 +397,7 @@ impl Shard {
                 }
                 _ => {
                     self.subscriptions.insert(&filter, key, subscription);
+                    self.add_interest(&filter, request, now);
                 }
             }
         }
@@ -386,6 +415,7 @@ impl Shard {
                 }
                 _ => {
                     self.subscriptions.remove(filter, &key);
+                    self.interest.remove_local(filter);
                 }
             }
         }
@@ -411,6 +441,15 @@ impl Shard {
         self.outboxes[target.0].push(message);
         if let Some(waker) = self.outbox_wakers[target.0].take() {
             waker.wake();
+        }
+    }
+
+    /// Sends each peer a message made for it.
+    fn broadcast(&mut self, make: impl Fn() -> MeshMessage, now: Instant) {
+        let here = self.id.0;
+        for peer in (0..self.shard_count).filter(|&peer| peer != here) {
+            let message = make();
+            self.send(ShardId(peer), message, now);
         }
     }
 
@@ -460,27 +499,33 @@ impl Shard {
             }
             MeshMessage::ShareJoin { group, filter, client_id, granted, request } => {
                 self.shared.join(group, filter, from, client_id, granted);
-                if request != 0 {
-                    self.send(from, MeshMessage::ShareApplied { request }, now);
-                }
+                self.answer(from, request, now);
             }
             MeshMessage::ShareLeave { group, filter, client_id, request } => {
                 self.shared.leave(&group, &filter, from, &client_id);
-                if request != 0 {
-                    self.send(from, MeshMessage::ShareApplied { request }, now);
-                }
+                self.answer(from, request, now);
             }
-            MeshMessage::ShareApplied { request } => self.share_applied(request),
+            MeshMessage::InterestJoin { filter, request } => {
+                self.interest.peer_join(&filter, from);
+                self.answer(from, request, now);
+            }
+            MeshMessage::InterestLeave { filter } => self.interest.peer_leave(&filter, from),
+            MeshMessage::ReceiveAll { shard, request } => {
+                self.interest.hold_receive_all(shard);
+                self.answer(from, request, now);
+            }
+            MeshMessage::ReceiveAllDone => self.interest.release_receive_all(from),
+            MeshMessage::Applied { request, position } => self.applied(request, from, position, now),
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
-            MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, now),
+            MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => {
                 self.on_evict(client_id, previous, next, clean_start, now)
             }
-            MeshMessage::Handoff { conn, session, cut } => {
+            MeshMessage::Handoff { conn, session, cut, receive_all_held } => {
                 if from != self.id && session.is_some() {
                     self.counters.sessions_moved_in += 1;
                 }
-                self.complete_connect(conn, session, Some(cut), now)
+                self.complete_connect(conn, session, Some(cut), receive_all_held, now)
             }
             MeshMessage::Released { client_id, conn } => {
                 if self.registry.get(&client_id) == Some(&conn) {
@@ -561,6 +606,11 @@ impl Shard {
     /// This shard holds (or is about to hold) `previous`'s session: close that connection
     /// (publishing its will, as for any close without DISCONNECT) and hand the session,
     /// unless either side asked for a clean one, to `next`'s shard with our stream cut.
+    ///
+    /// A session moving to another shard stays here, still receiving, until every other
+    /// shard has applied a receive-all hold for `next`'s shard: from then on that shard
+    /// gets every publish, so whatever this shard has not seen when it lets go is there
+    /// for `catch_up` even before the session's own filters are announced from there.
     fn on_evict(&mut self, client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool, now: Instant) {
         // Interleaving: home granted `previous` via an eviction elsewhere, then got `next`'s
         // claim; the Handoff for `previous` (from the third shard) can arrive here after this
@@ -569,51 +619,110 @@ impl Shard {
             pending.deferred_eviction = Some((next, clean_start));
             return;
         }
-        let mut handed = None;
-        let mut cut: StreamCut = self.seen.clone().into_boxed_slice();
-        if let Some(&key) = self.client_index.get(&client_id)
-            && self.client(key).conn_id == previous
-        {
-            self.counters.takeovers += 1;
-            let mut client = self.remove_client(key, now);
-            let continued = !clean_start && client.session_expiry != SessionExpiry::WithConnection;
-            if let Some(link) = client.link.take() {
-                close_with_reason(&link, client.version, ReasonCode::SESSION_TAKEN_OVER);
-                // The old connection closed without DISCONNECT: its will goes out, unless it
-                // has a delay and the session goes on with the new connection (5.0 3.1.3.2.2).
-                if let Some(will) = client.will.take()
-                    && (will_delay(&will).is_zero() || !continued)
-                {
-                    self.publish_will(*will, client_id.clone(), now);
-                }
+        let key = match self.client_index.get(&client_id).copied() {
+            Some(key) if self.client(key).conn_id == previous => key,
+            _ => {
+                let cut = self.seen.clone().into_boxed_slice();
+                self.send(next.shard(), MeshMessage::Handoff { conn: next, session: None, cut, receive_all_held: false }, now);
+                return;
             }
-            // A delayed will still waiting: a new connection to a continued session cancels
-            // it; a session ending now sends it.
-            if let Some(pending) = client.pending_will.take()
-                && !continued
+        };
+        self.counters.takeovers += 1;
+        let client = self.client(key);
+        let continued = !clean_start && client.session_expiry != SessionExpiry::WithConnection;
+        let version = client.version;
+        let will = client.will.take();
+        // A delayed will still waiting: a new connection to a continued session cancels
+        // it; a session ending now sends it.
+        let pending_will = client.pending_will.take();
+        if let Some(link) = client.link.take() {
+            close_with_reason(&link, version, ReasonCode::SESSION_TAKEN_OVER);
+            // The old connection closed without DISCONNECT: its will goes out, unless it
+            // has a delay and the session goes on with the new connection (5.0 3.1.3.2.2).
+            if let Some(will) = will
+                && (will_delay(&will).is_zero() || !continued)
             {
-                let (_, will) = *pending;
-                self.publish_will(will, client_id.clone(), now);
-            }
-            if continued {
-                // A session that arrived here from a shard further ahead in some stream
-                // already holds everything up to its own cut there: hand on the later of
-                // the two positions, or the next shard would replay those messages again.
-                if let Some(skip_until) = &client.skip_until {
-                    for (position, already_held) in cut.iter_mut().zip(skip_until.iter()) {
-                        *position = (*position).max(*already_held);
-                    }
-                }
-                handed = Some(Box::new(client.session));
+                self.publish_will(*will, client_id.clone(), now);
             }
         }
-        self.send(next.shard(), MeshMessage::Handoff { conn: next, session: handed, cut }, now);
+        if let Some(pending) = pending_will
+            && !continued
+        {
+            let (_, will) = *pending;
+            self.publish_will(will, client_id.clone(), now);
+        }
+        if !continued || next.shard() == self.id {
+            self.hand_over(key, next, continued, None, now);
+            return;
+        }
+        let request = self.barriers.new_request();
+        let destination = next.shard();
+        self.interest.hold_receive_all(destination);
+        let others: Vec<usize> = (0..self.shard_count).filter(|&shard| shard != self.id.0 && shard != destination.0).collect();
+        for &shard in &others {
+            self.send(ShardId(shard), MeshMessage::ReceiveAll { shard: destination, request }, now);
+        }
+        self.barriers.expect(request, others.len());
+        self.moving.insert(request, MovingSession { client_id, previous, next });
+        if !self.barriers.is_open(request) {
+            self.finish_move(request, vec![0; self.shard_count], now);
+        }
+    }
+
+    /// Every other shard holds `next`'s shard on receive-all: let the session go.
+    fn finish_move(&mut self, request: u64, positions: Vec<u64>, now: Instant) {
+        let Some(moving) = self.moving.remove(&request) else { return };
+        match self.client_index.get(&moving.client_id).copied() {
+            Some(key) if self.client(key).conn_id == moving.previous => self.hand_over(key, moving.next, true, Some(&positions), now),
+            _ => {
+                debug_assert!(false, "a moving session stays until it is handed over");
+                let cut = self.seen.clone().into_boxed_slice();
+                let handoff = MeshMessage::Handoff { conn: moving.next, session: None, cut, receive_all_held: true };
+                self.send(moving.next.shard(), handoff, now);
+            }
+        }
+    }
+
+    /// Removes the client and sends its session (if `continued`) to `next`'s shard with the
+    /// cut: where this shard stood in every stream, or where a peer stood when it applied
+    /// the receive-all hold (`held_at`), whichever is later.
+    fn hand_over(&mut self, key: ClientKey, next: ConnId, continued: bool, held_at: Option<&[u64]>, now: Instant) {
+        let client = self.remove_client(key, now);
+        let mut cut: StreamCut = self.seen.clone().into_boxed_slice();
+        if let Some(positions) = held_at {
+            // A peer's publishes up to its position that matched this session were sent
+            // here (this shard announced its filters) and arrived before its answer.
+            for (position, &held) in cut.iter_mut().zip(positions) {
+                *position = (*position).max(held);
+            }
+        }
+        let mut handed = None;
+        if continued {
+            // A session that arrived here from a shard further ahead in some stream
+            // already holds everything up to its own cut there: hand on the later of
+            // the two positions, or the next shard would replay those messages again.
+            if let Some(skip_until) = &client.skip_until {
+                for (position, already_held) in cut.iter_mut().zip(skip_until.iter()) {
+                    *position = (*position).max(*already_held);
+                }
+            }
+            handed = Some(Box::new(client.session));
+        }
+        let handoff = MeshMessage::Handoff { conn: next, session: handed, cut, receive_all_held: held_at.is_some() };
+        self.send(next.shard(), handoff, now);
     }
 
     /// The claim for `conn` is settled: install the session (handed over or new), answer
     /// CONNACK, re-send what was in flight, and catch up on publishes the old owner had not
     /// yet seen when it let go.
-    fn complete_connect(&mut self, conn: ConnId, handed: Option<Box<Session>>, cut: Option<StreamCut>, now: Instant) {
+    fn complete_connect(
+        &mut self,
+        conn: ConnId,
+        handed: Option<Box<Session>>,
+        cut: Option<StreamCut>,
+        receive_all_held: bool,
+        now: Instant,
+    ) {
         let Some(pending) = self.pending_connects.remove(&conn) else {
             debug_assert!(false, "every claim is answered exactly once");
             return;
@@ -664,6 +773,11 @@ impl Shard {
             },
             skip_until: None,
         }, now);
+        if receive_all_held {
+            // The session's filters are announced (queued above); every peer applies that
+            // before this release, so none of them routes past the session meanwhile.
+            self.broadcast(|| MeshMessage::ReceiveAllDone, now);
+        }
         if link_alive {
             let mut properties = Properties::default();
             if version.is_v5() {
@@ -704,7 +818,7 @@ impl Shard {
     /// Delivers to a handed-over session the publishes this shard applied after the old
     /// owner's cut, and skips the ones at or before it that are still on their way here.
     fn catch_up(&mut self, key: ClientKey, cut: StreamCut, now: Instant) {
-        let (entries, gap) = self.recent.since(&cut, &self.seen);
+        let (entries, gap) = self.recent.since(&cut);
         let mut missed: Vec<(Arc<Message>, QoS, bool, Vec<u32>)> = Vec::new();
         let client = self.clients[key.0 as usize].as_ref().expect("just inserted");
         for entry in entries {
@@ -917,6 +1031,8 @@ impl Shard {
             }
             _ => true,
         };
+        // A QoS 2 resend was routed the first time; only a new message can find nobody.
+        let mut subscribed = true;
         if is_new {
             let mut properties = publish.properties;
             properties.subscription_identifiers.clear();
@@ -932,11 +1048,12 @@ impl Shard {
                 };
             // A retained message outlives this delivery: store it detached from the read block.
             let message = if message.retain { message.detached() } else { message };
-            self.route(Arc::new(message), now);
+            subscribed = self.route(Arc::new(message), now);
         }
+        let reason = if subscribed { ReasonCode::SUCCESS } else { ReasonCode::NO_MATCHING_SUBSCRIBERS };
         match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => write_packet(link, version, &Packet::PubAck(Ack::new(id))),
-            (QoS::ExactlyOnce, Some(id)) => write_packet(link, version, &Packet::PubRec(Ack::new(id))),
+            (QoS::AtLeastOnce, Some(id)) => write_packet(link, version, &Packet::PubAck(Ack::with_reason(id, reason))),
+            (QoS::ExactlyOnce, Some(id)) => write_packet(link, version, &Packet::PubRec(Ack::with_reason(id, reason))),
             _ => {}
         }
         Ok(())
@@ -945,10 +1062,11 @@ impl Shard {
     fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
         let identifier = subscribe.properties.subscription_identifiers.first().copied();
-        let request = self.next_share_request();
-        let mut confirmations = 0;
+        let request = self.barriers.new_request();
+        // Requests whose announcements must be applied everywhere before the SUBACK.
+        let mut needs = vec![request];
         let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut retained: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
+        let mut retained: Vec<RetainedCopy> = Vec::new();
         for (filter, options) in subscribe.filters {
             if validate_topic_filter(&filter).is_err() {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
@@ -982,56 +1100,55 @@ impl Shard {
                 // Retained messages are not sent to a shared subscription (5.0 4.8.2).
                 self.client(key).session.subscriptions.insert(detach(&filter), subscription);
                 let client_id = self.client(key).session.client_id().clone();
-                confirmations += self.broadcast_share_join(group, inner, client_id, options.qos, request, now);
+                self.broadcast_share_join(group, inner, client_id, options.qos, request, now);
                 codes.push(ReasonCode(options.qos as u8));
                 continue;
             }
             self.subscriptions.insert(&filter, key, subscription);
             let existed = self.client(key).session.subscriptions.insert(detach(&filter), subscription).is_some();
+            if !existed {
+                needs.push(self.add_interest(&filter, request, now));
+            }
             let send_retained = match options.retain_handling {
                 RetainHandling::SendOnSubscribe => true,
                 RetainHandling::SendIfNewSubscription => !existed,
                 RetainHandling::DoNotSend => false,
             };
             if send_retained {
-                self.retained.for_each_match(&filter, |message| retained.push((message.clone(), options.qos.min(message.qos), identifier)));
+                self.retained.for_each_match(&filter, |message| {
+                    retained.push(RetainedCopy { message: message.clone(), qos: options.qos.min(message.qos), identifier })
+                });
             }
             codes.push(ReasonCode(options.qos as u8));
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
-        self.answer_when_applied(request, confirmations, link, version, Packet::SubAck(suback));
-        for (message, qos, identifier) in retained {
-            if message.is_expired(now) {
-                // Its expiry passed while retained: it is no longer the topic's message.
-                self.retained.remove(&message.topic);
-                continue;
-            }
-            self.deliver_to(key, &message, CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect() }, None, now);
-        }
+        self.answer_when_applied(needs, link, version, Packet::SubAck(suback), retained, now);
         Ok(())
     }
 
     fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe, now: Instant) {
         let version = self.client(key).version;
-        let request = self.next_share_request();
-        let mut confirmations = 0;
+        let request = self.barriers.new_request();
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
             let existed = self.client(key).session.subscriptions.remove(filter).is_some();
             match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) if existed => {
                     let client_id = self.client(key).session.client_id().clone();
-                    confirmations += self.broadcast_share_leave(group, inner, client_id, request, now);
+                    self.broadcast_share_leave(group, inner, client_id, request, now);
                 }
                 Some(_) => {}
                 None => {
                     self.subscriptions.remove(filter, &key);
+                    if existed {
+                        self.interest.remove_local(filter);
+                    }
                 }
             }
             codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
-        self.answer_when_applied(request, confirmations, link, version, Packet::UnsubAck(unsuback));
+        self.answer_when_applied(vec![request], link, version, Packet::UnsubAck(unsuback), Vec::new(), now);
     }
 
     // ----- routing -----
@@ -1057,23 +1174,36 @@ impl Shard {
         self.route(Arc::new(message), now);
     }
 
-    /// A message published on this shard: applied here, and broadcast to every peer.
-    fn route(&mut self, message: Arc<Message>, now: Instant) {
+    /// A message published on this shard: applied here, and sent to the peers that may
+    /// deliver it (every peer for a retained message or with `--routing broadcast`).
+    /// Returns false when nobody anywhere subscribes to it.
+    fn route(&mut self, message: Arc<Message>, now: Instant) -> bool {
         self.publish_sequence += 1;
         let sequence = self.publish_sequence;
         self.seen[self.id.0] = sequence;
         let shared = self.shared.choose(&message.topic);
-        for peer in 0..self.shard_count {
-            if peer != self.id.0 {
-                self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
-            }
+        let mut targets = std::mem::take(&mut self.route_targets);
+        targets.fill(false);
+        let mut subscribed = self.interest.mark_targets(&message.topic, &mut targets);
+        for target in &shared {
+            targets[target.shard.0] = true;
         }
-        self.apply_publish(self.id, sequence, &message, &shared, now);
+        subscribed |= !shared.is_empty();
+        if message.retain || self.limits.routing == Routing::Broadcast {
+            targets.fill(true);
+        }
+        let here = self.id.0;
+        for (peer, _) in targets.iter().enumerate().filter(|&(peer, &target)| target && peer != here) {
+            self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
+        }
+        self.route_targets = targets;
+        subscribed | self.apply_publish(self.id, sequence, &message, &shared, now)
     }
 
     /// Updates the retained replica and delivers to the local subscribers: each client
-    /// once, at the highest QoS any of its matching subscriptions granted.
-    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, shared: &[SharedTarget], now: Instant) {
+    /// once, at the highest QoS any of its matching subscriptions granted. True if any
+    /// local subscription matched.
+    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, shared: &[SharedTarget], now: Instant) -> bool {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
@@ -1087,6 +1217,7 @@ impl Shard {
         let mut matches = std::mem::take(&mut self.match_scratch);
         self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, *options)));
         matches.sort_unstable_by_key(|entry| entry.0);
+        let matched = !matches.is_empty();
         for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same_client[0].0;
             let own_message = self.is_publisher(key, message);
@@ -1103,6 +1234,7 @@ impl Shard {
         for target in shared.iter().filter(|target| target.shard == here) {
             self.deliver_shared(target, message, Some((source, sequence)), now);
         }
+        matched
     }
 
     /// The member chosen at the origin, or, if it has left this shard meanwhile (moved or
@@ -1125,53 +1257,105 @@ impl Shard {
         }
     }
 
-    /// Joins here and tells every peer; `request` (non-zero) collects their confirmations.
-    /// Returns how many confirmations to expect.
-    fn broadcast_share_join(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64, now: Instant) -> usize {
-        let here = self.id.0;
-        for peer in (0..self.shard_count).filter(|&peer| peer != here) {
-            let join =
-                MeshMessage::ShareJoin { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), granted, request };
-            self.send(ShardId(peer), join, now);
-        }
+    /// Joins here and tells every peer; a non-zero `request` collects their answers.
+    fn broadcast_share_join(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64, now: Instant) {
+        self.broadcast(
+            || MeshMessage::ShareJoin { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), granted, request },
+            now,
+        );
+        self.expect_answers_from_all_peers(request);
         self.shared.join(group, filter, self.id, client_id, granted);
-        self.shard_count - 1
     }
 
-    fn broadcast_share_leave(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, request: u64, now: Instant) -> usize {
-        let here = self.id.0;
-        for peer in (0..self.shard_count).filter(|&peer| peer != here) {
-            let leave = MeshMessage::ShareLeave { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), request };
-            self.send(ShardId(peer), leave, now);
-        }
+    fn broadcast_share_leave(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, request: u64, now: Instant) {
+        self.broadcast(
+            || MeshMessage::ShareLeave { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), request },
+            now,
+        );
+        self.expect_answers_from_all_peers(request);
         self.shared.leave(&group, &filter, self.id, &client_id);
-        self.shard_count - 1
     }
 
-    fn next_share_request(&mut self) -> u64 {
-        self.next_share_request += 1;
-        self.next_share_request
-    }
-
-    /// Sends `packet` (a SUBACK or UNSUBACK) once `expected` peer confirmations for
-    /// `request` are in, so that no shard can route a message past a change the client
-    /// has already been told about.
-    fn answer_when_applied(&mut self, request: u64, expected: usize, link: &Link, version: ProtocolVersion, packet: Packet) {
-        if expected == 0 {
-            write_packet(link, version, &packet);
-            return;
+    fn expect_answers_from_all_peers(&mut self, request: u64) {
+        if request != 0 {
+            self.barriers.expect(request, self.shard_count - 1);
         }
+    }
+
+    /// Counts a new local subscription to `filter`; the first one here is announced to
+    /// every peer under `request`. Returns the request whose answers make it known everywhere.
+    fn add_interest(&mut self, filter: &Bytes, request: u64, now: Instant) -> u64 {
+        match self.interest.add_local(filter) {
+            LocalAdd::AnnouncedBy(earlier) => earlier,
+            LocalAdd::Announce => {
+                let filter = detach(filter);
+                self.broadcast(|| MeshMessage::InterestJoin { filter: filter.clone(), request }, now);
+                self.expect_answers_from_all_peers(request);
+                self.interest.announced(filter, request);
+                request
+            }
+        }
+    }
+
+    /// Withdraws the filters no local subscription has used since the last tick.
+    fn withdraw_unused_interest(&mut self, now: Instant) {
+        for filter in self.interest.take_unused() {
+            self.broadcast(|| MeshMessage::InterestLeave { filter: filter.clone() }, now);
+        }
+    }
+
+    /// Tells `to` that its request is applied here (no answer for request 0).
+    fn answer(&mut self, to: ShardId, request: u64, now: Instant) {
+        if request != 0 {
+            self.send(to, MeshMessage::Applied { request, position: self.publish_sequence }, now);
+        }
+    }
+
+    fn applied(&mut self, request: u64, from: ShardId, position: u64, now: Instant) {
+        if let Some(positions) = self.barriers.answered(request, from, position)
+            && self.moving.contains_key(&request)
+        {
+            self.finish_move(request, positions, now);
+        }
+        for held in self.barriers.ready() {
+            self.send_held_answer(held, now);
+        }
+    }
+
+    /// Sends `packet` (a SUBACK or UNSUBACK) once none of the requests in `needs` awaits
+    /// a peer's answer, so that no shard can route a message past a change the client has
+    /// already been told about.
+    fn answer_when_applied(
+        &mut self,
+        needs: Vec<u64>,
+        link: &Link,
+        version: ProtocolVersion,
+        packet: Packet,
+        retained: Vec<RetainedCopy>,
+        now: Instant,
+    ) {
         let Some(key) = self.client_of(link) else { return };
         let Some(link) = self.client(key).link.clone() else { return };
-        self.awaiting_share_confirmations.insert(request, AwaitingConfirmations { remaining: expected, link, version, packet });
+        if let Some(held) = self.barriers.wait(needs, HeldAnswer { link, version, packet, retained }) {
+            self.send_held_answer(held, now);
+        }
     }
 
-    fn share_applied(&mut self, request: u64) {
-        let Some(waiting) = self.awaiting_share_confirmations.get_mut(&request) else { return };
-        waiting.remaining -= 1;
-        if waiting.remaining == 0 {
-            let waiting = self.awaiting_share_confirmations.remove(&request).expect("present");
-            write_packet(&waiting.link, waiting.version, &waiting.packet);
+    fn send_held_answer(&mut self, held: HeldAnswer, now: Instant) {
+        write_packet(&held.link, held.version, &held.packet);
+        let Some(key) = self.client_of(&held.link) else { return };
+        for RetainedCopy { message, qos, identifier } in held.retained {
+            if message.is_expired(now) {
+                // Its expiry passed while retained: it is no longer the topic's message
+                // (unless a newer one replaced it while the SUBACK waited).
+                let mut still_stored = false;
+                self.retained.for_each_match(&message.topic, |stored| still_stored |= Arc::ptr_eq(stored, &message));
+                if still_stored {
+                    self.retained.remove(&message.topic);
+                }
+                continue;
+            }
+            self.deliver_to(key, &message, CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect() }, None, now);
         }
     }
 
@@ -1280,6 +1464,7 @@ impl Shard {
                 }
             }
         }
+        self.withdraw_unused_interest(now);
         if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
             && now >= due
         {

@@ -98,8 +98,15 @@ impl Sim {
         while self.step() {}
     }
 
+    /// Up to `max` deliveries, with now and then a timer tick on some shard (which
+    /// withdraws interest nobody uses any more).
     fn random_steps(&mut self, max: usize) {
         for _ in 0..self.rng.below(max + 1) {
+            if self.rng.below(4) == 0 {
+                let shard = self.rng.below(self.shards.len());
+                self.shards[shard].tick(self.now);
+                self.pump();
+            }
             if !self.step() {
                 break;
             }
@@ -190,12 +197,14 @@ fn drain_subscriber(sim: &mut Sim, shard: usize, link: &Rc<Link>, received: &mut
 }
 
 fn run_takeover_scenario(seed: u64) {
-    let mut sim = Sim::new(3, seed);
+    // Three shards, or four so that a moving session's hold is answered by two others.
+    let shard_count = 3 + (seed % 2) as usize;
+    let mut sim = Sim::new(shard_count, seed);
     let messages = 60u32;
     let publisher_shard = 0;
     let publisher = sim.connect(publisher_shard, "publisher", true);
     sim.settle();
-    let mut sub_shard = sim.rng.below(3);
+    let mut sub_shard = sim.rng.below(shard_count);
     let mut sub = sim.connect(sub_shard, "subscriber", false);
     let mut all_links = vec![(sub_shard, sub.clone())];
     sim.settle();
@@ -205,6 +214,10 @@ fn run_takeover_scenario(seed: u64) {
         filters: vec![(Bytes::from_static(b"t/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
     };
     sim.packet(sub_shard, &sub, Packet::Subscribe(subscribe));
+    // Like a real client, publish only once the SUBACK is in: only then does every shard
+    // route by the subscription.
+    sim.settle();
+    assert!(matches!(read_packets(&sub)[..], [Packet::ConnAck(_), Packet::SubAck(_)]), "seed {seed}: SUBACK after settling");
     let mut received = Received::default();
     let mut next_id = 1u16;
     for n in 0..messages {
@@ -237,14 +250,14 @@ fn run_takeover_scenario(seed: u64) {
                 drain_subscriber(&mut sim, sub_shard, &sub, &mut received, seed);
                 sim.close(sub_shard, &sub);
                 sim.random_steps(3);
-                sub_shard = sim.rng.below(3);
+                sub_shard = sim.rng.below(shard_count);
                 sub = sim.connect(sub_shard, "subscriber", false);
                 all_links.push((sub_shard, sub.clone()));
             }
             1 => {
                 // Takeover: a new connection while the old one is still open.
                 let old = (sub_shard, sub.clone());
-                sub_shard = sim.rng.below(3);
+                sub_shard = sim.rng.below(shard_count);
                 sub = sim.connect(sub_shard, "subscriber", false);
                 all_links.push((sub_shard, sub.clone()));
                 sim.random_steps(6);
@@ -331,6 +344,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     limits.mesh_outbox_max_messages = 3;
     let auth = Arc::new(Authenticator::anonymous());
     let mut shard = Shard::new(ShardId(0), 2, limits, auth, now);
+    shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: 0 }], now);
     let mut cx = Context::from_waker(Waker::noop());
     assert_eq!(shard.poll_uncongested(&mut cx), Poll::Ready(()));
     for _ in 0..3 {
@@ -353,4 +367,89 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     let Poll::Ready(batch) = shard.poll_outbox(ShardId(1), &mut cx) else { panic!("outbox has messages") };
     assert_eq!(batch.len(), 3, "drained as one batch");
     assert_eq!(shard.poll_uncongested(&mut cx), Poll::Ready(()));
+}
+
+/// Publishes still on the wires, per destination shard, removed from them.
+fn take_publishes(sim: &mut Sim) -> Vec<usize> {
+    let mut destinations = Vec::new();
+    for ((_, to), queue) in sim.wires.iter_mut() {
+        for batch in queue.iter_mut() {
+            batch.retain(|message| {
+                let publish = matches!(message, MeshMessage::Publish { .. });
+                if publish {
+                    destinations.push(*to);
+                }
+                !publish
+            });
+        }
+    }
+    destinations.sort_unstable();
+    destinations
+}
+
+fn subscribe_packet(filter: &'static str) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("id"),
+        properties: Properties::default(),
+        filters: vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
+    })
+}
+
+fn publish_packet(topic: &'static str, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain,
+        topic: Bytes::from_static(topic.as_bytes()),
+        packet_id: None,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"p"),
+    })
+}
+
+#[test]
+fn publishes_travel_only_to_shards_with_a_matching_subscriber() {
+    let mut sim = Sim::new(3, 1);
+    let publisher = sim.connect(0, "publisher", true);
+    let subscriber = sim.connect(1, "subscriber", true);
+    sim.settle();
+    sim.packet(1, &subscriber, subscribe_packet("a/#"));
+    assert!(!read_packets(&subscriber).iter().any(|p| matches!(p, Packet::SubAck(_))), "SUBACK waits for the peers");
+    sim.settle();
+    assert!(read_packets(&subscriber).iter().any(|p| matches!(p, Packet::SubAck(_))));
+
+    sim.packet(0, &publisher, publish_packet("b", false));
+    assert_eq!(take_publishes(&mut sim), Vec::<usize>::new(), "nobody wants b");
+    sim.packet(0, &publisher, publish_packet("a/1", false));
+    assert_eq!(take_publishes(&mut sim), vec![1]);
+    sim.packet(0, &publisher, publish_packet("b", true));
+    assert_eq!(take_publishes(&mut sim), vec![1, 2], "retained messages reach every replica");
+
+    // The last subscriber leaves: withdrawn at the next tick, not before.
+    sim.packet(1, &subscriber, Packet::Unsubscribe(crate::protocol::Unsubscribe {
+        packet_id: PacketId::new(2).expect("id"),
+        properties: Properties::default(),
+        filters: vec![Bytes::from_static(b"a/#")],
+    }));
+    sim.settle();
+    sim.packet(0, &publisher, publish_packet("a/1", false));
+    assert_eq!(take_publishes(&mut sim), vec![1], "a withdrawal waits for the tick");
+    sim.shards[1].tick(sim.now);
+    sim.pump();
+    sim.settle();
+    sim.packet(0, &publisher, publish_packet("a/1", false));
+    assert_eq!(take_publishes(&mut sim), Vec::<usize>::new());
+}
+
+#[test]
+fn broadcast_routing_sends_every_publish_everywhere() {
+    let now = Instant::now();
+    let auth = Arc::new(Authenticator::anonymous());
+    let limits = Limits { routing: crate::config::Routing::Broadcast, ..limits() };
+    let shards = (0..3).map(|id| Shard::new(ShardId(id), 3, limits.clone(), auth.clone(), now)).collect();
+    let mut sim = Sim { shards, wires: HashMap::new(), rng: Rng(1), now };
+    let publisher = sim.connect(0, "publisher", true);
+    sim.settle();
+    sim.packet(0, &publisher, publish_packet("nobody/listens", false));
+    assert_eq!(take_publishes(&mut sim), vec![1, 2]);
 }
