@@ -96,3 +96,50 @@ fn shared_subscriptions_get_no_retained_messages_and_refuse_no_local() {
     assert!(member.closed_within(WAIT, &mut seen));
     assert!(matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PROTOCOL_ERROR), "{seen:?}");
 }
+
+/// Reads publishes within `quiet` of each other without acknowledging any.
+fn take_without_ack(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    while let Some(packet) = client.try_recv(quiet) {
+        if let Packet::Publish(publish) = packet {
+            payloads.push(publish.payload.to_vec());
+        }
+    }
+    payloads
+}
+
+#[test]
+fn an_ended_members_unacknowledged_messages_go_to_another_member() {
+    let broker = Broker::start(&[]);
+    // Quitters take their turn but never acknowledge; workers do. Sessions end with the
+    // connection (no Session Expiry Interval), on whichever shard the kernel put them.
+    let mut quitters: Vec<RawClient> = (0..3).map(|i| broker.client_v5(&format!("share-quit-{i}"))).collect();
+    let mut workers: Vec<RawClient> = (0..3).map(|i| broker.client_v5(&format!("share-work-{i}"))).collect();
+    for member in quitters.iter_mut().chain(workers.iter_mut()) {
+        member.subscribe(&[("$share/w/jobs/+", QoS::AtLeastOnce)]);
+    }
+    broker.wait_for_counters("members on both shards", |c| {
+        c.get(0, "clients_connected").unwrap_or(0) > 0 && c.get(1, "clients_connected").unwrap_or(0) > 0
+    });
+    let mut publisher = broker.client_v5("share-quit-pub");
+    let messages = 60u32;
+    for n in 0..messages {
+        publisher.publish("jobs/x", &n.to_be_bytes(), QoS::AtLeastOnce, false, (n + 1) as u16);
+    }
+    let mut handed_on = 0;
+    let mut worker_got: Vec<Vec<u8>> = Vec::new();
+    for mut quitter in quitters {
+        let held = take_without_ack(&mut quitter, Duration::from_millis(300));
+        assert!(!held.is_empty(), "every member gets a turn");
+        handed_on += held.len() as u64;
+        quitter.drop_abruptly();
+        broker.wait_for_counters("the quitter's messages handed on", |c| c.total("shared_redelivered") >= handed_on);
+    }
+    for worker in &mut workers {
+        worker_got.extend(drain(worker, Duration::from_millis(300)));
+    }
+    worker_got.sort();
+    worker_got.dedup();
+    assert_eq!(worker_got.len(), messages as usize, "the workers end up with every message");
+    assert_eq!(broker.wait_for_counters("counters", |_| true).total("shared_misses"), 0);
+}

@@ -76,21 +76,43 @@ pub enum AckStage {
     AwaitingPubComp,
 }
 
+/// The shared subscription (`$share/group/filter`) a copy was delivered through: if the
+/// session ends before the client acknowledges it, another member gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRoute {
+    pub group: Bytes,
+    pub filter: Bytes,
+}
+
+/// How one client gets its copy of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyFor {
+    /// The delivery QoS: the lower of the published and the granted one.
+    pub qos: QoS,
+    pub retain: bool,
+    /// Identifiers of the recipient's matching subscriptions (5.0).
+    pub subscription_ids: Vec<u32>,
+    /// Boxed: most copies come through ordinary subscriptions.
+    pub shared: Option<Box<SharedRoute>>,
+}
+
+impl CopyFor {
+    pub fn at(qos: QoS) -> CopyFor {
+        CopyFor { qos, retain: false, subscription_ids: Vec::new(), shared: None }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Inflight {
     packet_id: PacketId,
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
+    copy: CopyFor,
     message: Arc<Message>,
     stage: AckStage,
 }
 
 #[derive(Debug, Clone)]
 struct Queued {
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
+    copy: CopyFor,
     message: Arc<Message>,
 }
 
@@ -185,34 +207,60 @@ impl Session {
         }
     }
 
-    fn start_inflight(&mut self, qos: QoS, retain: bool, subscription_ids: Vec<u32>, message: Arc<Message>) -> Outgoing {
-        debug_assert!(qos != QoS::AtMostOnce);
+    fn start_inflight(&mut self, copy: CopyFor, message: Arc<Message>) -> Outgoing {
+        debug_assert!(copy.qos != QoS::AtMostOnce);
         let packet_id = self.allocate_packet_id();
-        let stage = if qos == QoS::AtLeastOnce { AckStage::AwaitingPubAck } else { AckStage::AwaitingPubRec };
-        let kept_ids = subscription_ids.clone();
-        self.inflight.push_back(Inflight { packet_id, qos, retain, subscription_ids: kept_ids, message: message.clone(), stage });
-        Outgoing::Publish { packet_id: Some(packet_id), qos, dup: false, retain, subscription_ids, message }
+        let stage = if copy.qos == QoS::AtLeastOnce { AckStage::AwaitingPubAck } else { AckStage::AwaitingPubRec };
+        let outgoing = Outgoing::Publish {
+            packet_id: Some(packet_id),
+            qos: copy.qos,
+            dup: false,
+            retain: copy.retain,
+            subscription_ids: copy.subscription_ids.clone(),
+            message: message.clone(),
+        };
+        self.inflight.push_back(Inflight { packet_id, copy, message, stage });
+        outgoing
     }
 
-    /// Offers a message at its delivery QoS (already the minimum of published and granted).
-    /// Order is kept: nothing overtakes a message already queued.
-    pub fn offer(&mut self, message: Arc<Message>, qos: QoS, retain: bool, subscription_ids: Vec<u32>, online: bool) -> Offer {
-        if qos == QoS::AtMostOnce {
+    /// Offers a message as `copy` says. Order is kept: nothing overtakes a message already
+    /// queued.
+    pub fn offer(&mut self, message: Arc<Message>, copy: CopyFor, online: bool) -> Offer {
+        if copy.qos == QoS::AtMostOnce {
             if online {
+                let CopyFor { qos, retain, subscription_ids, .. } = copy;
                 return Offer::Send(Outgoing::Publish { packet_id: None, qos, dup: false, retain, subscription_ids, message });
             }
             self.dropped_count += 1;
             return Offer::Dropped;
         }
         if online && self.queued.is_empty() && self.window_open() {
-            return Offer::Send(self.start_inflight(qos, retain, subscription_ids, message));
+            return Offer::Send(self.start_inflight(copy, message));
         }
         if self.queued.len() >= self.limits.queued_max {
             self.dropped_count += 1;
             return Offer::Dropped;
         }
-        self.queued.push_back(Queued { qos, retain, subscription_ids, message });
+        self.queued.push_back(Queued { copy, message });
         Offer::Queued
+    }
+
+    /// For a session that is ending: the QoS 1/2 copies that came through a shared
+    /// subscription and that the client has not taken (queued, or sent and not yet
+    /// acknowledged with PUBACK/PUBREC), to go to another member (MQTT 5.0 4.8.2).
+    pub fn take_unfinished_shared(&mut self) -> Vec<(Arc<Message>, QoS, Box<SharedRoute>)> {
+        let mut unfinished = Vec::new();
+        for entry in std::mem::take(&mut self.inflight) {
+            if let (Some(route), AckStage::AwaitingPubAck | AckStage::AwaitingPubRec) = (entry.copy.shared, entry.stage) {
+                unfinished.push((entry.message, entry.copy.qos, route));
+            }
+        }
+        for entry in std::mem::take(&mut self.queued) {
+            if let Some(route) = entry.copy.shared {
+                unfinished.push((entry.message, entry.copy.qos, route));
+            }
+        }
+        unfinished
     }
 
     /// Moves queued messages into the window while it has room; expired ones are dropped.
@@ -223,7 +271,7 @@ impl Session {
                 self.expired_count += 1;
                 continue;
             }
-            out.push(self.start_inflight(next.qos, next.retain, next.subscription_ids, next.message));
+            out.push(self.start_inflight(next.copy, next.message));
         }
     }
 
@@ -235,10 +283,10 @@ impl Session {
                 AckStage::AwaitingPubComp => Outgoing::PubRel(entry.packet_id),
                 AckStage::AwaitingPubAck | AckStage::AwaitingPubRec => Outgoing::Publish {
                     packet_id: Some(entry.packet_id),
-                    qos: entry.qos,
+                    qos: entry.copy.qos,
                     dup: true,
-                    retain: entry.retain,
-                    subscription_ids: entry.subscription_ids.clone(),
+                    retain: entry.copy.retain,
+                    subscription_ids: entry.copy.subscription_ids.clone(),
                     message: entry.message.clone(),
                 },
             });
@@ -343,16 +391,16 @@ mod tests {
     #[test]
     fn qos0_offline_is_dropped_and_counted() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 2));
-        assert_eq!(session.offer(message("a"), QoS::AtMostOnce, false, Vec::new(), false), Offer::Dropped);
+        assert_eq!(session.offer(message("a"), CopyFor::at(QoS::AtMostOnce), false), Offer::Dropped);
         assert_eq!(session.dropped_count, 1);
     }
 
     #[test]
     fn window_queues_in_order_and_acks_release() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 10));
-        let first = sent_id(&session.offer(message("1"), QoS::AtLeastOnce, false, Vec::new(), true));
-        let _second = sent_id(&session.offer(message("2"), QoS::AtLeastOnce, false, Vec::new(), true));
-        assert_eq!(session.offer(message("3"), QoS::AtLeastOnce, false, Vec::new(), true), Offer::Queued);
+        let first = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
+        let _second = sent_id(&session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true));
+        assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
         assert!(session.on_puback(first));
         assert!(!session.on_puback(first), "a second PUBACK finds nothing");
         let mut out = Vec::new();
@@ -365,9 +413,9 @@ mod tests {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
         let now = Instant::now();
         let expiring = Arc::new(Message { expires_at: Some(now + std::time::Duration::from_secs(5)), ..(*message("old")).clone() });
-        assert!(matches!(session.offer(message("sent"), QoS::AtLeastOnce, false, Vec::new(), true), Offer::Send(_)));
-        assert_eq!(session.offer(expiring, QoS::AtLeastOnce, false, Vec::new(), true), Offer::Queued);
-        assert_eq!(session.offer(message("new"), QoS::AtLeastOnce, false, Vec::new(), true), Offer::Queued);
+        assert!(matches!(session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Send(_)));
+        assert_eq!(session.offer(expiring, CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(session.offer(message("new"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
         let first = PacketId::new(1).unwrap();
         assert!(session.on_puback(first));
         let mut out = Vec::new();
@@ -387,16 +435,16 @@ mod tests {
     #[test]
     fn queue_bound_drops() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 1));
-        assert_eq!(session.offer(message("1"), QoS::AtLeastOnce, false, Vec::new(), false), Offer::Queued);
-        assert_eq!(session.offer(message("2"), QoS::AtLeastOnce, false, Vec::new(), false), Offer::Dropped);
+        assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
+        assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Dropped);
         assert_eq!(session.dropped_count, 1);
     }
 
     #[test]
     fn qos2_outbound_flow_and_resume() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-        let a = sent_id(&session.offer(message("a"), QoS::ExactlyOnce, false, Vec::new(), true));
-        let b = sent_id(&session.offer(message("b"), QoS::ExactlyOnce, false, Vec::new(), true));
+        let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::ExactlyOnce), true));
+        let b = sent_id(&session.offer(message("b"), CopyFor::at(QoS::ExactlyOnce), true));
         assert!(session.on_pubrec(a));
         assert!(session.on_pubrec(a), "repeated PUBREC is answered again");
         // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
@@ -424,11 +472,33 @@ mod tests {
     fn packet_ids_skip_those_in_flight() {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
         session.next_packet_id = PacketId::new(u16::MAX).unwrap();
-        let a = sent_id(&session.offer(message("a"), QoS::AtLeastOnce, false, Vec::new(), true));
-        let b = sent_id(&session.offer(message("b"), QoS::AtLeastOnce, false, Vec::new(), true));
+        let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::AtLeastOnce), true));
+        let b = sent_id(&session.offer(message("b"), CopyFor::at(QoS::AtLeastOnce), true));
         assert_eq!((a.get(), b.get()), (u16::MAX, 1));
         session.next_packet_id = PacketId::new(u16::MAX).unwrap();
-        let c = sent_id(&session.offer(message("c"), QoS::AtLeastOnce, false, Vec::new(), true));
+        let c = sent_id(&session.offer(message("c"), CopyFor::at(QoS::AtLeastOnce), true));
         assert_eq!(c.get(), 2);
+    }
+
+    #[test]
+    fn an_ending_session_gives_up_only_unfinished_shared_copies() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
+        let shared = |qos| CopyFor {
+            shared: Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t") })),
+            ..CopyFor::at(qos)
+        };
+        let acked = sent_id(&session.offer(message("acked"), shared(QoS::AtLeastOnce), true));
+        let received = sent_id(&session.offer(message("past-pubrec"), shared(QoS::ExactlyOnce), true));
+        let _ = sent_id(&session.offer(message("unacked"), shared(QoS::AtLeastOnce), true));
+        assert_eq!(session.offer(message("queued"), shared(QoS::ExactlyOnce), true), Offer::Queued);
+        assert_eq!(session.offer(message("plain"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+        assert!(session.on_puback(acked));
+        assert!(session.on_pubrec(received), "after PUBREC the message is the client's");
+        let unfinished: Vec<(Bytes, QoS)> =
+            session.take_unfinished_shared().into_iter().map(|(message, qos, _)| (message.payload.clone(), qos)).collect();
+        assert_eq!(
+            unfinished,
+            vec![(Bytes::from_static(b"unacked"), QoS::AtLeastOnce), (Bytes::from_static(b"queued"), QoS::ExactlyOnce)]
+        );
     }
 }

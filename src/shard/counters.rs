@@ -30,11 +30,13 @@ pub struct Counters {
     /// Shared-subscription deliveries whose chosen member had left this shard, with no other
     /// member of the group here to take it.
     pub shared_misses: u64,
+    /// Unacknowledged shared-subscription messages of an ended session sent to another member.
+    pub shared_redelivered: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 17] {
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -53,6 +55,7 @@ impl Counters {
             ("sessions_expired", self.sessions_expired),
             ("messages_expired", self.messages_expired),
             ("shared_misses", self.shared_misses),
+            ("shared_redelivered", self.shared_redelivered),
         ]
     }
 }

@@ -59,6 +59,8 @@ pub enum MeshMessage {
     ReceiveAll { shard: ShardId, request: u64 },
     /// The sending shard has announced the moved session's filters; one hold ends.
     ReceiveAllDone,
+    /// A message a departed shared-subscription member left unacknowledged, for `target`.
+    SharedRedeliver { target: SharedTarget, message: Arc<Message> },
     /// The receiving shard's request numbered `request` is applied here, when this shard's
     /// own publish sequence stood at `position`.
     Applied { request: u64, position: u64 },

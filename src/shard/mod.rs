@@ -22,7 +22,7 @@ mod interest;
 pub mod link;
 pub mod mesh;
 mod recent;
-mod shared;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -47,7 +47,7 @@ use crate::protocol::{
     PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
-use crate::session::{Message, Offer, Outgoing, Session, Subscription, detach, merge_matching};
+use crate::session::{CopyFor, Message, Offer, Outgoing, Session, SharedRoute, Subscription, detach, merge_matching};
 use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
 
 /// Index of a client slot within one shard.
@@ -167,13 +167,6 @@ struct Client {
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
-}
-
-/// How one client gets its copy of a message: QoS, RETAIN flag, subscription identifiers.
-struct CopyFor {
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
 }
 
 /// A SUBACK or UNSUBACK, held until every peer applied the subscription change, and the
@@ -516,6 +509,7 @@ impl Shard {
             }
             MeshMessage::ReceiveAllDone => self.interest.release_receive_all(from),
             MeshMessage::Applied { request, position } => self.applied(request, from, position, now),
+            MeshMessage::SharedRedeliver { target, message } => self.deliver_shared(&target, &message, None, now),
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => {
@@ -707,6 +701,9 @@ impl Shard {
                 }
             }
             handed = Some(Box::new(client.session));
+        } else {
+            let mut session = client.session;
+            self.hand_shared_to_other_members(&mut session, now);
         }
         let handoff = MeshMessage::Handoff { conn: next, session: handed, cut, receive_all_held: held_at.is_some() };
         self.send(next.shard(), handoff, now);
@@ -835,7 +832,7 @@ impl Shard {
             tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
         }
         for (message, qos, retain, subscription_ids) in missed {
-            self.deliver_to(key, &message, CopyFor { qos, retain, subscription_ids }, None, now);
+            self.deliver_to(key, &message, CopyFor { qos, retain, subscription_ids, shared: None }, None, now);
         }
         if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
@@ -877,6 +874,7 @@ impl Shard {
     /// Removes a session whose time is up and tells its home shard.
     fn end_session(&mut self, key: ClientKey, now: Instant) {
         let mut client = self.remove_client(key, now);
+        self.hand_shared_to_other_members(&mut client.session, now);
         let conn = client.conn_id;
         let client_id = client.session.client_id().clone();
         if let Some(pending) = client.pending_will.take() {
@@ -1224,7 +1222,7 @@ impl Shard {
             if let Some(delivery) = merge_matching(same_client.iter().map(|(_, subscription)| subscription), own_message) {
                 let retain = delivery.retain_as_published && message.retain;
                 let qos = delivery.granted.min(message.qos);
-                let copy = CopyFor { qos, retain, subscription_ids: delivery.subscription_ids };
+                let copy = CopyFor { qos, retain, subscription_ids: delivery.subscription_ids, shared: None };
                 self.deliver_to(key, message, copy, Some((source, sequence)), now);
             }
         }
@@ -1250,10 +1248,30 @@ impl Shard {
         };
         match member {
             Some((key, granted)) => {
-                let copy = CopyFor { qos: granted.min(message.qos), retain: false, subscription_ids: Vec::new() };
-                self.deliver_to(key, message, copy, origin, now)
+                let qos = granted.min(message.qos);
+                // Only a QoS 1/2 copy can be left unacknowledged and go to another member.
+                let shared = (qos != QoS::AtMostOnce)
+                    .then(|| Box::new(SharedRoute { group: target.group.clone(), filter: target.filter.clone() }));
+                self.deliver_to(key, message, CopyFor { qos, retain: false, subscription_ids: Vec::new(), shared }, origin, now)
             }
             None => self.counters.shared_misses += 1,
+        }
+    }
+
+    /// An ending session's unacknowledged shared-subscription messages go to another
+    /// member of the same group, wherever it is (the session has left its groups already).
+    fn hand_shared_to_other_members(&mut self, session: &mut Session, now: Instant) {
+        for (message, _, route) in session.take_unfinished_shared() {
+            let Some(target) = self.shared.pick(&route.group, &route.filter) else {
+                self.counters.shared_misses += 1;
+                continue;
+            };
+            self.counters.shared_redelivered += 1;
+            if target.shard == self.id {
+                self.deliver_shared(&target, &message, None, now);
+            } else {
+                self.send(target.shard, MeshMessage::SharedRedeliver { target, message }, now);
+            }
         }
     }
 
@@ -1355,7 +1373,8 @@ impl Shard {
                 }
                 continue;
             }
-            self.deliver_to(key, &message, CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect() }, None, now);
+            let copy = CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect(), shared: None };
+            self.deliver_to(key, &message, copy, None, now);
         }
     }
 
@@ -1375,7 +1394,7 @@ impl Shard {
     }
 
     fn deliver_to(&mut self, key: ClientKey, message: &Arc<Message>, copy: CopyFor, origin: Option<(ShardId, u64)>, now: Instant) {
-        let CopyFor { qos, retain, subscription_ids } = copy;
+        let (qos, retain) = (copy.qos, copy.retain);
         if message.is_expired(now) {
             self.counters.messages_expired += 1;
             return;
@@ -1390,8 +1409,8 @@ impl Shard {
         let link = client.link.as_ref().filter(|link| !link.is_closing());
         if client.max_packet_size_out != u32::MAX && {
             let mut properties = std::borrow::Cow::Borrowed(&message.properties);
-            if !subscription_ids.is_empty() {
-                properties.to_mut().subscription_identifiers.clone_from(&subscription_ids);
+            if !copy.subscription_ids.is_empty() {
+                properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
             }
             // Counted with an alias property, in case this delivery assigns one.
             let topic_alias = (client.aliases_out.maximum > 0).then_some(1);
@@ -1406,7 +1425,7 @@ impl Shard {
             self.counters.qos0_dropped_slow_subscriber += 1;
             return;
         }
-        match client.session.offer(message.clone(), qos, retain, subscription_ids, link.is_some()) {
+        match client.session.offer(message.clone(), copy, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");
                 write_outgoing(link, client.version, &outgoing, now, &mut client.aliases_out);

@@ -113,6 +113,21 @@ impl SharedGroups {
         targets
     }
 
+    /// The next member of one group, in turn: for a message a departed member left unfinished.
+    pub fn pick(&mut self, name: &Bytes, filter: &Bytes) -> Option<SharedTarget> {
+        let index = *self.by_name.get(&(name.clone(), filter.clone()))?;
+        let group = self.groups[index as usize].as_mut()?;
+        let member = &group.members[group.next % group.members.len()];
+        group.next = group.next.wrapping_add(1);
+        Some(SharedTarget {
+            shard: member.shard,
+            client_id: member.client_id.clone(),
+            granted: member.granted,
+            group: group.name.clone(),
+            filter: group.filter.clone(),
+        })
+    }
+
     /// A member of the group on `shard` other than `except`: where a chosen member has
     /// moved away while the message was on its way.
     pub fn local_member(&self, name: &Bytes, filter: &Bytes, shard: ShardId, except: &Bytes) -> Option<(Bytes, QoS)> {
@@ -153,8 +168,10 @@ mod tests {
         groups.leave(&b("g"), &b("t"), ShardId(0), &b("a"));
         assert!(groups.choose(b"t").iter().all(|t| t.client_id == b("b")));
         assert_eq!(groups.local_member(&b("g"), &b("t"), ShardId(0), &b("x")), Some((b("b"), QoS::AtMostOnce)));
+        assert_eq!(groups.pick(&b("g"), &b("t")).map(|t| t.client_id), Some(b("b")));
         groups.leave(&b("g"), &b("t"), ShardId(0), &b("b"));
         assert!(groups.choose(b"t").is_empty());
+        assert_eq!(groups.pick(&b("g"), &b("t")), None);
         assert!(groups.by_name.is_empty());
     }
 }
