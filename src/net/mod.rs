@@ -18,7 +18,7 @@ use glommio::timer::sleep;
 
 use crate::protocol::{DecodeError, Packet, ProtocolVersion, decode};
 use crate::shard::link::Link;
-use crate::shard::{CloseReason, Shard};
+use crate::shard::{CloseReason, ConnectProgress, Shard};
 use split::{ReadHalf, WriteHalf};
 
 /// Bytes asked of the kernel per read.
@@ -166,31 +166,45 @@ async fn read_more(reader: &mut ReadHalf, buf: &mut BytesMut, link: &Link) -> Re
     }
 }
 
-async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
-    let limits = shard.borrow().limits().clone();
-    let max_packet = limits.max_packet_size_bytes;
-    let mut buf = BytesMut::new();
-
-    // The first packet must be a CONNECT, and it must arrive in time.
-    let first = or(
+/// The next packet, if one arrives before `deadline` and the connection stays open.
+async fn packet_before(
+    reader: &mut ReadHalf,
+    buf: &mut BytesMut,
+    link: &Link,
+    version: ProtocolVersion,
+    max_packet: u32,
+    deadline: Instant,
+) -> Option<Result<Packet, DecodeError>> {
+    or(
         async {
             loop {
-                match decode(&mut buf, ProtocolVersion::V311, max_packet) {
+                match decode(buf, version, max_packet) {
                     Ok(Some(packet)) => return Some(Ok(packet)),
                     Ok(None) => {}
                     Err(error) => return Some(Err(error)),
                 }
-                if let ReadOutcome::Closed = read_more(reader, &mut buf, link).await {
+                if let ReadOutcome::Closed = read_more(reader, buf, link).await {
                     return None;
                 }
             }
         },
         async {
-            sleep(limits.connect_timeout).await;
+            sleep(deadline.saturating_duration_since(Instant::now())).await;
             None
         },
     )
-    .await;
+    .await
+}
+
+async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
+    let limits = shard.borrow().limits().clone();
+    let max_packet = limits.max_packet_size_bytes;
+    let mut buf = BytesMut::new();
+
+    // The first packet must be a CONNECT, and it (with any enhanced-authentication
+    // exchange after it) must be done in time.
+    let deadline = Instant::now() + limits.connect_timeout;
+    let first = packet_before(reader, &mut buf, link, ProtocolVersion::V311, max_packet, deadline).await;
     let connect = match first {
         None => return Ok(()),
         Some(Ok(Packet::Connect(connect))) => connect,
@@ -210,7 +224,14 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
         }
     };
     let version = connect.version;
-    shard.borrow_mut().begin_connect(link, connect, Instant::now());
+    let mut progress = shard.borrow_mut().begin_connect(link, connect, Instant::now());
+    while progress == ConnectProgress::Authenticating {
+        match packet_before(reader, &mut buf, link, version, max_packet, deadline).await {
+            Some(Ok(packet)) => progress = shard.borrow_mut().continue_authentication(link, packet, Instant::now())?,
+            Some(Err(error)) => return Err(CloseReason::Decode(error)),
+            None => return Ok(()),
+        }
+    }
     if !link.wait_open().await {
         return Ok(());
     }

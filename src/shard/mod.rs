@@ -40,10 +40,10 @@ pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
 use recent::RecentPublishes;
 use shared::{SharedGroups, SharedTarget};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::config::{Limits, Routing};
 use crate::protocol::{
-    Ack, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
+    Ack, Auth, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, ProtocolVersion, Properties, Publish,
     PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
@@ -72,8 +72,10 @@ pub enum CloseReason {
     TopicName(TopicError),
     #[error("topic alias used but none was granted")]
     TopicAlias,
-    #[error("AUTH without an authentication method in CONNECT")]
+    #[error("AUTH without an authentication method in CONNECT, or out of turn")]
     UnexpectedAuth,
+    #[error("a packet other than AUTH while authenticating")]
+    NotAuthWhileAuthenticating,
     #[error("more QoS 2 messages awaiting PUBREL than the Receive Maximum")]
     ReceiveMaximumExceeded,
     #[error("DISCONNECT sets a session expiry on a session that had none")]
@@ -103,6 +105,7 @@ impl CloseReason {
             CloseReason::SecondConnect
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
+            | CloseReason::NotAuthWhileAuthenticating
             | CloseReason::UnknownTopicAlias
             | CloseReason::NoLocalOnSharedSubscription
             | CloseReason::SessionExpiryOnDisconnect => ReasonCode::PROTOCOL_ERROR,
@@ -164,6 +167,10 @@ struct Client {
     /// While offline: a will waiting for its Will Delay Interval.
     pending_will: Option<Box<(Instant, Will)>>,
     aliases_out: OutboundAliases,
+    /// The enhanced-authentication method the connection authenticated with, if any, and
+    /// a re-authentication (AUTH 0x19) in progress.
+    auth_method: Option<Bytes>,
+    reauthentication: Option<Box<dyn AuthExchange>>,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
@@ -193,11 +200,34 @@ struct MovingSession {
     next: ConnId,
 }
 
+/// How far a CONNECT got: the IO layer waits for the CONNACK, feeds AUTH packets to
+/// `continue_authentication`, or gives up on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectProgress {
+    Claimed,
+    Authenticating,
+    Refused,
+}
+
+/// An enhanced-authentication exchange between CONNECT and CONNACK.
+struct Authenticating {
+    connect: Box<Connect>,
+    method: Bytes,
+    exchange: Box<dyn AuthExchange>,
+}
+
+/// What an enhanced authentication that succeeded puts in the CONNACK.
+struct Authenticated {
+    method: Bytes,
+    data: Option<Bytes>,
+}
+
 struct PendingConnect {
     link: Rc<Link>,
     connect: Box<Connect>,
     client_id: Bytes,
     client_id_assigned: bool,
+    authenticated: Option<Authenticated>,
     /// Home asked to evict this connection before its own claim was answered.
     deferred_eviction: Option<(ConnId, bool)>,
 }
@@ -220,6 +250,7 @@ pub struct Shard {
     route_targets: Vec<bool>,
     registry: HashMap<Bytes, ConnId>,
     pending_connects: HashMap<ConnId, PendingConnect>,
+    authenticating: HashMap<ConnId, Authenticating>,
     outboxes: Vec<Vec<MeshMessage>>,
     outbox_wakers: Vec<Option<Waker>>,
     congestion_waiters: Vec<Waker>,
@@ -327,6 +358,7 @@ impl Shard {
             route_targets: vec![false; shard_count],
             registry: HashMap::new(),
             pending_connects: HashMap::new(),
+            authenticating: HashMap::new(),
             outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
             outbox_wakers: (0..shard_count).map(|_| None).collect(),
             congestion_waiters: Vec::new(),
@@ -531,11 +563,15 @@ impl Shard {
 
     // ----- connecting -----
 
-    fn admit(&self, connect: &Connect) -> Result<(), ConnectRefusal> {
+    /// `authenticated`: an enhanced-authentication method has vouched for the client, which
+    /// takes the place of the user name and password check.
+    fn admit(&self, connect: &Connect, authenticated: bool) -> Result<(), ConnectRefusal> {
         if !self.accepting {
             return Err(ConnectRefusal::ServerUnavailable);
         }
-        self.auth.check(connect.username.as_deref(), connect.password.as_deref())?;
+        if !authenticated {
+            self.auth.check(connect.username.as_deref(), connect.password.as_deref())?;
+        }
         if connect.client_id.is_empty() && !connect.clean_start && !connect.version.is_v5() {
             return Err(ConnectRefusal::ClientIdentifierNotValid);
         }
@@ -547,28 +583,82 @@ impl Shard {
                 return Err(ConnectRefusal::RetainNotSupported);
             }
         }
-        if connect.properties.authentication_method.is_some() {
-            // No extended authentication method is offered yet.
-            return Err(ConnectRefusal::BadAuthenticationMethod);
-        }
         Ok(())
     }
 
-    /// A CONNECT arrived on `link`. Refused: CONNACK with the code, then close. Otherwise
-    /// the client id is claimed at its home shard and `link` opens when that is settled.
-    pub fn begin_connect(&mut self, link: &Rc<Link>, connect: Box<Connect>, now: Instant) {
-        let version = connect.version;
-        if let Err(refusal) = self.admit(&connect) {
-            self.counters.connections_refused += 1;
-            let code = if version.is_v5() { refusal.reason_code_v5().0 } else { refusal.return_code_v311() };
-            let mut properties = Properties::default();
-            if version.is_v5() {
-                properties.reason_string = Some(Bytes::from_static(refusal.describe().as_bytes()));
+    /// CONNACK with the refusal's code, then close.
+    fn refuse(&mut self, link: &Link, version: ProtocolVersion, refusal: ConnectRefusal) -> ConnectProgress {
+        self.counters.connections_refused += 1;
+        let code = if version.is_v5() { refusal.reason_code_v5().0 } else { refusal.return_code_v311() };
+        let mut properties = Properties::default();
+        if version.is_v5() {
+            properties.reason_string = Some(Bytes::from_static(refusal.describe().as_bytes()));
+        }
+        let connack = ConnAck { session_present: false, code, properties };
+        write_packet(link, version, &Packet::ConnAck(connack));
+        link.close();
+        ConnectProgress::Refused
+    }
+
+    /// A CONNECT arrived on `link`. With an Authentication Method (5.0) the exchange
+    /// starts; refused: CONNACK with the code, then close. Otherwise the client id is
+    /// claimed at its home shard and `link` opens when that is settled.
+    pub fn begin_connect(&mut self, link: &Rc<Link>, mut connect: Box<Connect>, now: Instant) -> ConnectProgress {
+        if let Some(method) = connect.properties.authentication_method.take() {
+            let Some(exchange) = self.auth.start_exchange(&method) else {
+                return self.refuse(link, connect.version, ConnectRefusal::BadAuthenticationMethod);
+            };
+            let data = connect.properties.authentication_data.take().unwrap_or_default();
+            let authenticating = Authenticating { connect, method: detach(&method), exchange };
+            return self.authentication_step(link, authenticating, &data, now);
+        }
+        self.claim(link, connect, None, now)
+    }
+
+    /// The client's AUTH during an exchange that began with its CONNECT.
+    pub fn continue_authentication(&mut self, link: &Rc<Link>, packet: Packet, now: Instant) -> Result<ConnectProgress, CloseReason> {
+        let Some(authenticating) = self.authenticating.remove(&link.conn_id) else { return Ok(ConnectProgress::Refused) };
+        match packet {
+            Packet::Auth(auth)
+                if auth.reason == ReasonCode::CONTINUE_AUTHENTICATION
+                    && auth.properties.authentication_method.as_ref() == Some(&authenticating.method) =>
+            {
+                let data = auth.properties.authentication_data.unwrap_or_default();
+                Ok(self.authentication_step(link, authenticating, &data, now))
             }
-            let connack = ConnAck { session_present: false, code, properties };
-            write_packet(link, version, &Packet::ConnAck(connack));
-            link.close();
-            return;
+            Packet::Disconnect(_) => {
+                link.close();
+                Ok(ConnectProgress::Refused)
+            }
+            _ => Err(CloseReason::NotAuthWhileAuthenticating),
+        }
+    }
+
+    fn authentication_step(&mut self, link: &Rc<Link>, mut authenticating: Authenticating, data: &[u8], now: Instant) -> ConnectProgress {
+        let version = authenticating.connect.version;
+        match authenticating.exchange.step(data) {
+            AuthStep::Continue(reply) => {
+                let properties = Properties {
+                    authentication_method: Some(authenticating.method.clone()),
+                    authentication_data: Some(reply),
+                    ..Properties::default()
+                };
+                write_packet(link, version, &Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties }));
+                self.authenticating.insert(link.conn_id, authenticating);
+                ConnectProgress::Authenticating
+            }
+            AuthStep::Success(data) => {
+                let authenticated = Authenticated { method: authenticating.method, data };
+                self.claim(link, authenticating.connect, Some(authenticated), now)
+            }
+            AuthStep::Fail(refusal) => self.refuse(link, version, refusal),
+        }
+    }
+
+    fn claim(&mut self, link: &Rc<Link>, connect: Box<Connect>, authenticated: Option<Authenticated>, now: Instant) -> ConnectProgress {
+        let version = connect.version;
+        if let Err(refusal) = self.admit(&connect, authenticated.is_some()) {
+            return self.refuse(link, version, refusal);
         }
         let client_id_assigned = connect.client_id.is_empty();
         let client_id = if client_id_assigned {
@@ -580,10 +670,18 @@ impl Shard {
         let conn = link.conn_id;
         self.pending_connects.insert(
             conn,
-            PendingConnect { link: link.clone(), connect, client_id: client_id.clone(), client_id_assigned, deferred_eviction: None },
+            PendingConnect {
+                link: link.clone(),
+                connect,
+                client_id: client_id.clone(),
+                client_id_assigned,
+                authenticated,
+                deferred_eviction: None,
+            },
         );
         let home = home_shard(&client_id, self.shard_count);
         self.send(home, MeshMessage::Claim { client_id, conn, clean_start }, now);
+        ConnectProgress::Claimed
     }
 
     /// Home shard: `conn` claims `client_id`. Claims are answered in arrival order, so two
@@ -724,7 +822,7 @@ impl Shard {
             debug_assert!(false, "every claim is answered exactly once");
             return;
         };
-        let PendingConnect { link, connect, client_id, client_id_assigned, deferred_eviction } = pending;
+        let PendingConnect { link, connect, client_id, client_id_assigned, authenticated, deferred_eviction } = pending;
         let version = connect.version;
         let session_present = handed.is_some();
         let mut session = match handed {
@@ -768,6 +866,8 @@ impl Shard {
                 maximum: if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
                 assigned: HashMap::new(),
             },
+            auth_method: authenticated.as_ref().map(|authenticated| authenticated.method.clone()),
+            reauthentication: None,
             skip_until: None,
         }, now);
         if receive_all_held {
@@ -789,6 +889,10 @@ impl Shard {
                 properties.maximum_qos = (self.limits.max_qos < QoS::ExactlyOnce).then_some(self.limits.max_qos as u8);
                 properties.retain_available = (!self.limits.retain_available).then_some(0);
                 properties.wildcard_subscription_available = (!self.limits.wildcard_subscriptions).then_some(0);
+                if let Some(authenticated) = authenticated {
+                    properties.authentication_method = Some(authenticated.method);
+                    properties.authentication_data = authenticated.data;
+                }
             }
             let connack = ConnAck { session_present, code: 0, properties };
             write_packet(&link, version, &Packet::ConnAck(connack));
@@ -888,6 +992,7 @@ impl Shard {
     /// The IO layer's last word on a link: the socket closed, the peer misbehaved
     /// (`error`), or the link was closed by the shard. Idempotent.
     pub fn connection_ended(&mut self, link: &Link, error: Option<&CloseReason>, now: Instant) {
+        self.authenticating.remove(&link.conn_id);
         if let Some(error) = error {
             self.counters.protocol_errors += 1;
             tracing::debug!(shard = self.id.0, %error, "closing connection");
@@ -953,11 +1058,42 @@ impl Shard {
                 self.client_lost(key, now);
             }
             Packet::Connect(_) => return Err(CloseReason::SecondConnect),
-            Packet::Auth(_) => return Err(CloseReason::UnexpectedAuth),
+            Packet::Auth(auth) => self.reauthenticate(key, link, auth)?,
             server_only @ (Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp) => {
                 return Err(CloseReason::ServerOnlyPacket(server_only.name()));
             }
         }
+        Ok(())
+    }
+
+    /// Re-authentication (5.0 4.12.1): AUTH 0x19 under the method the connection used,
+    /// then AUTH 0x18 steps; success is AUTH 0x00, failure a DISCONNECT 0x87.
+    fn reauthenticate(&mut self, key: ClientKey, link: &Link, auth: Auth) -> Result<(), CloseReason> {
+        let client = self.client(key);
+        let version = client.version;
+        let Some(method) = client.auth_method.clone() else { return Err(CloseReason::UnexpectedAuth) };
+        if auth.properties.authentication_method.as_ref() != Some(&method) {
+            return Err(CloseReason::UnexpectedAuth);
+        }
+        let mut exchange = match auth.reason {
+            ReasonCode::REAUTHENTICATE => self.auth.start_exchange(&method).ok_or(CloseReason::UnexpectedAuth)?,
+            ReasonCode::CONTINUE_AUTHENTICATION => self.client(key).reauthentication.take().ok_or(CloseReason::UnexpectedAuth)?,
+            _ => return Err(CloseReason::UnexpectedAuth),
+        };
+        let data = auth.properties.authentication_data.unwrap_or_default();
+        let (reason, reply) = match exchange.step(&data) {
+            AuthStep::Continue(reply) => {
+                self.client(key).reauthentication = Some(exchange);
+                (ReasonCode::CONTINUE_AUTHENTICATION, Some(reply))
+            }
+            AuthStep::Success(reply) => (ReasonCode::SUCCESS, reply),
+            AuthStep::Fail(_) => {
+                close_with_reason(link, version, ReasonCode::NOT_AUTHORIZED);
+                return Ok(());
+            }
+        };
+        let properties = Properties { authentication_method: Some(method), authentication_data: reply, ..Properties::default() };
+        write_packet(link, version, &Packet::Auth(Auth { reason, properties }));
         Ok(())
     }
 
