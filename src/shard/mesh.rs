@@ -54,8 +54,8 @@ pub enum MeshMessage {
     InterestJoin { filter: Bytes, request: u64 },
     /// The sending shard's last subscriber to `filter` is gone.
     InterestLeave { filter: Bytes },
-    /// A session is moving to `shard`: send it every publish until it says `ReceiveAllDone`.
-    /// Always answered.
+    /// A session is moving to `shard`: send it every publish until it says `ReceiveAllDone`
+    /// (`shard` itself only answers). Always answered.
     ReceiveAll { shard: ShardId, request: u64 },
     /// The sending shard has announced the moved session's filters; one hold ends.
     ReceiveAllDone,

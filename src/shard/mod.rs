@@ -536,7 +536,9 @@ impl Shard {
             }
             MeshMessage::InterestLeave { filter } => self.interest.peer_leave(&filter, from),
             MeshMessage::ReceiveAll { shard, request } => {
-                self.interest.hold_receive_all(shard);
+                if shard != self.id {
+                    self.interest.hold_receive_all(shard);
+                }
                 self.answer(from, request, now);
             }
             MeshMessage::ReceiveAllDone => self.interest.release_receive_all(from),
@@ -747,14 +749,13 @@ impl Shard {
             self.hand_over(key, next, continued, None, now);
             return;
         }
+        // Every peer answers with its position; all but the destination also hold. The
+        // destination's answer matters too: its own old publishes sit in its replay log.
         let request = self.barriers.new_request();
         let destination = next.shard();
         self.interest.hold_receive_all(destination);
-        let others: Vec<usize> = (0..self.shard_count).filter(|&shard| shard != self.id.0 && shard != destination.0).collect();
-        for &shard in &others {
-            self.send(ShardId(shard), MeshMessage::ReceiveAll { shard: destination, request }, now);
-        }
-        self.barriers.expect(request, others.len());
+        self.broadcast(|| MeshMessage::ReceiveAll { shard: destination, request }, now);
+        self.expect_answers_from_all_peers(request);
         self.moving.insert(request, MovingSession { client_id, previous, next });
         if !self.barriers.is_open(request) {
             self.finish_move(request, vec![0; self.shard_count], now);
@@ -776,8 +777,10 @@ impl Shard {
     }
 
     /// Removes the client and sends its session (if `continued`) to `next`'s shard with the
-    /// cut: where this shard stood in every stream, or where a peer stood when it applied
-    /// the receive-all hold (`held_at`), whichever is later.
+    /// cut: where this shard stood in every stream, or where a peer stood when it answered
+    /// the receive-all request (`held_at`), whichever is later. The later one matters: a
+    /// peer's publishes this shard never needed leave its `seen` behind, and the replay
+    /// log over there may hold older ones that match the session's filters.
     fn hand_over(&mut self, key: ClientKey, next: ConnId, continued: bool, held_at: Option<&[u64]>, now: Instant) {
         let client = self.remove_client(key, now);
         let mut cut: StreamCut = self.seen.clone().into_boxed_slice();

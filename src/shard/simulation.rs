@@ -170,6 +170,7 @@ struct Received {
 impl Received {
     fn take(&mut self, link: &Link, publish: &Publish, seed: u64) {
         let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4-byte payload"));
+        assert!(n < OLD_MESSAGES_FROM, "seed {seed}: message {n} was published before the subscription");
         self.any.insert(n);
         if publish.dup {
             return;
@@ -196,6 +197,9 @@ fn drain_subscriber(sim: &mut Sim, shard: usize, link: &Rc<Link>, received: &mut
     }
 }
 
+/// Payloads from here on mark messages published before the subscriber subscribed.
+const OLD_MESSAGES_FROM: u32 = 1_000_000;
+
 fn run_takeover_scenario(seed: u64) {
     // Three shards, or four so that a moving session's hold is answered by two others.
     let shard_count = 3 + (seed % 2) as usize;
@@ -203,6 +207,18 @@ fn run_takeover_scenario(seed: u64) {
     let messages = 60u32;
     let publisher_shard = 0;
     let publisher = sim.connect(publisher_shard, "publisher", true);
+    sim.settle();
+    // Old messages on the subscription's topic, from every shard, before anyone subscribes:
+    // they sit in the recent-publish logs, and no replay may hand them to the subscriber.
+    for shard in 0..shard_count {
+        let old_publisher = sim.connect(shard, &format!("old-{shard}"), true);
+        sim.settle();
+        for n in 0..3u32 {
+            let payload = Bytes::copy_from_slice(&(OLD_MESSAGES_FROM + n).to_be_bytes());
+            let publish = Publish { dup: false, qos: QoS::AtMostOnce, retain: false, topic: Bytes::from_static(b"t/x"), packet_id: None, properties: Properties::default(), payload };
+            sim.packet(shard, &old_publisher, Packet::Publish(publish));
+        }
+    }
     sim.settle();
     let mut sub_shard = sim.rng.below(shard_count);
     let mut sub = sim.connect(sub_shard, "subscriber", false);
