@@ -20,6 +20,14 @@ pub struct Config {
     #[arg(long, default_value_t = 4096)]
     pub listen_backlog: i32,
 
+    /// Which shard a new connection lands on: `hash` (the kernel's SO_REUSEPORT hash of the
+    /// addresses) or `cpu` (the shard whose index is the number of the CPU that handled the
+    /// SYN, modulo the shard count). `cpu` balances exactly when clients are spread evenly
+    /// over CPUs (local load generators; NIC queues whose IRQs are spread over the CPUs) and
+    /// badly when one CPU takes every SYN.
+    #[arg(long, value_enum, default_value = "hash")]
+    pub steer: Steering,
+
     /// Shards to run: a count ("4", pinned to CPUs 0-3) or a CPU list ("0,2-3").
     /// Default: one shard per available CPU.
     #[arg(long)]
@@ -135,6 +143,13 @@ pub enum ConfigError {
     RingDepth,
 }
 
+/// How a new connection is given to a shard (see `--steer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steering {
+    Hash,
+    Cpu,
+}
+
 /// How a shard picks the peers a publish goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routing {
@@ -146,6 +161,7 @@ pub enum Routing {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub listen_backlog: i32,
+    pub steering: Steering,
     pub connect_timeout: Duration,
     pub max_packet_size_bytes: u32,
     pub session: SessionLimits,
@@ -187,6 +203,7 @@ impl Config {
         }
         Ok(Limits {
             listen_backlog: self.listen_backlog.max(1),
+            steering: self.steer,
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
             max_packet_size_bytes: self.max_packet_size_bytes,
             session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },

@@ -18,7 +18,7 @@ use glommio::timer::sleep;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::auth::{Authenticator, PasswordFileError};
-use crate::config::{Config, ConfigError, Limits};
+use crate::config::{Config, ConfigError, Limits, Steering};
 use crate::net::{Latch, accept_loop};
 use crate::shard::{MeshMessage, Shard, ShardId};
 
@@ -91,14 +91,48 @@ fn memlock_limit_bytes() -> u64 {
 
 /// A listening socket on `addr` in the SO_REUSEPORT group, with our backlog (glommio's
 /// own `bind` fixes it at 1024, which a connection storm on one shard overflows).
-fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+fn listen(addr: SocketAddr, backlog: i32, steering: Steering, shard_count: usize) -> std::io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
+    if steering == Steering::Cpu {
+        steer_by_cpu(&socket, shard_count)?;
+    }
     // SAFETY: we own the listening descriptor and hand it to glommio, which owns it from here.
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Attaches to the SO_REUSEPORT group a classic BPF program choosing listener number
+/// `cpu % shard_count` for each new connection, `cpu` being the CPU that handled its SYN.
+/// (Listeners are numbered in the order they joined; the kernel falls back to its hash
+/// while fewer have joined.)
+fn steer_by_cpu(socket: &socket2::Socket, shard_count: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // Not in the libc crate; the same on every Linux architecture (asm-generic/socket.h).
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let instruction = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let program = [
+        instruction(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32),
+        instruction(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, shard_count as u32),
+        instruction(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
+    // SAFETY: the option value is a sock_fprog pointing at `program`, both alive for the call.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Binds (without listening) to resolve port 0 to a concrete port that every shard then
@@ -200,7 +234,7 @@ async fn shard_main(params: ShardParams) {
         return;
     };
     let id = ShardId(senders.peer_id());
-    let listener = match listen(local_addr, limits.listen_backlog) {
+    let listener = match listen(local_addr, limits.listen_backlog, limits.steering, shard_count) {
         Ok(listener) => listener,
         Err(source) => {
             let _ = ready.send(Err(StartError::Bind { addr: local_addr, source }));

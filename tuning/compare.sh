@@ -5,9 +5,11 @@
 #
 # Usage: tuning/compare.sh [seconds per run]
 # Env:   BROKER_CPUS (default 0), CLIENT_CPUS (default 1), RINGMQ_FLAGS,
-#        MATRIX    dev (default: the 2-core matrix) or scale (the many-core matrix),
+#        MATRIX    dev (default: the 2-core matrix), scale (the many-core matrix at max
+#                  rate) or scale-rates (the many-core matrix at fixed offered loads),
 #        BROKERS   default "mosquitto ringmq"; also "ringmq-1" (ringmq with one shard on
-#                  the first broker CPU) and "rmqtt",
+#                  the first broker CPU), "ringmq-broadcast" (every publish to every
+#                  shard), "ringmq-cpu" (connections steered by CPU) and "rmqtt",
 #        BIN_DIR   prebuilt ringmq and loadgen here instead of `cargo build`,
 #        MOSQUITTO, RMQTTD (binaries), OUT_DIR (keep every loadgen JSON report here).
 # Needs: mosquitto (apt-get install -y mosquitto), python3 for the table.
@@ -20,6 +22,19 @@ MATRIX=${MATRIX:-dev}
 BROKERS=${BROKERS:-mosquitto ringmq}
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 RMQTTD=${RMQTTD:-rmqttd}
+if ! command -v taskset >/dev/null || [ -n "${PY_TASKSET:-}" ]; then
+  # Minimal images lack util-linux: pin with Python instead (`taskset -c LIST cmd args...`).
+  taskset() {
+    shift
+    exec python3 -c 'import os, sys
+cpus = set()
+for part in sys.argv[1].split(","):
+    first, _, last = part.partition("-")
+    cpus.update(range(int(first), int(last or first) + 1))
+os.sched_setaffinity(0, cpus)
+os.execvp(sys.argv[2], sys.argv[2:])' "$@"
+  }
+fi
 count_cpus() { echo "$1" | awk -F, '{n=0; for (i=1;i<=NF;i++) { split($i,r,"-"); n += (r[2]=="" ? 1 : r[2]-r[1]+1) } print n}'; }
 SHARDS=$(count_cpus "$BROKER_CPUS")
 CLIENT_CORES=$(count_cpus "$CLIENT_CPUS")
@@ -41,12 +56,18 @@ start_broker() {
   case "$1" in
     ringmq) taskset -c "$BROKER_CPUS" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$SHARDS" --log warn \
               --sys-interval-s 0 --queued-messages-max $QUEUE ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
+    ringmq-broadcast) taskset -c "$BROKER_CPUS" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$SHARDS" --log warn \
+              --sys-interval-s 0 --queued-messages-max $QUEUE --routing broadcast ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
+    ringmq-cpu) taskset -c "$BROKER_CPUS" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$SHARDS" --log warn \
+              --sys-interval-s 0 --queued-messages-max $QUEUE --steer cpu ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
     ringmq-1) taskset -c "$FIRST_BROKER_CPU" "$RINGMQ" --listen 127.0.0.1:$PORT --cores 1 --log warn \
               --sys-interval-s 0 --queued-messages-max $QUEUE ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
     mosquitto) printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nmax_inflight_messages 32\n' $PORT $QUEUE >"$WORK/m.conf"
                taskset -c "$BROKER_CPUS" "$MOSQUITTO" -c "$WORK/m.conf" >"$WORK/broker.log" 2>&1 & ;;
-    rmqtt) taskset -c "$BROKER_CPUS" "$RMQTTD" --node-id 1 --plugins-default-startups "" \
-              --port $PORT >"$WORK/broker.log" 2>&1 & ;;
+    rmqtt) # Same bounds as the others; anonymous; no plugins; log to a file in $WORK.
+           printf '[listener.tcp.external]\naddr = "127.0.0.1:%s"\nallow_anonymous = true\nmax_mqueue_len = %s\nmax_inflight = 32\nbacklog = 4096\nmax_handshaking_limit = 100000\n[log]\nto = "console"\nlevel = "warn"\n' \
+             $PORT $QUEUE >"$WORK/rmqtt.toml"
+           (cd "$WORK" && exec taskset -c "$BROKER_CPUS" "$RMQTTD" -f "$WORK/rmqtt.toml" --id 1) >"$WORK/broker.log" 2>&1 & ;;
   esac
   BROKER_PID=$!
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
@@ -74,14 +95,24 @@ case "$MATRIX" in
     "fanout-4x1000-qos1|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1"
     "p2p-1000-qos1|--scenario p2p --publishers 1000 --qos-pub 1 --qos-sub 1"
   ) ;;
-  *) echo "MATRIX is dev or scale" >&2; exit 2 ;;
+  # A third field limits a scenario to the brokers it names.
+  scale-rates) SCENARIOS=(
+    "fanout-1x100-qos0|--scenario fanout --publishers 1 --subscribers 100 --qos-pub 0 --qos-sub 0"
+    "fanout-4x1000-qos1-at0.5M|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1 --rate 500|mosquitto rmqtt"
+    "fanout-4x1000-qos1-at2M|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1 --rate 2000|ringmq ringmq-cpu"
+    "fanout-4x1000-qos1-at4M|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1 --rate 4000|ringmq ringmq-cpu"
+    "fanout-4x1000-qos1-at6M|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1 --rate 6000|ringmq ringmq-cpu"
+    "p2p-1000-qos1|--scenario p2p --publishers 1000 --qos-pub 1 --qos-sub 1|ringmq ringmq-cpu"
+  ) ;;
+  *) echo "MATRIX is dev, scale or scale-rates" >&2; exit 2 ;;
 esac
 echo "broker CPUs $BROKER_CPUS ($SHARDS), loadgen CPUs $CLIENT_CPUS, $SECONDS_PER_RUN s per run, $(date -u +%F), $(nproc) CPUs, $(uname -r)"
 for entry in "${SCENARIOS[@]}"; do
-  name=${entry%%|*}; args=${entry#*|}
+  IFS='|' read -r name args only <<<"$entry"
   for broker in $BROKERS; do
     # ringmq-1 is the single-shard baseline for the scaling ratio: max-rate fan-out only.
     if [ "$broker" = ringmq-1 ] && [[ "$name" != fanout-1x100-qos0 ]]; then continue; fi
+    if [ -n "$only" ] && [[ " $only " != *" $broker "* ]]; then continue; fi
     # shellcheck disable=SC2086
     run "$name" "$broker" $args
   done
@@ -98,7 +129,8 @@ print("| scenario | broker | deliveries/s | lost | dup | p50 us | p99 us | p99.9
 print("|---|---|---|---|---|---|---|---|---|---|")
 for entry in entries:
     name = entry.split("|")[0]
-    rows = {b: load(name, b) for b in brokers}
+    only = entry.split("|")[2].split() if entry.count("|") >= 2 else brokers
+    rows = {b: load(name, b) for b in brokers if b in only}
     base = rows.get("mosquitto")
     for broker, r in rows.items():
         if r is None:
@@ -113,7 +145,7 @@ for entry in entries:
                 ratio = f"p99 {m / lat['p99']:.2f}x lower" if m and lat.get("p99") else ""
             elif base["deliveries_per_s"] > 0:
                 ratio = f"{r['deliveries_per_s'] / base['deliveries_per_s']:.2f}x"
-        if broker == "ringmq" and rows.get("ringmq-1") and rows["ringmq-1"]["deliveries_per_s"] > 0:
+        if broker.startswith("ringmq") and broker != "ringmq-1" and rows.get("ringmq-1") and rows["ringmq-1"]["deliveries_per_s"] > 0:
             ratio += f" ({r['deliveries_per_s'] / rows['ringmq-1']['deliveries_per_s']:.2f}x 1 shard)"
         sat = " (saturated)" if r["client_saturated"] else ""
         print(f"| {name} | {broker} | {r['deliveries_per_s']:.0f} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
