@@ -349,7 +349,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Properties;
 
     fn limits(inflight_max: u16, queued_max: usize) -> SessionLimits {
         SessionLimits { inflight_max, queued_max }
@@ -361,7 +360,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::ExactlyOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Default::default(),
             publisher: None,
             expires_at: None,
         })

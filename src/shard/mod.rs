@@ -1180,7 +1180,7 @@ impl Shard {
                     payload: publish.payload,
                     qos,
                     retain: publish.retain,
-                    properties,
+                    properties: properties.into(),
                     publisher: Some(publisher),
                 };
             // A retained message outlives this delivery: store it detached from the read block.
@@ -1305,7 +1305,7 @@ impl Shard {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties,
+            properties: properties.into(),
             publisher: Some(publisher),
         };
         self.route(Arc::new(message), now);
@@ -1547,7 +1547,7 @@ impl Shard {
         }
         let link = client.link.as_ref().filter(|link| !link.is_closing());
         if client.max_packet_size_out != u32::MAX && {
-            let mut properties = std::borrow::Cow::Borrowed(&message.properties);
+            let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
             if !copy.subscription_ids.is_empty() {
                 properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
             }
@@ -1641,7 +1641,7 @@ impl Shard {
                 payload: Bytes::from(value.to_string()),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                properties: Properties::default(),
+                properties: Default::default(),
                 publisher: None,
                 expires_at: None,
             };

@@ -59,7 +59,7 @@ impl RecentPublishes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Properties, QoS};
+    use crate::protocol::QoS;
     use bytes::Bytes;
 
     fn message(size: usize) -> Arc<Message> {
@@ -68,7 +68,7 @@ mod tests {
             payload: Bytes::from(vec![0; size]),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Default::default(),
             publisher: None,
             expires_at: None,
         })

@@ -370,7 +370,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
                 payload: Bytes::new(),
                 qos: QoS::AtMostOnce,
                 retain: false,
-                properties: Properties::default(),
+                properties: Default::default(),
                 publisher: None,
                 expires_at: None,
             }),
