@@ -143,3 +143,50 @@ fn an_ended_members_unacknowledged_messages_go_to_another_member() {
     assert_eq!(worker_got.len(), messages as usize, "the workers end up with every message");
     assert_eq!(broker.wait_for_counters("counters", |_| true).total("shared_misses"), 0);
 }
+
+/// Reads publishes within `quiet` of each other, acknowledging each, until the connection
+/// is quiet or closed; the payloads of fresh and re-sent ones alike.
+fn drain_until_quiet(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    while let Some(packet) = client.try_recv(quiet) {
+        if let Packet::Publish(publish) = packet {
+            client.ack(&publish);
+            payloads.push(publish.payload.to_vec());
+        }
+    }
+    payloads
+}
+
+#[test]
+fn a_member_taken_over_on_any_shard_keeps_its_share_and_the_group_loses_nothing() {
+    let broker = Broker::start(&[]);
+    let persistent = || Properties { session_expiry_interval: Some(300), ..Properties::default() };
+    let mut stay = broker.client_v5("share-takeover-stay");
+    stay.subscribe(&[("$share/t/moves", QoS::AtLeastOnce)]);
+    let mut mover = broker.raw_v5();
+    assert_eq!(mover.connect_with_properties("share-mover", true, 60, persistent()).code, 0);
+    mover.subscribe(&[("$share/t/moves", QoS::AtLeastOnce)]);
+    let mut publisher = broker.client_v5("share-takeover-pub");
+    let mut received: Vec<Vec<u8>> = Vec::new();
+    let mut id = 0u32;
+    for _round in 0..8 {
+        for _ in 0..25 {
+            id += 1;
+            publisher.publish("moves", &id.to_be_bytes(), QoS::AtLeastOnce, false, id as u16);
+        }
+        // A new connection takes the session over (landing on whichever shard the kernel
+        // picks); the old one is told 0x8E after whatever it was sent.
+        let mut next = broker.raw_v5();
+        let connack = next.connect_with_properties("share-mover", false, 60, persistent());
+        assert!(connack.session_present);
+        received.extend(drain_until_quiet(&mut mover, Duration::from_millis(50)));
+        mover = next;
+    }
+    received.extend(drain_until_quiet(&mut mover, Duration::from_millis(300)));
+    received.extend(drain_until_quiet(&mut stay, Duration::from_millis(300)));
+    received.sort();
+    received.dedup();
+    assert_eq!(received.len(), id as usize, "every message reached the group");
+    let counters = broker.wait_for_counters("takeovers counted", |c| c.total("takeovers") >= 8);
+    assert_eq!(counters.total("shared_misses"), 0);
+}

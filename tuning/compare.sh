@@ -11,6 +11,7 @@
 #                  the first broker CPU), "ringmq-broadcast" (every publish to every
 #                  shard), "ringmq-cpu" (connections steered by CPU) and "rmqtt",
 #        BIN_DIR   prebuilt ringmq and loadgen here instead of `cargo build`,
+#        ONLY      run only the scenarios named here (space-separated),
 #        MOSQUITTO, RMQTTD (binaries), OUT_DIR (keep every loadgen JSON report here).
 # Needs: mosquitto (apt-get install -y mosquitto), python3 for the table.
 set -euo pipefail
@@ -109,6 +110,7 @@ esac
 echo "broker CPUs $BROKER_CPUS ($SHARDS), loadgen CPUs $CLIENT_CPUS, $SECONDS_PER_RUN s per run, $(date -u +%F), $(nproc) CPUs, $(uname -r)"
 for entry in "${SCENARIOS[@]}"; do
   IFS='|' read -r name args only <<<"$entry"
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   for broker in $BROKERS; do
     # ringmq-1 is the single-shard baseline for the scaling ratio: max-rate fan-out only.
     if [ "$broker" = ringmq-1 ] && [[ "$name" != fanout-1x100-qos0 ]]; then continue; fi
@@ -118,7 +120,7 @@ for entry in "${SCENARIOS[@]}"; do
   done
 done
 python3 - "$WORK" "$BROKERS" "${SCENARIOS[@]}" <<'PY'
-import json, sys
+import json, os, sys
 work, brokers, entries = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 def load(name, broker):
     try:
@@ -129,6 +131,8 @@ print("| scenario | broker | deliveries/s | lost | dup | p50 us | p99 us | p99.9
 print("|---|---|---|---|---|---|---|---|---|---|")
 for entry in entries:
     name = entry.split("|")[0]
+    if os.environ.get("ONLY") and name not in os.environ["ONLY"].split():
+        continue
     only = entry.split("|")[2].split() if entry.count("|") >= 2 else brokers
     rows = {b: load(name, b) for b in brokers if b in only}
     base = rows.get("mosquitto")

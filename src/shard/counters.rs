@@ -28,15 +28,18 @@ pub struct Counters {
     /// Deliveries not started because the message's expiry had passed.
     pub messages_expired: u64,
     /// Shared-subscription deliveries whose chosen member had left this shard, with no other
-    /// member of the group here to take it.
+    /// member of the group here or elsewhere to take it.
     pub shared_misses: u64,
+    /// Shared-subscription deliveries whose chosen member had left this shard, sent on to
+    /// another member of the group on another shard.
+    pub shared_forwarded: u64,
     /// Unacknowledged shared-subscription messages of an ended session sent to another member.
     pub shared_redelivered: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 18] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -55,6 +58,7 @@ impl Counters {
             ("sessions_expired", self.sessions_expired),
             ("messages_expired", self.messages_expired),
             ("shared_misses", self.shared_misses),
+            ("shared_forwarded", self.shared_forwarded),
             ("shared_redelivered", self.shared_redelivered),
         ]
     }

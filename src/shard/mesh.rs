@@ -59,8 +59,10 @@ pub enum MeshMessage {
     ReceiveAll { shard: ShardId, request: u64 },
     /// The sending shard has announced the moved session's filters; one hold ends.
     ReceiveAllDone,
-    /// A message a departed shared-subscription member left unacknowledged, for `target`.
-    SharedRedeliver { target: SharedTarget, message: Arc<Message> },
+    /// A shared-subscription message for `target`: one a departed member left
+    /// unacknowledged, or (`forwarded`) one whose chosen member had left the shard it was
+    /// sent to. A forwarded one is not forwarded again.
+    SharedRedeliver { target: SharedTarget, message: Arc<Message>, forwarded: bool },
     /// The receiving shard's request numbered `request` is applied here, when this shard's
     /// own publish sequence stood at `position`.
     Applied { request: u64, position: u64 },

@@ -543,7 +543,9 @@ impl Shard {
             }
             MeshMessage::ReceiveAllDone => self.interest.release_receive_all(from),
             MeshMessage::Applied { request, position } => self.applied(request, from, position, now),
-            MeshMessage::SharedRedeliver { target, message } => self.deliver_shared(&target, &message, None, now),
+            MeshMessage::SharedRedeliver { target, message, forwarded } => {
+                self.deliver_shared(&target, &message, None, !forwarded, now)
+            }
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => {
@@ -1369,15 +1371,23 @@ impl Shard {
         self.match_scratch = matches;
         let here = self.id;
         for target in shared.iter().filter(|target| target.shard == here) {
-            self.deliver_shared(target, message, Some((source, sequence)), now);
+            self.deliver_shared(target, message, Some((source, sequence)), true, now);
         }
         matched
     }
 
     /// The member chosen at the origin, or, if it has left this shard meanwhile (moved or
-    /// unsubscribed), another member of the group here. Without one the message is counted
-    /// as missed for that group.
-    fn deliver_shared(&mut self, target: &SharedTarget, message: &Arc<Message>, origin: Option<(ShardId, u64)>, now: Instant) {
+    /// unsubscribed), another member of the group here; with none here, once, the group's
+    /// next member wherever it is (`may_forward`). Only then is the message counted as
+    /// missed for that group.
+    fn deliver_shared(
+        &mut self,
+        target: &SharedTarget,
+        message: &Arc<Message>,
+        origin: Option<(ShardId, u64)>,
+        may_forward: bool,
+        now: Instant,
+    ) {
         let member = match self.client_index.get(&target.client_id) {
             Some(&key) if self.holds_shared(key, target) => Some((key, target.granted)),
             _ => self
@@ -1393,7 +1403,14 @@ impl Shard {
                     .then(|| Box::new(SharedRoute { group: target.group.clone(), filter: target.filter.clone() }));
                 self.deliver_to(key, message, CopyFor { qos, retain: false, subscription_ids: Vec::new(), shared }, origin, now)
             }
-            None => self.counters.shared_misses += 1,
+            None => match self.shared.pick(&target.group, &target.filter).filter(|next| may_forward && next.shard != self.id) {
+                Some(next) => {
+                    self.counters.shared_forwarded += 1;
+                    let forward = MeshMessage::SharedRedeliver { target: next.clone(), message: message.clone(), forwarded: true };
+                    self.send(next.shard, forward, now);
+                }
+                None => self.counters.shared_misses += 1,
+            },
         }
     }
 
@@ -1407,9 +1424,9 @@ impl Shard {
             };
             self.counters.shared_redelivered += 1;
             if target.shard == self.id {
-                self.deliver_shared(&target, &message, None, now);
+                self.deliver_shared(&target, &message, None, true, now);
             } else {
-                self.send(target.shard, MeshMessage::SharedRedeliver { target, message }, now);
+                self.send(target.shard, MeshMessage::SharedRedeliver { target, message, forwarded: false }, now);
             }
         }
     }
