@@ -35,11 +35,14 @@ pub struct Counters {
     pub shared_forwarded: u64,
     /// Unacknowledged shared-subscription messages of an ended session sent to another member.
     pub shared_redelivered: u64,
+    /// Own publishes sent to a peer after the fact: routed after a client there subscribed,
+    /// before that subscription was known here.
+    pub late_matches_sent: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, u64); 20] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -60,6 +63,7 @@ impl Counters {
             ("shared_misses", self.shared_misses),
             ("shared_forwarded", self.shared_forwarded),
             ("shared_redelivered", self.shared_redelivered),
+            ("late_matches_sent", self.late_matches_sent),
         ]
     }
 }

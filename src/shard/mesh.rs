@@ -6,6 +6,7 @@
 //! claim's answer behind everything sent before it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -51,7 +52,11 @@ pub enum MeshMessage {
     ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes, request: u64 },
     /// A client on the sending shard is the first there to subscribe to `filter` (not
     /// shared): send that shard the publishes it matches. Answered when `request` is non-zero.
-    InterestJoin { filter: Bytes, request: u64 },
+    /// `since`: when the client subscribed (a new subscription, not a session moving in).
+    InterestJoin { filter: Bytes, request: u64, since: Option<Instant> },
+    /// One of the receiving shard's own publishes, routed after a client here subscribed to
+    /// `filter` but before the receiving shard knew.
+    LateMatch { filter: Bytes, message: Arc<Message> },
     /// The sending shard's last subscriber to `filter` is gone.
     InterestLeave { filter: Bytes },
     /// A session is moving to `shard`: send it every publish until it says `ReceiveAllDone`

@@ -37,7 +37,7 @@ pub use counters::Counters;
 use interest::{Interest, LocalAdd};
 use link::{Link, LinkState};
 pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
-use recent::RecentPublishes;
+use recent::{RecentPublish, RecentPublishes};
 use shared::{SharedGroups, SharedTarget};
 
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
@@ -422,7 +422,7 @@ impl Shard {
                 }
                 _ => {
                     self.subscriptions.insert(&filter, key, subscription);
-                    self.add_interest(&filter, request, now);
+                    self.add_interest(&filter, request, None, now);
                 }
             }
         }
@@ -520,7 +520,7 @@ impl Shard {
             MeshMessage::Publish { sequence, message, shared } => {
                 debug_assert!(sequence > self.seen[from.0], "per-pair FIFO keeps sequences rising");
                 self.seen[from.0] = sequence;
-                self.apply_publish(from, sequence, &message, &shared, now);
+                self.apply_publish(from, sequence, &message, &shared, 0, now);
             }
             MeshMessage::ShareJoin { group, filter, client_id, granted, request } => {
                 self.shared.join(group, filter, from, client_id, granted);
@@ -530,10 +530,14 @@ impl Shard {
                 self.shared.leave(&group, &filter, from, &client_id);
                 self.answer(from, request, now);
             }
-            MeshMessage::InterestJoin { filter, request } => {
+            MeshMessage::InterestJoin { filter, request, since } => {
                 self.interest.peer_join(&filter, from);
+                if let Some(since) = since {
+                    self.send_late_matches(from, &filter, since, now);
+                }
                 self.answer(from, request, now);
             }
+            MeshMessage::LateMatch { filter, message } => self.deliver_late_match(&filter, &message, now),
             MeshMessage::InterestLeave { filter } => self.interest.peer_leave(&filter, from),
             MeshMessage::ReceiveAll { shard, request } => {
                 if shard != self.id {
@@ -1246,7 +1250,7 @@ impl Shard {
             self.subscriptions.insert(&filter, key, subscription);
             let existed = self.client(key).session.subscriptions.insert(detach(&filter), subscription).is_some();
             if !existed {
-                needs.push(self.add_interest(&filter, request, now));
+                needs.push(self.add_interest(&filter, request, Some(now), now));
             }
             let send_retained = match options.retain_handling {
                 RetainHandling::SendOnSubscribe => true,
@@ -1332,17 +1336,30 @@ impl Shard {
             targets.fill(true);
         }
         let here = self.id.0;
+        let mut sent_to = if self.shard_count > 128 { u128::MAX } else { 0 };
         for (peer, _) in targets.iter().enumerate().filter(|&(peer, &target)| target && peer != here) {
             self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
+            if peer < 128 {
+                sent_to |= 1 << peer;
+            }
         }
         self.route_targets = targets;
-        subscribed | self.apply_publish(self.id, sequence, &message, &shared, now)
+        subscribed | self.apply_publish(self.id, sequence, &message, &shared, sent_to, now)
     }
 
     /// Updates the retained replica and delivers to the local subscribers: each client
     /// once, at the highest QoS any of its matching subscriptions granted. True if any
     /// local subscription matched.
-    fn apply_publish(&mut self, source: ShardId, sequence: u64, message: &Arc<Message>, shared: &[SharedTarget], now: Instant) -> bool {
+    /// `sent_to`: for this shard's own publishes, the peers `route` sent it to.
+    fn apply_publish(
+        &mut self,
+        source: ShardId,
+        sequence: u64,
+        message: &Arc<Message>,
+        shared: &[SharedTarget],
+        sent_to: u128,
+        now: Instant,
+    ) -> bool {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
@@ -1351,7 +1368,7 @@ impl Shard {
             }
         }
         if self.shard_count > 1 {
-            self.recent.push(source, sequence, message.clone());
+            self.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });
         }
         let mut matches = std::mem::take(&mut self.match_scratch);
         self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, *options)));
@@ -1458,15 +1475,57 @@ impl Shard {
 
     /// Counts a new local subscription to `filter`; the first one here is announced to
     /// every peer under `request`. Returns the request whose answers make it known everywhere.
-    fn add_interest(&mut self, filter: &Bytes, request: u64, now: Instant) -> u64 {
+    /// `since`: when the client subscribed, for a new subscription (not a session moving in).
+    fn add_interest(&mut self, filter: &Bytes, request: u64, since: Option<Instant>, now: Instant) -> u64 {
         match self.interest.add_local(filter) {
             LocalAdd::AnnouncedBy(earlier) => earlier,
             LocalAdd::Announce => {
                 let filter = detach(filter);
-                self.broadcast(|| MeshMessage::InterestJoin { filter: filter.clone(), request }, now);
+                self.broadcast(|| MeshMessage::InterestJoin { filter: filter.clone(), request, since }, now);
                 self.expect_answers_from_all_peers(request);
                 self.interest.announced(filter, request);
                 request
+            }
+        }
+    }
+
+    /// A peer's client subscribed to `filter` at `since`; publishes of this shard's clients
+    /// routed at or after that moment, before the announcement arrived here, went past it.
+    /// They go to that peer now, so that a publish the broker took after a SUBSCRIBE
+    /// reaches it wherever the two clients are. (Not earlier ones: a publish acknowledged
+    /// before the SUBSCRIBE was taken may have been causally before it, and a subscriber
+    /// must not see a non-retained message from before it subscribed.)
+    fn send_late_matches(&mut self, to: ShardId, filter: &Bytes, since: Instant, now: Instant) {
+        let bit = if to.0 < 128 { 1u128 << to.0 } else { 0 };
+        let late: Vec<Arc<Message>> = self
+            .recent
+            .own_since(self.id, since)
+            .filter(|entry| entry.sent_to & bit == 0 && bit != 0 && filter_matches(filter, &entry.message.topic))
+            .map(|entry| entry.message.clone())
+            .collect();
+        // Oldest first, as they were published.
+        for message in late.into_iter().rev() {
+            self.counters.late_matches_sent += 1;
+            self.send(to, MeshMessage::LateMatch { filter: filter.clone(), message }, now);
+        }
+    }
+
+    /// A publish that went past this shard before a subscription here to `filter` was
+    /// known at its origin: for the clients subscribed to exactly that filter.
+    fn deliver_late_match(&mut self, filter: &Bytes, message: &Arc<Message>, now: Instant) {
+        let mut keys = Vec::new();
+        self.subscriptions.for_each_match(&message.topic, |key, _| keys.push(*key));
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let client = self.clients[key.0 as usize].as_ref().expect("matched clients are live");
+            let Some(subscription) = client.session.subscriptions.get(filter).copied() else { continue };
+            let own_message = self.is_publisher(key, message);
+            if let Some(delivery) = merge_matching(std::iter::once(&subscription), own_message) {
+                let retain = delivery.retain_as_published && message.retain;
+                let copy =
+                    CopyFor { qos: delivery.granted.min(message.qos), retain, subscription_ids: delivery.subscription_ids, shared: None };
+                self.deliver_to(key, message, copy, None, now);
             }
         }
     }

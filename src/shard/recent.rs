@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::session::Message;
 
@@ -16,6 +17,11 @@ pub struct RecentPublish {
     pub source: ShardId,
     pub sequence: u64,
     pub message: Arc<Message>,
+    /// When this shard applied it (routed it, for its own publishes).
+    pub at: Instant,
+    /// For this shard's own publishes: the peers it was sent to, one bit per shard
+    /// (all set beyond 128 shards, where it is not tracked).
+    pub sent_to: u128,
 }
 
 pub struct RecentPublishes {
@@ -38,14 +44,19 @@ impl RecentPublishes {
         }
     }
 
-    pub fn push(&mut self, source: ShardId, sequence: u64, message: Arc<Message>) {
-        self.payload_bytes += message.payload.len();
-        self.entries.push_back(RecentPublish { source, sequence, message });
+    pub fn push(&mut self, entry: RecentPublish) {
+        self.payload_bytes += entry.message.payload.len();
+        self.entries.push_back(entry);
         while self.entries.len() > self.max_entries || self.payload_bytes > self.max_payload_bytes {
             let Some(evicted) = self.entries.pop_front() else { break };
             self.payload_bytes -= evicted.message.payload.len();
             self.evicted_through[evicted.source.0] = evicted.sequence;
         }
+    }
+
+    /// This shard's own publishes (`source`) applied at or after `since`, newest first.
+    pub fn own_since(&self, source: ShardId, since: Instant) -> impl Iterator<Item = &RecentPublish> {
+        self.entries.iter().rev().take_while(move |e| e.at >= since).filter(move |e| e.source == source)
     }
 
     /// Entries after `cut` for each source, oldest first, and whether any entry after the
@@ -74,13 +85,17 @@ mod tests {
         })
     }
 
+    fn entry(source: usize, sequence: u64, size: usize) -> RecentPublish {
+        RecentPublish { source: ShardId(source), sequence, message: message(size), at: Instant::now(), sent_to: 0 }
+    }
+
     #[test]
     fn bounded_and_gap_detected() {
         let mut log = RecentPublishes::new(2, 3, 1000);
         for sequence in [1, 2, 4, 7, 8] {
-            log.push(ShardId(0), sequence, message(10));
+            log.push(entry(0, sequence, 10));
         }
-        log.push(ShardId(1), 3, message(10));
+        log.push(entry(1, 3, 10));
         // Holds 0:7, 0:8, 1:3; evicted 0:1, 0:2, 0:4.
         let (entries, gap) = log.since(&[4, 0]);
         assert_eq!(entries.map(|e| (e.source.0, e.sequence)).collect::<Vec<_>>(), vec![(0, 7), (0, 8), (1, 3)]);
@@ -96,7 +111,7 @@ mod tests {
     fn payload_bytes_bound() {
         let mut log = RecentPublishes::new(1, 100, 25);
         for sequence in 1..=3 {
-            log.push(ShardId(0), sequence, message(10));
+            log.push(entry(0, sequence, 10));
         }
         assert_eq!(log.entries.len(), 2);
         assert_eq!(log.payload_bytes, 20);

@@ -220,6 +220,8 @@ fn run_takeover_scenario(seed: u64) {
         }
     }
     sim.settle();
+    // The clock moves on: the old messages were taken well before the subscription.
+    sim.now += std::time::Duration::from_millis(10);
     let mut sub_shard = sim.rng.below(shard_count);
     let mut sub = sim.connect(sub_shard, "subscriber", false);
     let mut all_links = vec![(sub_shard, sub.clone())];
@@ -360,7 +362,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     limits.mesh_outbox_max_messages = 3;
     let auth = Arc::new(Authenticator::anonymous());
     let mut shard = Shard::new(ShardId(0), 2, limits, auth, now);
-    shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: 0 }], now);
+    shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: 0, since: None }], now);
     let mut cx = Context::from_waker(Waker::noop());
     assert_eq!(shard.poll_uncongested(&mut cx), Poll::Ready(()));
     for _ in 0..3 {
@@ -468,4 +470,36 @@ fn broadcast_routing_sends_every_publish_everywhere() {
     sim.settle();
     sim.packet(0, &publisher, publish_packet("nobody/listens", false));
     assert_eq!(take_publishes(&mut sim), vec![1, 2]);
+}
+
+#[test]
+fn a_publish_taken_after_a_subscribe_reaches_it_before_the_peers_know() {
+    let mut sim = Sim::new(3, 7);
+    let publisher = sim.connect(0, "publisher", true);
+    let subscriber = sim.connect(1, "subscriber", true);
+    sim.settle();
+    let _ = read_packets(&subscriber);
+    // The SUBSCRIBE is processed on shard 1, then the PUBLISH on shard 0, before shard 0
+    // has heard of the subscription (its announcement is still on the wire).
+    sim.packet(1, &subscriber, subscribe_packet("late/#"));
+    sim.packet(0, &publisher, publish_packet("late/1", false));
+    assert_eq!(take_publishes(&mut sim), Vec::<usize>::new(), "routed by what shard 0 knew");
+    sim.settle();
+    let packets = read_packets(&subscriber);
+    assert!(packets.iter().any(|p| matches!(p, Packet::SubAck(_))));
+    assert!(
+        packets.iter().any(|p| matches!(p, Packet::Publish(publish) if &publish.topic[..] == b"late/1")),
+        "sent on once the announcement arrived: {packets:?}"
+    );
+    assert_eq!(sim.shards[0].counters.late_matches_sent, 1);
+    // Published before the subscription: not sent on.
+    let other = sim.connect(2, "other", true);
+    sim.settle();
+    let _ = read_packets(&other);
+    sim.packet(0, &publisher, publish_packet("early/1", false));
+    sim.settle();
+    sim.now += std::time::Duration::from_millis(10);
+    sim.packet(2, &other, subscribe_packet("early/#"));
+    sim.settle();
+    assert!(!read_packets(&other).iter().any(|p| matches!(p, Packet::Publish(_))));
 }
