@@ -62,6 +62,15 @@ pub struct Config {
     #[arg(long)]
     pub no_wildcard_subscriptions: bool,
 
+    /// Refuse subscription identifiers (announced to 5.0 clients; a SUBSCRIBE with one
+    /// gets DISCONNECT 0xA1).
+    #[arg(long)]
+    pub no_subscription_identifiers: bool,
+
+    /// Refuse shared subscriptions `$share/...` (announced to 5.0 clients; SUBACK 0x9E / 0x80).
+    #[arg(long)]
+    pub no_shared_subscriptions: bool,
+
     /// Which shards a publish is sent to: `interest` (those with a matching subscriber, from
     /// the replicated interest summary) or `broadcast` (all of them).
     #[arg(long, value_enum, default_value = "interest")]
@@ -171,6 +180,8 @@ pub struct Limits {
     pub max_qos: crate::protocol::QoS,
     pub retain_available: bool,
     pub wildcard_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    pub shared_subscriptions: bool,
     pub outbound_buffer_max_bytes: usize,
     pub mesh_outbox_max_messages: usize,
     pub sys_interval: Option<Duration>,
@@ -212,6 +223,8 @@ impl Config {
             max_qos: crate::protocol::QoS::from_bits(self.max_qos).map_err(|_| ConfigError::MaxQos)?,
             retain_available: !self.no_retain,
             wildcard_subscriptions: !self.no_wildcard_subscriptions,
+            subscription_identifiers: !self.no_subscription_identifiers,
+            shared_subscriptions: !self.no_shared_subscriptions,
             max_keep_alive_s: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
             outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
             mesh_outbox_max_messages: self.mesh_outbox_max_messages,

@@ -195,14 +195,27 @@ fn one_copy_carries_every_matching_subscription_identifier() {
 
 #[test]
 fn restricted_server_announces_and_enforces_its_limits() {
-    let broker = Broker::start(&["--max-qos", "1", "--no-retain", "--no-wildcard-subscriptions"]);
+    let broker = Broker::start(&[
+        "--max-qos",
+        "1",
+        "--no-retain",
+        "--no-wildcard-subscriptions",
+        "--no-subscription-identifiers",
+        "--no-shared-subscriptions",
+    ]);
     let mut client = broker.raw_v5();
     let connack = client.connect("restricted", true, 60, None);
     assert_eq!(connack.properties.maximum_qos, Some(1));
     assert_eq!(connack.properties.retain_available, Some(0));
     assert_eq!(connack.properties.wildcard_subscription_available, Some(0));
-    let suback = client.subscribe(&[("r/+", QoS::AtMostOnce), ("r/t", QoS::ExactlyOnce)]);
-    assert_eq!(suback.codes, vec![ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1)], "QoS 2 granted as 1");
+    assert_eq!(connack.properties.subscription_identifier_available, Some(0));
+    assert_eq!(connack.properties.shared_subscription_available, Some(0));
+    let suback = client.subscribe(&[("r/+", QoS::AtMostOnce), ("r/t", QoS::ExactlyOnce), ("$share/g/r/t", QoS::AtMostOnce)]);
+    assert_eq!(
+        suback.codes,
+        vec![ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED, ReasonCode(1), ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED],
+        "QoS 2 granted as 1"
+    );
     client.publish_raw("r/t", QoS::ExactlyOnce, false);
     assert_eq!(client.disconnect_reason(), ReasonCode::QOS_NOT_SUPPORTED);
 
@@ -210,6 +223,15 @@ fn restricted_server_announces_and_enforces_its_limits() {
     assert_eq!(retainer.connect("retainer", true, 60, None).code, 0);
     retainer.publish_raw("r/t", QoS::AtMostOnce, true);
     assert_eq!(retainer.disconnect_reason(), ReasonCode::RETAIN_NOT_SUPPORTED);
+
+    let mut identified = broker.raw_v5();
+    assert_eq!(identified.connect("identified", true, 60, None).code, 0);
+    identified.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("id"),
+        properties: Properties { subscription_identifiers: vec![5], ..Properties::default() },
+        filters: vec![(Bytes::from_static(b"r/t"), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
+    }));
+    assert_eq!(identified.disconnect_reason(), ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED);
 
     let mut will_too_high = broker.raw_v5();
     let connack = will_too_high.connect("will-qos2", true, 60, Some(common::will("w", b"x", QoS::ExactlyOnce, false)));

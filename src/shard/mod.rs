@@ -90,6 +90,8 @@ pub enum CloseReason {
     UnknownTopicAlias,
     #[error("payload format indicator says UTF-8 but the payload is not")]
     PayloadFormatInvalid,
+    #[error("subscription identifier while they are switched off")]
+    SubscriptionIdentifiersNotSupported,
 }
 
 impl CloseReason {
@@ -102,6 +104,7 @@ impl CloseReason {
             CloseReason::PayloadFormatInvalid => ReasonCode::PAYLOAD_FORMAT_INVALID,
             CloseReason::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
             CloseReason::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
+            CloseReason::SubscriptionIdentifiersNotSupported => ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
             CloseReason::SecondConnect
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
@@ -898,6 +901,8 @@ impl Shard {
                 properties.maximum_qos = (self.limits.max_qos < QoS::ExactlyOnce).then_some(self.limits.max_qos as u8);
                 properties.retain_available = (!self.limits.retain_available).then_some(0);
                 properties.wildcard_subscription_available = (!self.limits.wildcard_subscriptions).then_some(0);
+                properties.subscription_identifier_available = (!self.limits.subscription_identifiers).then_some(0);
+                properties.shared_subscription_available = (!self.limits.shared_subscriptions).then_some(0);
                 if let Some(authenticated) = authenticated {
                     properties.authentication_method = Some(authenticated.method);
                     properties.authentication_data = authenticated.data;
@@ -1205,6 +1210,9 @@ impl Shard {
     fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
         let identifier = subscribe.properties.subscription_identifiers.first().copied();
+        if identifier.is_some() && !self.limits.subscription_identifiers {
+            return Err(CloseReason::SubscriptionIdentifiersNotSupported);
+        }
         let request = self.barriers.new_request();
         // Requests whose announcements must be applied everywhere before the SUBACK.
         let mut needs = vec![request];
@@ -1223,6 +1231,10 @@ impl Shard {
                     continue;
                 }
             };
+            if shared.is_some() && !self.limits.shared_subscriptions {
+                codes.push(if version.is_v5() { ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
             if shared.is_some() && options.no_local {
                 // MQTT 5.0 3.8.3.1: no-local on a shared subscription is a protocol error.
                 return Err(CloseReason::NoLocalOnSharedSubscription);
