@@ -91,7 +91,8 @@ async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
     let outcome = read_loop(&shard, &link, &mut reader).await;
     shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
     writer.await;
-    linger(&mut reader).await;
+    // Boxed like the connect phase: only closing connections need its timer.
+    Box::pin(linger(&mut reader)).await;
 }
 
 /// Discards what the client still sends until it closes too, or `LINGER` passes.
@@ -196,45 +197,59 @@ async fn packet_before(
     .await
 }
 
-async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
-    let limits = shard.borrow().limits().clone();
-    let max_packet = limits.max_packet_size_bytes;
-    let mut buf = BytesMut::new();
-
-    // The first packet must be a CONNECT, and it (with any enhanced-authentication
-    // exchange after it) must be done in time.
-    let deadline = Instant::now() + limits.connect_timeout;
-    let first = packet_before(reader, &mut buf, link, ProtocolVersion::V311, max_packet, deadline).await;
+/// CONNECT (and any enhanced-authentication exchange after it) within the connect
+/// timeout, then the wait for CONNACK. The protocol version once open, `None` if not.
+async fn establish(
+    shard: &Rc<RefCell<Shard>>,
+    link: &Rc<Link>,
+    reader: &mut ReadHalf,
+    buf: &mut BytesMut,
+    max_packet: u32,
+    connect_timeout: std::time::Duration,
+) -> Result<Option<ProtocolVersion>, CloseReason> {
+    let deadline = Instant::now() + connect_timeout;
+    let first = packet_before(reader, buf, link, ProtocolVersion::V311, max_packet, deadline).await;
     let connect = match first {
-        None => return Ok(()),
+        None => return Ok(None),
         Some(Ok(Packet::Connect(connect))) => connect,
         Some(Ok(other)) => {
             tracing::debug!(packet = other.name(), "first packet is not CONNECT");
-            return Ok(());
+            return Ok(None);
         }
         Some(Err(DecodeError::UnsupportedProtocolLevel(level))) => {
             tracing::debug!(level, "unsupported protocol level");
             // CONNACK return code 1 in the 3.1.1 layout, which every version can read.
             link.write_with(|out| out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]));
-            return Ok(());
+            return Ok(None);
         }
         Some(Err(error)) => {
             tracing::debug!(%error, "malformed CONNECT");
-            return Ok(());
+            return Ok(None);
         }
     };
     let version = connect.version;
     let mut progress = shard.borrow_mut().begin_connect(link, connect, Instant::now());
     while progress == ConnectProgress::Authenticating {
-        match packet_before(reader, &mut buf, link, version, max_packet, deadline).await {
+        match packet_before(reader, buf, link, version, max_packet, deadline).await {
             Some(Ok(packet)) => progress = shard.borrow_mut().continue_authentication(link, packet, Instant::now())?,
             Some(Err(error)) => return Err(CloseReason::Decode(error)),
-            None => return Ok(()),
+            None => return Ok(None),
         }
     }
-    if !link.wait_open().await {
+    Ok(link.wait_open().await.then_some(version))
+}
+
+async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
+    let (max_packet, connect_timeout) = {
+        let shard = shard.borrow();
+        (shard.limits().max_packet_size_bytes, shard.limits().connect_timeout)
+    };
+    let mut buf = BytesMut::new();
+    // Boxed: connecting happens once, and its state (a whole decoded packet, a timer)
+    // would otherwise be part of every idle connection's task for its whole life.
+    let Some(version) = Box::pin(establish(shard, link, reader, &mut buf, max_packet, connect_timeout)).await? else {
         return Ok(());
-    }
+    };
 
     loop {
         loop {
