@@ -144,19 +144,6 @@ fn an_ended_members_unacknowledged_messages_go_to_another_member() {
     assert_eq!(broker.wait_for_counters("counters", |_| true).total("shared_misses"), 0);
 }
 
-/// Reads publishes within `quiet` of each other, acknowledging each, until the connection
-/// is quiet or closed; the payloads of fresh and re-sent ones alike.
-fn drain_until_quiet(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
-    let mut payloads = Vec::new();
-    while let Some(packet) = client.try_recv(quiet) {
-        if let Packet::Publish(publish) = packet {
-            client.ack(&publish);
-            payloads.push(publish.payload.to_vec());
-        }
-    }
-    payloads
-}
-
 #[test]
 fn a_member_taken_over_on_any_shard_keeps_its_share_and_the_group_loses_nothing() {
     let broker = Broker::start(&[]);
@@ -179,11 +166,11 @@ fn a_member_taken_over_on_any_shard_keeps_its_share_and_the_group_loses_nothing(
         let mut next = broker.raw_v5();
         let connack = next.connect_with_properties("share-mover", false, 60, persistent());
         assert!(connack.session_present);
-        received.extend(drain_until_quiet(&mut mover, Duration::from_millis(50)));
+        received.extend(drain(&mut mover, Duration::from_millis(50)));
         mover = next;
     }
-    received.extend(drain_until_quiet(&mut mover, Duration::from_millis(300)));
-    received.extend(drain_until_quiet(&mut stay, Duration::from_millis(300)));
+    received.extend(drain(&mut mover, Duration::from_millis(300)));
+    received.extend(drain(&mut stay, Duration::from_millis(300)));
     received.sort();
     received.dedup();
     assert_eq!(received.len(), id as usize, "every message reached the group");

@@ -52,17 +52,20 @@ trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${OUT_DIR:-}" ] || rm -rf "$WOR
 # Every broker gets the same per-session queue bound, large enough not to shed in these runs.
 QUEUE=1000000
 
+start_ringmq() { # cpus shards extra-flags...
+  local cpus=$1 shards=$2; shift 2
+  # shellcheck disable=SC2086
+  taskset -c "$cpus" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$shards" --log warn --sys-interval-s 0 \
+    --queued-messages-max $QUEUE "$@" ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 &
+}
+
 start_broker() {
   PORT=$((20000 + RANDOM % 20000))   # fresh port: mosquitto cannot rebind one in TIME_WAIT
   case "$1" in
-    ringmq) taskset -c "$BROKER_CPUS" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$SHARDS" --log warn \
-              --sys-interval-s 0 --queued-messages-max $QUEUE ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
-    ringmq-broadcast) taskset -c "$BROKER_CPUS" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$SHARDS" --log warn \
-              --sys-interval-s 0 --queued-messages-max $QUEUE --routing broadcast ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
-    ringmq-cpu) taskset -c "$BROKER_CPUS" "$RINGMQ" --listen 127.0.0.1:$PORT --cores "$SHARDS" --log warn \
-              --sys-interval-s 0 --queued-messages-max $QUEUE --steer cpu ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
-    ringmq-1) taskset -c "$FIRST_BROKER_CPU" "$RINGMQ" --listen 127.0.0.1:$PORT --cores 1 --log warn \
-              --sys-interval-s 0 --queued-messages-max $QUEUE ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 & ;;
+    ringmq) start_ringmq "$BROKER_CPUS" "$SHARDS" ;;
+    ringmq-broadcast) start_ringmq "$BROKER_CPUS" "$SHARDS" --routing broadcast ;;
+    ringmq-cpu) start_ringmq "$BROKER_CPUS" "$SHARDS" --steer cpu ;;
+    ringmq-1) start_ringmq "$FIRST_BROKER_CPU" 1 ;;
     mosquitto) printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nmax_inflight_messages 32\n' $PORT $QUEUE >"$WORK/m.conf"
                taskset -c "$BROKER_CPUS" "$MOSQUITTO" -c "$WORK/m.conf" >"$WORK/broker.log" 2>&1 & ;;
     rmqtt) # Same bounds as the others; anonymous; no plugins; log to a file in $WORK.

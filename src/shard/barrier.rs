@@ -49,7 +49,8 @@ impl<T> Barriers<T> {
         self.open.entry(request).or_insert_with(|| Open { remaining: 0, positions: vec![0; shard_count] }).remaining += answers;
     }
 
-    pub fn is_open(&self, request: u64) -> bool {
+    #[cfg(test)]
+    fn is_open(&self, request: u64) -> bool {
         self.open.contains_key(&request)
     }
 

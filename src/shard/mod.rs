@@ -765,10 +765,8 @@ impl Shard {
         self.interest.hold_receive_all(destination);
         self.broadcast(|| MeshMessage::ReceiveAll { shard: destination, request }, now);
         self.expect_answers_from_all_peers(request);
+        // `next` is on another shard, so at least that shard answers: `applied` finishes.
         self.moving.insert(request, MovingSession { client_id, previous, next });
-        if !self.barriers.is_open(request) {
-            self.finish_move(request, vec![0; self.shard_count], now);
-        }
     }
 
     /// Every other shard holds `next`'s shard on receive-all: let the session go.

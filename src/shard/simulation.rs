@@ -53,9 +53,13 @@ fn limits() -> Limits {
 
 impl Sim {
     fn new(shard_count: usize, seed: u64) -> Sim {
+        Self::with_limits(shard_count, seed, limits())
+    }
+
+    fn with_limits(shard_count: usize, seed: u64, limits: Limits) -> Sim {
         let now = Instant::now();
         let auth = Arc::new(Authenticator::anonymous());
-        let shards = (0..shard_count).map(|id| Shard::new(ShardId(id), shard_count, limits(), auth.clone(), now)).collect();
+        let shards = (0..shard_count).map(|id| Shard::new(ShardId(id), shard_count, limits.clone(), auth.clone(), now)).collect();
         Sim { shards, wires: HashMap::new(), rng: Rng(seed | 1), now }
     }
 
@@ -461,11 +465,7 @@ fn publishes_travel_only_to_shards_with_a_matching_subscriber() {
 
 #[test]
 fn broadcast_routing_sends_every_publish_everywhere() {
-    let now = Instant::now();
-    let auth = Arc::new(Authenticator::anonymous());
-    let limits = Limits { routing: crate::config::Routing::Broadcast, ..limits() };
-    let shards = (0..3).map(|id| Shard::new(ShardId(id), 3, limits.clone(), auth.clone(), now)).collect();
-    let mut sim = Sim { shards, wires: HashMap::new(), rng: Rng(1), now };
+    let mut sim = Sim::with_limits(3, 1, Limits { routing: crate::config::Routing::Broadcast, ..limits() });
     let publisher = sim.connect(0, "publisher", true);
     sim.settle();
     sim.packet(0, &publisher, publish_packet("nobody/listens", false));
