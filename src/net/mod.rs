@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
 use crate::protocol::{DecodeError, Packet, ProtocolVersion, decode};
-use crate::shard::link::Link;
+use crate::shard::link::{Link, register_waker};
 use crate::shard::{CloseReason, ConnectProgress, Shard};
 use split::{ReadHalf, WriteHalf};
 
@@ -47,23 +47,35 @@ impl Latch {
         self.set.get()
     }
 
+    /// Resolves once set. A task polled again while waiting keeps one registered waker,
+    /// not one per poll: glommio counts a task's wakers in an `i16`, and an accept loop
+    /// that polls this once per connection overflowed it after ~32k connections.
     pub async fn wait(&self) {
         poll_fn(|cx| {
             if self.set.get() {
                 return Poll::Ready(());
             }
-            self.waiters.borrow_mut().push(cx.waker().clone());
+            register_waker(&mut self.waiters.borrow_mut(), cx.waker());
             Poll::Pending
         })
         .await
     }
+
+    #[cfg(test)]
+    fn waiter_count(&self) -> usize {
+        self.waiters.borrow().len()
+    }
 }
+
 
 /// Accepts connections until `stopping` is set.
 pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stopping: Rc<Latch>) {
+    // One stop future for the whole loop, not a fresh one (and a fresh waker) per accept.
+    let stop = stopping.wait();
+    futures_lite::pin!(stop);
     loop {
         let accepted = or(async { Some(listener.accept().await) }, async {
-            stopping.wait().await;
+            (&mut stop).await;
             None
         })
         .await;
@@ -274,5 +286,32 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
         if let ReadOutcome::Closed = read_more(reader, &mut buf, link).await {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::{Context, Wake};
+
+    struct CountingWake;
+    impl Wake for CountingWake {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_latch_polled_many_times_by_one_task_keeps_one_waker() {
+        let latch = Latch::default();
+        let waker = Waker::from(Arc::new(CountingWake));
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..100_000 {
+            let wait = latch.wait();
+            futures_lite::pin!(wait);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(latch.waiter_count(), 1);
+        latch.set();
+        assert_eq!(latch.waiter_count(), 0);
     }
 }

@@ -139,3 +139,11 @@ fn wake(slot: &Cell<Option<Waker>>) {
         waker.wake();
     }
 }
+
+/// Adds `waker` to a list of waiters unless a waker for the same task is already there, so
+/// a task polled many times while it waits holds one entry, not one per poll.
+pub fn register_waker(waiters: &mut Vec<Waker>, waker: &Waker) {
+    if !waiters.iter().any(|waiting| waiting.will_wake(waker)) {
+        waiters.push(waker.clone());
+    }
+}

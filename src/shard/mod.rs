@@ -507,7 +507,7 @@ impl Shard {
             return Poll::Ready(());
         }
         self.counters.publisher_throttled += 1;
-        self.congestion_waiters.push(cx.waker().clone());
+        link::register_waker(&mut self.congestion_waiters, cx.waker());
         Poll::Pending
     }
 

@@ -16,6 +16,18 @@ impl<V> Default for Node<V> {
     }
 }
 
+impl<V> Drop for Node<V> {
+    /// Tears a subtree down with an explicit stack: a recursive drop takes one stack frame
+    /// per topic level, and publishers choose the depth.
+    fn drop(&mut self) {
+        let mut pending: Vec<Node<V>> = self.children.drain().map(|(_, child)| child).collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain().map(|(_, child)| child));
+        }
+    }
+}
+
+/// Every operation is a loop, never recursion, so any depth of topic or filter is safe.
 pub struct RetainedTree<V> {
     root: Node<V>,
     len: usize,
@@ -49,22 +61,50 @@ impl<V> RetainedTree<V> {
         previous
     }
 
-    /// Clears `topic` (a retained PUBLISH with an empty payload), pruning emptied nodes.
+    /// Clears `topic` (a retained PUBLISH with an empty payload), pruning the nodes that
+    /// only led to it.
     pub fn remove(&mut self, topic: &[u8]) -> Option<V> {
         let levels: Vec<&[u8]> = topic.split(|&b| b == b'/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels);
+        // Read-only pass: is it there, and which edge starts a chain that empties with it?
+        let mut prune_at = None;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            node = node.children.get(*level)?;
+            let last = depth + 1 == levels.len();
+            let only_the_path = !last && node.children.len() == 1 && node.message.is_none();
+            if last || only_the_path {
+                prune_at = prune_at.or(Some(depth));
+            } else {
+                prune_at = None;
+            }
+        }
+        node.message.as_ref()?;
+        if !node.children.is_empty() {
+            prune_at = None;
+        }
+        let removed = match prune_at {
+            Some(depth) => {
+                let mut parent = &mut self.root;
+                for level in &levels[..depth] {
+                    parent = parent.children.get_mut(*level)?;
+                }
+                let mut detached = parent.children.remove(levels[depth])?;
+                let mut end = &mut detached;
+                for level in &levels[depth + 1..] {
+                    end = end.children.get_mut(*level)?;
+                }
+                end.message.take()
+            }
+            None => {
+                let mut end = &mut self.root;
+                for level in &levels {
+                    end = end.children.get_mut(*level)?;
+                }
+                end.message.take()
+            }
+        };
         if removed.is_some() {
             self.len -= 1;
-        }
-        removed
-    }
-
-    fn remove_at(node: &mut Node<V>, levels: &[&[u8]]) -> Option<V> {
-        let Some((level, rest)) = levels.split_first() else { return node.message.take() };
-        let child = node.children.get_mut(*level)?;
-        let removed = Self::remove_at(child, rest);
-        if child.message.is_none() && child.children.is_empty() {
-            node.children.remove(*level);
         }
         removed
     }
@@ -72,51 +112,53 @@ impl<V> RetainedTree<V> {
     /// Calls `visit` for every retained message whose topic `filter` matches.
     pub fn for_each_match(&self, filter: &[u8], mut visit: impl FnMut(&V)) {
         let levels: Vec<&[u8]> = filter.split(|&b| b == b'/').collect();
-        Self::walk(&self.root, &levels, true, &mut visit);
-    }
-
-    fn walk(node: &Node<V>, filter: &[&[u8]], at_root: bool, visit: &mut impl FnMut(&V)) {
-        let Some((level, rest)) = filter.split_first() else {
-            if let Some(message) = &node.message {
-                visit(message);
-            }
-            return;
-        };
-        // At the root, wildcards skip `$` topics.
-        let eligible = |name: &[u8]| !(at_root && is_system_topic(name));
-        match *level {
-            b"#" => {
-                // `a/#` includes `a` itself.
-                if !at_root && let Some(message) = &node.message {
+        // (node, filter levels consumed); `+` can fan out to every child.
+        let mut pending: Vec<(&Node<V>, usize)> = vec![(&self.root, 0)];
+        while let Some((node, depth)) = pending.pop() {
+            let Some(level) = levels.get(depth) else {
+                if let Some(message) = &node.message {
                     visit(message);
                 }
-                for (name, child) in &node.children {
-                    if eligible(name) {
-                        Self::visit_all(child, visit);
+                continue;
+            };
+            // At the root, wildcards skip `$` topics (MQTT 4.7.2).
+            let at_root = depth == 0;
+            let eligible = |name: &[u8]| !(at_root && is_system_topic(name));
+            match *level {
+                b"#" => {
+                    // `a/#` includes `a` itself.
+                    if !at_root && let Some(message) = &node.message {
+                        visit(message);
+                    }
+                    for (name, child) in &node.children {
+                        if eligible(name) {
+                            Self::visit_all(child, &mut visit);
+                        }
                     }
                 }
-            }
-            b"+" => {
-                for (name, child) in &node.children {
-                    if eligible(name) {
-                        Self::walk(child, rest, false, visit);
+                b"+" => {
+                    for (name, child) in &node.children {
+                        if eligible(name) {
+                            pending.push((child, depth + 1));
+                        }
                     }
                 }
-            }
-            exact => {
-                if let Some(child) = node.children.get(exact) {
-                    Self::walk(child, rest, false, visit);
+                exact => {
+                    if let Some(child) = node.children.get(exact) {
+                        pending.push((child, depth + 1));
+                    }
                 }
             }
         }
     }
 
     fn visit_all(node: &Node<V>, visit: &mut impl FnMut(&V)) {
-        if let Some(message) = &node.message {
-            visit(message);
-        }
-        for child in node.children.values() {
-            Self::visit_all(child, visit);
+        let mut pending = vec![node];
+        while let Some(node) = pending.pop() {
+            if let Some(message) = &node.message {
+                visit(message);
+            }
+            pending.extend(node.children.values());
         }
     }
 }
@@ -147,6 +189,40 @@ mod tests {
         assert_eq!(tree.remove(b"a/b"), Some("a/b".to_string()));
         assert_eq!(found(&tree, "a/#"), vec!["a", "a/b/c"]);
         assert_eq!(tree.len(), 4);
+    }
+
+    const DEEP_LEVELS: usize = 100_000;
+
+    #[test]
+    fn every_operation_survives_a_hundred_thousand_levels() {
+        let topic = vec!["a"; DEEP_LEVELS].join("/");
+        let mut tree = RetainedTree::default();
+        tree.insert(topic.as_bytes(), "deep".to_string());
+        tree.insert(b"a", "shallow".to_string());
+        assert_eq!(found(&tree, "#"), vec!["deep", "shallow"]);
+        assert_eq!(found(&tree, "a/#"), vec!["deep", "shallow"]);
+        assert_eq!(found(&tree, &vec!["+"; DEEP_LEVELS].join("/")), vec!["deep"]);
+        assert_eq!(found(&tree, &topic), vec!["deep"]);
+        assert_eq!(tree.remove(topic.as_bytes()), Some("deep".to_string()));
+        assert_eq!(found(&tree, "#"), vec!["shallow"]);
+        assert_eq!(tree.remove(b"a"), Some("shallow".to_string()));
+        assert!(tree.root.children.is_empty(), "the deep chain was pruned");
+        tree.insert(topic.as_bytes(), "again".to_string());
+        drop(tree);
+    }
+
+    #[test]
+    fn removing_a_topic_keeps_its_neighbours() {
+        let mut tree = RetainedTree::default();
+        for topic in ["a/b/c/d", "a/b", "a/b/x"] {
+            tree.insert(topic.as_bytes(), topic.to_string());
+        }
+        assert_eq!(tree.remove(b"a/b/c"), None, "an inner node without a message");
+        assert_eq!(tree.remove(b"a/b/c/d"), Some("a/b/c/d".to_string()));
+        assert_eq!(found(&tree, "#"), vec!["a/b", "a/b/x"]);
+        assert_eq!(tree.remove(b"a/b"), Some("a/b".to_string()));
+        assert_eq!(found(&tree, "a/+/x"), vec!["a/b/x"]);
+        assert_eq!(tree.len(), 1);
     }
 
     proptest! {

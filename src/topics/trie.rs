@@ -26,9 +26,44 @@ impl<K, V> Node<K, V> {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.single_level.is_none() && self.multi_level.is_empty() && self.exact.is_empty()
     }
+
+    /// Edges out of this node (named children and the `+` child).
+    fn edge_count(&self) -> usize {
+        self.children.len() + usize::from(self.single_level.is_some())
+    }
+
+    fn child(&self, level: &[u8]) -> Option<&Node<K, V>> {
+        if level == b"+" { self.single_level.as_deref() } else { self.children.get(level) }
+    }
+
+    fn child_mut(&mut self, level: &[u8]) -> Option<&mut Node<K, V>> {
+        if level == b"+" { self.single_level.as_deref_mut() } else { self.children.get_mut(level) }
+    }
+
+    fn take_child(&mut self, level: &[u8]) -> Option<Node<K, V>> {
+        if level == b"+" { self.single_level.take().map(|child| *child) } else { self.children.remove(level) }
+    }
+
+    fn subscribers_mut(&mut self, multi_level: bool) -> &mut Vec<(K, V)> {
+        if multi_level { &mut self.multi_level } else { &mut self.exact }
+    }
+}
+
+impl<K, V> Drop for Node<K, V> {
+    /// Tears a subtree down with an explicit stack: dropping a chain of nodes recursively
+    /// would take one stack frame per topic level, and clients choose the depth.
+    fn drop(&mut self) {
+        let mut pending: Vec<Node<K, V>> = self.children.drain().map(|(_, child)| child).collect();
+        pending.extend(self.single_level.take().map(|child| *child));
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain().map(|(_, child)| child));
+            pending.extend(node.single_level.take().map(|child| *child));
+        }
+    }
 }
 
 /// Maps filters to subscribers `K` with a value `V` each (their subscription options).
+/// Every operation is a loop, never recursion, so any depth of filter or topic is safe.
 pub struct SubscriptionTree<K, V> {
     root: Node<K, V>,
     len: usize,
@@ -42,6 +77,16 @@ impl<K, V> Default for SubscriptionTree<K, V> {
 
 fn levels(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes.split(|&b| b == b'/')
+}
+
+/// A filter as the edges to walk and which subscriber list at the last node holds it.
+fn path_of(filter: &[u8]) -> (Vec<&[u8]>, bool) {
+    let mut steps: Vec<&[u8]> = levels(filter).collect();
+    let multi_level = steps.last() == Some(&&b"#"[..]);
+    if multi_level {
+        steps.pop();
+    }
+    (steps, multi_level)
 }
 
 impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
@@ -83,70 +128,129 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
         None
     }
 
-    /// Removes `key`'s subscription to `filter`, pruning emptied nodes.
+    /// Removes `key`'s subscription to `filter`, pruning the nodes that only led to it.
     pub fn remove(&mut self, filter: &[u8], key: &K) -> Option<V> {
-        let levels: Vec<&[u8]> = levels(filter).collect();
-        let removed = Self::remove_at(&mut self.root, &levels, key);
+        let (steps, multi_level) = path_of(filter);
+        // First pass, read-only: is the entry there, and which edge (if any) leads to a
+        // chain of nodes that all become empty without it? `prune_at` is that edge's index.
+        let mut prune_at = None;
+        let mut node = &self.root;
+        for (depth, step) in steps.iter().enumerate() {
+            node = node.child(step)?;
+            let last = depth + 1 == steps.len();
+            let only_the_path = !last && node.edge_count() == 1 && node.exact.is_empty() && node.multi_level.is_empty();
+            if last || only_the_path {
+                prune_at = prune_at.or(Some(depth));
+            } else {
+                prune_at = None;
+            }
+        }
+        let subscribers = if multi_level { &node.multi_level } else { &node.exact };
+        subscribers.iter().position(|(k, _)| k == key)?;
+        let others = if multi_level { &node.exact } else { &node.multi_level };
+        if subscribers.len() > 1 || !others.is_empty() || node.edge_count() > 0 {
+            prune_at = None;
+        }
+        let removed = match prune_at {
+            Some(depth) => {
+                let mut parent = &mut self.root;
+                for step in &steps[..depth] {
+                    parent = parent.child_mut(step)?;
+                }
+                let mut detached = parent.take_child(steps[depth])?;
+                let mut end = &mut detached;
+                for step in &steps[depth + 1..] {
+                    end = end.child_mut(step)?;
+                }
+                take(end.subscribers_mut(multi_level), key)
+            }
+            None => {
+                let mut end = &mut self.root;
+                for step in &steps {
+                    end = end.child_mut(step)?;
+                }
+                take(end.subscribers_mut(multi_level), key)
+            }
+        };
         if removed.is_some() {
             self.len -= 1;
         }
         removed
     }
 
-    fn remove_at(node: &mut Node<K, V>, levels: &[&[u8]], key: &K) -> Option<V> {
-        let take = |subscribers: &mut Vec<(K, V)>| {
-            let index = subscribers.iter().position(|(k, _)| k == key)?;
-            Some(subscribers.swap_remove(index).1)
-        };
-        match levels.split_first() {
-            None => take(&mut node.exact),
-            Some((level, _)) if *level == b"#" => take(&mut node.multi_level),
-            Some((level, rest)) if *level == b"+" => {
-                let child = node.single_level.as_mut()?;
-                let removed = Self::remove_at(child, rest, key);
-                if child.is_empty() {
-                    node.single_level = None;
-                }
-                removed
-            }
-            Some((level, rest)) => {
-                let child = node.children.get_mut(*level)?;
-                let removed = Self::remove_at(child, rest, key);
-                if child.is_empty() {
-                    node.children.remove(*level);
-                }
-                removed
-            }
-        }
-    }
-
     /// Calls `visit` for every subscription whose filter matches `topic`. A subscriber
     /// with several matching filters is visited once per filter.
     pub fn for_each_match(&self, topic: &[u8], mut visit: impl FnMut(&K, &V)) {
         let system = is_system_topic(topic);
-        let topic_levels: smallvec_levels::Levels = smallvec_levels::Levels::new(topic);
-        Self::walk(&self.root, topic_levels.as_slice(), true, system, &mut visit);
+        let topic_levels = smallvec_levels::Levels::new(topic);
+        let rest = topic_levels.as_slice();
+        // Nodes still to visit, each with how many topic levels it has consumed. A match
+        // branches at most two ways per level (the named child and `+`).
+        let mut pending = walk_stack::Stack::new();
+        pending.push((&self.root, 0));
+        while let Some((node, depth)) = pending.pop() {
+            // At the root, wildcards skip `$` topics (MQTT 4.7.2).
+            let wildcards_allowed = !(depth == 0 && system);
+            if wildcards_allowed {
+                // `a/#` matches `a` itself as well as everything below it.
+                for (key, value) in &node.multi_level {
+                    visit(key, value);
+                }
+            }
+            let Some(level) = rest.get(depth) else {
+                for (key, value) in &node.exact {
+                    visit(key, value);
+                }
+                continue;
+            };
+            if let Some(child) = node.children.get(*level) {
+                pending.push((child, depth + 1));
+            }
+            if wildcards_allowed && let Some(child) = &node.single_level {
+                pending.push((child, depth + 1));
+            }
+        }
+    }
+}
+
+fn take<K: PartialEq, V>(subscribers: &mut Vec<(K, V)>, key: &K) -> Option<V> {
+    let index = subscribers.iter().position(|(k, _)| k == key)?;
+    Some(subscribers.swap_remove(index).1)
+}
+
+/// The match walk's stack: inline for the depths real topics have, on the heap beyond.
+mod walk_stack {
+    const INLINE: usize = 32;
+
+    pub struct Stack<T: Copy> {
+        inline: [Option<T>; INLINE],
+        inline_len: usize,
+        spilled: Vec<T>,
     }
 
-    fn walk(node: &Node<K, V>, rest: &[&[u8]], at_root: bool, system: bool, visit: &mut impl FnMut(&K, &V)) {
-        let wildcards_allowed = !(at_root && system);
-        if wildcards_allowed {
-            // `a/#` matches `a` itself as well as everything below it.
-            for (key, value) in &node.multi_level {
-                visit(key, value);
+    impl<T: Copy> Stack<T> {
+        pub fn new() -> Self {
+            Stack { inline: [None; INLINE], inline_len: 0, spilled: Vec::new() }
+        }
+
+        pub fn push(&mut self, item: T) {
+            if self.inline_len < INLINE {
+                self.inline[self.inline_len] = Some(item);
+                self.inline_len += 1;
+            } else {
+                self.spilled.push(item);
             }
         }
-        let Some((level, rest)) = rest.split_first() else {
-            for (key, value) in &node.exact {
-                visit(key, value);
+
+        pub fn pop(&mut self) -> Option<T> {
+            if let Some(item) = self.spilled.pop() {
+                return Some(item);
             }
-            return;
-        };
-        if let Some(child) = node.children.get(*level) {
-            Self::walk(child, rest, false, system, visit);
-        }
-        if wildcards_allowed && let Some(child) = &node.single_level {
-            Self::walk(child, rest, false, system, visit);
+            if self.inline_len == 0 {
+                return None;
+            }
+            self.inline_len -= 1;
+            self.inline[self.inline_len].take()
         }
     }
 }
@@ -222,6 +326,58 @@ mod tests {
         assert_eq!(tree.remove(b"a/+/c", &1), Some(2));
         assert_eq!(tree.remove(b"a/+/c", &1), None);
         assert!(tree.is_empty());
+        assert!(tree.root.is_empty());
+    }
+
+    /// Far deeper than any stack frame per level could survive on a 2 MiB test thread.
+    const DEEP_LEVELS: usize = 100_000;
+
+    fn deep(level: &str, levels: usize, tail: &str) -> String {
+        let mut topic = vec![level; levels].join("/");
+        topic.push_str(tail);
+        topic
+    }
+
+    #[test]
+    fn every_operation_survives_a_hundred_thousand_levels() {
+        let topic = deep("a", DEEP_LEVELS, "");
+        let exact = topic.clone();
+        let pluses = deep("+", DEEP_LEVELS, "");
+        let hash = deep("a", DEEP_LEVELS - 1, "/#");
+        let mut tree = SubscriptionTree::default();
+        tree.insert(exact.as_bytes(), 1u32, ());
+        tree.insert(pluses.as_bytes(), 2, ());
+        tree.insert(hash.as_bytes(), 3, ());
+        tree.insert(b"#", 4, ());
+        assert_eq!(matches(&tree, &topic), vec![1, 2, 3, 4]);
+        assert_eq!(matches(&tree, &deep("b", DEEP_LEVELS, "")), vec![2, 4]);
+        assert_eq!(tree.remove(exact.as_bytes(), &1), Some(()));
+        assert_eq!(tree.remove(pluses.as_bytes(), &2), Some(()));
+        assert_eq!(matches(&tree, &topic), vec![3, 4]);
+        assert_eq!(tree.remove(hash.as_bytes(), &3), Some(()));
+        assert_eq!(tree.remove(b"#", &4), Some(()));
+        assert!(tree.root.is_empty(), "every deep chain was pruned");
+        // Dropping a deep tree (a client disconnecting with its subscriptions) is a loop too.
+        tree.insert(exact.as_bytes(), 1, ());
+        tree.insert(pluses.as_bytes(), 2, ());
+        drop(tree);
+    }
+
+    #[test]
+    fn removing_one_branch_keeps_the_shared_prefix_and_its_subscribers() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert(b"a/b/c/d", 1u32, ());
+        tree.insert(b"a/b", 2, ());
+        tree.insert(b"a/b/x", 3, ());
+        tree.insert(b"a/b/c/#", 4, ());
+        assert_eq!(tree.remove(b"a/b/c/d", &1), Some(()));
+        assert_eq!(matches(&tree, "a/b/c/d"), vec![4]);
+        assert_eq!(tree.remove(b"a/b/c/#", &4), Some(()));
+        assert_eq!(matches(&tree, "a/b"), vec![2]);
+        assert_eq!(matches(&tree, "a/b/x"), vec![3]);
+        assert_eq!(tree.remove(b"a/b/x", &9), None, "another key's entry is not removed");
+        assert_eq!(tree.remove(b"a/b/x", &3), Some(()));
+        assert_eq!(tree.remove(b"a/b", &2), Some(()));
         assert!(tree.root.is_empty());
     }
 
