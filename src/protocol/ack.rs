@@ -4,7 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::error::DecodeError;
-use super::packet::{PacketId, ProtocolVersion, packet_len, put_fixed_header};
+use super::packet::{PacketId, ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
 use super::properties::{Properties, PropertyContext};
 use super::reason::ReasonCode;
@@ -25,11 +25,20 @@ impl Ack {
         Ack { packet_id, reason, properties: Properties::default() }
     }
 
-    pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<Ack, DecodeError> {
+    /// `packet_type`: which of the four this is, for the reason codes it may carry.
+    pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion, packet_type: u8) -> Result<Ack, DecodeError> {
         let packet_id = PacketId::read(reader)?;
         let mut ack = Ack::new(packet_id);
         if version.is_v5() && !reader.is_empty() {
             ack.reason = ReasonCode(reader.u8()?);
+            // MQTT 5.0 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1: only the listed codes.
+            let allowed: &[u8] = match packet_type {
+                packet_type::PUBACK | packet_type::PUBREC => &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99],
+                _ => &[0x00, 0x92],
+            };
+            if !allowed.contains(&ack.reason.0) {
+                return Err(DecodeError::InvalidReasonCode(ack.reason.0));
+            }
             if !reader.is_empty() {
                 ack.properties = Properties::decode(reader, PropertyContext::Ack)?;
             }
@@ -86,5 +95,20 @@ mod tests {
         let mut short = BytesMut::from(&[0x40, 0x02, 0x00, 0x01][..]);
         let Some(Packet::PubAck(ack)) = decode(&mut short, ProtocolVersion::V5, 1024).unwrap() else { panic!() };
         assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    }
+
+    #[test]
+    fn undefined_reason_codes_are_malformed() {
+        let decode_v5 = |bytes: &[u8]| decode(&mut BytesMut::from(bytes), ProtocolVersion::V5, 1024);
+        // 0x92 is a PUBREL/PUBCOMP code, not a PUBACK/PUBREC one, and 0x05 is nobody's.
+        for bytes in [&[0x40, 0x03, 0x00, 0x01, 0x92][..], &[0x50, 0x03, 0x00, 0x01, 0x05], &[0x62, 0x03, 0x00, 0x01, 0x10], &[0x70, 0x03, 0x00, 0x01, 0x80]] {
+            let error = decode_v5(bytes).unwrap_err();
+            assert!(matches!(error, DecodeError::InvalidReasonCode(_)), "{bytes:02x?}: {error:?}");
+            assert_eq!(error.reason_code(), ReasonCode::MALFORMED_PACKET);
+        }
+        assert!(decode_v5(&[0x50, 0x03, 0x00, 0x01, 0x87]).is_ok());
+        assert!(decode_v5(&[0x70, 0x03, 0x00, 0x01, 0x92]).is_ok());
+        assert!(matches!(decode_v5(&[0xE0, 0x01, 0x05]), Err(DecodeError::InvalidReasonCode(0x05))), "DISCONNECT");
+        assert!(matches!(decode_v5(&[0xF0, 0x01, 0x01]), Err(DecodeError::InvalidReasonCode(0x01))), "AUTH");
     }
 }

@@ -19,6 +19,10 @@ impl Auth {
         let mut auth = Auth { reason: ReasonCode::SUCCESS, properties: Properties::default() };
         if !reader.is_empty() {
             auth.reason = ReasonCode(reader.u8()?);
+            // MQTT 5.0 3.15.2.1: success, continue, re-authenticate; nothing else.
+            if ![0x00, 0x18, 0x19].contains(&auth.reason.0) {
+                return Err(DecodeError::InvalidReasonCode(auth.reason.0));
+            }
             if !reader.is_empty() {
                 auth.properties = Properties::decode(reader, PropertyContext::Auth)?;
             }

@@ -24,6 +24,14 @@ impl Disconnect {
         let mut disconnect = Disconnect::new(ReasonCode::SUCCESS);
         if version.is_v5() && !reader.is_empty() {
             disconnect.reason = ReasonCode(reader.u8()?);
+            // MQTT 5.0 3.14.2.1: the codes either side may send, and no others.
+            const ALLOWED: &[u8] = &[
+                0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97,
+                0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+            ];
+            if !ALLOWED.contains(&disconnect.reason.0) {
+                return Err(DecodeError::InvalidReasonCode(disconnect.reason.0));
+            }
             if !reader.is_empty() {
                 disconnect.properties = Properties::decode(reader, PropertyContext::Disconnect)?;
             }

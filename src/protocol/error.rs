@@ -49,16 +49,19 @@ pub enum DecodeError {
     DupWithQos0,
     #[error("packet type {0} is not valid in this protocol version")]
     NotInThisVersion(u8),
+    #[error("reason code {0:#04x} is not defined for this packet")]
+    InvalidReasonCode(u8),
 }
 
 impl DecodeError {
-    /// The MQTT 5.0 reason code for the DISCONNECT the broker sends before closing.
+    /// The MQTT 5.0 reason code for the DISCONNECT the broker sends before closing. A
+    /// property in a packet that may not carry it, or an undefined reason code, makes the
+    /// packet malformed (5.0 2.2.2.2, 1.2): 0x81.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             DecodeError::DuplicateProperty(_)
-            | DecodeError::PropertyNotAllowed(_)
             | DecodeError::InvalidPropertyValue(_)
             | DecodeError::DupWithQos0
             | DecodeError::PasswordWithoutUserName

@@ -302,6 +302,10 @@ mod tests {
             decode(&[3, 0x13, 0, 5], PropertyContext::Connect),
             Err(DecodeError::PropertyNotAllowed(0x13))
         );
+        // A Session Expiry Interval in a PUBLISH makes it a Malformed Packet (5.0 2.2.2.2).
+        let error = decode(&[6, 0x11, 0, 0, 0, 10, 0], PropertyContext::Publish).unwrap_err();
+        assert_eq!(error, DecodeError::PropertyNotAllowed(0x11));
+        assert_eq!(error.reason_code(), crate::protocol::ReasonCode::MALFORMED_PACKET);
     }
 
     #[test]

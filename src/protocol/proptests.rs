@@ -85,9 +85,15 @@ fn properties(context: PropertyContext, version: ProtocolVersion) -> BoxedStrate
     }
 }
 
-fn reason(version: ProtocolVersion) -> BoxedStrategy<ReasonCode> {
-    if version.is_v5() { any::<u8>().prop_map(ReasonCode).boxed() } else { Just(ReasonCode::SUCCESS).boxed() }
+/// A reason code the packet may carry (5.0 lists them per packet type); 3.1.1 has none.
+fn reason(version: ProtocolVersion, allowed: &'static [u8]) -> BoxedStrategy<ReasonCode> {
+    if version.is_v5() { proptest::sample::select(allowed).prop_map(ReasonCode).boxed() } else { Just(ReasonCode::SUCCESS).boxed() }
 }
+
+const PUBACK_REASONS: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+const PUBREL_REASONS: &[u8] = &[0x00, 0x92];
+const DISCONNECT_REASONS: &[u8] = &[0x00, 0x04, 0x80, 0x81, 0x82, 0x8B, 0x8E, 0x97, 0x9C, 0xA2];
+const AUTH_REASONS: &[u8] = &[0x00, 0x18, 0x19];
 
 fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (qos(), any::<bool>(), any::<bool>(), mqtt_string(), packet_id(), properties(PropertyContext::Publish, version), binary())
@@ -144,8 +150,8 @@ fn codes() -> impl Strategy<Value = Vec<ReasonCode>> {
     proptest::collection::vec(any::<u8>().prop_map(ReasonCode), 1..5)
 }
 
-fn ack(version: ProtocolVersion) -> impl Strategy<Value = Ack> {
-    (packet_id(), reason(version), properties(PropertyContext::Ack, version))
+fn ack(version: ProtocolVersion, allowed: &'static [u8]) -> impl Strategy<Value = Ack> {
+    (packet_id(), reason(version, allowed), properties(PropertyContext::Ack, version))
         .prop_map(|(packet_id, reason, properties)| Ack { packet_id, reason, properties })
 }
 
@@ -157,10 +163,10 @@ fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         (any::<bool>(), any::<u8>(), properties(PropertyContext::ConnAck, version))
             .prop_map(|(session_present, code, properties)| Packet::ConnAck(ConnAck { session_present, code, properties }))
             .boxed(),
-        ack(version).prop_map(Packet::PubAck).boxed(),
-        ack(version).prop_map(Packet::PubRec).boxed(),
-        ack(version).prop_map(Packet::PubRel).boxed(),
-        ack(version).prop_map(Packet::PubComp).boxed(),
+        ack(version, PUBACK_REASONS).prop_map(Packet::PubAck).boxed(),
+        ack(version, PUBACK_REASONS).prop_map(Packet::PubRec).boxed(),
+        ack(version, PUBREL_REASONS).prop_map(Packet::PubRel).boxed(),
+        ack(version, PUBREL_REASONS).prop_map(Packet::PubComp).boxed(),
         (packet_id(), properties(PropertyContext::Subscribe, version), proptest::collection::vec((mqtt_string(), subscription_options(version)), 1..4))
             .prop_map(|(packet_id, properties, filters)| Packet::Subscribe(Subscribe { packet_id, properties, filters }))
             .boxed(),
@@ -177,13 +183,13 @@ fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             .boxed(),
         Just(Packet::PingReq).boxed(),
         Just(Packet::PingResp).boxed(),
-        (reason(version), properties(PropertyContext::Disconnect, version))
+        (reason(version, DISCONNECT_REASONS), properties(PropertyContext::Disconnect, version))
             .prop_map(|(reason, properties)| Packet::Disconnect(Disconnect { reason, properties }))
             .boxed(),
     ];
     if v5 {
         options.push(
-            (reason(version), properties(PropertyContext::Auth, version))
+            (reason(version, AUTH_REASONS), properties(PropertyContext::Auth, version))
                 .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties }))
                 .boxed(),
         );
