@@ -84,6 +84,11 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub max_keepalive_s: u16,
 
+    /// Levels a topic name or filter may have (Mosquitto's limit too). Deeper: SUBACK
+    /// 0x8F / 0x80, PUBACK/PUBREC 0x90 (5.0), otherwise the connection is closed.
+    #[arg(long, default_value_t = 200)]
+    pub topic_levels_max: usize,
+
     /// QoS 1/2 messages queued per session (behind the window or while offline); more drop.
     #[arg(long, default_value_t = 1000)]
     pub queued_messages_max: usize,
@@ -173,6 +178,7 @@ pub struct Limits {
     pub steering: Steering,
     pub connect_timeout: Duration,
     pub max_packet_size_bytes: u32,
+    pub topic_levels_max: usize,
     pub session: SessionLimits,
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
@@ -217,6 +223,7 @@ impl Config {
             steering: self.steer,
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
             max_packet_size_bytes: self.max_packet_size_bytes,
+            topic_levels_max: self.topic_levels_max.max(1),
             session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },
             receive_maximum: self.receive_maximum,
             topic_alias_maximum: self.topic_alias_maximum,

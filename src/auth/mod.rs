@@ -95,6 +95,12 @@ impl Authenticator {
         !self.denied_filters.iter().any(|pattern| crate::topics::filter_matches(pattern, filter))
     }
 
+    /// Whether a message on `topic` may be delivered at all: a denied pattern covers it
+    /// whichever filter matched it, so `#` or `+/x` cannot get around `secret/#`.
+    pub fn may_receive(&self, topic: &[u8]) -> bool {
+        self.denied_filters.is_empty() || self.may_subscribe(topic)
+    }
+
     pub fn from_password_file(contents: &str, allow_anonymous: bool) -> Result<Authenticator, PasswordFileError> {
         let mut users = HashMap::new();
         for (index, raw) in contents.lines().enumerate() {
@@ -178,6 +184,9 @@ mod tests {
         assert!(!auth.may_subscribe(b"secret/x"));
         assert!(!auth.may_subscribe(b"secret/+"));
         assert!(auth.may_subscribe(b"test/other"));
+        assert!(auth.may_subscribe(b"#"), "subscribing is allowed; delivery is what is checked");
+        assert!(!auth.may_receive(b"secret/x"));
+        assert!(auth.may_receive(b"public/x"));
     }
 
     #[test]

@@ -103,6 +103,29 @@ pub enum Packet {
     Auth(Auth),
 }
 
+impl Packet {
+    /// Drops the Reason String and User Properties, which a sender may leave out to keep a
+    /// packet within the receiver's Maximum Packet Size (5.0 3.1.2.25 and each packet's
+    /// property notes). False if there was nothing to drop.
+    pub fn strip_diagnostics(&mut self) -> bool {
+        let properties = match self {
+            Packet::ConnAck(connack) => &mut connack.properties,
+            Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => &mut ack.properties,
+            Packet::SubAck(suback) => &mut suback.properties,
+            Packet::UnsubAck(unsuback) => &mut unsuback.properties,
+            Packet::Disconnect(disconnect) => &mut disconnect.properties,
+            Packet::Auth(auth) => &mut auth.properties,
+            Packet::Connect(_) | Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) | Packet::PingReq | Packet::PingResp => {
+                return false;
+            }
+        };
+        let had_any = properties.reason_string.is_some() || !properties.user_properties.is_empty();
+        properties.reason_string = None;
+        properties.user_properties.clear();
+        had_any
+    }
+}
+
 /// Decodes one packet from the front of `buf`, consuming it.
 ///
 /// `Ok(None)` means the packet is not complete yet; nothing is consumed. A packet whose

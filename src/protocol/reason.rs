@@ -72,20 +72,26 @@ pub enum ConnectRefusal {
     QosNotSupported,
     /// A retained will while the server has retain switched off.
     RetainNotSupported,
+    /// A will topic that is empty, has a wildcard, is too deep, or is the broker's own.
+    WillTopicInvalid,
+    /// A will whose Payload Format Indicator says UTF-8 when its payload is not (5.0).
+    WillPayloadFormatInvalid,
 }
 
 impl ConnectRefusal {
-    /// The MQTT 3.1.1 CONNACK return code (1-5).
-    pub fn return_code_v311(self) -> u8 {
+    /// The MQTT 3.1.1 CONNACK return code (1-5); `None` where 3.1.1 has none and the
+    /// connection is closed without a CONNACK (a malformed CONNECT, MQTT-3.1.4-1).
+    pub fn return_code_v311(self) -> Option<u8> {
         match self {
-            ConnectRefusal::UnsupportedProtocolVersion => 1,
-            ConnectRefusal::ClientIdentifierNotValid => 2,
-            ConnectRefusal::ServerUnavailable => 3,
-            ConnectRefusal::BadUserNameOrPassword => 4,
+            ConnectRefusal::UnsupportedProtocolVersion => Some(1),
+            ConnectRefusal::ClientIdentifierNotValid => Some(2),
+            ConnectRefusal::ServerUnavailable => Some(3),
+            ConnectRefusal::BadUserNameOrPassword => Some(4),
             ConnectRefusal::NotAuthorized
             | ConnectRefusal::BadAuthenticationMethod
             | ConnectRefusal::QosNotSupported
-            | ConnectRefusal::RetainNotSupported => 5,
+            | ConnectRefusal::RetainNotSupported => Some(5),
+            ConnectRefusal::WillTopicInvalid | ConnectRefusal::WillPayloadFormatInvalid => None,
         }
     }
 
@@ -99,6 +105,8 @@ impl ConnectRefusal {
             ConnectRefusal::BadAuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
             ConnectRefusal::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
             ConnectRefusal::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
+            ConnectRefusal::WillTopicInvalid => ReasonCode::TOPIC_NAME_INVALID,
+            ConnectRefusal::WillPayloadFormatInvalid => ReasonCode::PAYLOAD_FORMAT_INVALID,
         }
     }
 
@@ -113,6 +121,8 @@ impl ConnectRefusal {
             ConnectRefusal::BadAuthenticationMethod => "authentication method not supported",
             ConnectRefusal::QosNotSupported => "will QoS above the server's maximum QoS",
             ConnectRefusal::RetainNotSupported => "retained will while retain is not available",
+            ConnectRefusal::WillTopicInvalid => "will topic empty, with a wildcard, too deep, or under $SYS",
+            ConnectRefusal::WillPayloadFormatInvalid => "will payload is not UTF-8 as its format indicator says",
         }
     }
 }

@@ -131,6 +131,18 @@ pub enum Outgoing {
     PubRel(PacketId),
 }
 
+/// What an acknowledgement from the client found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// It acknowledged a message at the stage this kind of acknowledgement answers.
+    Done,
+    /// No message with this id is in flight (a late duplicate, say): nothing to do.
+    Unknown,
+    /// The id is in flight but waits for another kind of acknowledgement (PUBCOMP for a
+    /// QoS 1 message, PUBACK for a QoS 2 one...): a protocol violation.
+    WrongKind,
+}
+
 /// What became of a message offered to the session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Offer {
@@ -294,40 +306,50 @@ impl Session {
         self.fill_window(now, out);
     }
 
-    fn position(&self, packet_id: PacketId, stage: AckStage) -> Option<usize> {
-        self.inflight.iter().position(|entry| entry.packet_id == packet_id && entry.stage == stage)
+    fn position(&self, packet_id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|entry| entry.packet_id == packet_id)
     }
 
-    /// PUBACK for a QoS 1 message. False if nothing was waiting for it.
-    pub fn on_puback(&mut self, packet_id: PacketId) -> bool {
-        match self.position(packet_id, AckStage::AwaitingPubAck) {
-            Some(index) => {
-                self.inflight.remove(index);
-                true
-            }
-            None => false,
+    /// Applies an acknowledgement that is right for `expected` (and for `also`, if given);
+    /// `then` runs on the entry's index. An id in flight at another stage was acknowledged
+    /// with the wrong packet type.
+    fn acknowledge(&mut self, packet_id: PacketId, expected: AckStage, also: Option<AckStage>, then: impl FnOnce(&mut Self, usize)) -> AckOutcome {
+        let Some(index) = self.position(packet_id) else { return AckOutcome::Unknown };
+        let stage = self.inflight[index].stage;
+        if stage != expected && Some(stage) != also {
+            return AckOutcome::WrongKind;
         }
+        then(self, index);
+        AckOutcome::Done
+    }
+
+    /// PUBACK for a QoS 1 message.
+    pub fn on_puback(&mut self, packet_id: PacketId) -> AckOutcome {
+        self.acknowledge(packet_id, AckStage::AwaitingPubAck, None, |session, index| {
+            session.inflight.remove(index);
+        })
     }
 
     /// PUBREC for a QoS 2 message: the message is now the client's; answer with PUBREL.
-    /// A repeated PUBREC (the client did not see our PUBREL) is answered again.
-    pub fn on_pubrec(&mut self, packet_id: PacketId) -> bool {
-        if let Some(index) = self.position(packet_id, AckStage::AwaitingPubRec) {
-            self.inflight[index].stage = AckStage::AwaitingPubComp;
-            return true;
+    /// A repeated PUBREC (the client did not see our PUBREL) is answered again. A PUBREC
+    /// with an error reason code (>= 0x80) ends the flow there: no PUBREL, the id is free
+    /// (MQTT 5.0 4.3.3).
+    pub fn on_pubrec(&mut self, packet_id: PacketId, refused: bool) -> AckOutcome {
+        if refused {
+            return self.acknowledge(packet_id, AckStage::AwaitingPubRec, None, |session, index| {
+                session.inflight.remove(index);
+            });
         }
-        self.position(packet_id, AckStage::AwaitingPubComp).is_some()
+        self.acknowledge(packet_id, AckStage::AwaitingPubRec, Some(AckStage::AwaitingPubComp), |session, index| {
+            session.inflight[index].stage = AckStage::AwaitingPubComp;
+        })
     }
 
-    /// PUBCOMP ends a QoS 2 flow. False if nothing was waiting for it.
-    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> bool {
-        match self.position(packet_id, AckStage::AwaitingPubComp) {
-            Some(index) => {
-                self.inflight.remove(index);
-                true
-            }
-            None => false,
-        }
+    /// PUBCOMP ends a QoS 2 flow.
+    pub fn on_pubcomp(&mut self, packet_id: PacketId) -> AckOutcome {
+        self.acknowledge(packet_id, AckStage::AwaitingPubComp, None, |session, index| {
+            session.inflight.remove(index);
+        })
     }
 
     /// An inbound QoS 2 PUBLISH: true the first time this id is seen (route the message),
@@ -400,8 +422,8 @@ mod tests {
         let first = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
         let _second = sent_id(&session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true));
         assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        assert!(session.on_puback(first));
-        assert!(!session.on_puback(first), "a second PUBACK finds nothing");
+        assert_eq!(session.on_puback(first), AckOutcome::Done);
+        assert_eq!(session.on_puback(first), AckOutcome::Unknown, "a second PUBACK finds nothing");
         let mut out = Vec::new();
         session.fill_window(Instant::now(), &mut out);
         assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"3"));
@@ -416,7 +438,7 @@ mod tests {
         assert_eq!(session.offer(expiring, CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
         assert_eq!(session.offer(message("new"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
         let first = PacketId::new(1).unwrap();
-        assert!(session.on_puback(first));
+        assert_eq!(session.on_puback(first), AckOutcome::Done);
         let mut out = Vec::new();
         session.fill_window(now + std::time::Duration::from_secs(6), &mut out);
         assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"new"));
@@ -444,16 +466,44 @@ mod tests {
         let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
         let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::ExactlyOnce), true));
         let b = sent_id(&session.offer(message("b"), CopyFor::at(QoS::ExactlyOnce), true));
-        assert!(session.on_pubrec(a));
-        assert!(session.on_pubrec(a), "repeated PUBREC is answered again");
+        assert_eq!(session.on_pubrec(a, false), AckOutcome::Done);
+        assert_eq!(session.on_pubrec(a, false), AckOutcome::Done, "repeated PUBREC is answered again");
         // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
         let mut out = Vec::new();
         session.resume(Instant::now(), &mut out);
         assert_eq!(out[0], Outgoing::PubRel(a));
         assert!(matches!(&out[1], Outgoing::Publish { packet_id: Some(id), dup: true, .. } if *id == b));
-        assert!(!session.on_pubcomp(b), "b has not reached PUBREC");
-        assert!(session.on_pubcomp(a));
+        assert_eq!(session.on_pubcomp(b), AckOutcome::WrongKind, "b has not reached PUBREC");
+        assert_eq!(session.on_pubcomp(a), AckOutcome::Done);
         assert_eq!(session.inflight_len(), 1);
+    }
+
+    #[test]
+    fn an_acknowledgement_of_the_wrong_kind_is_told_apart_from_an_unknown_id() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
+        let qos1 = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
+        let qos2 = sent_id(&session.offer(message("2"), CopyFor::at(QoS::ExactlyOnce), true));
+        assert_eq!(session.on_pubcomp(qos1), AckOutcome::WrongKind);
+        assert_eq!(session.on_pubrec(qos1, false), AckOutcome::WrongKind);
+        assert_eq!(session.on_puback(qos2), AckOutcome::WrongKind);
+        assert_eq!(session.on_pubcomp(qos2), AckOutcome::WrongKind);
+        assert_eq!(session.on_pubrec(qos2, false), AckOutcome::Done);
+        assert_eq!(session.on_puback(qos2), AckOutcome::WrongKind, "PUBACK where PUBCOMP is due");
+        assert_eq!(session.on_puback(PacketId::new(999).unwrap()), AckOutcome::Unknown);
+        assert_eq!(session.inflight_len(), 2);
+    }
+
+    #[test]
+    fn a_refused_pubrec_ends_the_flow_and_frees_the_id() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
+        let id = sent_id(&session.offer(message("1"), CopyFor::at(QoS::ExactlyOnce), true));
+        assert_eq!(session.offer(message("2"), CopyFor::at(QoS::ExactlyOnce), true), Offer::Queued);
+        assert_eq!(session.on_pubrec(id, true), AckOutcome::Done);
+        assert_eq!(session.inflight_len(), 0);
+        assert_eq!(session.on_pubcomp(id), AckOutcome::Unknown, "nothing waits for a PUBCOMP");
+        let mut out = Vec::new();
+        session.fill_window(Instant::now(), &mut out);
+        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"2"));
     }
 
     #[test]
@@ -491,8 +541,8 @@ mod tests {
         let _ = sent_id(&session.offer(message("unacked"), shared(QoS::AtLeastOnce), true));
         assert_eq!(session.offer(message("queued"), shared(QoS::ExactlyOnce), true), Offer::Queued);
         assert_eq!(session.offer(message("plain"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        assert!(session.on_puback(acked));
-        assert!(session.on_pubrec(received), "after PUBREC the message is the client's");
+        assert_eq!(session.on_puback(acked), AckOutcome::Done);
+        assert_eq!(session.on_pubrec(received, false), AckOutcome::Done, "after PUBREC the message is the client's");
         let unfinished: Vec<(Bytes, QoS)> =
             session.take_unfinished_shared().into_iter().map(|(message, qos, _)| (message.payload.clone(), qos)).collect();
         assert_eq!(

@@ -38,11 +38,21 @@ pub struct Counters {
     /// Own publishes sent to a peer after the fact: routed after a client there subscribed,
     /// before that subscription was known here.
     pub late_matches_sent: u64,
+    /// Client PUBLISHes to `$SYS/...` (the broker's own topics), dropped.
+    pub broker_topic_publishes_dropped: u64,
+    /// Deliveries withheld because `--deny-subscribe` covers the topic.
+    pub deliveries_denied: u64,
+    /// Times a publisher was paused because a subscriber it feeds has a full queue.
+    pub publishers_paused: u64,
+    /// Subscribers disconnected for a queue that stayed full past `--slow-subscriber-timeout-s`.
+    pub slow_subscriber_disconnects: u64,
+    /// Connections accepted and closed at once because the open-file limit was reached.
+    pub connections_closed_at_fd_limit: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 20] {
+    pub fn fields(&self) -> [(&'static str, u64); 25] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -64,6 +74,11 @@ impl Counters {
             ("shared_forwarded", self.shared_forwarded),
             ("shared_redelivered", self.shared_redelivered),
             ("late_matches_sent", self.late_matches_sent),
+            ("broker_topic_publishes_dropped", self.broker_topic_publishes_dropped),
+            ("deliveries_denied", self.deliveries_denied),
+            ("publishers_paused", self.publishers_paused),
+            ("slow_subscriber_disconnects", self.slow_subscriber_disconnects),
+            ("connections_closed_at_fd_limit", self.connections_closed_at_fd_limit),
         ]
     }
 }

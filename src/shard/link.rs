@@ -13,6 +13,7 @@ use std::task::{Poll, Waker};
 use bytes::{Bytes, BytesMut};
 
 use super::mesh::ConnId;
+use crate::protocol::{Packet, ProtocolVersion};
 use super::ClientKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct Link {
     out: RefCell<BytesMut>,
     writer_waker: Cell<Option<Waker>>,
     reader_waker: Cell<Option<Waker>>,
+    /// The client's Maximum Packet Size (5.0): nothing larger is written to it.
+    max_packet_size_out: Cell<u32>,
 }
 
 impl Link {
@@ -43,7 +46,41 @@ impl Link {
             out: RefCell::new(BytesMut::new()),
             writer_waker: Cell::new(None),
             reader_waker: Cell::new(None),
+            max_packet_size_out: Cell::new(u32::MAX),
         }
+    }
+
+    pub fn max_packet_size_out(&self) -> u32 {
+        self.max_packet_size_out.get()
+    }
+
+    /// From the client's CONNECT, before anything is written to it.
+    pub fn set_max_packet_size_out(&self, bytes: u32) {
+        self.max_packet_size_out.set(bytes);
+    }
+
+    /// Encodes and appends a packet unless it exceeds the client's Maximum Packet Size; a
+    /// packet over it loses its Reason String and User Properties first. Returns whether it
+    /// was written ([MQTT-3.1.2-24]: a packet that still does not fit is not sent).
+    pub fn write_packet(&self, version: ProtocolVersion, packet: &Packet) -> bool {
+        let limit = self.max_packet_size_out.get() as usize;
+        let encode = |packet: &Packet| {
+            let mut fits = false;
+            self.write_with(|buf| {
+                let start = buf.len();
+                packet.encode(version, buf);
+                fits = buf.len() - start <= limit;
+                if !fits {
+                    buf.truncate(start);
+                }
+            });
+            fits
+        };
+        if encode(packet) {
+            return true;
+        }
+        let mut stripped = packet.clone();
+        stripped.strip_diagnostics() && encode(&stripped)
     }
 
     pub fn state(&self) -> LinkState {

@@ -47,8 +47,10 @@ use crate::protocol::{
     PublishHeader, QoS, RetainHandling, publish_wire_len, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
     write_publish,
 };
-use crate::session::{CopyFor, Message, Offer, Outgoing, Session, SharedRoute, Subscription, detach, merge_matching};
-use crate::topics::{RetainedTree, SubscriptionTree, TopicError, filter_matches, validate_topic_filter, validate_topic_name};
+use crate::session::{AckOutcome, CopyFor, Message, Offer, Outgoing, Session, SharedRoute, Subscription, detach, merge_matching};
+use crate::topics::{
+    RetainedTree, SubscriptionTree, TopicError, filter_matches, is_broker_topic, level_count, validate_topic_filter, validate_topic_name,
+};
 
 /// Index of a client slot within one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,6 +94,12 @@ pub enum CloseReason {
     PayloadFormatInvalid,
     #[error("subscription identifier while they are switched off")]
     SubscriptionIdentifiersNotSupported,
+    #[error("{0} for a message that waits for another kind of acknowledgement")]
+    WrongAcknowledgement(&'static str),
+    #[error("a client's PUBLISH carries a subscription identifier")]
+    SubscriptionIdentifierFromClient,
+    #[error("invalid topic filter: {0}")]
+    TopicFilter(TopicError),
 }
 
 impl CloseReason {
@@ -105,7 +113,10 @@ impl CloseReason {
             CloseReason::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
             CloseReason::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             CloseReason::SubscriptionIdentifiersNotSupported => ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+            CloseReason::TopicFilter(_) => ReasonCode::TOPIC_FILTER_INVALID,
             CloseReason::SecondConnect
+            | CloseReason::WrongAcknowledgement(_)
+            | CloseReason::SubscriptionIdentifierFromClient
             | CloseReason::ServerOnlyPacket(_)
             | CloseReason::UnexpectedAuth
             | CloseReason::NotAuthWhileAuthenticating
@@ -336,8 +347,9 @@ fn close_with_reason(link: &Link, version: ProtocolVersion, reason: ReasonCode) 
     link.close();
 }
 
+/// Writes a packet, unless it exceeds the client's Maximum Packet Size (see `Link::write_packet`).
 fn write_packet(link: &Link, version: ProtocolVersion, packet: &Packet) {
-    link.write_with(|buf| packet.encode(version, buf));
+    link.write_packet(version, packet);
 }
 
 impl Shard {
@@ -593,6 +605,17 @@ impl Shard {
             if will.retain && !self.limits.retain_available {
                 return Err(ConnectRefusal::RetainNotSupported);
             }
+            // MQTT-4.7.3-1 (not empty), 3.1.2.3 (a valid topic name), and what a PUBLISH
+            // to it would be refused for.
+            if validate_topic_name(&will.topic).is_err()
+                || level_count(&will.topic) > self.limits.topic_levels_max
+                || is_broker_topic(&will.topic)
+            {
+                return Err(ConnectRefusal::WillTopicInvalid);
+            }
+            if will.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&will.payload).is_err() {
+                return Err(ConnectRefusal::WillPayloadFormatInvalid);
+            }
         }
         Ok(())
     }
@@ -600,7 +623,11 @@ impl Shard {
     /// CONNACK with the refusal's code, then close.
     fn refuse(&mut self, link: &Link, version: ProtocolVersion, refusal: ConnectRefusal) -> ConnectProgress {
         self.counters.connections_refused += 1;
-        let code = if version.is_v5() { refusal.reason_code_v5().0 } else { refusal.return_code_v311() };
+        let code = if version.is_v5() { Some(refusal.reason_code_v5().0) } else { refusal.return_code_v311() };
+        let Some(code) = code else {
+            link.close();
+            return ConnectProgress::Refused;
+        };
         let mut properties = Properties::default();
         if version.is_v5() {
             properties.reason_string = Some(Bytes::from_static(refusal.describe().as_bytes()));
@@ -615,6 +642,11 @@ impl Shard {
     /// starts; refused: CONNACK with the code, then close. Otherwise the client id is
     /// claimed at its home shard and `link` opens when that is settled.
     pub fn begin_connect(&mut self, link: &Rc<Link>, mut connect: Box<Connect>, now: Instant) -> ConnectProgress {
+        if connect.version.is_v5()
+            && let Some(maximum) = connect.properties.maximum_packet_size
+        {
+            link.set_max_packet_size_out(maximum);
+        }
         if let Some(method) = connect.properties.authentication_method.take() {
             let Some(exchange) = self.auth.start_exchange(&method) else {
                 return self.refuse(link, connect.version, ConnectRefusal::BadAuthenticationMethod);
@@ -673,7 +705,9 @@ impl Shard {
         }
         let client_id_assigned = connect.client_id.is_empty();
         let client_id = if client_id_assigned {
-            Bytes::from(format!("ringmq-{:x}-{:x}", self.id.0, self.next_conn_sequence))
+            // Unguessable and unique (MQTT-3.1.3-6): not derived from anything a client
+            // could predict or another connection could share.
+            Bytes::from(format!("ringmq-{:032x}", rand::random::<u128>()))
         } else {
             detach(&connect.client_id)
         };
@@ -850,7 +884,7 @@ impl Shard {
             keep_alive_s = max;
             server_keep_alive = Some(max);
         }
-        let link_alive = link.state() == LinkState::Connecting;
+        let mut link_alive = link.state() == LinkState::Connecting;
         let session_expiry = SessionExpiry::from_connect(&connect);
         let max_packet_size_out = if version.is_v5() { connect.properties.maximum_packet_size.unwrap_or(u32::MAX) } else { u32::MAX };
         let key = self.insert_client(Client {
@@ -907,7 +941,12 @@ impl Shard {
                 }
             }
             let connack = ConnAck { session_present, code: 0, properties };
-            write_packet(&link, version, &Packet::ConnAck(connack));
+            link_alive = link.write_packet(version, &Packet::ConnAck(connack));
+        }
+        if !link_alive {
+            // Not even the CONNACK fits the client's Maximum Packet Size: nothing can be sent.
+            link.close();
+        } else {
             link.open(key);
             let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
             let client = self.client(key);
@@ -1035,13 +1074,25 @@ impl Shard {
         match packet {
             Packet::Publish(publish) => self.handle_publish(key, link, publish, now)?,
             Packet::PubAck(ack) => {
-                self.client(key).session.on_puback(ack.packet_id);
+                if self.client(key).session.on_puback(ack.packet_id) == AckOutcome::WrongKind {
+                    return Err(CloseReason::WrongAcknowledgement("PUBACK"));
+                }
                 self.fill_window(key, link, now);
             }
             Packet::PubRec(ack) => {
-                let known = self.client(key).session.on_pubrec(ack.packet_id);
-                let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
-                write_packet(link, version, &Packet::PubRel(Ack::with_reason(ack.packet_id, reason)));
+                let refused = ack.reason.is_error();
+                match self.client(key).session.on_pubrec(ack.packet_id, refused) {
+                    AckOutcome::WrongKind => return Err(CloseReason::WrongAcknowledgement("PUBREC")),
+                    // The client refused the message: the flow ends here (5.0 4.3.3).
+                    AckOutcome::Done if refused => self.fill_window(key, link, now),
+                    AckOutcome::Done => write_packet(link, version, &Packet::PubRel(Ack::new(ack.packet_id))),
+                    AckOutcome::Unknown if refused => {}
+                    AckOutcome::Unknown => write_packet(
+                        link,
+                        version,
+                        &Packet::PubRel(Ack::with_reason(ack.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND)),
+                    ),
+                }
             }
             Packet::PubRel(ack) => {
                 let known = self.client(key).session.release_qos2(ack.packet_id);
@@ -1049,11 +1100,13 @@ impl Shard {
                 write_packet(link, version, &Packet::PubComp(Ack::with_reason(ack.packet_id, reason)));
             }
             Packet::PubComp(ack) => {
-                self.client(key).session.on_pubcomp(ack.packet_id);
+                if self.client(key).session.on_pubcomp(ack.packet_id) == AckOutcome::WrongKind {
+                    return Err(CloseReason::WrongAcknowledgement("PUBCOMP"));
+                }
                 self.fill_window(key, link, now);
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(key, link, subscribe, now)?,
-            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe, now),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(key, link, unsubscribe, now)?,
             Packet::PingReq => write_packet(link, version, &Packet::PingResp),
             Packet::Disconnect(disconnect) => {
                 let client = self.client(key);
@@ -1146,20 +1199,39 @@ impl Shard {
         if publish.retain && !self.limits.retain_available {
             return Err(CloseReason::RetainNotSupported);
         }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            // Only the server sends them (5.0 3.3.4).
+            return Err(CloseReason::SubscriptionIdentifierFromClient);
+        }
         self.counters.publishes_received += 1;
         let version = self.client(key).version;
-        if publish.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
-            // The publisher said UTF-8 and it is not (5.0 3.3.2.3.2): refuse, do not route.
-            return match (publish.qos, publish.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => {
-                    write_packet(link, version, &Packet::PubAck(Ack::with_reason(id, ReasonCode::PAYLOAD_FORMAT_INVALID)));
+        // Refusals that leave the connection open where the protocol can say so: a 5.0
+        // QoS 1/2 PUBLISH gets the reason in its PUBACK/PUBREC.
+        let refusal = if publish.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
+            // The publisher said UTF-8 and it is not (5.0 3.3.2.3.2).
+            Some((ReasonCode::PAYLOAD_FORMAT_INVALID, Some(CloseReason::PayloadFormatInvalid)))
+        } else if level_count(&publish.topic) > self.limits.topic_levels_max {
+            Some((ReasonCode::TOPIC_NAME_INVALID, Some(CloseReason::TopicName(TopicError::TooManyLevels))))
+        } else if is_broker_topic(&publish.topic) {
+            // `$SYS/` is the broker's: dropped, as Mosquitto does; 5.0 hears why.
+            self.counters.broker_topic_publishes_dropped += 1;
+            Some((ReasonCode::NOT_AUTHORIZED, None))
+        } else {
+            None
+        };
+        if let Some((reason, close)) = refusal {
+            let reason = if version.is_v5() { reason } else { ReasonCode::SUCCESS };
+            return match (publish.qos, publish.packet_id, close) {
+                (QoS::AtLeastOnce, Some(id), close) if version.is_v5() || close.is_none() => {
+                    write_packet(link, version, &Packet::PubAck(Ack::with_reason(id, reason)));
                     Ok(())
                 }
-                (QoS::ExactlyOnce, Some(id)) => {
-                    write_packet(link, version, &Packet::PubRec(Ack::with_reason(id, ReasonCode::PAYLOAD_FORMAT_INVALID)));
+                (QoS::ExactlyOnce, Some(id), close) if version.is_v5() || close.is_none() => {
+                    write_packet(link, version, &Packet::PubRec(Ack::with_reason(id, reason)));
                     Ok(())
                 }
-                _ => Err(CloseReason::PayloadFormatInvalid),
+                (_, _, Some(close)) => Err(close),
+                (_, _, None) => Ok(()),
             };
         }
         let publisher = self.client(key).session.client_id().clone();
@@ -1180,8 +1252,7 @@ impl Shard {
         // A QoS 2 resend was routed the first time; only a new message can find nobody.
         let mut subscribed = true;
         if is_new {
-            let mut properties = publish.properties;
-            properties.subscription_identifiers.clear();
+            let properties = publish.properties;
             let message =
                 Message {
                     expires_at: properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds))),
@@ -1217,7 +1288,7 @@ impl Shard {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained: Vec<RetainedCopy> = Vec::new();
         for (filter, options) in subscribe.filters {
-            if validate_topic_filter(&filter).is_err() {
+            if validate_topic_filter(&filter).is_err() || level_count(&filter) > self.limits.topic_levels_max {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
@@ -1279,11 +1350,24 @@ impl Shard {
         Ok(())
     }
 
-    fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe, now: Instant) {
+    fn handle_unsubscribe(&mut self, key: ClientKey, link: &Link, unsubscribe: Unsubscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
         let request = self.barriers.new_request();
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
+            let inner = match shared::parse_owned(filter) {
+                Some(Ok((_, inner))) => Ok(inner),
+                Some(Err(error)) => Err(error),
+                None => validate_topic_filter(filter).map(|()| filter.clone()),
+            };
+            if let Err(error) = inner {
+                // 5.0 answers per filter; 3.1.1 has no code for it, so the connection ends.
+                if !version.is_v5() {
+                    return Err(CloseReason::TopicFilter(error));
+                }
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let existed = self.client(key).session.subscriptions.remove(filter).is_some();
             match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) if existed => {
@@ -1302,6 +1386,7 @@ impl Shard {
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
         self.answer_when_applied(vec![request], link, version, Packet::UnsubAck(unsuback), Vec::new(), now);
+        Ok(())
     }
 
     // ----- routing -----
@@ -1622,6 +1707,11 @@ impl Shard {
         let (qos, retain) = (copy.qos, copy.retain);
         if message.is_expired(now) {
             self.counters.messages_expired += 1;
+            return;
+        }
+        if !self.auth.may_receive(&message.topic) {
+            // Whatever filter matched it (`#`, `+/x`): a denied topic reaches nobody.
+            self.counters.deliveries_denied += 1;
             return;
         }
         let outbound_limit = self.limits.outbound_buffer_max_bytes;

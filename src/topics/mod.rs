@@ -20,6 +20,8 @@ pub enum TopicError {
     MisplacedMultiLevelWildcard,
     #[error("'+' must stand alone in its level")]
     MisplacedSingleLevelWildcard,
+    #[error("more levels than --topic-levels-max")]
+    TooManyLevels,
 }
 
 /// A topic a message is published to: non-empty, no wildcards (MQTT 4.7.3).
@@ -50,6 +52,16 @@ pub fn validate_topic_filter(filter: &[u8]) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// How many levels a topic name or filter has (`a/b` two, `/` two, `#` one).
+pub fn level_count(topic: &[u8]) -> usize {
+    topic.iter().filter(|&&b| b == b'/').count() + 1
+}
+
+/// Topics under `$SYS/` are the broker's own; clients may not publish there.
+pub fn is_broker_topic(topic: &[u8]) -> bool {
+    topic.starts_with(b"$SYS/") || topic == b"$SYS"
 }
 
 /// A shared subscription's group name and the filter it shares.

@@ -23,6 +23,7 @@ impl<K, V> Default for Node<K, V> {
 }
 
 impl<K, V> Node<K, V> {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.single_level.is_none() && self.multi_level.is_empty() && self.exact.is_empty()
     }
