@@ -1,6 +1,6 @@
 //! The `ringmq` binary: parse flags, start the shards, stop on SIGINT/SIGTERM.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -27,22 +27,30 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> anyhow::Result<()> {
     if let Some(user) = &config.hash_password {
-        let mut password = String::new();
-        std::io::stdin().lock().read_line(&mut password).context("reading the password from standard input")?;
-        let password = password.trim_end_matches(['\r', '\n']);
-        let salt: [u8; 12] = rand::random();
-        println!("{}", ringmq::auth::hash_password_line(user, password.as_bytes(), &salt, PASSWORD_HASH_ITERATIONS));
-        return Ok(());
+        return print_password_line(user);
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?)
         .with_writer(std::io::stderr)
+        // Colour only for a person watching a terminal, never into a file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    // SIGHUP means "reload" to operators and to systemd's ExecReload; until reloading
+    // exists it is logged and otherwise ignored, never the default (which ends the process).
+    let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("ringmq-signals".into())
+        .spawn(move || {
+            for _ in hangups.forever() {
+                tracing::warn!("SIGHUP received: configuration reload is not supported yet; nothing changed");
+            }
+        })
+        .context("starting the signal thread")?;
     let broker = ringmq::runtime::start(&config, stop)?;
     // Tests and scripts read this line to find the port when --listen asks for port 0.
     println!("ringmq listening on {} with {} shards", broker.local_addr, broker.shard_count);
@@ -50,4 +58,60 @@ fn run(config: Config) -> anyhow::Result<()> {
     broker.wait();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--hash-password USER`: reads the password (without echo from a terminal) and prints
+/// the password-file line. Refuses what the password file could not hold.
+fn print_password_line(user: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
+        anyhow::bail!("--hash-password: a user name must be non-empty, without ':' or white space (the password file's separators)");
+    }
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    if interactive {
+        eprint!("Password for {user}: ");
+        std::io::stderr().flush()?;
+    }
+    let echo = interactive.then(EchoOff::new).flatten();
+    let mut password = String::new();
+    let read = stdin.lock().read_line(&mut password).context("reading the password from standard input");
+    drop(echo);
+    if interactive {
+        eprintln!();
+    }
+    read?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("--hash-password: empty password (give it on standard input)");
+    }
+    let salt: [u8; 12] = rand::random();
+    println!("{}", ringmq::auth::hash_password_line(user, password.as_bytes(), &salt, PASSWORD_HASH_ITERATIONS));
+    Ok(())
+}
+
+/// Turns terminal echo off on standard input until dropped.
+struct EchoOff(libc::termios);
+
+impl EchoOff {
+    fn new() -> Option<EchoOff> {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a termios value we own.
+        unsafe {
+            let mut original: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut original) != 0 {
+                return None;
+            }
+            let mut silent = original;
+            silent.c_lflag &= !libc::ECHO;
+            (libc::tcsetattr(0, libc::TCSANOW, &silent) == 0).then_some(EchoOff(original))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new`.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &self.0);
+        }
+    }
 }

@@ -35,7 +35,7 @@ type Batch = Vec<MeshMessage>;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot read password file {path}: {source}")]
+    #[error("cannot read password file {path}")]
     PasswordFileRead { path: PathBuf, source: std::io::Error },
     #[error("password file: {0}")]
     PasswordFile(#[from] PasswordFileError),
@@ -44,7 +44,7 @@ pub enum StartError {
          Raise it with `ulimit -l {needed_kib}` (or `ulimit -l unlimited`), or LimitMEMLOCK= in a systemd unit"
     )]
     MemLock { limit_kib: u64, needed_kib: u64 },
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start shard executor: {0}")]
     Executor(String),
@@ -55,6 +55,7 @@ pub struct Broker {
     pub local_addr: SocketAddr,
     pub shard_count: usize,
     handles: Vec<ExecutorJoinHandle<()>>,
+    _port_lock: PortLock,
 }
 
 impl Broker {
@@ -135,18 +136,44 @@ fn steer_by_cpu(socket: &socket2::Socket, shard_count: usize) -> std::io::Result
     Ok(())
 }
 
-/// Binds (without listening) to resolve port 0 to a concrete port that every shard then
-/// binds with SO_REUSEPORT. An unlistened socket receives no connections.
-fn reserve_address(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), StartError> {
+/// Proves `addr` free and resolves port 0 to a concrete port that every shard then binds
+/// with SO_REUSEPORT. The probe binds *without* SO_REUSEPORT, so any socket already
+/// listening there (another broker's, another ringmq's shards) makes it fail: with the
+/// option, a second ringmq would join the first one's group and the kernel would split
+/// clients between two unrelated brokers. The returned lock closes the race of two
+/// ringmq starting at once on one port.
+fn reserve_address(addr: SocketAddr) -> Result<(PortLock, SocketAddr), StartError> {
     let bind_error = |source| StartError::Bind { addr, source };
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(bind_error)?;
+    // Only so that connections in TIME_WAIT from an earlier run do not block a restart.
     socket.set_reuse_address(true).map_err(bind_error)?;
-    socket.set_reuse_port(true).map_err(bind_error)?;
     socket.bind(&addr.into()).map_err(bind_error)?;
     let local = socket.local_addr().map_err(bind_error)?.as_socket().ok_or_else(|| {
         bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address"))
     })?;
-    Ok((socket, local))
+    let lock = PortLock::take(local.port()).map_err(|source| StartError::Bind { addr: local, source })?;
+    Ok((lock, local))
+}
+
+/// Held for the broker's life: an abstract-namespace Unix socket named after the port.
+/// The kernel frees it when the process ends however it ends (kill -9 too), and it lives
+/// in the network namespace, like the port itself.
+pub struct PortLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
+
+impl PortLock {
+    fn take(port: u16) -> std::io::Result<PortLock> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("ringmq-listen-port-{port}");
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        match std::os::unix::net::UnixListener::bind_addr(&address) {
+            Ok(listener) => Ok(PortLock(listener)),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("address already in use: another ringmq is starting or running on port {port}"),
+            )),
+            Err(error) => Err(error),
+        }
+    }
 }
 
 /// Starts every shard and returns once all are listening.
@@ -178,7 +205,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         );
     }
 
-    let (reservation, local_addr) = reserve_address(config.listen)?;
+    let (port_lock, local_addr) = reserve_address(config.listen)?;
     let shard_count = cpus.len();
     let mesh: MeshBuilder<Batch, Full> = MeshBuilder::full(shard_count, config.mesh_channel_batches);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -206,7 +233,6 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             Err(_) => failure = failure.or(Some(StartError::Executor("a shard exited during start-up".into()))),
         }
     }
-    drop(reservation);
     if let Some(error) = failure {
         stop.store(true, Ordering::SeqCst);
         for handle in handles {
@@ -214,7 +240,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         }
         return Err(error);
     }
-    Ok(Broker { local_addr, shard_count, handles })
+    Ok(Broker { local_addr, shard_count, handles, _port_lock: port_lock })
 }
 
 struct ShardParams {

@@ -271,6 +271,8 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
                     if link.is_closing() {
                         return Ok(());
                     }
+                    // Bounded subscribe work per client: its next packets wait their turn.
+                    link.wait_for_held_answers().await;
                 }
                 Ok(None) => break,
                 Err(error) => return Err(CloseReason::Decode(error)),

@@ -35,7 +35,13 @@ pub struct Link {
     reader_waker: Cell<Option<Waker>>,
     /// The client's Maximum Packet Size (5.0): nothing larger is written to it.
     max_packet_size_out: Cell<u32>,
+    /// SUBACKs/UNSUBACKs waiting for every peer shard; at `HELD_ANSWERS_MAX` the client's
+    /// further packets wait unread, so one client cannot queue unbounded subscribe work.
+    held_answers: Cell<u32>,
 }
+
+/// Subscribe/unsubscribe requests one connection may have waiting for peer shards.
+pub const HELD_ANSWERS_MAX: u32 = 8;
 
 impl Link {
     pub fn new(conn_id: ConnId) -> Link {
@@ -47,7 +53,31 @@ impl Link {
             writer_waker: Cell::new(None),
             reader_waker: Cell::new(None),
             max_packet_size_out: Cell::new(u32::MAX),
+            held_answers: Cell::new(0),
         }
+    }
+
+    /// A SUBACK/UNSUBACK for this connection now waits for the peers.
+    pub(crate) fn answer_held(&self) {
+        self.held_answers.set(self.held_answers.get() + 1);
+    }
+
+    /// A held answer went out; the reader may go on if it was waiting for that.
+    pub(crate) fn answer_released(&self) {
+        self.held_answers.set(self.held_answers.get().saturating_sub(1));
+        wake(&self.reader_waker);
+    }
+
+    /// Reader side: resolves once fewer than `HELD_ANSWERS_MAX` answers wait, or closing.
+    pub async fn wait_for_held_answers(&self) {
+        poll_fn(|cx| {
+            if self.held_answers.get() < HELD_ANSWERS_MAX || self.state.get() == LinkState::Closing {
+                return Poll::Ready(());
+            }
+            self.reader_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
     pub fn max_packet_size_out(&self) -> u32 {

@@ -1664,12 +1664,14 @@ impl Shard {
     ) {
         let Some(key) = self.client_of(link) else { return };
         let Some(link) = self.client(key).link.clone() else { return };
+        link.answer_held();
         if let Some(held) = self.barriers.wait(needs, HeldAnswer { link, version, packet, retained }) {
             self.send_held_answer(held, now);
         }
     }
 
     fn send_held_answer(&mut self, held: HeldAnswer, now: Instant) {
+        held.link.answer_released();
         write_packet(&held.link, held.version, &held.packet);
         let Some(key) = self.client_of(&held.link) else { return };
         for RetainedCopy { message, qos, identifier } in held.retained {

@@ -41,12 +41,17 @@ impl Broker {
         Broker { child, addr }
     }
 
-    /// SIGTERM, then wait (bounded) for the exit status.
-    pub fn terminate(&mut self) -> Option<ExitStatus> {
+    /// Sends `signal` to the broker process.
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child process by pid.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(self.child.id() as libc::pid_t, signal);
         }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

@@ -1,0 +1,96 @@
+//! The broker as a process an operator runs: one broker per address, signals, what it
+//! prints, and the password helper.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::Broker;
+
+fn ringmq(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringmq");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    // Bounded: a broker that wrongly starts is killed after a while rather than hanging.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while child.try_wait().expect("try_wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn a_second_broker_on_the_same_address_refuses_to_start() {
+    let first = Broker::start(&[]);
+    let address = first.addr.to_string();
+    let second = ringmq(&["--listen", &address, "--cores", "2", "--log", "warn"], "");
+    assert!(!second.status.success(), "the second broker must not run");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "the cause is printed once: {stderr}");
+    let wildcard = format!("0.0.0.0:{}", first.addr.port());
+    assert!(!ringmq(&["--listen", &wildcard, "--cores", "1"], "").status.success(), "nor on the wildcard address");
+    // The first one goes on serving.
+    let mut client = first.client("still-here", true);
+    client.send(&ringmq::protocol::Packet::PingReq);
+    assert_eq!(client.recv(), ringmq::protocol::Packet::PingResp);
+}
+
+#[test]
+fn sighup_is_logged_and_never_stops_the_broker() {
+    let mut broker = Broker::start(&[]);
+    let mut client = broker.client("across-hup", true);
+    broker.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(broker.is_running(), "SIGHUP must not end the broker");
+    client.send(&ringmq::protocol::Packet::PingReq);
+    assert_eq!(client.recv(), ringmq::protocol::Packet::PingResp);
+    let status = broker.terminate().expect("exits on SIGTERM");
+    assert!(status.success());
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let log = std::env::temp_dir().join(format!("ringmq-log-{}", std::process::id()));
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "1", "--log", "info"])
+        .stdout(Stdio::piped())
+        .stderr(file)
+        .spawn()
+        .expect("spawn ringmq");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line).expect("listening line");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(child.wait().expect("exit").success());
+    let written = std::fs::read_to_string(&log).expect("read log");
+    let _ = std::fs::remove_file(&log);
+    assert!(written.contains("shard stopped"), "{written}");
+    assert!(!written.contains('\u{1b}'), "no ANSI escape codes: {written:?}");
+}
+
+#[test]
+fn hash_password_refuses_what_the_password_file_cannot_hold() {
+    let bad_user = ringmq(&["--hash-password", "bad:user"], "secret\n");
+    assert!(!bad_user.status.success());
+    assert!(bad_user.stdout.is_empty(), "no line is printed for a user name with ':'");
+    let empty = ringmq(&["--hash-password", "alice"], "");
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty password"));
+    let empty_line = ringmq(&["--hash-password", "alice"], "\n");
+    assert!(!empty_line.status.success());
+    let good = ringmq(&["--hash-password", "alice"], "secret\n");
+    assert!(good.status.success());
+    assert!(String::from_utf8_lossy(&good.stdout).starts_with("alice:$7$"));
+}
