@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::session::SessionLimits;
+use crate::session::{QueueFullPolicy, SessionLimits};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringmq", version, about = "A thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring")]
@@ -89,9 +89,21 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub topic_levels_max: usize,
 
-    /// QoS 1/2 messages queued per session (behind the window or while offline); more drop.
+    /// QoS 1/2 messages queued per session (behind the window or while offline). An
+    /// online session at this bound pauses the publishers feeding it; an offline one
+    /// drops by `--queue-full-policy`.
     #[arg(long, default_value_t = 1000)]
     pub queued_messages_max: usize,
+
+    /// What an offline session's full queue drops: the new message or the oldest queued.
+    #[arg(long, value_enum, default_value = "drop-new")]
+    pub queue_full_policy: QueueFullPolicy,
+
+    /// Disconnect a subscriber (5.0: DISCONNECT 0x97) whose queue has stayed at its bound,
+    /// pausing its publishers, for this many seconds (0: never). Its session then queues
+    /// offline under the bound.
+    #[arg(long, default_value_t = 30)]
+    pub slow_subscriber_timeout_s: u64,
 
     /// Bytes waiting to be written to one connection before QoS 0 messages to it are dropped.
     #[arg(long, default_value_t = 1024 * 1024)]
@@ -180,6 +192,7 @@ pub struct Limits {
     pub max_packet_size_bytes: u32,
     pub topic_levels_max: usize,
     pub session: SessionLimits,
+    pub slow_subscriber_timeout: Option<Duration>,
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
     pub max_keep_alive_s: Option<u16>,
@@ -224,7 +237,12 @@ impl Config {
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
             max_packet_size_bytes: self.max_packet_size_bytes,
             topic_levels_max: self.topic_levels_max.max(1),
-            session: SessionLimits { inflight_max: self.inflight_max, queued_max: self.queued_messages_max },
+            session: SessionLimits {
+                inflight_max: self.inflight_max,
+                queued_max: self.queued_messages_max.max(1),
+                queue_full_policy: self.queue_full_policy,
+            },
+            slow_subscriber_timeout: (self.slow_subscriber_timeout_s > 0).then(|| Duration::from_secs(self.slow_subscriber_timeout_s)),
             receive_maximum: self.receive_maximum,
             topic_alias_maximum: self.topic_alias_maximum,
             max_qos: crate::protocol::QoS::from_bits(self.max_qos).map_err(|_| ConfigError::MaxQos)?,

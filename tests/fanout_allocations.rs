@@ -86,7 +86,7 @@ fn publish_packet(qos: QoS, id: u16) -> Packet {
 fn allocations_per_publish(subscribers: usize, qos: QoS) -> u64 {
     let now = Instant::now();
     let limits = Limits {
-        session: SessionLimits { inflight_max: 64, queued_max: 1000 },
+        session: SessionLimits { inflight_max: 64, queued_max: 1000, queue_full_policy: ringmq::session::QueueFullPolicy::DropNew },
         outbound_buffer_max_bytes: 1 << 30,
         sys_interval: None,
         topic_alias_maximum: 0,

@@ -98,7 +98,7 @@ async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let link = shard.borrow_mut().new_link();
     let stream = Rc::new(RefCell::new(stream));
-    let writer = glommio::spawn_local(write_loop(link.clone(), WriteHalf::new(stream.clone())));
+    let writer = glommio::spawn_local(write_loop(shard.clone(), link.clone(), WriteHalf::new(stream.clone())));
     let mut reader = ReadHalf::new(stream);
     let outcome = read_loop(&shard, &link, &mut reader).await;
     shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
@@ -125,11 +125,15 @@ async fn linger(reader: &mut ReadHalf) {
 
 /// Writes whatever the shard buffered for this link, one write per wake-up, until the
 /// link closes; then shuts our sending side so the peer sees the end after our last byte.
-async fn write_loop(link: Rc<Link>, mut writer: WriteHalf) {
+async fn write_loop(shard: Rc<RefCell<Shard>>, link: Rc<Link>, mut writer: WriteHalf) {
     while let Some(bytes) = link.next_output().await {
         if writer.write_all(&bytes).await.is_err() {
             link.close();
             break;
+        }
+        if link.wants_drained() && link.buffered_bytes() == 0 {
+            // Room again: the shard streams more of what waits for it (retained messages).
+            shard.borrow_mut().output_drained(&link, Instant::now());
         }
     }
     writer.shutdown();
@@ -267,6 +271,11 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
         loop {
             match decode(&mut buf, version, max_packet) {
                 Ok(Some(packet)) => {
+                    if let Packet::Publish(publish) = &packet {
+                        // Back-pressure (shard/flow.rs): the PUBLISH, and what follows it, waits.
+                        let qos = publish.qos;
+                        poll_fn(|cx| shard.borrow_mut().poll_publish_allowed(link, qos, cx)).await;
+                    }
                     shard.borrow_mut().handle_packet(link, packet, Instant::now())?;
                     if link.is_closing() {
                         return Ok(());
@@ -283,8 +292,6 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
             // up to 16 KiB for every idle connection.
             buf = BytesMut::new();
         }
-        // Back-pressure: while a peer shard's queue is full, leave this socket unread.
-        poll_fn(|cx| shard.borrow_mut().poll_uncongested(cx)).await;
         if let ReadOutcome::Closed = read_more(reader, &mut buf, link).await {
             return Ok(());
         }

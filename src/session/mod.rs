@@ -64,8 +64,36 @@ use crate::protocol::{PacketId, QoS, SubscriptionOptions};
 pub struct SessionLimits {
     /// Unacknowledged QoS 1/2 PUBLISH packets sent to the client at once.
     pub inflight_max: u16,
-    /// QoS 1/2 messages waiting behind the window or while offline; beyond it they drop.
+    /// QoS 1/2 messages waiting behind the window or while offline. Online, reaching it
+    /// pauses the publishers feeding the session (see `Offer::QueuedFull`); offline, the
+    /// `queue_full_policy` decides what is dropped.
     pub queued_max: usize,
+    pub queue_full_policy: QueueFullPolicy,
+}
+
+impl SessionLimits {
+    /// What an online session may hold while its publishers are being paused: messages
+    /// already on their way when the pause was sent still arrive. Past this (a client that
+    /// feeds stalled subscribers while being one itself, or thousands of publishers feeding
+    /// one subscriber at once) they are dropped and counted, so memory stays bounded.
+    pub fn queued_hard_max(&self) -> usize {
+        self.queued_max.saturating_mul(4).max(self.queued_max.saturating_add(8192))
+    }
+
+    /// Below this the publishers a full queue paused may go on (half the bound, so a queue
+    /// hovering at its bound does not pause and release them on every message).
+    pub fn queued_resume_below(&self) -> usize {
+        self.queued_max / 2 + 1
+    }
+}
+
+/// Which QoS 1/2 message an offline session's full queue gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueFullPolicy {
+    /// Keep what is queued; the new message is dropped.
+    DropNew,
+    /// Drop the oldest queued message to make room for the new one.
+    DropOldest,
 }
 
 /// Where an outbound QoS 1/2 message stands.
@@ -150,7 +178,13 @@ pub enum Offer {
     Send(Outgoing),
     /// Kept until the window opens or the client returns.
     Queued,
-    /// Not kept: QoS 0 to an offline client, or the queue was full.
+    /// Kept, by an online session whose queue is at (or past) its bound: the publisher
+    /// should be paused until the session drains.
+    QueuedFull,
+    /// Kept by an offline session, which dropped its oldest message for it.
+    QueuedDroppingOldest,
+    /// Not kept: QoS 0 to an offline client, a full offline queue (drop-new), or an online
+    /// queue at its hard bound.
     Dropped,
 }
 
@@ -249,12 +283,52 @@ impl Session {
         if online && self.queued.is_empty() && self.window_open() {
             return Offer::Send(self.start_inflight(copy, message));
         }
-        if self.queued.len() >= self.limits.queued_max {
-            self.dropped_count += 1;
-            return Offer::Dropped;
+        if online {
+            if self.queued.len() >= self.limits.queued_hard_max() {
+                self.dropped_count += 1;
+                return Offer::Dropped;
+            }
+            self.queued.push_back(Queued { copy, message });
+            return if self.queued.len() >= self.limits.queued_max { Offer::QueuedFull } else { Offer::Queued };
         }
-        self.queued.push_back(Queued { copy, message });
-        Offer::Queued
+        if self.queued.len() < self.limits.queued_max {
+            self.queued.push_back(Queued { copy, message });
+            return Offer::Queued;
+        }
+        self.dropped_count += 1;
+        match self.limits.queue_full_policy {
+            QueueFullPolicy::DropNew => Offer::Dropped,
+            QueueFullPolicy::DropOldest => {
+                self.queued.pop_front();
+                self.queued.push_back(Queued { copy, message });
+                Offer::QueuedDroppingOldest
+            }
+        }
+    }
+
+    /// Whether the queue is at its bound (an online session's publishers should pause).
+    pub fn is_queue_full(&self) -> bool {
+        self.queued.len() >= self.limits.queued_max
+    }
+
+    /// Whether a queue that was full has drained enough for its publishers to go on.
+    pub fn may_resume_publishers(&self) -> bool {
+        self.queued.len() < self.limits.queued_resume_below()
+    }
+
+    /// The client went offline with more queued than an offline session may keep (an
+    /// online queue may run past its bound while publishers are being paused): trim it to
+    /// the bound by the queue-full policy. Returns how many messages were dropped.
+    pub fn trim_to_offline_bound(&mut self) -> usize {
+        let excess = self.queued.len().saturating_sub(self.limits.queued_max);
+        for _ in 0..excess {
+            match self.limits.queue_full_policy {
+                QueueFullPolicy::DropNew => self.queued.pop_back(),
+                QueueFullPolicy::DropOldest => self.queued.pop_front(),
+            };
+        }
+        self.dropped_count += excess as u64;
+        excess
     }
 
     /// For a session that is ending: the QoS 1/2 copies that came through a shared
@@ -373,7 +447,7 @@ mod tests {
     use super::*;
 
     fn limits(inflight_max: u16, queued_max: usize) -> SessionLimits {
-        SessionLimits { inflight_max, queued_max }
+        SessionLimits { inflight_max, queued_max, queue_full_policy: QueueFullPolicy::DropNew }
     }
 
     fn message(payload: &'static str) -> Arc<Message> {
@@ -459,6 +533,54 @@ mod tests {
         assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
         assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Dropped);
         assert_eq!(session.dropped_count, 1);
+    }
+
+    #[test]
+    fn an_online_queue_at_its_bound_keeps_the_message_and_asks_for_a_pause() {
+        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 2));
+        let first = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
+        assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
+        assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull, "never dropped below the hard bound");
+        assert_eq!(session.dropped_count, 0);
+        assert!(session.is_queue_full() && !session.may_resume_publishers());
+        assert_eq!(session.on_puback(first), AckOutcome::Done);
+        let mut out = Vec::new();
+        session.fill_window(Instant::now(), &mut out);
+        assert_eq!(session.queued_len(), 2);
+        assert!(!session.may_resume_publishers(), "half the bound first");
+        // Going offline trims to the bound, newest first under drop-new.
+        assert_eq!(session.trim_to_offline_bound(), 0);
+        assert_eq!(session.offer(message("4"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
+        assert_eq!(session.trim_to_offline_bound(), 1);
+        assert_eq!(session.dropped_count, 1);
+    }
+
+    #[test]
+    fn an_online_queue_drops_only_at_its_hard_bound() {
+        let limits = limits(1, 10);
+        let mut session = Session::new(Bytes::from_static(b"c"), limits);
+        let _ = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
+        for _ in 0..limits.queued_hard_max() {
+            assert_ne!(session.offer(message("m"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
+        }
+        assert_eq!(session.offer(message("over"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
+    }
+
+    #[test]
+    fn an_offline_queue_follows_its_full_policy() {
+        let mut oldest = Session::new(
+            Bytes::from_static(b"c"),
+            SessionLimits { queue_full_policy: QueueFullPolicy::DropOldest, ..limits(1, 2) },
+        );
+        for payload in ["1", "2"] {
+            assert_eq!(oldest.offer(message(payload), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
+        }
+        assert_eq!(oldest.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), false), Offer::QueuedDroppingOldest);
+        let mut out = Vec::new();
+        oldest.resume(Instant::now(), &mut out);
+        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"2"), "1 was dropped");
+        assert_eq!(oldest.dropped_count, 1);
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub struct Link {
     /// SUBACKs/UNSUBACKs waiting for every peer shard; at `HELD_ANSWERS_MAX` the client's
     /// further packets wait unread, so one client cannot queue unbounded subscribe work.
     held_answers: Cell<u32>,
+    /// Subscribers with a full queue that this connection publishes to: while non-zero,
+    /// its next QoS 1/2 PUBLISH waits unread (see `flow.rs`).
+    paused_by: Cell<u32>,
+    /// This connection's own session queue is full: it is never paused itself, since its
+    /// acknowledgements (behind its next PUBLISH) are what drains that queue.
+    queue_full: Cell<bool>,
+    /// The reader holds a PUBLISH it may not hand over yet: the client is not idle.
+    waiting_to_publish: Cell<bool>,
+    /// The shard has retained messages for this client waiting for the output to drain.
+    wants_drained: Cell<bool>,
 }
 
 /// Subscribe/unsubscribe requests one connection may have waiting for peer shards.
@@ -54,7 +64,59 @@ impl Link {
             reader_waker: Cell::new(None),
             max_packet_size_out: Cell::new(u32::MAX),
             held_answers: Cell::new(0),
+            paused_by: Cell::new(0),
+            queue_full: Cell::new(false),
+            waiting_to_publish: Cell::new(false),
+            wants_drained: Cell::new(false),
         }
+    }
+
+    /// A subscriber this connection feeds has a full queue. True if that paused it.
+    pub(crate) fn pause(&self) -> bool {
+        self.paused_by.set(self.paused_by.get() + 1);
+        self.paused_by.get() == 1
+    }
+
+    /// That subscriber drained (or left).
+    pub(crate) fn resume(&self) {
+        self.paused_by.set(self.paused_by.get().saturating_sub(1));
+        if self.paused_by.get() == 0 {
+            wake(&self.reader_waker);
+        }
+    }
+
+    /// Whether a QoS 1/2 PUBLISH from this connection must wait.
+    pub fn is_paused(&self) -> bool {
+        self.paused_by.get() > 0 && !self.queue_full.get()
+    }
+
+    pub(crate) fn set_queue_full(&self, full: bool) {
+        self.queue_full.set(full);
+        if full {
+            wake(&self.reader_waker);
+        }
+    }
+
+    pub fn is_waiting_to_publish(&self) -> bool {
+        self.waiting_to_publish.get()
+    }
+
+    pub(crate) fn set_waiting_to_publish(&self, waiting: bool) {
+        self.waiting_to_publish.set(waiting);
+    }
+
+    /// Reader side: be woken by whatever wakes the reader (pause ending, closing).
+    pub(crate) fn register_reader(&self, waker: &Waker) {
+        self.reader_waker.set(Some(waker.clone()));
+    }
+
+    /// Whether the writer should tell the shard each time the output has been written.
+    pub fn wants_drained(&self) -> bool {
+        self.wants_drained.get()
+    }
+
+    pub(crate) fn set_wants_drained(&self, wants: bool) {
+        self.wants_drained.set(wants);
     }
 
     /// A SUBACK/UNSUBACK for this connection now waits for the peers.

@@ -81,6 +81,11 @@ pub enum MeshMessage {
     /// stood in every publish stream when it let go. With `receive_all_held`, every other
     /// shard sends `conn`'s shard everything until that shard releases the hold.
     Handoff { conn: ConnId, session: Option<Box<Session>>, cut: StreamCut, receive_all_held: bool },
+    /// To the publisher's shard: a subscriber on the sending shard has a full queue that
+    /// `client_id` feeds; leave its QoS 1/2 PUBLISHes unread until `ResumePublisher`.
+    PausePublisher { client_id: Bytes },
+    /// The subscriber that sent `PausePublisher` drained (or left).
+    ResumePublisher { client_id: Bytes },
     /// To the home shard: the session owned through `conn` has ended.
     Released { client_id: Bytes, conn: ConnId },
 }

@@ -18,6 +18,7 @@
 
 mod barrier;
 mod counters;
+mod flow;
 mod interest;
 pub mod link;
 pub mod mesh;
@@ -188,6 +189,13 @@ struct Client {
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     skip_until: Option<StreamCut>,
+    /// Since when the (online) session's queue has been at its bound (see `flow.rs`).
+    stalled_since: Option<Instant>,
+    /// Publishers (their shard and client id) paused until this session's queue drains.
+    paused_publishers: Vec<(ShardId, Bytes)>,
+    /// Retained messages for new subscriptions not yet handed to the session; boxed, as
+    /// most clients have none.
+    retained_backlog: Option<Box<std::collections::VecDeque<RetainedCopy>>>,
 }
 
 /// A SUBACK or UNSUBACK, held until every peer applied the subscription change, and the
@@ -447,6 +455,7 @@ impl Shard {
     }
 
     fn remove_client(&mut self, key: ClientKey, now: Instant) -> Client {
+        self.settle_flow_of_leaving_client(key, false, now);
         let client = self.clients[key.0 as usize].take().expect("removing a live client");
         for filter in client.session.subscriptions.keys() {
             match shared::parse_owned(filter) {
@@ -513,16 +522,6 @@ impl Shard {
         self.outboxes.iter().any(|outbox| outbox.len() >= self.limits.mesh_outbox_max_messages)
     }
 
-    /// Reader side: ready once no outbox is at its bound.
-    pub fn poll_uncongested(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.congested() {
-            return Poll::Ready(());
-        }
-        self.counters.publisher_throttled += 1;
-        link::register_waker(&mut self.congestion_waiters, cx.waker());
-        Poll::Pending
-    }
-
     /// A batch from peer `from`, in the order it sent them.
     pub fn handle_batch(&mut self, from: ShardId, batch: Vec<MeshMessage>, now: Instant) {
         for message in batch {
@@ -576,6 +575,8 @@ impl Shard {
                 }
                 self.complete_connect(conn, session, Some(cut), receive_all_held, now)
             }
+            MeshMessage::PausePublisher { client_id } => self.on_pause_publisher(&client_id),
+            MeshMessage::ResumePublisher { client_id } => self.on_resume_publisher(&client_id),
             MeshMessage::Released { client_id, conn } => {
                 if self.registry.get(&client_id) == Some(&conn) {
                     self.registry.remove(&client_id);
@@ -913,6 +914,9 @@ impl Shard {
             auth_method: authenticated.as_ref().map(|authenticated| authenticated.method.clone()),
             reauthentication: None,
             skip_until: None,
+            stalled_since: None,
+            paused_publishers: Vec::new(),
+            retained_backlog: None,
         }, now);
         if receive_all_held {
             // The session's filters are announced (queued above); every peer applies that
@@ -997,8 +1001,9 @@ impl Shard {
     /// The connection of `key` is gone (or was never opened): publish the will, and end
     /// the session if it lives only as long as its connection.
     fn client_lost(&mut self, key: ClientKey, now: Instant) {
+        self.client(key).link = None;
+        self.settle_flow_of_leaving_client(key, true, now);
         let client = self.client(key);
-        client.link = None;
         let will = client.will.take();
         let publisher = client.session.client_id().clone();
         let expiry = client.session_expiry;
@@ -1176,6 +1181,8 @@ impl Shard {
             write_outgoing(link, version, &packet, now, &mut client.aliases_out);
         }
         self.outgoing_scratch = outgoing;
+        self.release_publishers_if_drained(key, now);
+        self.drain_retained(key, now);
     }
 
     fn handle_publish(&mut self, key: ClientKey, link: &Link, mut publish: Publish, now: Instant) -> Result<(), CloseReason> {
@@ -1674,20 +1681,7 @@ impl Shard {
         held.link.answer_released();
         write_packet(&held.link, held.version, &held.packet);
         let Some(key) = self.client_of(&held.link) else { return };
-        for RetainedCopy { message, qos, identifier } in held.retained {
-            if message.is_expired(now) {
-                // Its expiry passed while retained: it is no longer the topic's message
-                // (unless a newer one replaced it while the SUBACK waited).
-                let mut still_stored = false;
-                self.retained.for_each_match(&message.topic, |stored| still_stored |= Arc::ptr_eq(stored, &message));
-                if still_stored {
-                    self.retained.remove(&message.topic);
-                }
-                continue;
-            }
-            let copy = CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect(), shared: None };
-            self.deliver_to(key, &message, copy, None, now);
-        }
+        self.queue_retained(key, held.retained, now);
     }
 
     /// Whether `key` still holds the shared subscription `target` was chosen for.
@@ -1749,7 +1743,11 @@ impl Shard {
                 self.counters.messages_delivered += 1;
             }
             Offer::Queued => {}
-            Offer::Dropped => self.counters.session_queue_drops += 1,
+            Offer::QueuedFull => {
+                let source = origin.map(|(source, _)| source);
+                self.subscriber_queue_full(key, source, message.publisher.as_ref(), now);
+            }
+            Offer::QueuedDroppingOldest | Offer::Dropped => self.counters.session_queue_drops += 1,
         }
     }
 
@@ -1763,8 +1761,10 @@ impl Shard {
         for (index, slot) in self.clients.iter().enumerate() {
             let Some(client) = slot else { continue };
             let key = ClientKey(index as u32);
-            if client.link.is_some() {
+            if let Some(link) = &client.link {
+                // A connection whose PUBLISH is held by back-pressure is not idle.
                 if let Some(keep_alive) = client.keep_alive
+                    && !link.is_waiting_to_publish()
                     && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
                 {
                     due.push((key, TimerEvent::KeepAliveTimeout));
@@ -1799,6 +1799,9 @@ impl Shard {
                     }
                 }
             }
+        }
+        for key in self.slow_subscribers(now) {
+            self.disconnect_slow_subscriber(key, now);
         }
         self.withdraw_unused_interest(now);
         if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)

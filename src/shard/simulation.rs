@@ -42,7 +42,7 @@ struct Sim {
 
 fn limits() -> Limits {
     Limits {
-        session: SessionLimits { inflight_max: 8, queued_max: 100_000 },
+        session: SessionLimits { inflight_max: 8, queued_max: 100_000, queue_full_policy: crate::session::QueueFullPolicy::DropNew },
         outbound_buffer_max_bytes: usize::MAX,
         mesh_outbox_max_messages: 1 << 20,
         sys_interval: None,
@@ -368,7 +368,8 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     let mut shard = Shard::new(ShardId(0), 2, limits, auth, now);
     shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: 0, since: None }], now);
     let mut cx = Context::from_waker(Waker::noop());
-    assert_eq!(shard.poll_uncongested(&mut cx), Poll::Ready(()));
+    let publisher = shard.new_link();
+    assert_eq!(shard.poll_publish_allowed(&publisher, QoS::AtMostOnce, &mut cx), Poll::Ready(()));
     for _ in 0..3 {
         shard.route(
             Arc::new(crate::session::Message {
@@ -384,11 +385,13 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
         );
     }
     assert!(shard.congested());
-    assert_eq!(shard.poll_uncongested(&mut cx), Poll::Pending);
+    assert_eq!(shard.poll_publish_allowed(&publisher, QoS::AtMostOnce, &mut cx), Poll::Pending);
+    assert!(publisher.is_waiting_to_publish(), "a held publisher does not count as idle");
     assert_eq!(shard.counters.publisher_throttled, 1);
     let Poll::Ready(batch) = shard.poll_outbox(ShardId(1), &mut cx) else { panic!("outbox has messages") };
     assert_eq!(batch.len(), 3, "drained as one batch");
-    assert_eq!(shard.poll_uncongested(&mut cx), Poll::Ready(()));
+    assert_eq!(shard.poll_publish_allowed(&publisher, QoS::AtMostOnce, &mut cx), Poll::Ready(()));
+    assert!(!publisher.is_waiting_to_publish());
 }
 
 /// Publishes still on the wires, per destination shard, removed from them.
