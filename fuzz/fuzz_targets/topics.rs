@@ -32,7 +32,9 @@ fn string(input: &mut Input, deep_left: &mut usize) -> Option<(Vec<u8>, bool)> {
     let (level, count, tail, deep) = if head == 0xFF && *deep_left > 0 {
         *deep_left -= 1;
         let level = input.level()?;
-        let count = usize::from(u16::from_le_bytes([input.byte()?, input.byte()?])) % DEEP_MAX + 1;
+        // (1..=256) << (0..=8), capped: mostly hundreds to thousands, sometimes DEEP_MAX.
+        let (low, shift) = (usize::from(input.byte()?) + 1, input.byte()? % 9);
+        let count = (low << shift).min(DEEP_MAX);
         let tail = LEVELS.get(usize::from(input.byte()? % 8)).copied();
         (Some(level), count, tail, true)
     } else {

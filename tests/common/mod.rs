@@ -155,6 +155,13 @@ impl RawClient {
         RawClient { stream, buf: BytesMut::new(), pending: Default::default(), version }
     }
 
+    /// The socket, for tests that drive it from several threads, and the bytes already
+    /// read from it but not yet decoded.
+    pub fn into_stream(self) -> (TcpStream, BytesMut) {
+        assert!(self.pending.is_empty(), "no decoded packet left behind");
+        (self.stream, self.buf)
+    }
+
     pub fn local_port(&self) -> u16 {
         self.stream.local_addr().expect("local addr").port()
     }
