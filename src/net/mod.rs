@@ -68,11 +68,22 @@ impl Latch {
 }
 
 
+/// How often the "open-file limit reached" warning may repeat, per shard.
+const FD_LIMIT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections until `stopping` is set.
+///
+/// At the open-file limit (EMFILE/ENFILE) a connection waiting in the backlog is accepted
+/// through a descriptor held in reserve for that and closed at once, so the client learns
+/// promptly instead of hanging unanswered in the listen queue; the warning is logged once
+/// per interval with a count, not once per attempt.
 pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stopping: Rc<Latch>) {
     // One stop future for the whole loop, not a fresh one (and a fresh waker) per accept.
     let stop = stopping.wait();
     futures_lite::pin!(stop);
+    let mut reserve = std::fs::File::open("/dev/null").ok();
+    let mut closed_since_warning = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = or(async { Some(listener.accept().await) }, async {
             (&mut stop).await;
@@ -85,13 +96,44 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stopp
                 let shard = shard.clone();
                 glommio::spawn_local(serve_connection(shard, stream)).detach();
             }
+            Some(Err(error)) if is_out_of_descriptors(&error) => {
+                // Free the reserve, take the waiting connection with it, close both.
+                if reserve.take().is_some()
+                    && let Ok(Ok(excess)) = futures_lite::future::or(async { Ok(listener.accept().await) }, async {
+                        sleep(std::time::Duration::from_millis(10)).await;
+                        Err(())
+                    })
+                    .await
+                {
+                    drop(excess);
+                    closed_since_warning += 1;
+                    shard.borrow_mut().counters.connections_closed_at_fd_limit += 1;
+                }
+                if last_warning.is_none_or(|at| at.elapsed() >= FD_LIMIT_WARNING_INTERVAL) {
+                    tracing::warn!(
+                        closed = closed_since_warning,
+                        "open-file limit reached: new connections are closed at once (raise `ulimit -n` / LimitNOFILE=)"
+                    );
+                    last_warning = Some(Instant::now());
+                    closed_since_warning = 0;
+                }
+                sleep(std::time::Duration::from_millis(1)).await;
+                reserve = reserve.or_else(|| std::fs::File::open("/dev/null").ok());
+            }
             Some(Err(error)) => {
-                // EMFILE and friends: log, back off briefly, keep serving existing clients.
                 tracing::warn!(%error, "accept failed");
                 sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
+}
+
+fn is_out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
+    let os_error = match error {
+        glommio::GlommioError::IoError(source) | glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    matches!(os_error, Some(libc::EMFILE | libc::ENFILE))
 }
 
 async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
