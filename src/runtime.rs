@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::timer::sleep;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::auth::{Authenticator, PasswordFileError};
 use crate::config::{Config, ConfigError, Limits, Steering};
@@ -220,6 +220,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             .name(&format!("ringmq-shard-{index}"))
             .io_memory(io_memory_bytes)
             .ring_depth(config.ring_depth)
+            // Password hashing runs here: any CPU, so it never competes with a shard's own.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || shard_main(ShardParams { shard_count, local_addr, limits, auth, mesh, stop, ready }))
             .map_err(|error| StartError::Executor(error.to_string()))?;
         handles.push(handle);

@@ -202,3 +202,35 @@ fn steer_cpu_puts_connections_made_on_one_cpu_on_one_shard() {
     });
     assert_eq!(counters.total("clients_connected"), 31);
 }
+
+#[test]
+fn password_hashing_does_not_stall_other_clients_of_the_shard() {
+    // Slow enough that a hash on the shard thread would be plain to see: ~1 s per check.
+    const ITERATIONS: u32 = 1_500_000;
+    let dir = std::env::temp_dir().join(format!("ringmq-slow-hash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("passwd");
+    std::fs::write(&file, ringmq::auth::hash_password_line("slow", b"right", b"0123456789ab", ITERATIONS)).expect("write");
+    let broker = Broker::start(&["--cores", "1", "--password-file", file.to_str().expect("utf8"), "--allow-anonymous"]);
+    let mut bystander = broker.client("bystander", true);
+
+    let mut guessers: Vec<RawClient> = (0..2).map(|_| broker.raw()).collect();
+    for guesser in &mut guessers {
+        let mut packet = guesser.connect_packet("guesser", true, 60, None);
+        if let Packet::Connect(connect) = &mut packet {
+            connect.username = Some(bytes::Bytes::from_static(b"slow"));
+            connect.password = Some(bytes::Bytes::from_static(b"wrong"));
+        }
+        guesser.send(&packet);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    bystander.send(&Packet::PingReq);
+    assert_eq!(bystander.recv(), Packet::PingResp);
+    assert!(started.elapsed() < Duration::from_millis(400), "answered while the hashes run: {:?}", started.elapsed());
+    for guesser in &mut guessers {
+        let Packet::ConnAck(connack) = guesser.try_recv(Duration::from_secs(20)).expect("CONNACK") else { panic!("expected CONNACK") };
+        assert_eq!(connack.code, 4, "bad user name or password");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,10 @@ pub fn hash_password_line(username: &str, password: &[u8], salt: &[u8], iteratio
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     users: Option<Arc<HashMap<String, PasswordHash>>>,
+    /// Verified in place of an unknown user's entry, with the file's highest iteration
+    /// count, so that a wrong user name costs what a wrong password costs and the time
+    /// taken does not tell which names exist.
+    decoy: Option<PasswordHash>,
     allow_anonymous: bool,
     denied_filters: Vec<Vec<u8>>,
 }
@@ -81,7 +85,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// Anyone may connect, with or without credentials.
     pub fn anonymous() -> Authenticator {
-        Authenticator { users: None, allow_anonymous: true, denied_filters: Vec::new() }
+        Authenticator { users: None, decoy: None, allow_anonymous: true, denied_filters: Vec::new() }
     }
 
     /// Refuses SUBSCRIBE to any filter a pattern here matches when the requested filter is
@@ -128,7 +132,9 @@ impl Authenticator {
             }
             users.insert(user.to_string(), PasswordHash { iterations, salt, hash });
         }
-        Ok(Authenticator { users: Some(Arc::new(users)), allow_anonymous, denied_filters: Vec::new() })
+        let iterations = users.values().map(|hash| hash.iterations).max().unwrap_or(1);
+        let decoy = PasswordHash { iterations, salt: vec![0; 12], hash: vec![0; HASH_LEN_BYTES] };
+        Ok(Authenticator { users: Some(Arc::new(users)), decoy: Some(decoy), allow_anonymous, denied_filters: Vec::new() })
     }
 
     /// The Authentication Methods this broker offers: SCRAM-SHA-512 over the password
@@ -153,10 +159,22 @@ impl Authenticator {
             return if self.allow_anonymous { Ok(()) } else { Err(ConnectRefusal::NotAuthorized) };
         };
         let known = std::str::from_utf8(username).ok().and_then(|name| users.get(name));
+        // Always one verification, against the decoy when the user is unknown.
+        let hash = self.hash_to_verify(known);
+        let matches = hash.verify(password.unwrap_or_default());
         match (known, password) {
-            (Some(hash), Some(password)) if hash.verify(password) => Ok(()),
+            (Some(_), Some(_)) if matches => Ok(()),
             _ => Err(ConnectRefusal::BadUserNameOrPassword),
         }
+    }
+
+    fn hash_to_verify<'a>(&'a self, known: Option<&'a PasswordHash>) -> &'a PasswordHash {
+        known.or(self.decoy.as_ref()).expect("a password file always has a decoy")
+    }
+
+    /// Whether CONNECTs carry a password check (which the IO layer runs off the shard).
+    pub fn has_password_file(&self) -> bool {
+        self.users.is_some()
     }
 }
 
@@ -175,6 +193,19 @@ mod tests {
         assert_eq!(auth.check(None, None), Err(ConnectRefusal::NotAuthorized));
         let open = Authenticator::from_password_file(&file, true).unwrap();
         assert_eq!(open.check(None, None), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_user_costs_as_many_iterations_as_the_dearest_known_one() {
+        let file = format!(
+            "{}\n{}\n",
+            hash_password_line("cheap", b"a", b"0123456789ab", 10),
+            hash_password_line("dear", b"b", b"0123456789ab", 2000)
+        );
+        let auth = Authenticator::from_password_file(&file, false).unwrap();
+        assert_eq!(auth.hash_to_verify(None).iterations, 2000);
+        assert_eq!(auth.check(Some(b"nobody"), Some(b"b")), Err(ConnectRefusal::BadUserNameOrPassword));
+        assert_eq!(auth.check(Some(b"dear"), Some(b"b")), Ok(()));
     }
 
     #[test]

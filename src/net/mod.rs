@@ -16,7 +16,7 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
-use crate::protocol::{DecodeError, Packet, ProtocolVersion, decode};
+use crate::protocol::{Connect, ConnectRefusal, DecodeError, Packet, ProtocolVersion, decode};
 use crate::shard::link::{Link, register_waker};
 use crate::shard::{CloseReason, ConnectProgress, Shard};
 use split::{ReadHalf, WriteHalf};
@@ -286,7 +286,8 @@ async fn establish(
         }
     };
     let version = connect.version;
-    let mut progress = shard.borrow_mut().begin_connect(link, connect, Instant::now());
+    let credentials = check_password_off_shard(shard, &connect).await;
+    let mut progress = shard.borrow_mut().begin_connect_checked(link, connect, credentials, Instant::now());
     while progress == ConnectProgress::Authenticating {
         match packet_before(reader, buf, link, version, max_packet, deadline).await {
             Some(Ok(packet)) => progress = shard.borrow_mut().continue_authentication(link, packet, Instant::now())?,
@@ -295,6 +296,18 @@ async fn establish(
         }
     }
     Ok(link.wait_open().await.then_some(version))
+}
+
+/// Password hashing takes milliseconds by design: it runs on the executor's blocking
+/// pool while this shard goes on serving everyone else. `None` when there is nothing slow
+/// to check (no password file, or enhanced authentication, which the shard drives).
+async fn check_password_off_shard(shard: &Rc<RefCell<Shard>>, connect: &Connect) -> Option<Result<(), ConnectRefusal>> {
+    let auth = shard.borrow().authenticator().clone();
+    if !auth.has_password_file() || connect.properties.authentication_method.is_some() {
+        return None;
+    }
+    let (username, password) = (connect.username.clone(), connect.password.clone());
+    Some(glommio::executor().spawn_blocking(move || auth.check(username.as_deref(), password.as_deref())).await)
 }
 
 async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {

@@ -588,13 +588,17 @@ impl Shard {
     // ----- connecting -----
 
     /// `authenticated`: an enhanced-authentication method has vouched for the client, which
-    /// takes the place of the user name and password check.
-    fn admit(&self, connect: &Connect, authenticated: bool) -> Result<(), ConnectRefusal> {
+    /// takes the place of the user name and password check. `credentials`: that check,
+    /// when the IO layer has already made it off this thread (password hashing is slow).
+    fn admit(&self, connect: &Connect, authenticated: bool, credentials: Option<Result<(), ConnectRefusal>>) -> Result<(), ConnectRefusal> {
         if !self.accepting {
             return Err(ConnectRefusal::ServerUnavailable);
         }
         if !authenticated {
-            self.auth.check(connect.username.as_deref(), connect.password.as_deref())?;
+            match credentials {
+                Some(checked) => checked?,
+                None => self.auth.check(connect.username.as_deref(), connect.password.as_deref())?,
+            }
         }
         if connect.client_id.is_empty() && !connect.clean_start && !connect.version.is_v5() {
             return Err(ConnectRefusal::ClientIdentifierNotValid);
@@ -642,7 +646,24 @@ impl Shard {
     /// A CONNECT arrived on `link`. With an Authentication Method (5.0) the exchange
     /// starts; refused: CONNACK with the code, then close. Otherwise the client id is
     /// claimed at its home shard and `link` opens when that is settled.
-    pub fn begin_connect(&mut self, link: &Rc<Link>, mut connect: Box<Connect>, now: Instant) -> ConnectProgress {
+    pub fn begin_connect(&mut self, link: &Rc<Link>, connect: Box<Connect>, now: Instant) -> ConnectProgress {
+        self.begin_connect_checked(link, connect, None, now)
+    }
+
+    /// The authenticator, for checking a CONNECT's password off the shard thread.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
+    /// `begin_connect` with the user name and password already checked (`credentials`:
+    /// `Authenticator::check`'s verdict, computed off this thread).
+    pub fn begin_connect_checked(
+        &mut self,
+        link: &Rc<Link>,
+        mut connect: Box<Connect>,
+        credentials: Option<Result<(), ConnectRefusal>>,
+        now: Instant,
+    ) -> ConnectProgress {
         if connect.version.is_v5()
             && let Some(maximum) = connect.properties.maximum_packet_size
         {
@@ -656,7 +677,7 @@ impl Shard {
             let authenticating = Authenticating { connect, method: detach(&method), exchange };
             return self.authentication_step(link, authenticating, &data, now);
         }
-        self.claim(link, connect, None, now)
+        self.claim(link, connect, None, credentials, now)
     }
 
     /// The client's AUTH during an exchange that began with its CONNECT.
@@ -693,15 +714,22 @@ impl Shard {
             }
             AuthStep::Success(data) => {
                 let authenticated = Authenticated { method: authenticating.method, data };
-                self.claim(link, authenticating.connect, Some(authenticated), now)
+                self.claim(link, authenticating.connect, Some(authenticated), None, now)
             }
             AuthStep::Fail(refusal) => self.refuse(link, version, refusal),
         }
     }
 
-    fn claim(&mut self, link: &Rc<Link>, connect: Box<Connect>, authenticated: Option<Authenticated>, now: Instant) -> ConnectProgress {
+    fn claim(
+        &mut self,
+        link: &Rc<Link>,
+        connect: Box<Connect>,
+        authenticated: Option<Authenticated>,
+        credentials: Option<Result<(), ConnectRefusal>>,
+        now: Instant,
+    ) -> ConnectProgress {
         let version = connect.version;
-        if let Err(refusal) = self.admit(&connect, authenticated.is_some()) {
+        if let Err(refusal) = self.admit(&connect, authenticated.is_some(), credentials) {
             return self.refuse(link, version, refusal);
         }
         let client_id_assigned = connect.client_id.is_empty();

@@ -22,10 +22,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Two shards, counters on `$SYS` every second, plus `extra` flags.
+    /// Two shards (unless `extra` says `--cores`), counters on `$SYS` every second, plus
+    /// `extra` flags.
     pub fn start(extra: &[&str]) -> Broker {
+        let cores: &[&str] = if extra.contains(&"--cores") { &[] } else { &["--cores", "2"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--sys-interval-s", "1", "--log", "warn"])
+            .args(["--listen", "127.0.0.1:0", "--sys-interval-s", "1", "--log", "warn"])
+            .args(cores)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
