@@ -196,9 +196,10 @@ fn steer_cpu_puts_connections_made_on_one_cpu_on_one_shard() {
             .expect("connecting thread")
     });
     // The counter watcher's own connection may land on either shard.
+    // Both shards' counters must have arrived: one not yet seen is not a zero.
     let counters = broker.wait_for_counters("30 connections on one shard", |c| {
-        let (a, b) = (c.get(0, "clients_connected").unwrap_or(0), c.get(1, "clients_connected").unwrap_or(0));
-        (a >= 30 && b <= 1) || (b >= 30 && a <= 1)
+        let (Some(a), Some(b)) = (c.get(0, "clients_connected"), c.get(1, "clients_connected")) else { return false };
+        a + b == 31 && ((a >= 30 && b <= 1) || (b >= 30 && a <= 1))
     });
     assert_eq!(counters.total("clients_connected"), 31);
 }

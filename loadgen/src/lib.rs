@@ -4,7 +4,8 @@
 //! Pure parts: `plan` (who publishes where, who must hear whom), `stamp` (what every
 //! payload carries), `tracker` (loss, duplication and order per publisher and
 //! subscriber), `schedule` (open-loop due times), `report` (numbers and outputs).
-//! IO: `conn` (one client connection on glommio) and `run` (executors, phases).
+//! IO: `conn` (one client connection on glommio) and `run` (executors, phases);
+//! `subscribe_storm` (one client's many subscriptions against a probe's round trip).
 
 pub mod conn;
 pub mod plan;
@@ -12,4 +13,5 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod stamp;
+pub mod subscribe_storm;
 pub mod tracker;

@@ -30,6 +30,12 @@ struct Cli {
     /// Connections to open (conn-storm).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
+    /// Filters the storm client subscribes to (subscribe-storm).
+    #[arg(long, default_value_t = 100_000)]
+    filters: usize,
+    /// SUBSCRIBE packets the filters are spread over, sent back to back (subscribe-storm).
+    #[arg(long, default_value_t = 100)]
+    packets: usize,
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos_pub: u8,
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
@@ -112,6 +118,19 @@ fn main_inner() -> anyhow::Result<bool> {
         5 => ProtocolVersion::V5,
         other => bail!("--mqtt must be 3 or 5, not {other}"),
     };
+    if cli.scenario == Scenario::SubscribeStorm {
+        let storm = loadgen::subscribe_storm::StormConfig {
+            broker,
+            version,
+            filters: cli.filters,
+            packets: cli.packets,
+            topic_prefix: cli.topic_prefix.clone(),
+            timeout: Duration::from_secs_f64(cli.duration_s.max(1.0)),
+        };
+        let report = loadgen::subscribe_storm::run_storm(&storm)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(!report.failed);
+    }
     let cpus = ringmq::config::parse_cores(Some(&cli.cores), &ringmq::runtime::allowed_cpus()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (publishers, subscribers) = match cli.scenario {
         Scenario::P2p => (cli.publishers, cli.publishers),

@@ -14,6 +14,9 @@ pub enum Scenario {
     P2p,
     /// Open connections as fast as possible, then hold them idle.
     ConnStorm,
+    /// One client subscribes to --filters filters in --packets pipelined SUBSCRIBEs while a
+    /// probe client measures its round trip (see `subscribe_storm`).
+    SubscribeStorm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +54,7 @@ impl Plan {
                 publishers: (0..publishers).map(|p| format!("{prefix}/p2p/{p}")).collect(),
                 subscribers: (0..publishers).map(|p| format!("{prefix}/p2p/{p}")).collect(),
             },
-            Scenario::ConnStorm => Plan { publishers: Vec::new(), subscribers: Vec::new() },
+            Scenario::ConnStorm | Scenario::SubscribeStorm => Plan { publishers: Vec::new(), subscribers: Vec::new() },
         }
     }
 
