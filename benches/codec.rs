@@ -6,8 +6,8 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ringmq::protocol::{
-    Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, PublishHeader, QoS, Subscribe,
-    SubscriptionOptions, decode, write_publish,
+    Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, PublishHeader, QoS, Subscribe, SubscriptionOptions, decode,
+    write_publish,
 };
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
@@ -79,7 +79,8 @@ fn codec(c: &mut Criterion) {
                 // What delivery does per subscriber: a header and the shared payload into
                 // the connection's buffer (cleared so the buffer does not grow).
                 buf.clear();
-                let header = PublishHeader { dup: false, qos: QoS::AtLeastOnce, retain: false, packet_id: PacketId::new(7), topic_alias: None };
+                let header =
+                    PublishHeader { dup: false, qos: QoS::AtLeastOnce, retain: false, packet_id: PacketId::new(7), topic_alias: None };
                 write_publish(&mut buf, V311, header, &message.topic, &message.properties, &message.payload);
                 black_box(buf.len())
             })

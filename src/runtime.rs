@@ -148,9 +148,11 @@ fn reserve_address(addr: SocketAddr) -> Result<(PortLock, SocketAddr), StartErro
     // Only so that connections in TIME_WAIT from an earlier run do not block a restart.
     socket.set_reuse_address(true).map_err(bind_error)?;
     socket.bind(&addr.into()).map_err(bind_error)?;
-    let local = socket.local_addr().map_err(bind_error)?.as_socket().ok_or_else(|| {
-        bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address"))
-    })?;
+    let local = socket
+        .local_addr()
+        .map_err(bind_error)?
+        .as_socket()
+        .ok_or_else(|| bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address")))?;
     let lock = PortLock::take(local.port()).map_err(|source| StartError::Bind { addr: local, source })?;
     Ok((lock, local))
 }
@@ -180,15 +182,17 @@ impl PortLock {
 pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
     let limits = config.limits()?;
     let cpus = config.cpus(&allowed_cpus())?;
-    let auth = Arc::new(match &config.password_file {
-        Some(path) => {
-            let contents = std::fs::read_to_string(path)
-                .map_err(|source| StartError::PasswordFileRead { path: path.clone(), source })?;
-            Authenticator::from_password_file(&contents, config.allow_anonymous)?
+    let auth = Arc::new(
+        match &config.password_file {
+            Some(path) => {
+                let contents =
+                    std::fs::read_to_string(path).map_err(|source| StartError::PasswordFileRead { path: path.clone(), source })?;
+                Authenticator::from_password_file(&contents, config.allow_anonymous)?
+            }
+            None => Authenticator::anonymous(),
         }
-        None => Authenticator::anonymous(),
-    }
-    .deny_subscriptions(config.deny_subscribe.iter().cloned()));
+        .deny_subscriptions(config.deny_subscribe.iter().cloned()),
+    );
 
     let memlock = memlock_limit_bytes();
     if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {

@@ -109,7 +109,8 @@ fn an_acknowledged_qos1_message_to_an_online_subscriber_is_never_dropped_on_defa
     reader.join().expect("publisher reader");
     assert_eq!(acked.load(Ordering::Relaxed), MESSAGES, "every publish acknowledged");
     assert_eq!(received.join().expect("subscriber"), MESSAGES, "every acknowledged message delivered");
-    let counters = broker.wait_for_counters("drops published", |c| c.get(0, "session_queue_drops").is_some() && c.get(1, "session_queue_drops").is_some());
+    let counters = broker
+        .wait_for_counters("drops published", |c| c.get(0, "session_queue_drops").is_some() && c.get(1, "session_queue_drops").is_some());
     assert_eq!(counters.total("session_queue_drops"), 0);
 }
 

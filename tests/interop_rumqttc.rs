@@ -110,11 +110,7 @@ fn rumqttc_persistent_session_gets_messages_queued_while_offline() {
         subscriber.disconnect().expect("disconnect");
         let _ = receive(&mut connection, 0);
     }
-    publish_all(
-        &broker,
-        "rq-offline-pub",
-        (0..5u8).map(|n| ("rq/offline".to_string(), QoS::AtLeastOnce, false, vec![n])).collect(),
-    );
+    publish_all(&broker, "rq-offline-pub", (0..5u8).map(|n| ("rq/offline".to_string(), QoS::AtLeastOnce, false, vec![n])).collect());
     let (_subscriber, mut connection) = client(&broker, "rq-persistent", false);
     let received = receive(&mut connection, 5);
     assert_eq!(received.iter().map(|p| p.payload[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);

@@ -73,9 +73,11 @@ fn properties_forwarded_identifier_added_and_no_matching_subscribers_reported() 
     assert_eq!(properties.subscription_identifiers, vec![42]);
 
     publisher.publish("v5/nobody", QoS::AtLeastOnce, false, "lost?").expect("publish");
-    pump_until(&mut pub_connection, "PUBACK 0x10", |p| {
-        matches!(p, Packet::PubAck(ack) if ack.reason == PubAckReason::NoMatchingSubscribers)
-    });
+    pump_until(
+        &mut pub_connection,
+        "PUBACK 0x10",
+        |p| matches!(p, Packet::PubAck(ack) if ack.reason == PubAckReason::NoMatchingSubscribers),
+    );
 }
 
 #[test]

@@ -21,7 +21,6 @@ fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, prope
     })
 }
 
-
 fn alias(n: u16) -> Properties {
     Properties { topic_alias: Some(n), ..Properties::default() }
 }
@@ -32,8 +31,7 @@ fn topic_alias_is_set_then_used_and_never_forwarded() {
     let mut sub = broker.client_v5("alias-sub");
     sub.subscribe(&[("al/t", QoS::AtMostOnce)]);
     let mut publisher = broker.client_v5("alias-pub");
-    let with_user_property =
-        Properties { user_properties: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))], ..alias(3) };
+    let with_user_property = Properties { user_properties: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))], ..alias(3) };
     publisher.send(&publish("al/t", b"first", QoS::AtMostOnce, 0, with_user_property));
     publisher.send(&publish("", b"second", QoS::AtMostOnce, 0, alias(3)));
     for payload in [&b"first"[..], b"second"] {

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Broker, RawClient};
-use ringmq::protocol::{
-    Disconnect, Packet, PacketId, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
-};
-
+use ringmq::protocol::{Disconnect, Packet, PacketId, Properties, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions};
 
 #[test]
 fn connack_announces_what_the_server_offers() {

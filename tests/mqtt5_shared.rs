@@ -91,7 +91,10 @@ fn shared_subscriptions_get_no_retained_messages_and_refuse_no_local() {
     member.assert_silent(Duration::from_millis(300));
     let suback = member.subscribe(&[("$share/g+x/t", QoS::AtMostOnce)]);
     assert_eq!(suback.codes, vec![ReasonCode::TOPIC_FILTER_INVALID], "a wildcard in the group name");
-    member.subscribe_with_no_wait(&[("$share/g/t", SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::AtMostOnce) })]);
+    member.subscribe_with_no_wait(&[(
+        "$share/g/t",
+        SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::AtMostOnce) },
+    )]);
     let mut seen = Vec::new();
     assert!(member.closed_within(WAIT, &mut seen));
     assert!(matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PROTOCOL_ERROR), "{seen:?}");

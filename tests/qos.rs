@@ -27,7 +27,8 @@ fn delivered_qos_is_the_minimum_of_published_and_granted() {
     let mut sub = broker.client("min-sub", true);
     assert_eq!(sub.subscribe(&[("q/1", QoS::AtLeastOnce)]).codes, vec![ReasonCode(1)]);
     let mut publisher = broker.client("min-pub", true);
-    for (qos, expected) in [(QoS::ExactlyOnce, QoS::AtLeastOnce), (QoS::AtLeastOnce, QoS::AtLeastOnce), (QoS::AtMostOnce, QoS::AtMostOnce)] {
+    for (qos, expected) in [(QoS::ExactlyOnce, QoS::AtLeastOnce), (QoS::AtLeastOnce, QoS::AtLeastOnce), (QoS::AtMostOnce, QoS::AtMostOnce)]
+    {
         publisher.publish("q/1", b"m", qos, false, 10);
         let got = sub.recv_publish();
         assert_eq!(got.qos, expected, "published at {qos:?}");
@@ -150,9 +151,8 @@ fn wildcards_and_dollar_topics() {
     publisher.publish("$app/x", b"4", QoS::AtMostOnce, false, 0);
     publisher.publish("end", b"5", QoS::AtMostOnce, false, 0);
 
-    let payloads = |client: &mut common::RawClient, count: usize| -> Vec<Bytes> {
-        (0..count).map(|_| client.recv_publish().payload).collect()
-    };
+    let payloads =
+        |client: &mut common::RawClient, count: usize| -> Vec<Bytes> { (0..count).map(|_| client.recv_publish().payload).collect() };
     // `#` never sees `$app/x` (nor the broker's own `$SYS`), but does see the end marker.
     assert_eq!(payloads(&mut everything, 4), vec!["1", "2", "3", "5"]);
     assert_eq!(payloads(&mut parent, 3), vec!["1", "2", "3"], "sport/# matches sport itself");

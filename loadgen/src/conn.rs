@@ -153,9 +153,7 @@ pub struct Connection {
 impl Connection {
     /// TCP connect, CONNECT, and wait for a successful CONNACK.
     pub async fn open(addr: SocketAddr, client_id: &str, clean: bool, version: ProtocolVersion) -> Result<Connection, ConnError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|error| ConnError::Connect { addr, message: error.to_string() })?;
+        let stream = TcpStream::connect(addr).await.map_err(|error| ConnError::Connect { addr, message: error.to_string() })?;
         let _ = stream.set_nodelay(true);
         let stream = Rc::new(RefCell::new(stream));
         let outbox = Rc::new(Outbox::default());
@@ -171,12 +169,8 @@ impl Connection {
             write_half.shutdown();
         })
         .detach();
-        let mut connection = Connection {
-            reader: Reader { half: ReadHalf::new(stream), buf: BytesMut::new(), version },
-            outbox,
-            version,
-            writer,
-        };
+        let mut connection =
+            Connection { reader: Reader { half: ReadHalf::new(stream), buf: BytesMut::new(), version }, outbox, version, writer };
         let connect = Connect {
             version,
             clean_start: clean,

@@ -13,7 +13,11 @@ use loadgen::run::{RunConfig, run};
 use ringmq::protocol::{ProtocolVersion, QoS};
 
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version, about = "MQTT load generator with loss/duplicate/order accounting and coordinated-omission-corrected latency")]
+#[command(
+    name = "loadgen",
+    version,
+    about = "MQTT load generator with loss/duplicate/order accounting and coordinated-omission-corrected latency"
+)]
 struct Cli {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -108,11 +112,8 @@ fn main() -> ExitCode {
 
 fn main_inner() -> anyhow::Result<bool> {
     let cli = Cli::parse();
-    let broker = (cli.host.as_str(), cli.port)
-        .to_socket_addrs()
-        .context("resolving --host")?
-        .next()
-        .context("--host resolves to no address")?;
+    let broker =
+        (cli.host.as_str(), cli.port).to_socket_addrs().context("resolving --host")?.next().context("--host resolves to no address")?;
     let version = match cli.mqtt {
         3 | 4 => ProtocolVersion::V311,
         5 => ProtocolVersion::V5,

@@ -30,7 +30,14 @@ pub struct Plan {
 impl Plan {
     /// With `shared_group`, every subscriber joins `$share/GROUP/<filter>`: together they
     /// must receive each message once.
-    pub fn new(scenario: Scenario, publishers: usize, subscribers: usize, prefix: &str, wildcard: bool, shared_group: Option<&str>) -> Plan {
+    pub fn new(
+        scenario: Scenario,
+        publishers: usize,
+        subscribers: usize,
+        prefix: &str,
+        wildcard: bool,
+        shared_group: Option<&str>,
+    ) -> Plan {
         let mut plan = Self::unshared(scenario, publishers, subscribers, prefix, wildcard);
         if let Some(group) = shared_group {
             for filter in &mut plan.subscribers {

@@ -155,7 +155,15 @@ impl Report {
                 line(&mut out, "latency us", Self::percentiles(p));
             }
         }
-        line(&mut out, "client CPU", format!("{:.0}%{}", self.client_cpu_fraction * 100.0, if self.client_saturated { "  SATURATED: the client may be the limit" } else { "" }));
+        line(
+            &mut out,
+            "client CPU",
+            format!(
+                "{:.0}%{}",
+                self.client_cpu_fraction * 100.0,
+                if self.client_saturated { "  SATURATED: the client may be the limit" } else { "" }
+            ),
+        );
         for error in &self.errors {
             out.push_str(&format!("  ERROR {error}\n"));
         }

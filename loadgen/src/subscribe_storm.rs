@@ -151,7 +151,11 @@ fn probe(config: &StormConfig, stop: &AtomicBool) -> anyhow::Result<Histogram<u6
     let mut client = Client::connect(config.broker, config.version, "loadgen-probe")?;
     let topic = Bytes::from(format!("{}/probe", config.topic_prefix));
     let filters = vec![(topic.clone(), SubscriptionOptions::with_qos(QoS::AtMostOnce))];
-    client.send(&Packet::Subscribe(Subscribe { packet_id: PacketId::new(1).expect("non-zero"), properties: Properties::default(), filters }))?;
+    client.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("non-zero"),
+        properties: Properties::default(),
+        filters,
+    }))?;
     match client.recv(Duration::from_secs(10))? {
         Some(Packet::SubAck(_)) => {}
         other => bail!("probe: expected SUBACK, got {other:?}"),

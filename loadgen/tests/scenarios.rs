@@ -63,9 +63,8 @@ fn loadgen(broker: &Broker, args: &[&str]) -> (bool, Value) {
         .output()
         .expect("run loadgen");
     let stdout = String::from_utf8(output.stdout).expect("utf8");
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("loadgen printed no JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
-    });
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("loadgen printed no JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
     (output.status.success(), report)
 }
 
@@ -94,7 +93,27 @@ fn assert_sane_latency(report: &Value, field: &str) {
 fn fanout_qos1_and_qos2_deliver_exactly() {
     let broker = Broker::start();
     for qos in ["1", "2"] {
-        let (ok, report) = loadgen(&broker, &["--scenario", "fanout", "--publishers", "2", "--subscribers", "20", "--qos-pub", qos, "--qos-sub", qos, "--messages", "200", "--duration-s", "30", "--cores", "2"]);
+        let (ok, report) = loadgen(
+            &broker,
+            &[
+                "--scenario",
+                "fanout",
+                "--publishers",
+                "2",
+                "--subscribers",
+                "20",
+                "--qos-pub",
+                qos,
+                "--qos-sub",
+                qos,
+                "--messages",
+                "200",
+                "--duration-s",
+                "30",
+                "--cores",
+                "2",
+            ],
+        );
         assert!(ok, "{report}");
         assert_eq!(report["published"], 400);
         assert_exact(&report, 400 * 20);
@@ -104,7 +123,25 @@ fn fanout_qos1_and_qos2_deliver_exactly() {
 #[test]
 fn fanin_over_a_wildcard_delivers_exactly() {
     let broker = Broker::start();
-    let (ok, report) = loadgen(&broker, &["--scenario", "fanin", "--publishers", "30", "--subscribers", "2", "--qos-pub", "1", "--qos-sub", "2", "--messages", "50", "--duration-s", "30"]);
+    let (ok, report) = loadgen(
+        &broker,
+        &[
+            "--scenario",
+            "fanin",
+            "--publishers",
+            "30",
+            "--subscribers",
+            "2",
+            "--qos-pub",
+            "1",
+            "--qos-sub",
+            "2",
+            "--messages",
+            "50",
+            "--duration-s",
+            "30",
+        ],
+    );
     assert!(ok, "{report}");
     assert_exact(&report, 30 * 50 * 2);
 }
@@ -112,7 +149,31 @@ fn fanin_over_a_wildcard_delivers_exactly() {
 #[test]
 fn fanin_over_a_shared_subscription_delivers_each_message_once() {
     let broker = Broker::start();
-    let (ok, report) = loadgen(&broker, &["--scenario", "fanin", "--publishers", "10", "--subscribers", "6", "--shared-group", "workers", "--qos-pub", "1", "--qos-sub", "1", "--messages", "100", "--duration-s", "30", "--mqtt", "5", "--cores", "2"]);
+    let (ok, report) = loadgen(
+        &broker,
+        &[
+            "--scenario",
+            "fanin",
+            "--publishers",
+            "10",
+            "--subscribers",
+            "6",
+            "--shared-group",
+            "workers",
+            "--qos-pub",
+            "1",
+            "--qos-sub",
+            "1",
+            "--messages",
+            "100",
+            "--duration-s",
+            "30",
+            "--mqtt",
+            "5",
+            "--cores",
+            "2",
+        ],
+    );
     assert!(ok, "{report}");
     assert_exact(&report, 10 * 100);
 }
@@ -121,7 +182,25 @@ fn fanin_over_a_shared_subscription_delivers_each_message_once() {
 fn p2p_pairs_deliver_exactly_in_open_loop() {
     let broker = Broker::start();
     // 40 pairs sharing 4000 msg/s for 100 messages each: about one second, open loop.
-    let (ok, report) = loadgen(&broker, &["--scenario", "p2p", "--publishers", "40", "--qos-pub", "2", "--qos-sub", "2", "--messages", "100", "--rate", "4000", "--duration-s", "30"]);
+    let (ok, report) = loadgen(
+        &broker,
+        &[
+            "--scenario",
+            "p2p",
+            "--publishers",
+            "40",
+            "--qos-pub",
+            "2",
+            "--qos-sub",
+            "2",
+            "--messages",
+            "100",
+            "--rate",
+            "4000",
+            "--duration-s",
+            "30",
+        ],
+    );
     assert!(ok, "{report}");
     assert_exact(&report, 40 * 100);
     assert_eq!(report["rate_per_s"], 4000.0);
@@ -130,7 +209,8 @@ fn p2p_pairs_deliver_exactly_in_open_loop() {
 #[test]
 fn qos0_fanout_reports_what_arrived() {
     let broker = Broker::start();
-    let (ok, report) = loadgen(&broker, &["--scenario", "fanout", "--subscribers", "5", "--messages", "1000", "--duration-s", "30", "--mqtt", "5"]);
+    let (ok, report) =
+        loadgen(&broker, &["--scenario", "fanout", "--subscribers", "5", "--messages", "1000", "--duration-s", "30", "--mqtt", "5"]);
     assert!(ok, "{report}");
     assert_eq!(report["mqtt"], "5.0");
     // At this scale nothing is shed; QoS 0 loss would be reported, not fatal.
@@ -154,7 +234,22 @@ fn loss_at_qos1_fails_the_run_loudly() {
     let port = dead.addr.port();
     drop(dead);
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--port", &port.to_string(), "--scenario", "fanout", "--subscribers", "2", "--qos-pub", "1", "--qos-sub", "1", "--messages", "10", "--drain-s", "1"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--scenario",
+            "fanout",
+            "--subscribers",
+            "2",
+            "--qos-pub",
+            "1",
+            "--qos-sub",
+            "1",
+            "--messages",
+            "10",
+            "--drain-s",
+            "1",
+        ])
         .output()
         .expect("run loadgen");
     assert!(!output.status.success());
@@ -168,10 +263,27 @@ fn writes_the_percentile_distribution_and_plot_and_reports_its_own_cpu() {
     let dir = std::env::temp_dir().join(format!("loadgen-out-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (hist, plot) = (dir.join("latency.txt"), dir.join("latency.svg"));
-    let (ok, report) = loadgen(&broker, &[
-        "--scenario", "fanout", "--subscribers", "4", "--qos-pub", "1", "--qos-sub", "1", "--messages", "300",
-        "--duration-s", "30", "--hist", hist.to_str().expect("utf8"), "--plot", plot.to_str().expect("utf8"),
-    ]);
+    let (ok, report) = loadgen(
+        &broker,
+        &[
+            "--scenario",
+            "fanout",
+            "--subscribers",
+            "4",
+            "--qos-pub",
+            "1",
+            "--qos-sub",
+            "1",
+            "--messages",
+            "300",
+            "--duration-s",
+            "30",
+            "--hist",
+            hist.to_str().expect("utf8"),
+            "--plot",
+            plot.to_str().expect("utf8"),
+        ],
+    );
     assert!(ok, "{report}");
     let cpu = report["client_cpu_fraction"].as_f64().expect("client CPU in the report");
     assert!(cpu > 0.0, "{report}");

@@ -223,10 +223,7 @@ mod tests {
     #[test]
     fn malformed_lines_are_reported_with_their_number() {
         assert!(matches!(Authenticator::from_password_file("alice", false), Err(PasswordFileError::Format { line: 1 })));
-        assert!(matches!(
-            Authenticator::from_password_file("\nalice:$6$abc$def", false),
-            Err(PasswordFileError::Format { line: 2 })
-        ));
+        assert!(matches!(Authenticator::from_password_file("\nalice:$6$abc$def", false), Err(PasswordFileError::Format { line: 2 })));
         assert!(matches!(
             Authenticator::from_password_file("alice:$6$1$abc$def", false),
             Err(PasswordFileError::UnsupportedHash { line: 1 })

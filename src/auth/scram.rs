@@ -94,13 +94,7 @@ impl ScramExchange {
             None => (rand::random::<[u8; 12]>().to_vec(), DECOY_ITERATIONS, None),
         };
         let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(salt));
-        Ok(Challenge {
-            gs2_header: format!("{flag},,"),
-            client_first_bare: bare.to_string(),
-            server_first,
-            nonce,
-            salted_password,
-        })
+        Ok(Challenge { gs2_header: format!("{flag},,"), client_first_bare: bare.to_string(), server_first, nonce, salted_password })
     }
 
     fn client_final(challenge: &Challenge, message: &str) -> Result<Bytes, ConnectRefusal> {

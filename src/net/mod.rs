@@ -67,7 +67,6 @@ impl Latch {
     }
 }
 
-
 /// How often the "open-file limit reached" warning may repeat, per shard.
 const FD_LIMIT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -153,10 +152,9 @@ async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
 async fn linger(reader: &mut ReadHalf) {
     let drain = async {
         loop {
-            let read = poll_fn(|cx| {
-                READ_SCRATCH.with(|scratch| std::pin::Pin::new(&mut *reader).poll_read(cx, &mut scratch.borrow_mut()[..]))
-            })
-            .await;
+            let read =
+                poll_fn(|cx| READ_SCRATCH.with(|scratch| std::pin::Pin::new(&mut *reader).poll_read(cx, &mut scratch.borrow_mut()[..])))
+                    .await;
             if !matches!(read, Ok(count) if count > 0) {
                 return;
             }

@@ -101,7 +101,12 @@ mod tests {
     fn undefined_reason_codes_are_malformed() {
         let decode_v5 = |bytes: &[u8]| decode(&mut BytesMut::from(bytes), ProtocolVersion::V5, 1024);
         // 0x92 is a PUBREL/PUBCOMP code, not a PUBACK/PUBREC one, and 0x05 is nobody's.
-        for bytes in [&[0x40, 0x03, 0x00, 0x01, 0x92][..], &[0x50, 0x03, 0x00, 0x01, 0x05], &[0x62, 0x03, 0x00, 0x01, 0x10], &[0x70, 0x03, 0x00, 0x01, 0x80]] {
+        for bytes in [
+            &[0x40, 0x03, 0x00, 0x01, 0x92][..],
+            &[0x50, 0x03, 0x00, 0x01, 0x05],
+            &[0x62, 0x03, 0x00, 0x01, 0x10],
+            &[0x70, 0x03, 0x00, 0x01, 0x80],
+        ] {
             let error = decode_v5(bytes).unwrap_err();
             assert!(matches!(error, DecodeError::InvalidReasonCode(_)), "{bytes:02x?}: {error:?}");
             assert_eq!(error.reason_code(), ReasonCode::MALFORMED_PACKET);

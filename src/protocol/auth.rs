@@ -31,11 +31,7 @@ impl Auth {
     }
 
     pub fn encode(&self, buf: &mut BytesMut) {
-        let remaining = if self.reason == ReasonCode::SUCCESS && self.properties.is_empty() {
-            0
-        } else {
-            1 + self.properties.wire_len()
-        };
+        let remaining = if self.reason == ReasonCode::SUCCESS && self.properties.is_empty() { 0 } else { 1 + self.properties.wire_len() };
         buf.reserve(packet_len(remaining));
         put_fixed_header(buf, packet_type::AUTH << 4, remaining);
         if remaining > 0 {

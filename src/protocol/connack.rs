@@ -22,11 +22,7 @@ impl ConnAck {
             return Err(DecodeError::InvalidHeaderFlags { packet_type: packet_type::CONNACK, flags });
         }
         let code = reader.u8()?;
-        let properties = if version.is_v5() {
-            Properties::decode(reader, PropertyContext::ConnAck)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::ConnAck)? } else { Properties::default() };
         Ok(ConnAck { session_present: flags & 1 == 1, code, properties })
     }
 
@@ -49,8 +45,7 @@ mod tests {
     #[test]
     fn v311_bytes() {
         let mut out = BytesMut::new();
-        ConnAck { session_present: true, code: 0, properties: Properties::default() }
-            .encode(ProtocolVersion::V311, &mut out);
+        ConnAck { session_present: true, code: 0, properties: Properties::default() }.encode(ProtocolVersion::V311, &mut out);
         assert_eq!(&out[..], &[0x20, 0x02, 0x01, 0x00]);
     }
 

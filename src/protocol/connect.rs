@@ -69,18 +69,10 @@ impl Connect {
             return Err(DecodeError::PasswordWithoutUserName);
         }
         let keep_alive_s = reader.u16()?;
-        let properties = if version.is_v5() {
-            Properties::decode(reader, PropertyContext::Connect)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Connect)? } else { Properties::default() };
         let client_id = reader.string()?;
         let will = if has_will {
-            let properties = if version.is_v5() {
-                Properties::decode(reader, PropertyContext::Will)?
-            } else {
-                Properties::default()
-            };
+            let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Will)? } else { Properties::default() };
             let topic = reader.string()?;
             let payload = reader.binary()?;
             Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
@@ -89,16 +81,7 @@ impl Connect {
         };
         let username = if has_username { Some(reader.string()?) } else { None };
         let password = if has_password { Some(reader.binary()?) } else { None };
-        Ok(Connect {
-            version,
-            clean_start: flags & FLAG_CLEAN != 0,
-            keep_alive_s,
-            properties,
-            client_id,
-            will,
-            username,
-            password,
-        })
+        Ok(Connect { version, clean_start: flags & FLAG_CLEAN != 0, keep_alive_s, properties, client_id, will, username, password })
     }
 
     fn remaining_len(&self) -> usize {

@@ -5,9 +5,7 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use super::error::DecodeError;
 use super::primitives::{Reader, peek_varint, put_varint, varint_len};
-use super::{
-    Ack, Auth, ConnAck, Connect, Disconnect, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe,
-};
+use super::{Ack, Auth, ConnAck, Connect, Disconnect, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe};
 
 /// MQTT 3.1.1 (protocol level 4) or 5.0 (level 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +113,12 @@ impl Packet {
             Packet::UnsubAck(unsuback) => &mut unsuback.properties,
             Packet::Disconnect(disconnect) => &mut disconnect.properties,
             Packet::Auth(auth) => &mut auth.properties,
-            Packet::Connect(_) | Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) | Packet::PingReq | Packet::PingResp => {
+            Packet::Connect(_)
+            | Packet::Publish(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq
+            | Packet::PingResp => {
                 return false;
             }
         };
@@ -132,11 +135,7 @@ impl Packet {
 /// declared size exceeds `max_packet_size_bytes` is rejected from its fixed header alone,
 /// before its body is buffered. `version` is the connection's negotiated version; CONNECT
 /// carries its own.
-pub fn decode(
-    buf: &mut BytesMut,
-    version: ProtocolVersion,
-    max_packet_size_bytes: u32,
-) -> Result<Option<Packet>, DecodeError> {
+pub fn decode(buf: &mut BytesMut, version: ProtocolVersion, max_packet_size_bytes: u32) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buf.first() else { return Ok(None) };
     let Some((remaining_len, len_bytes)) = peek_varint(&buf[1..])? else { return Ok(None) };
     let total = 1 + len_bytes as u64 + u64::from(remaining_len);
@@ -166,12 +165,7 @@ fn expect_flags(packet_type: u8, flags: u8, expected: u8) -> Result<(), DecodeEr
     Ok(())
 }
 
-fn decode_body(
-    packet_type: u8,
-    flags: u8,
-    reader: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<Packet, DecodeError> {
+fn decode_body(packet_type: u8, flags: u8, reader: &mut Reader, version: ProtocolVersion) -> Result<Packet, DecodeError> {
     use packet_type::*;
     if packet_type == PUBLISH {
         return Ok(Packet::Publish(Publish::decode(flags, reader, version)?));
@@ -276,10 +270,7 @@ mod tests {
     fn oversize_rejected_from_header_alone() {
         // Declares 2 MiB of body; only the header has arrived.
         let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x01][..]);
-        assert_eq!(
-            decode(&mut buf, ProtocolVersion::V311, MAX),
-            Err(DecodeError::PacketTooLarge { size: 2_097_157, max: MAX })
-        );
+        assert_eq!(decode(&mut buf, ProtocolVersion::V311, MAX), Err(DecodeError::PacketTooLarge { size: 2_097_157, max: MAX }));
     }
 
     #[test]
@@ -302,10 +293,7 @@ mod tests {
         );
         // SUBSCRIBE must have flags 0b0010
         let mut subscribe = BytesMut::from(&[0x80, 0x06, 0, 1, 0, 1, b'a', 0][..]);
-        assert!(matches!(
-            decode(&mut subscribe, ProtocolVersion::V311, MAX),
-            Err(DecodeError::InvalidHeaderFlags { packet_type: 8, .. })
-        ));
+        assert!(matches!(decode(&mut subscribe, ProtocolVersion::V311, MAX), Err(DecodeError::InvalidHeaderFlags { packet_type: 8, .. })));
     }
 
     #[test]

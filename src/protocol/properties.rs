@@ -282,11 +282,7 @@ mod tests {
     #[test]
     fn spelled_out_block_decodes() {
         // length 14: message expiry 10, user property ("k","v"), subscription id 5
-        let props = decode(
-            &[14, 0x02, 0, 0, 0, 10, 0x26, 0, 1, b'k', 0, 1, b'v', 0x0B, 5],
-            PropertyContext::Publish,
-        )
-        .unwrap();
+        let props = decode(&[14, 0x02, 0, 0, 0, 10, 0x26, 0, 1, b'k', 0, 1, b'v', 0x0B, 5], PropertyContext::Publish).unwrap();
         assert_eq!(props.message_expiry_interval, Some(10));
         assert_eq!(props.user_properties, vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))]);
         assert_eq!(props.subscription_identifiers, vec![5]);
@@ -298,10 +294,7 @@ mod tests {
     #[test]
     fn property_in_wrong_packet_is_rejected() {
         assert_eq!(decode(&[2, 0x13, 0], PropertyContext::Connect), Err(DecodeError::PropertyNotAllowed(0x13)));
-        assert_eq!(
-            decode(&[3, 0x13, 0, 5], PropertyContext::Connect),
-            Err(DecodeError::PropertyNotAllowed(0x13))
-        );
+        assert_eq!(decode(&[3, 0x13, 0, 5], PropertyContext::Connect), Err(DecodeError::PropertyNotAllowed(0x13)));
         // A Session Expiry Interval in a PUBLISH makes it a Malformed Packet (5.0 2.2.2.2).
         let error = decode(&[6, 0x11, 0, 0, 0, 10, 0], PropertyContext::Publish).unwrap_err();
         assert_eq!(error, DecodeError::PropertyNotAllowed(0x11));
@@ -310,18 +303,12 @@ mod tests {
 
     #[test]
     fn duplicates_invalid_values_and_unknown_ids() {
-        assert_eq!(
-            decode(&[4, 0x01, 1, 0x01, 0], PropertyContext::Publish),
-            Err(DecodeError::DuplicateProperty(0x01))
-        );
+        assert_eq!(decode(&[4, 0x01, 1, 0x01, 0], PropertyContext::Publish), Err(DecodeError::DuplicateProperty(0x01)));
         assert_eq!(decode(&[2, 0x01, 2], PropertyContext::Publish), Err(DecodeError::InvalidPropertyValue(0x01)));
         assert_eq!(decode(&[3, 0x21, 0, 0], PropertyContext::Connect), Err(DecodeError::InvalidPropertyValue(0x21)));
         assert_eq!(decode(&[2, 0x0B, 0], PropertyContext::Publish), Err(DecodeError::InvalidPropertyValue(0x0B)));
         assert_eq!(decode(&[1, 0x7F], PropertyContext::Publish), Err(DecodeError::UnknownProperty(0x7F)));
-        assert_eq!(
-            decode(&[4, 0x0B, 1, 0x0B, 2], PropertyContext::Subscribe),
-            Err(DecodeError::DuplicateProperty(0x0B))
-        );
+        assert_eq!(decode(&[4, 0x0B, 1, 0x0B, 2], PropertyContext::Subscribe), Err(DecodeError::DuplicateProperty(0x0B)));
     }
 
     #[test]

@@ -96,8 +96,8 @@ const DISCONNECT_REASONS: &[u8] = &[0x00, 0x04, 0x80, 0x81, 0x82, 0x8B, 0x8E, 0x
 const AUTH_REASONS: &[u8] = &[0x00, 0x18, 0x19];
 
 fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (qos(), any::<bool>(), any::<bool>(), mqtt_string(), packet_id(), properties(PropertyContext::Publish, version), binary())
-        .prop_map(|(qos, dup, retain, topic, id, properties, payload)| {
+    (qos(), any::<bool>(), any::<bool>(), mqtt_string(), packet_id(), properties(PropertyContext::Publish, version), binary()).prop_map(
+        |(qos, dup, retain, topic, id, properties, payload)| {
             let at_most_once = qos == QoS::AtMostOnce;
             Packet::Publish(Publish {
                 dup: dup && !at_most_once,
@@ -108,14 +108,13 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 properties,
                 payload,
             })
-        })
+        },
+    )
 }
 
 fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let will = proptest::option::of((mqtt_string(), binary(), qos(), any::<bool>(), properties(PropertyContext::Will, version)))
-        .prop_map(|will| {
-            will.map(|(topic, payload, qos, retain, properties)| Will { topic, payload, qos, retain, properties })
-        });
+        .prop_map(|will| will.map(|(topic, payload, qos, retain, properties)| Will { topic, payload, qos, retain, properties }));
     (
         any::<bool>(),
         any::<u16>(),
@@ -151,8 +150,11 @@ fn codes() -> impl Strategy<Value = Vec<ReasonCode>> {
 }
 
 fn ack(version: ProtocolVersion, allowed: &'static [u8]) -> impl Strategy<Value = Ack> {
-    (packet_id(), reason(version, allowed), properties(PropertyContext::Ack, version))
-        .prop_map(|(packet_id, reason, properties)| Ack { packet_id, reason, properties })
+    (packet_id(), reason(version, allowed), properties(PropertyContext::Ack, version)).prop_map(|(packet_id, reason, properties)| Ack {
+        packet_id,
+        reason,
+        properties,
+    })
 }
 
 fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
@@ -167,7 +169,11 @@ fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         ack(version, PUBACK_REASONS).prop_map(Packet::PubRec).boxed(),
         ack(version, PUBREL_REASONS).prop_map(Packet::PubRel).boxed(),
         ack(version, PUBREL_REASONS).prop_map(Packet::PubComp).boxed(),
-        (packet_id(), properties(PropertyContext::Subscribe, version), proptest::collection::vec((mqtt_string(), subscription_options(version)), 1..4))
+        (
+            packet_id(),
+            properties(PropertyContext::Subscribe, version),
+            proptest::collection::vec((mqtt_string(), subscription_options(version)), 1..4),
+        )
             .prop_map(|(packet_id, properties, filters)| Packet::Subscribe(Subscribe { packet_id, properties, filters }))
             .boxed(),
         (packet_id(), properties(PropertyContext::SubAck, version), codes())

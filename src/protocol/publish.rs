@@ -32,11 +32,7 @@ impl Publish {
         }
         let topic = reader.string()?;
         let packet_id = if qos == QoS::AtMostOnce { None } else { Some(PacketId::read(reader)?) };
-        let properties = if version.is_v5() {
-            Properties::decode(reader, PropertyContext::Publish)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Publish)? } else { Properties::default() };
         let payload = reader.rest();
         Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
     }
@@ -138,9 +134,7 @@ mod tests {
     fn qos1_v311_spelled_out() {
         let bytes = [0x32, 0x08, 0, 3, b'a', b'/', b'b', 0x00, 0x07, b'x'];
         let mut buf = BytesMut::from(&bytes[..]);
-        let Some(Packet::Publish(publish)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else {
-            panic!("not a PUBLISH")
-        };
+        let Some(Packet::Publish(publish)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else { panic!("not a PUBLISH") };
         assert_eq!(publish.qos, QoS::AtLeastOnce);
         assert_eq!(publish.packet_id, PacketId::new(7));
         assert_eq!(&publish.topic[..], b"a/b");
@@ -179,9 +173,7 @@ mod tests {
     fn v5_empty_properties_byte() {
         let bytes = [0x30, 0x05, 0, 1, b't', 0x00, b'p'];
         let mut buf = BytesMut::from(&bytes[..]);
-        let Some(Packet::Publish(publish)) = decode(&mut buf, ProtocolVersion::V5, 1024).unwrap() else {
-            panic!("not a PUBLISH")
-        };
+        let Some(Packet::Publish(publish)) = decode(&mut buf, ProtocolVersion::V5, 1024).unwrap() else { panic!("not a PUBLISH") };
         assert_eq!(&publish.payload[..], b"p");
         let mut out = BytesMut::new();
         publish.encode(ProtocolVersion::V5, &mut out);

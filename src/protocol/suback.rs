@@ -19,11 +19,7 @@ pub struct SubAck {
 impl SubAck {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<SubAck, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let properties = if version.is_v5() {
-            Properties::decode(reader, PropertyContext::SubAck)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::SubAck)? } else { Properties::default() };
         let mut codes = Vec::with_capacity(reader.remaining());
         while !reader.is_empty() {
             codes.push(ReasonCode(reader.u8()?));

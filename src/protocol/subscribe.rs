@@ -27,12 +27,7 @@ pub struct SubscriptionOptions {
 
 impl SubscriptionOptions {
     pub fn with_qos(qos: QoS) -> SubscriptionOptions {
-        SubscriptionOptions {
-            qos,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainHandling::SendOnSubscribe,
-        }
+        SubscriptionOptions { qos, no_local: false, retain_as_published: false, retain_handling: RetainHandling::SendOnSubscribe }
     }
 
     fn decode(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
@@ -75,11 +70,7 @@ pub struct Subscribe {
 impl Subscribe {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let properties = if version.is_v5() {
-            Properties::decode(reader, PropertyContext::Subscribe)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Subscribe)? } else { Properties::default() };
         let mut filters = Vec::new();
         while !reader.is_empty() {
             let filter = reader.string()?;
@@ -119,9 +110,7 @@ mod tests {
     fn v311_two_filters_spelled_out() {
         let bytes = [0x82, 0x0C, 0x00, 0x05, 0, 1, b'a', 0x01, 0, 3, b'b', b'/', b'#', 0x02];
         let mut buf = BytesMut::from(&bytes[..]);
-        let Some(Packet::Subscribe(subscribe)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else {
-            panic!()
-        };
+        let Some(Packet::Subscribe(subscribe)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else { panic!() };
         assert_eq!(subscribe.filters.len(), 2);
         assert_eq!(subscribe.filters[1].1.qos, QoS::ExactlyOnce);
         let mut out = BytesMut::new();
@@ -134,10 +123,7 @@ mod tests {
         let mut empty = BytesMut::from(&[0x82, 0x02, 0x00, 0x05][..]);
         assert_eq!(decode(&mut empty, ProtocolVersion::V311, 1024), Err(DecodeError::NoTopicFilters));
         let mut reserved = BytesMut::from(&[0x82, 0x06, 0x00, 0x05, 0, 1, b'a', 0x04][..]);
-        assert_eq!(
-            decode(&mut reserved, ProtocolVersion::V311, 1024),
-            Err(DecodeError::InvalidSubscriptionOptions)
-        );
+        assert_eq!(decode(&mut reserved, ProtocolVersion::V311, 1024), Err(DecodeError::InvalidSubscriptionOptions));
         let mut qos3 = BytesMut::from(&[0x82, 0x06, 0x00, 0x05, 0, 1, b'a', 0x03][..]);
         assert_eq!(decode(&mut qos3, ProtocolVersion::V311, 1024), Err(DecodeError::InvalidQos));
     }
@@ -152,9 +138,6 @@ mod tests {
         };
         assert_eq!(options.encode(ProtocolVersion::V5), 0b0010_1101);
         assert_eq!(SubscriptionOptions::decode(0b0010_1101, ProtocolVersion::V5), Ok(options));
-        assert_eq!(
-            SubscriptionOptions::decode(0b0011_0000, ProtocolVersion::V5),
-            Err(DecodeError::InvalidSubscriptionOptions)
-        );
+        assert_eq!(SubscriptionOptions::decode(0b0011_0000, ProtocolVersion::V5), Err(DecodeError::InvalidSubscriptionOptions));
     }
 }

@@ -17,11 +17,7 @@ pub struct Unsubscribe {
 impl Unsubscribe {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let properties = if version.is_v5() {
-            Properties::decode(reader, PropertyContext::Unsubscribe)?
-        } else {
-            Properties::default()
-        };
+        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Unsubscribe)? } else { Properties::default() };
         let mut filters = Vec::new();
         while !reader.is_empty() {
             filters.push(reader.string()?);
@@ -58,9 +54,7 @@ mod tests {
     fn v311_bytes_round_trip() {
         let bytes = [0xA2, 0x05, 0x00, 0x09, 0, 1, b'a'];
         let mut buf = BytesMut::from(&bytes[..]);
-        let Some(Packet::Unsubscribe(unsubscribe)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else {
-            panic!()
-        };
+        let Some(Packet::Unsubscribe(unsubscribe)) = decode(&mut buf, ProtocolVersion::V311, 1024).unwrap() else { panic!() };
         let mut out = BytesMut::new();
         unsubscribe.encode(ProtocolVersion::V311, &mut out);
         assert_eq!(&out[..], &bytes[..]);

@@ -43,11 +43,7 @@ pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a Subscription>, 
         if own_message && options.no_local {
             continue;
         }
-        let delivery = merged.get_or_insert(Delivery {
-            granted: options.qos,
-            retain_as_published: false,
-            subscription_ids: Vec::new(),
-        });
+        let delivery = merged.get_or_insert(Delivery { granted: options.qos, retain_as_published: false, subscription_ids: Vec::new() });
         delivery.granted = delivery.granted.max(options.qos);
         delivery.retain_as_published |= options.retain_as_published;
         if let Some(identifier) = subscription.identifier {
@@ -391,7 +387,13 @@ impl Session {
     /// Applies an acknowledgement that is right for `expected` (and for `also`, if given);
     /// `then` runs on the entry's index. An id in flight at another stage was acknowledged
     /// with the wrong packet type.
-    fn acknowledge(&mut self, packet_id: PacketId, expected: AckStage, also: Option<AckStage>, then: impl FnOnce(&mut Self, usize)) -> AckOutcome {
+    fn acknowledge(
+        &mut self,
+        packet_id: PacketId,
+        expected: AckStage,
+        also: Option<AckStage>,
+        then: impl FnOnce(&mut Self, usize),
+    ) -> AckOutcome {
         let Some(index) = self.position(packet_id) else { return AckOutcome::Unknown };
         let stage = self.inflight[index].stage;
         if stage != expected && Some(stage) != also {
@@ -479,7 +481,8 @@ mod tests {
         let plain = with(SubscriptionOptions::with_qos(QoS::AtMostOnce), Some(7));
         let no_local = with(SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::ExactlyOnce) }, Some(9));
         let rap = with(SubscriptionOptions { retain_as_published: true, ..SubscriptionOptions::with_qos(QoS::AtLeastOnce) }, None);
-        let delivery = |granted, retain_as_published, subscription_ids: Vec<u32>| Some(Delivery { granted, retain_as_published, subscription_ids });
+        let delivery =
+            |granted, retain_as_published, subscription_ids: Vec<u32>| Some(Delivery { granted, retain_as_published, subscription_ids });
         assert_eq!(merge_matching([&plain, &no_local], false), delivery(QoS::ExactlyOnce, false, vec![7, 9]));
         assert_eq!(merge_matching([&plain, &no_local], true), delivery(QoS::AtMostOnce, false, vec![7]));
         assert_eq!(merge_matching([&no_local], true), None);
@@ -545,7 +548,11 @@ mod tests {
         let first = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
         assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
         assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
-        assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull, "never dropped below the hard bound");
+        assert_eq!(
+            session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true),
+            Offer::QueuedFull,
+            "never dropped below the hard bound"
+        );
         assert_eq!(session.dropped_count, 0);
         assert!(session.is_queue_full() && !session.may_resume_publishers());
         assert_eq!(session.on_puback(first), AckOutcome::Done);
@@ -573,10 +580,8 @@ mod tests {
 
     #[test]
     fn an_offline_queue_follows_its_full_policy() {
-        let mut oldest = Session::new(
-            Bytes::from_static(b"c"),
-            SessionLimits { queue_full_policy: QueueFullPolicy::DropOldest, ..limits(1, 2) },
-        );
+        let mut oldest =
+            Session::new(Bytes::from_static(b"c"), SessionLimits { queue_full_policy: QueueFullPolicy::DropOldest, ..limits(1, 2) });
         for payload in ["1", "2"] {
             assert_eq!(oldest.offer(message(payload), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
         }
@@ -671,9 +676,6 @@ mod tests {
         assert_eq!(session.on_pubrec(received, false), AckOutcome::Done, "after PUBREC the message is the client's");
         let unfinished: Vec<(Bytes, QoS)> =
             session.take_unfinished_shared().into_iter().map(|(message, qos, _)| (message.payload.clone(), qos)).collect();
-        assert_eq!(
-            unfinished,
-            vec![(Bytes::from_static(b"unacked"), QoS::AtLeastOnce), (Bytes::from_static(b"queued"), QoS::ExactlyOnce)]
-        );
+        assert_eq!(unfinished, vec![(Bytes::from_static(b"unacked"), QoS::AtLeastOnce), (Bytes::from_static(b"queued"), QoS::ExactlyOnce)]);
     }
 }

@@ -56,10 +56,8 @@ impl<T> Barriers<T> {
             return;
         }
         let shard_count = self.shard_count;
-        self.open
-            .entry(request)
-            .or_insert_with(|| Open { remaining: 0, positions: vec![0; shard_count], holds: Vec::new() })
-            .remaining += answers;
+        self.open.entry(request).or_insert_with(|| Open { remaining: 0, positions: vec![0; shard_count], holds: Vec::new() }).remaining +=
+            answers;
     }
 
     #[cfg(test)]

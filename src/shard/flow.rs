@@ -76,7 +76,8 @@ impl Shard {
             }
         }
         let (Some(source), Some(publisher)) = (source, publisher) else { return };
-        if publisher == client.session.client_id() || client.paused_publishers.iter().any(|(shard, id)| *shard == source && id == publisher) {
+        if publisher == client.session.client_id() || client.paused_publishers.iter().any(|(shard, id)| *shard == source && id == publisher)
+        {
             return;
         }
         client.paused_publishers.push((source, publisher.clone()));

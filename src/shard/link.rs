@@ -12,9 +12,9 @@ use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
+use super::ClientKey;
 use super::mesh::ConnId;
 use crate::protocol::{Packet, ProtocolVersion};
-use super::ClientKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {

@@ -14,9 +14,7 @@ use super::link::{Link, LinkState};
 use super::{MeshMessage, Shard, ShardId};
 use crate::auth::Authenticator;
 use crate::config::Limits;
-use crate::protocol::{
-    Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode,
-};
+use crate::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
 use crate::session::SessionLimits;
 
 struct Rng(u64);
@@ -191,7 +189,13 @@ fn drain_subscriber(sim: &mut Sim, shard: usize, link: &Rc<Link>, received: &mut
     for packet in read_packets(link) {
         if let Packet::Publish(publish) = packet {
             if std::env::var("SIM_TRACE").is_ok() {
-                eprintln!("shard {shard} conn {:?} got {:?} dup={} id={:?}", link.conn_id, &publish.payload[..], publish.dup, publish.packet_id);
+                eprintln!(
+                    "shard {shard} conn {:?} got {:?} dup={} id={:?}",
+                    link.conn_id,
+                    &publish.payload[..],
+                    publish.dup,
+                    publish.packet_id
+                );
             }
             received.take(link, &publish, seed);
             if link.state() == LinkState::Open {
@@ -219,7 +223,15 @@ fn run_takeover_scenario(seed: u64) {
         sim.settle();
         for n in 0..3u32 {
             let payload = Bytes::copy_from_slice(&(OLD_MESSAGES_FROM + n).to_be_bytes());
-            let publish = Publish { dup: false, qos: QoS::AtMostOnce, retain: false, topic: Bytes::from_static(b"t/x"), packet_id: None, properties: Properties::default(), payload };
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: Bytes::from_static(b"t/x"),
+                packet_id: None,
+                properties: Properties::default(),
+                payload,
+            };
             sim.packet(shard, &old_publisher, Packet::Publish(publish));
         }
     }
@@ -314,7 +326,17 @@ fn run_takeover_scenario(seed: u64) {
     if std::env::var("SIM_TRACE").is_ok() {
         for shard in &sim.shards {
             for client in shard.clients.iter().flatten() {
-                eprintln!("shard {:?}: client {:?} conn {:?} inflight {} queued {} skip {:?} seen {:?} link {:?}", shard.id, client.session.client_id(), client.conn_id, client.session.inflight_len(), client.session.queued_len(), client.skip_until, shard.seen, client.link.as_ref().map(|l| l.state()));
+                eprintln!(
+                    "shard {:?}: client {:?} conn {:?} inflight {} queued {} skip {:?} seen {:?} link {:?}",
+                    shard.id,
+                    client.session.client_id(),
+                    client.conn_id,
+                    client.session.inflight_len(),
+                    client.session.queued_len(),
+                    client.skip_until,
+                    shard.seen,
+                    client.link.as_ref().map(|l| l.state())
+                );
             }
         }
     }
@@ -451,11 +473,15 @@ fn publishes_travel_only_to_shards_with_a_matching_subscriber() {
     assert_eq!(take_publishes(&mut sim), vec![1, 2], "retained messages reach every replica");
 
     // The last subscriber leaves: withdrawn at the next tick, not before.
-    sim.packet(1, &subscriber, Packet::Unsubscribe(crate::protocol::Unsubscribe {
-        packet_id: PacketId::new(2).expect("id"),
-        properties: Properties::default(),
-        filters: vec![Bytes::from_static(b"a/#")],
-    }));
+    sim.packet(
+        1,
+        &subscriber,
+        Packet::Unsubscribe(crate::protocol::Unsubscribe {
+            packet_id: PacketId::new(2).expect("id"),
+            properties: Properties::default(),
+            filters: vec![Bytes::from_static(b"a/#")],
+        }),
+    );
     sim.settle();
     sim.packet(0, &publisher, publish_packet("a/1", false));
     assert_eq!(take_publishes(&mut sim), vec![1], "a withdrawal waits for the tick");

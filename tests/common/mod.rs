@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ringmq::protocol::{
-    Ack, ConnAck, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, SubAck, Subscribe,
-    SubscriptionOptions, Will, decode,
+    Ack, ConnAck, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, Will,
+    decode,
 };
 
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -37,10 +37,8 @@ impl Broker {
         let stdout = child.stdout.take().expect("stdout piped");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|word| word.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let addr =
+            line.split_whitespace().find_map(|word| word.parse::<SocketAddr>().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         Broker { child, addr }
     }
 
