@@ -121,11 +121,18 @@ fn a_subscriber_whose_queue_stays_full_is_disconnected_and_its_publisher_goes_on
     stuck.subscribe(&[("slow", QoS::AtLeastOnce)]);
     // It never reads or acknowledges again.
     let mut publisher = broker.client("slow-pub", true);
-    let started = Instant::now();
-    for id in 1..=100u16 {
-        publisher.publish("slow", b"m", QoS::AtLeastOnce, false, id);
+    // The pause lands once the subscriber's shard has seen its queue fill, which under load
+    // can be many messages later: publish until one round trip is held (or give up).
+    let mut held = Duration::ZERO;
+    for sequence in 0..20_000u32 {
+        let started = Instant::now();
+        publisher.publish("slow", b"m", QoS::AtLeastOnce, false, (sequence % 65_535) as u16 + 1);
+        held = held.max(started.elapsed());
+        if held >= Duration::from_millis(1500) {
+            break;
+        }
     }
-    assert!(started.elapsed() >= Duration::from_millis(1500), "the publisher was paused while the subscriber was stuck");
+    assert!(held >= Duration::from_millis(1500), "the publisher was paused while the subscriber was stuck: longest wait {held:?}");
     assert_eq!(stuck.disconnect_reason(), ReasonCode::QUOTA_EXCEEDED);
     broker.wait_for_counters("slow subscriber counted", |c| c.total("slow_subscriber_disconnects") == 1);
 }

@@ -1,0 +1,376 @@
+//! From CONNECT to CONNACK: admission (credentials, will rules, server features),
+//! enhanced authentication and re-authentication, the claim of the client id at its home
+//! shard, and installing the session once that is settled.
+
+use super::*;
+
+/// How far a CONNECT got: the IO layer waits for the CONNACK, feeds AUTH packets to
+/// `continue_authentication`, or gives up on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectProgress {
+    Claimed,
+    Authenticating,
+    Refused,
+}
+
+/// An enhanced-authentication exchange between CONNECT and CONNACK.
+pub(super) struct Authenticating {
+    pub(super) connect: Box<Connect>,
+    pub(super) method: Bytes,
+    pub(super) exchange: Box<dyn AuthExchange>,
+}
+
+/// What an enhanced authentication that succeeded puts in the CONNACK.
+pub(super) struct Authenticated {
+    pub(super) method: Bytes,
+    pub(super) data: Option<Bytes>,
+}
+
+pub(super) struct PendingConnect {
+    pub(super) link: Rc<Link>,
+    pub(super) connect: Box<Connect>,
+    pub(super) client_id: Bytes,
+    pub(super) client_id_assigned: bool,
+    pub(super) authenticated: Option<Authenticated>,
+    /// Home asked to evict this connection before its own claim was answered.
+    pub(super) deferred_eviction: Option<(ConnId, bool)>,
+}
+
+impl Shard {
+    /// `authenticated`: an enhanced-authentication method has vouched for the client, which
+    /// takes the place of the user name and password check. `credentials`: that check,
+    /// when the IO layer has already made it off this thread (password hashing is slow).
+    pub(super) fn admit(
+        &self,
+        connect: &Connect,
+        authenticated: bool,
+        credentials: Option<Result<(), ConnectRefusal>>,
+    ) -> Result<(), ConnectRefusal> {
+        if !self.accepting {
+            return Err(ConnectRefusal::ServerUnavailable);
+        }
+        if !authenticated {
+            match credentials {
+                Some(checked) => checked?,
+                None => self.auth.check(connect.username.as_deref(), connect.password.as_deref())?,
+            }
+        }
+        if connect.client_id.is_empty() && !connect.clean_start && !connect.version.is_v5() {
+            return Err(ConnectRefusal::ClientIdentifierNotValid);
+        }
+        if let Some(will) = &connect.will {
+            if will.qos > self.limits.max_qos {
+                return Err(ConnectRefusal::QosNotSupported);
+            }
+            if will.retain && !self.limits.retain_available {
+                return Err(ConnectRefusal::RetainNotSupported);
+            }
+            // MQTT-4.7.3-1 (not empty), 3.1.2.3 (a valid topic name), and what a PUBLISH
+            // to it would be refused for.
+            if validate_topic_name(&will.topic).is_err()
+                || level_count(&will.topic) > self.limits.topic_levels_max
+                || is_broker_topic(&will.topic)
+            {
+                return Err(ConnectRefusal::WillTopicInvalid);
+            }
+            if will.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&will.payload).is_err() {
+                return Err(ConnectRefusal::WillPayloadFormatInvalid);
+            }
+        }
+        Ok(())
+    }
+
+    /// CONNACK with the refusal's code, then close.
+    pub(super) fn refuse(&mut self, link: &Link, version: ProtocolVersion, refusal: ConnectRefusal) -> ConnectProgress {
+        self.counters.connections_refused += 1;
+        let code = if version.is_v5() { Some(refusal.reason_code_v5().0) } else { refusal.return_code_v311() };
+        let Some(code) = code else {
+            link.close();
+            return ConnectProgress::Refused;
+        };
+        let mut properties = Properties::default();
+        if version.is_v5() {
+            properties.reason_string = Some(Bytes::from_static(refusal.describe().as_bytes()));
+        }
+        let connack = ConnAck { session_present: false, code, properties };
+        write_packet(link, version, &Packet::ConnAck(connack));
+        link.close();
+        ConnectProgress::Refused
+    }
+
+    /// A CONNECT arrived on `link`. With an Authentication Method (5.0) the exchange
+    /// starts; refused: CONNACK with the code, then close. Otherwise the client id is
+    /// claimed at its home shard and `link` opens when that is settled.
+    pub fn begin_connect(&mut self, link: &Rc<Link>, connect: Box<Connect>, now: Instant) -> ConnectProgress {
+        self.begin_connect_checked(link, connect, None, now)
+    }
+
+    /// The authenticator, for checking a CONNECT's password off the shard thread.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
+    /// `begin_connect` with the user name and password already checked (`credentials`:
+    /// `Authenticator::check`'s verdict, computed off this thread).
+    pub fn begin_connect_checked(
+        &mut self,
+        link: &Rc<Link>,
+        mut connect: Box<Connect>,
+        credentials: Option<Result<(), ConnectRefusal>>,
+        now: Instant,
+    ) -> ConnectProgress {
+        if connect.version.is_v5()
+            && let Some(maximum) = connect.properties.maximum_packet_size
+        {
+            link.set_max_packet_size_out(maximum);
+        }
+        if let Some(method) = connect.properties.authentication_method.take() {
+            let Some(exchange) = self.auth.start_exchange(&method) else {
+                return self.refuse(link, connect.version, ConnectRefusal::BadAuthenticationMethod);
+            };
+            let data = connect.properties.authentication_data.take().unwrap_or_default();
+            let authenticating = Authenticating { connect, method: detach(&method), exchange };
+            return self.authentication_step(link, authenticating, &data, now);
+        }
+        self.claim(link, connect, None, credentials, now)
+    }
+
+    /// The client's AUTH during an exchange that began with its CONNECT.
+    pub fn continue_authentication(&mut self, link: &Rc<Link>, packet: Packet, now: Instant) -> Result<ConnectProgress, CloseReason> {
+        let Some(authenticating) = self.authenticating.remove(&link.conn_id) else { return Ok(ConnectProgress::Refused) };
+        match packet {
+            Packet::Auth(auth)
+                if auth.reason == ReasonCode::CONTINUE_AUTHENTICATION
+                    && auth.properties.authentication_method.as_ref() == Some(&authenticating.method) =>
+            {
+                let data = auth.properties.authentication_data.unwrap_or_default();
+                Ok(self.authentication_step(link, authenticating, &data, now))
+            }
+            Packet::Disconnect(_) => {
+                link.close();
+                Ok(ConnectProgress::Refused)
+            }
+            _ => Err(CloseReason::NotAuthWhileAuthenticating),
+        }
+    }
+
+    pub(super) fn authentication_step(
+        &mut self,
+        link: &Rc<Link>,
+        mut authenticating: Authenticating,
+        data: &[u8],
+        now: Instant,
+    ) -> ConnectProgress {
+        let version = authenticating.connect.version;
+        match authenticating.exchange.step(data) {
+            AuthStep::Continue(reply) => {
+                let properties = Properties {
+                    authentication_method: Some(authenticating.method.clone()),
+                    authentication_data: Some(reply),
+                    ..Properties::default()
+                };
+                write_packet(link, version, &Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties }));
+                self.authenticating.insert(link.conn_id, authenticating);
+                ConnectProgress::Authenticating
+            }
+            AuthStep::Success(data) => {
+                let authenticated = Authenticated { method: authenticating.method, data };
+                self.claim(link, authenticating.connect, Some(authenticated), None, now)
+            }
+            AuthStep::Fail(refusal) => self.refuse(link, version, refusal),
+        }
+    }
+
+    pub(super) fn claim(
+        &mut self,
+        link: &Rc<Link>,
+        connect: Box<Connect>,
+        authenticated: Option<Authenticated>,
+        credentials: Option<Result<(), ConnectRefusal>>,
+        now: Instant,
+    ) -> ConnectProgress {
+        let version = connect.version;
+        if let Err(refusal) = self.admit(&connect, authenticated.is_some(), credentials) {
+            return self.refuse(link, version, refusal);
+        }
+        let client_id_assigned = connect.client_id.is_empty();
+        let client_id = if client_id_assigned {
+            // Unguessable and unique (MQTT-3.1.3-6): not derived from anything a client
+            // could predict or another connection could share.
+            Bytes::from(format!("ringmq-{:032x}", rand::random::<u128>()))
+        } else {
+            detach(&connect.client_id)
+        };
+        let clean_start = connect.clean_start;
+        let conn = link.conn_id;
+        self.pending_connects.insert(
+            conn,
+            PendingConnect {
+                link: link.clone(),
+                connect,
+                client_id: client_id.clone(),
+                client_id_assigned,
+                authenticated,
+                deferred_eviction: None,
+            },
+        );
+        let home = home_shard(&client_id, self.shard_count);
+        self.send(home, MeshMessage::Claim { client_id, conn, clean_start }, now);
+        ConnectProgress::Claimed
+    }
+
+    /// The claim for `conn` is settled: install the session (handed over or new), answer
+    /// CONNACK, re-send what was in flight, and catch up on publishes the old owner had not
+    /// yet seen when it let go.
+    pub(super) fn complete_connect(
+        &mut self,
+        conn: ConnId,
+        handed: Option<Box<Session>>,
+        cut: Option<StreamCut>,
+        receive_all_held: bool,
+        now: Instant,
+    ) {
+        let Some(pending) = self.pending_connects.remove(&conn) else {
+            debug_assert!(false, "every claim is answered exactly once");
+            return;
+        };
+        let PendingConnect { link, connect, client_id, client_id_assigned, authenticated, deferred_eviction } = pending;
+        let version = connect.version;
+        let session_present = handed.is_some();
+        let mut session = match handed {
+            Some(session) => *session,
+            None => Session::new(client_id.clone(), self.limits.session),
+        };
+        let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        session.set_inflight_max(self.limits.session.inflight_max.min(client_receive_maximum));
+        let mut keep_alive_s = connect.keep_alive_s;
+        let mut server_keep_alive = None;
+        if version.is_v5()
+            && let Some(max) = self.limits.max_keep_alive_s
+            && (keep_alive_s == 0 || keep_alive_s > max)
+        {
+            keep_alive_s = max;
+            server_keep_alive = Some(max);
+        }
+        let mut link_alive = link.state() == LinkState::Connecting;
+        let session_expiry = SessionExpiry::from_connect(&connect);
+        let max_packet_size_out = if version.is_v5() { connect.properties.maximum_packet_size.unwrap_or(u32::MAX) } else { u32::MAX };
+        let key = self.insert_client(
+            Client {
+                session,
+                link: link_alive.then(|| link.clone()),
+                conn_id: conn,
+                version,
+                keep_alive: (keep_alive_s > 0).then(|| Duration::from_secs(u64::from(keep_alive_s))),
+                last_activity: now,
+                will: connect.will.map(|will| {
+                    Box::new(Will {
+                        topic: detach(&will.topic),
+                        payload: detach(&will.payload),
+                        qos: will.qos,
+                        retain: will.retain,
+                        properties: will.properties.detached(crate::protocol::PropertyContext::Will),
+                    })
+                }),
+                session_expiry,
+                expires_at: None,
+                max_packet_size_out,
+                topic_aliases: HashMap::new(),
+                pending_will: None,
+                aliases_out: OutboundAliases {
+                    maximum: if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
+                    assigned: HashMap::new(),
+                },
+                auth_method: authenticated.as_ref().map(|authenticated| authenticated.method.clone()),
+                reauthentication: None,
+                skip_until: None,
+                stalled_since: None,
+                paused_publishers: Vec::new(),
+                retained_backlog: None,
+            },
+            now,
+        );
+        if receive_all_held {
+            // The session's filters are announced (queued above); every peer applies that
+            // before this release, so none of them routes past the session meanwhile.
+            self.broadcast(|| MeshMessage::ReceiveAllDone, now);
+        }
+        if link_alive {
+            let mut properties = Properties::default();
+            if version.is_v5() {
+                // What this server offers, where it differs from the protocol's defaults.
+                if client_id_assigned {
+                    properties.assigned_client_identifier = Some(client_id.clone());
+                }
+                properties.receive_maximum = (self.limits.receive_maximum != u16::MAX).then_some(self.limits.receive_maximum);
+                properties.maximum_packet_size = Some(self.limits.max_packet_size_bytes);
+                properties.server_keep_alive = server_keep_alive;
+                properties.topic_alias_maximum = (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
+                properties.maximum_qos = (self.limits.max_qos < QoS::ExactlyOnce).then_some(self.limits.max_qos as u8);
+                properties.retain_available = (!self.limits.retain_available).then_some(0);
+                properties.wildcard_subscription_available = (!self.limits.wildcard_subscriptions).then_some(0);
+                properties.subscription_identifier_available = (!self.limits.subscription_identifiers).then_some(0);
+                properties.shared_subscription_available = (!self.limits.shared_subscriptions).then_some(0);
+                if let Some(authenticated) = authenticated {
+                    properties.authentication_method = Some(authenticated.method);
+                    properties.authentication_data = authenticated.data;
+                }
+            }
+            let connack = ConnAck { session_present, code: 0, properties };
+            link_alive = link.write_packet(version, &Packet::ConnAck(connack));
+        }
+        if !link_alive {
+            // Not even the CONNACK fits the client's Maximum Packet Size: nothing can be sent.
+            link.close();
+        } else {
+            link.open(key);
+            let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
+            let client = self.client(key);
+            client.session.resume(now, &mut outgoing);
+            for packet in outgoing.drain(..) {
+                write_outgoing(&link, version, &packet, now, &mut client.aliases_out);
+            }
+            self.outgoing_scratch = outgoing;
+        }
+        if let Some(cut) = cut {
+            self.catch_up(key, cut, now);
+        }
+        if !link_alive {
+            self.client_lost(key, now);
+        }
+        if let Some((next, clean_start)) = deferred_eviction {
+            self.on_evict(client_id, conn, next, clean_start, now);
+        }
+    }
+
+    /// Re-authentication (5.0 4.12.1): AUTH 0x19 under the method the connection used,
+    /// then AUTH 0x18 steps; success is AUTH 0x00, failure a DISCONNECT 0x87.
+    pub(super) fn reauthenticate(&mut self, key: ClientKey, link: &Link, auth: Auth) -> Result<(), CloseReason> {
+        let client = self.client(key);
+        let version = client.version;
+        let Some(method) = client.auth_method.clone() else { return Err(CloseReason::UnexpectedAuth) };
+        if auth.properties.authentication_method.as_ref() != Some(&method) {
+            return Err(CloseReason::UnexpectedAuth);
+        }
+        let mut exchange = match auth.reason {
+            ReasonCode::REAUTHENTICATE => self.auth.start_exchange(&method).ok_or(CloseReason::UnexpectedAuth)?,
+            ReasonCode::CONTINUE_AUTHENTICATION => self.client(key).reauthentication.take().ok_or(CloseReason::UnexpectedAuth)?,
+            _ => return Err(CloseReason::UnexpectedAuth),
+        };
+        let data = auth.properties.authentication_data.unwrap_or_default();
+        let (reason, reply) = match exchange.step(&data) {
+            AuthStep::Continue(reply) => {
+                self.client(key).reauthentication = Some(exchange);
+                (ReasonCode::CONTINUE_AUTHENTICATION, Some(reply))
+            }
+            AuthStep::Success(reply) => (ReasonCode::SUCCESS, reply),
+            AuthStep::Fail(_) => {
+                close_with_reason(link, version, ReasonCode::NOT_AUTHORIZED);
+                return Ok(());
+            }
+        };
+        let properties = Properties { authentication_method: Some(method), authentication_data: reply, ..Properties::default() };
+        write_packet(link, version, &Packet::Auth(Auth { reason, properties }));
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! Routing and delivery: a publish is applied here and sent to the peers that may deliver
+//! it; each shard matches it against its trie and offers one copy per client to its
+//! session (shared-subscription members, late matches and wills included), writing what
+//! the session sends at once.
+
+use super::*;
+
+/// Broker-to-client topic aliases of one connection (5.0): the first topics sent get an
+/// alias each, up to the client's Topic Alias Maximum; later messages on those topics carry
+/// only the alias. Per connection: a new connection starts with none.
+#[derive(Debug, Default)]
+pub(super) struct OutboundAliases {
+    pub(super) maximum: u16,
+    pub(super) assigned: HashMap<Bytes, u16>,
+}
+
+impl OutboundAliases {
+    /// The topic to put on the wire (empty once aliased) and the alias to send with it.
+    pub(super) fn resolve<'t>(&mut self, topic: &'t Bytes) -> (&'t [u8], Option<u16>) {
+        if self.maximum == 0 {
+            return (topic, None);
+        }
+        if let Some(&alias) = self.assigned.get(topic) {
+            return (&[], Some(alias));
+        }
+        if self.assigned.len() < usize::from(self.maximum) {
+            let alias = self.assigned.len() as u16 + 1;
+            self.assigned.insert(detach(topic), alias);
+            return (topic, Some(alias));
+        }
+        (topic, None)
+    }
+}
+
+pub(super) fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant, aliases: &mut OutboundAliases) {
+    match outgoing {
+        Outgoing::Publish { packet_id, qos, dup, retain, subscription_ids, message } => link.write_with(|buf| {
+            let mut header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id, topic_alias: None };
+            if version.is_v5() {
+                let mut properties = message.properties_at(now);
+                if !subscription_ids.is_empty() {
+                    properties.to_mut().subscription_identifiers.clone_from(subscription_ids);
+                }
+                let (topic, alias) = aliases.resolve(&message.topic);
+                header.topic_alias = alias;
+                write_publish(buf, version, header, topic, &properties, &message.payload)
+            } else {
+                write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
+            }
+        }),
+        Outgoing::PubRel(packet_id) => link.write_with(|buf| Packet::PubRel(Ack::new(*packet_id)).encode(version, buf)),
+    }
+}
+
+/// The Will Delay Interval (5.0); zero for 3.1.1 wills.
+pub(super) fn will_delay(will: &Will) -> Duration {
+    Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)))
+}
+
+impl Shard {
+    pub(super) fn publish_will(&mut self, will: Will, publisher: Bytes, now: Instant) {
+        if validate_topic_name(&will.topic).is_err() {
+            return;
+        }
+        self.counters.wills_published += 1;
+        let expires_at = will.properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
+        let mut properties = will.properties;
+        // The delay is the will's, not the message's: a PUBLISH may not carry it.
+        properties.will_delay_interval = None;
+        let message = Message {
+            expires_at,
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: properties.into(),
+            publisher: Some(publisher),
+        };
+        self.route(Arc::new(message), now);
+    }
+
+    /// A message published on this shard: applied here, and sent to the peers that may
+    /// deliver it (every peer for a retained message or with `--routing broadcast`).
+    /// Returns false when nobody anywhere subscribes to it.
+    pub(super) fn route(&mut self, message: Arc<Message>, now: Instant) -> bool {
+        self.publish_sequence += 1;
+        let sequence = self.publish_sequence;
+        self.seen[self.id.0] = sequence;
+        let shared = self.shared.choose(&message.topic);
+        let mut targets = std::mem::take(&mut self.route_targets);
+        targets.fill(false);
+        let mut subscribed = self.interest.mark_targets(&message.topic, &mut targets);
+        for target in &shared {
+            targets[target.shard.0] = true;
+        }
+        subscribed |= !shared.is_empty();
+        if message.retain || self.limits.routing == Routing::Broadcast {
+            targets.fill(true);
+        }
+        let here = self.id.0;
+        let mut sent_to = if self.shard_count > 128 { u128::MAX } else { 0 };
+        for (peer, _) in targets.iter().enumerate().filter(|&(peer, &target)| target && peer != here) {
+            self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
+            if peer < 128 {
+                sent_to |= 1 << peer;
+            }
+        }
+        self.route_targets = targets;
+        subscribed | self.apply_publish(self.id, sequence, &message, &shared, sent_to, now)
+    }
+
+    /// Updates the retained replica and delivers to the local subscribers: each client
+    /// once, at the highest QoS any of its matching subscriptions granted. True if any
+    /// local subscription matched.
+    /// `sent_to`: for this shard's own publishes, the peers `route` sent it to.
+    pub(super) fn apply_publish(
+        &mut self,
+        source: ShardId,
+        sequence: u64,
+        message: &Arc<Message>,
+        shared: &[SharedTarget],
+        sent_to: u128,
+        now: Instant,
+    ) -> bool {
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained.insert(&message.topic, message.clone());
+            }
+        }
+        if self.shard_count > 1 {
+            self.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });
+        }
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, *options)));
+        matches.sort_unstable_by_key(|entry| entry.0);
+        let matched = !matches.is_empty();
+        for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
+            let key = same_client[0].0;
+            let own_message = self.is_publisher(key, message);
+            if let Some(delivery) = merge_matching(same_client.iter().map(|(_, subscription)| subscription), own_message) {
+                let retain = delivery.retain_as_published && message.retain;
+                let qos = delivery.granted.min(message.qos);
+                let copy = CopyFor { qos, retain, subscription_ids: delivery.subscription_ids, shared: None };
+                self.deliver_to(key, message, copy, Some((source, sequence)), now);
+            }
+        }
+        matches.clear();
+        self.match_scratch = matches;
+        let here = self.id;
+        for target in shared.iter().filter(|target| target.shard == here) {
+            self.deliver_shared(target, message, Some((source, sequence)), true, now);
+        }
+        matched
+    }
+
+    /// The member chosen at the origin, or, if it has left this shard meanwhile (moved or
+    /// unsubscribed), another member of the group here; with none here, once, the group's
+    /// next member wherever it is (`may_forward`). Only then is the message counted as
+    /// missed for that group.
+    pub(super) fn deliver_shared(
+        &mut self,
+        target: &SharedTarget,
+        message: &Arc<Message>,
+        origin: Option<(ShardId, u64)>,
+        may_forward: bool,
+        now: Instant,
+    ) {
+        let member = match self.client_index.get(&target.client_id) {
+            Some(&key) if self.holds_shared(key, target) => Some((key, target.granted)),
+            _ => self
+                .shared
+                .local_member(&target.group, &target.filter, self.id, &target.client_id)
+                .and_then(|(client_id, granted)| self.client_index.get(&client_id).map(|&key| (key, granted))),
+        };
+        match member {
+            Some((key, granted)) => {
+                let qos = granted.min(message.qos);
+                // Only a QoS 1/2 copy can be left unacknowledged and go to another member.
+                let shared =
+                    (qos != QoS::AtMostOnce).then(|| Box::new(SharedRoute { group: target.group.clone(), filter: target.filter.clone() }));
+                self.deliver_to(key, message, CopyFor { qos, retain: false, subscription_ids: Vec::new(), shared }, origin, now)
+            }
+            None => match self.shared.pick(&target.group, &target.filter).filter(|next| may_forward && next.shard != self.id) {
+                Some(next) => {
+                    self.counters.shared_forwarded += 1;
+                    let forward = MeshMessage::SharedRedeliver { target: next.clone(), message: message.clone(), forwarded: true };
+                    self.send(next.shard, forward, now);
+                }
+                None => self.counters.shared_misses += 1,
+            },
+        }
+    }
+
+    /// An ending session's unacknowledged shared-subscription messages go to another
+    /// member of the same group, wherever it is (the session has left its groups already).
+    pub(super) fn hand_shared_to_other_members(&mut self, session: &mut Session, now: Instant) {
+        for (message, _, route) in session.take_unfinished_shared() {
+            let Some(target) = self.shared.pick(&route.group, &route.filter) else {
+                self.counters.shared_misses += 1;
+                continue;
+            };
+            self.counters.shared_redelivered += 1;
+            if target.shard == self.id {
+                self.deliver_shared(&target, &message, None, true, now);
+            } else {
+                self.send(target.shard, MeshMessage::SharedRedeliver { target, message, forwarded: false }, now);
+            }
+        }
+    }
+
+    /// A publish that went past this shard before a subscription here to `filter` was
+    /// known at its origin: for the clients subscribed to exactly that filter.
+    pub(super) fn deliver_late_match(&mut self, filter: &Bytes, message: &Arc<Message>, now: Instant) {
+        let mut keys = Vec::new();
+        self.subscriptions.for_each_match(&message.topic, |key, _| keys.push(*key));
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let client = self.clients[key.0 as usize].as_ref().expect("matched clients are live");
+            let Some(subscription) = client.session.subscriptions.get(filter).copied() else { continue };
+            let own_message = self.is_publisher(key, message);
+            if let Some(delivery) = merge_matching(std::iter::once(&subscription), own_message) {
+                let retain = delivery.retain_as_published && message.retain;
+                let copy =
+                    CopyFor { qos: delivery.granted.min(message.qos), retain, subscription_ids: delivery.subscription_ids, shared: None };
+                self.deliver_to(key, message, copy, None, now);
+            }
+        }
+    }
+
+    /// Whether `key` still holds the shared subscription `target` was chosen for.
+    pub(super) fn holds_shared(&self, key: ClientKey, target: &SharedTarget) -> bool {
+        let mut full = Vec::with_capacity(8 + target.group.len() + target.filter.len());
+        full.extend_from_slice(b"$share/");
+        full.extend_from_slice(&target.group);
+        full.push(b'/');
+        full.extend_from_slice(&target.filter);
+        self.clients[key.0 as usize].as_ref().is_some_and(|client| client.session.subscriptions.contains_key(&full[..]))
+    }
+
+    pub(super) fn is_publisher(&self, key: ClientKey, message: &Message) -> bool {
+        let client = self.clients[key.0 as usize].as_ref().expect("matched clients are live");
+        message.publisher.as_ref() == Some(client.session.client_id())
+    }
+
+    pub(super) fn deliver_to(
+        &mut self,
+        key: ClientKey,
+        message: &Arc<Message>,
+        copy: CopyFor,
+        origin: Option<(ShardId, u64)>,
+        now: Instant,
+    ) {
+        let (qos, retain) = (copy.qos, copy.retain);
+        if message.is_expired(now) {
+            self.counters.messages_expired += 1;
+            return;
+        }
+        if !self.auth.may_receive(&message.topic) {
+            // Whatever filter matched it (`#`, `+/x`): a denied topic reaches nobody.
+            self.counters.deliveries_denied += 1;
+            return;
+        }
+        let outbound_limit = self.limits.outbound_buffer_max_bytes;
+        let client = self.clients[key.0 as usize].as_mut().expect("matched clients are live");
+        if let (Some(skip), Some((source, sequence))) = (&client.skip_until, origin)
+            && sequence <= skip[source.0]
+        {
+            return;
+        }
+        let link = client.link.as_ref().filter(|link| !link.is_closing());
+        if client.max_packet_size_out != u32::MAX && {
+            let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
+            if !copy.subscription_ids.is_empty() {
+                properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
+            }
+            // Counted with an alias property, in case this delivery assigns one.
+            let topic_alias = (client.aliases_out.maximum > 0).then_some(1);
+            let header = PublishHeader { dup: false, qos, retain, packet_id: None, topic_alias };
+            publish_wire_len(client.version, &header, &message.topic, &properties, &message.payload) > client.max_packet_size_out as usize
+        } {
+            // Larger than the client accepts: discarded for this client, as if sent (5.0 3.1.2.25).
+            self.counters.oversize_drops += 1;
+            return;
+        }
+        if qos == QoS::AtMostOnce && link.is_some_and(|link| link.buffered_bytes() >= outbound_limit) {
+            self.counters.qos0_dropped_slow_subscriber += 1;
+            return;
+        }
+        match client.session.offer(message.clone(), copy, link.is_some()) {
+            Offer::Send(outgoing) => {
+                let link = link.expect("offers are sent only when online");
+                write_outgoing(link, client.version, &outgoing, now, &mut client.aliases_out);
+                self.counters.messages_delivered += 1;
+            }
+            Offer::Queued => {}
+            Offer::QueuedFull => {
+                let source = origin.map(|(source, _)| source);
+                self.subscriber_queue_full(key, source, message.publisher.as_ref(), now);
+            }
+            Offer::QueuedDroppingOldest | Offer::Dropped => self.counters.session_queue_drops += 1,
+        }
+    }
+}

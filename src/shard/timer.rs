@@ -1,0 +1,103 @@
+//! The coarse per-shard timer: keep alive, session expiry, delayed wills, slow subscribers,
+//! interest withdrawal, the periodic `$SYS` counters; and shutdown.
+
+use super::*;
+
+/// What the coarse timer found due for one client.
+pub(super) enum TimerEvent {
+    KeepAliveTimeout,
+    SessionExpired,
+    WillDelayOver,
+}
+
+impl Shard {
+    /// The coarse timer: keep-alive expiry (1.5 x keep alive, MQTT 3.1.2.10) and the
+    /// periodic `$SYS` counters.
+    pub fn tick(&mut self, now: Instant) {
+        // One pass decides; the actions follow, since they add and remove clients.
+        let mut due = Vec::new();
+        for (index, slot) in self.clients.iter().enumerate() {
+            let Some(client) = slot else { continue };
+            let key = ClientKey(index as u32);
+            if let Some(link) = &client.link {
+                // A connection whose PUBLISH is held by back-pressure is not idle.
+                if let Some(keep_alive) = client.keep_alive
+                    && !link.is_waiting_to_publish()
+                    && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
+                {
+                    due.push((key, TimerEvent::KeepAliveTimeout));
+                }
+            } else if client.expires_at.is_some_and(|at| now >= at) {
+                // Ending the session also sends a will still waiting for its delay.
+                due.push((key, TimerEvent::SessionExpired));
+            } else if client.pending_will.as_ref().is_some_and(|pending| now >= pending.0) {
+                due.push((key, TimerEvent::WillDelayOver));
+            }
+        }
+        for (key, event) in due {
+            match event {
+                TimerEvent::KeepAliveTimeout => {
+                    self.counters.keep_alive_timeouts += 1;
+                    let client = self.client(key);
+                    if let Some(link) = client.link.clone() {
+                        close_with_reason(&link, client.version, ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    }
+                    self.client_lost(key, now);
+                }
+                TimerEvent::SessionExpired => {
+                    self.counters.sessions_expired += 1;
+                    self.end_session(key, now);
+                }
+                TimerEvent::WillDelayOver => {
+                    let client = self.client(key);
+                    let publisher = client.session.client_id().clone();
+                    if let Some(pending) = client.pending_will.take() {
+                        let (_, will) = *pending;
+                        self.publish_will(will, publisher, now);
+                    }
+                }
+            }
+        }
+        for key in self.slow_subscribers(now) {
+            self.disconnect_slow_subscriber(key, now);
+        }
+        self.withdraw_unused_interest(now);
+        if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
+            && now >= due
+        {
+            self.next_sys_publish = Some(now + interval);
+            self.publish_sys(now);
+        }
+    }
+
+    pub(super) fn publish_sys(&mut self, now: Instant) {
+        let connected = self.connected_clients() as u64;
+        let mut fields: Vec<(&'static str, u64)> = self.counters.fields().to_vec();
+        fields.push(("clients_connected", connected));
+        for (name, value) in fields {
+            let message = Message {
+                topic: Bytes::from(format!("$SYS/ringmq/shard/{}/{}", self.id.0, name)),
+                payload: Bytes::from(value.to_string()),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Default::default(),
+                publisher: None,
+                expires_at: None,
+            };
+            self.route(Arc::new(message), now);
+        }
+    }
+
+    /// Stop accepting clients and close every connection (5.0 clients hear 0x8B first).
+    pub fn begin_shutdown(&mut self) {
+        self.accepting = false;
+        for client in self.clients.iter().flatten() {
+            if let Some(link) = &client.link {
+                close_with_reason(link, client.version, ReasonCode::SERVER_SHUTTING_DOWN);
+            }
+        }
+        for pending in self.pending_connects.values() {
+            pending.link.close();
+        }
+    }
+}
