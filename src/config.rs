@@ -113,6 +113,15 @@ pub struct Config {
     #[arg(long, default_value_t = 8192)]
     pub mesh_outbox_max_messages: usize,
 
+    /// Publishes each shard keeps to replay to a session that moves to it from another
+    /// shard while messages flow (see README, "Sessions across shards").
+    #[arg(long, default_value_t = 4096)]
+    pub recent_publishes_max: usize,
+
+    /// Payload bytes that replay log may hold, per shard.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub recent_publish_bytes_max: usize,
+
     /// Capacity of each shard-to-shard channel, in batches.
     #[arg(long, default_value_t = 256)]
     pub mesh_channel_batches: usize,
@@ -169,6 +178,10 @@ pub enum ConfigError {
     RingDepth,
 }
 
+/// Most shards one broker runs: a shard records which peers it sent each recent publish to
+/// in a 128-bit set (late matches for subscriptions racing a publish rely on it).
+pub const SHARDS_MAX: usize = 128;
+
 /// How a new connection is given to a shard (see `--steer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Steering {
@@ -203,6 +216,8 @@ pub struct Limits {
     pub shared_subscriptions: bool,
     pub outbound_buffer_max_bytes: usize,
     pub mesh_outbox_max_messages: usize,
+    pub recent_publishes_max: usize,
+    pub recent_publish_bytes_max: usize,
     pub sys_interval: Option<Duration>,
     pub routing: Routing,
 }
@@ -253,6 +268,8 @@ impl Config {
             max_keep_alive_s: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
             outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
             mesh_outbox_max_messages: self.mesh_outbox_max_messages,
+            recent_publishes_max: self.recent_publishes_max.max(1),
+            recent_publish_bytes_max: self.recent_publish_bytes_max,
             sys_interval: (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s)),
             routing: self.routing,
         })
@@ -260,7 +277,11 @@ impl Config {
 
     /// The CPUs to pin one shard each to, from those this process may use.
     pub fn cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, ConfigError> {
-        parse_cores(self.cores.as_deref(), allowed)
+        let cpus = parse_cores(self.cores.as_deref(), allowed)?;
+        if cpus.len() > SHARDS_MAX {
+            return Err(ConfigError::Cores(format!("{} shards; at most {SHARDS_MAX} (pass --cores)", cpus.len())));
+        }
+        Ok(cpus)
     }
 }
 

@@ -16,7 +16,7 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
-use crate::protocol::{Connect, ConnectRefusal, DecodeError, Packet, ProtocolVersion, decode};
+use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, Properties, ProtocolVersion, decode};
 use crate::shard::link::{Link, register_waker};
 use crate::shard::{CloseReason, ConnectProgress, Shard};
 use split::{ReadHalf, WriteHalf};
@@ -275,7 +275,11 @@ async fn establish(
         Some(Err(DecodeError::UnsupportedProtocolLevel(level))) => {
             tracing::debug!(level, "unsupported protocol level");
             // CONNACK return code 1 in the 3.1.1 layout, which every version can read.
-            link.write_with(|out| out.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]));
+            let code = ConnectRefusal::UnsupportedProtocolVersion.return_code_v311().unwrap_or(1);
+            link.write_packet(
+                ProtocolVersion::V311,
+                &Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }),
+            );
             return Ok(None);
         }
         Some(Err(error)) => {

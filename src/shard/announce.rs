@@ -23,7 +23,15 @@ pub(super) struct RetainedCopy {
 
 impl Shard {
     /// Joins here and tells every peer; a non-zero `request` collects their answers.
-    pub(super) fn broadcast_share_join(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64, now: Instant) {
+    pub(super) fn broadcast_share_join(
+        &mut self,
+        group: Bytes,
+        filter: Bytes,
+        client_id: Bytes,
+        granted: QoS,
+        request: Option<RequestId>,
+        now: Instant,
+    ) {
         self.broadcast(
             || MeshMessage::ShareJoin { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), granted, request },
             now,
@@ -32,7 +40,14 @@ impl Shard {
         self.shared.join(group, filter, self.id, client_id, granted);
     }
 
-    pub(super) fn broadcast_share_leave(&mut self, group: Bytes, filter: Bytes, client_id: Bytes, request: u64, now: Instant) {
+    pub(super) fn broadcast_share_leave(
+        &mut self,
+        group: Bytes,
+        filter: Bytes,
+        client_id: Bytes,
+        request: Option<RequestId>,
+        now: Instant,
+    ) {
         self.broadcast(
             || MeshMessage::ShareLeave { group: group.clone(), filter: filter.clone(), client_id: client_id.clone(), request },
             now,
@@ -41,8 +56,8 @@ impl Shard {
         self.shared.leave(&group, &filter, self.id, &client_id);
     }
 
-    pub(super) fn expect_answers_from_all_peers(&mut self, request: u64) {
-        if request != 0 {
+    pub(super) fn expect_answers_from_all_peers(&mut self, request: Option<RequestId>) {
+        if let Some(request) = request {
             self.barriers.expect(request, self.shard_count - 1);
         }
     }
@@ -50,13 +65,13 @@ impl Shard {
     /// Counts a new local subscription to `filter`; the first one here is announced to
     /// every peer under `request`. Returns the request whose answers make it known everywhere.
     /// `since`: when the client subscribed, for a new subscription (not a session moving in).
-    pub(super) fn add_interest(&mut self, filter: &Bytes, request: u64, since: Option<Instant>, now: Instant) -> u64 {
+    pub(super) fn add_interest(&mut self, filter: &Bytes, request: RequestId, since: Option<Instant>, now: Instant) -> RequestId {
         match self.interest.add_local(filter) {
             LocalAdd::AnnouncedBy(earlier) => earlier,
             LocalAdd::Announce => {
                 let filter = detach(filter);
-                self.broadcast(|| MeshMessage::InterestJoin { filter: filter.clone(), request, since }, now);
-                self.expect_answers_from_all_peers(request);
+                self.broadcast(|| MeshMessage::InterestJoin { filter: filter.clone(), request: Some(request), since }, now);
+                self.expect_answers_from_all_peers(Some(request));
                 self.interest.announced(filter, request);
                 request
             }
@@ -70,11 +85,11 @@ impl Shard {
     /// before the SUBSCRIBE was taken may have been causally before it, and a subscriber
     /// must not see a non-retained message from before it subscribed.)
     pub(super) fn send_late_matches(&mut self, to: ShardId, filter: &Bytes, since: Instant, now: Instant) {
-        let bit = if to.0 < 128 { 1u128 << to.0 } else { 0 };
+        let bit = 1u128 << to.0;
         let late: Vec<Arc<Message>> = self
             .recent
             .own_since(self.id, since)
-            .filter(|entry| entry.sent_to & bit == 0 && bit != 0 && filter_matches(filter, &entry.message.topic))
+            .filter(|entry| entry.sent_to & bit == 0 && filter_matches(filter, &entry.message.topic))
             .map(|entry| entry.message.clone())
             .collect();
         // Oldest first, as they were published.
@@ -92,13 +107,13 @@ impl Shard {
     }
 
     /// Tells `to` that its request is applied here (no answer for request 0).
-    pub(super) fn answer(&mut self, to: ShardId, request: u64, now: Instant) {
-        if request != 0 {
+    pub(super) fn answer(&mut self, to: ShardId, request: Option<RequestId>, now: Instant) {
+        if let Some(request) = request {
             self.send(to, MeshMessage::Applied { request, position: self.publish_sequence }, now);
         }
     }
 
-    pub(super) fn applied(&mut self, request: u64, from: ShardId, position: u64, now: Instant) {
+    pub(super) fn applied(&mut self, request: RequestId, from: ShardId, position: u64, now: Instant) {
         if let Some(positions) = self.barriers.answered(request, from, position)
             && self.moving.contains_key(&request)
         {
@@ -114,7 +129,7 @@ impl Shard {
     /// already been told about.
     pub(super) fn answer_when_applied(
         &mut self,
-        needs: Vec<u64>,
+        needs: Vec<RequestId>,
         link: &Link,
         version: ProtocolVersion,
         packet: Packet,

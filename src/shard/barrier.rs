@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::mesh::ShardId;
 
+/// Names one request a shard sent its peers, so their `Applied` answers find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
 #[derive(Debug)]
 struct Open {
     remaining: usize,
@@ -31,7 +35,7 @@ struct Waiting<T> {
 pub struct Barriers<T> {
     shard_count: usize,
     next: u64,
-    open: HashMap<u64, Open>,
+    open: HashMap<RequestId, Open>,
     /// Keyed by the order they started waiting, so released entries go out in that order.
     waiting: BTreeMap<u64, Waiting<T>>,
     next_waiting: u64,
@@ -45,13 +49,13 @@ impl<T> Barriers<T> {
     }
 
     /// A fresh request number; nothing is open under it until `expect`.
-    pub fn new_request(&mut self) -> u64 {
+    pub fn new_request(&mut self) -> RequestId {
         self.next += 1;
-        self.next
+        RequestId(self.next)
     }
 
     /// `answers` more answers are due for `request` (one per message sent with it).
-    pub fn expect(&mut self, request: u64, answers: usize) {
+    pub fn expect(&mut self, request: RequestId, answers: usize) {
         if answers == 0 {
             return;
         }
@@ -61,13 +65,13 @@ impl<T> Barriers<T> {
     }
 
     #[cfg(test)]
-    fn is_open(&self, request: u64) -> bool {
+    fn is_open(&self, request: RequestId) -> bool {
         self.open.contains_key(&request)
     }
 
     /// One answer. When it was the last, the request closes, what waited only for it is
     /// released (see `ready`), and each peer's position (0 for peers not asked) comes back.
-    pub fn answered(&mut self, request: u64, from: ShardId, position: u64) -> Option<Vec<u64>> {
+    pub fn answered(&mut self, request: RequestId, from: ShardId, position: u64) -> Option<Vec<u64>> {
         let open = self.open.get_mut(&request)?;
         open.positions[from.0] = open.positions[from.0].max(position);
         open.remaining -= 1;
@@ -87,7 +91,7 @@ impl<T> Barriers<T> {
     }
 
     /// Runs `then` once none of `needs` is open: returned at once if none is now.
-    pub fn wait(&mut self, mut needs: Vec<u64>, then: T) -> Option<T> {
+    pub fn wait(&mut self, mut needs: Vec<RequestId>, then: T) -> Option<T> {
         needs.sort_unstable();
         needs.dedup();
         let entry = self.next_waiting;
@@ -156,7 +160,7 @@ mod tests {
     #[test]
     fn released_entries_come_out_in_the_order_they_started_waiting() {
         let mut barriers: Barriers<u32> = Barriers::new(2);
-        let requests: Vec<u64> = (0..3).map(|_| barriers.new_request()).collect();
+        let requests: Vec<RequestId> = (0..3).map(|_| barriers.new_request()).collect();
         for &request in &requests {
             barriers.expect(request, 1);
         }

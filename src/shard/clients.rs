@@ -96,7 +96,7 @@ impl Shard {
         for (filter, subscription) in subscriptions {
             match shared::parse_owned(&filter) {
                 Some(Ok((group, inner))) => {
-                    self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, 0, now);
+                    self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, None, now);
                 }
                 _ => {
                     self.subscriptions.insert(&filter, key, subscription);
@@ -115,7 +115,7 @@ impl Shard {
         for filter in client.session.subscriptions.keys() {
             match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) => {
-                    self.broadcast_share_leave(group, inner, client.session.client_id().clone(), 0, now);
+                    self.broadcast_share_leave(group, inner, client.session.client_id().clone(), None, now);
                 }
                 _ => {
                     self.subscriptions.remove(filter, &key);

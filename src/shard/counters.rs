@@ -16,8 +16,8 @@ pub struct Counters {
     pub qos0_dropped_slow_subscriber: u64,
     /// QoS 0 to offline sessions and QoS 1/2 beyond a session's queue bound.
     pub session_queue_drops: u64,
-    /// Times a publisher's socket was left unread because a peer shard's queue was full.
-    pub publisher_throttled: u64,
+    /// PUBLISHes held unread (each counted once) because a peer shard's outbox was full.
+    pub publishes_held_for_mesh: u64,
     /// Handoffs whose replay window had already been evicted from the recent-publish log.
     pub takeover_replay_gaps: u64,
     pub wills_published: u64,
@@ -64,7 +64,7 @@ impl Counters {
             ("messages_delivered", self.messages_delivered),
             ("qos0_dropped_slow_subscriber", self.qos0_dropped_slow_subscriber),
             ("session_queue_drops", self.session_queue_drops),
-            ("publisher_throttled", self.publisher_throttled),
+            ("publishes_held_for_mesh", self.publishes_held_for_mesh),
             ("takeover_replay_gaps", self.takeover_replay_gaps),
             ("wills_published", self.wills_published),
             ("oversize_drops", self.oversize_drops),

@@ -98,12 +98,11 @@ impl Shard {
             targets.fill(true);
         }
         let here = self.id.0;
-        let mut sent_to = if self.shard_count > 128 { u128::MAX } else { 0 };
+        // One bit per peer; `SHARDS_MAX` keeps every shard within the 128 bits.
+        let mut sent_to = 0u128;
         for (peer, _) in targets.iter().enumerate().filter(|&(peer, &target)| target && peer != here) {
             self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
-            if peer < 128 {
-                sent_to |= 1 << peer;
-            }
+            sent_to |= 1 << peer;
         }
         self.route_targets = targets;
         subscribed | self.apply_publish(self.id, sequence, &message, &shared, sent_to, now)

@@ -4,7 +4,7 @@
 //! 1. **Pause** (the only back-pressure MQTT allows: leave a socket unread). A QoS 1/2
 //!    PUBLISH is held unread, with everything behind it on that connection, while
 //!    - a peer shard's outbox is at `--mesh-outbox-max-messages` (every publisher on this
-//!      shard; counted in `publisher_throttled`), or
+//!      shard; counted in `publishes_held_for_mesh`), or
 //!    - a subscriber it feeds has a full queue (`--queued-messages-max`): the
 //!      subscriber's shard sends `PausePublisher` to the publisher's shard and, once the
 //!      queue is below half its bound, `ResumePublisher` (`publishers_paused`).
@@ -57,7 +57,9 @@ impl Shard {
             return Poll::Ready(());
         }
         if self.congested() {
-            self.counters.publisher_throttled += 1;
+            if !link.is_waiting_to_publish() {
+                self.counters.publishes_held_for_mesh += 1;
+            }
             register_waker(&mut self.congestion_waiters, cx.waker());
         }
         link.register_reader(cx.waker());

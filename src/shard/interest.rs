@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::topics::SubscriptionTree;
 
+use super::barrier::RequestId;
 use super::mesh::ShardId;
 
 /// What a new local subscription to a filter means for the peers.
@@ -25,13 +26,13 @@ pub enum LocalAdd {
     /// First subscriber here: announce the filter to every peer.
     Announce,
     /// Already announced by the request with this number (it may still be unconfirmed).
-    AnnouncedBy(u64),
+    AnnouncedBy(RequestId),
 }
 
 #[derive(Debug)]
 struct LocalFilter {
     subscribers: u32,
-    announced_by: u64,
+    announced_by: RequestId,
 }
 
 pub struct Interest {
@@ -67,7 +68,7 @@ impl Interest {
     }
 
     /// Records that `request` announced `filter` (after `add_local` said `Announce`).
-    pub fn announced(&mut self, filter: Bytes, request: u64) {
+    pub fn announced(&mut self, filter: Bytes, request: RequestId) {
         self.local.insert(filter, LocalFilter { subscribers: 1, announced_by: request });
     }
 
@@ -163,13 +164,14 @@ mod tests {
     fn announce_once_and_withdraw_lazily() {
         let mut interest = Interest::new(2);
         let filter = Bytes::from_static(b"t/#");
+        let request = crate::shard::barrier::Barriers::<()>::new(2).new_request();
         assert_eq!(interest.add_local(&filter), LocalAdd::Announce);
-        interest.announced(filter.clone(), 7);
-        assert_eq!(interest.add_local(&filter), LocalAdd::AnnouncedBy(7));
+        interest.announced(filter.clone(), request);
+        assert_eq!(interest.add_local(&filter), LocalAdd::AnnouncedBy(request));
         interest.remove_local(&filter);
         interest.remove_local(&filter);
         // Given up and taken again before the tick: nothing to withdraw, nothing to announce.
-        assert_eq!(interest.add_local(&filter), LocalAdd::AnnouncedBy(7));
+        assert_eq!(interest.add_local(&filter), LocalAdd::AnnouncedBy(request));
         assert!(interest.take_unused().is_empty());
         interest.remove_local(&filter);
         assert_eq!(interest.take_unused(), vec![filter.clone()]);

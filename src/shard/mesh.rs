@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::protocol::QoS;
 use crate::session::{Message, Session};
 
+use super::barrier::RequestId;
 use super::shared::SharedTarget;
 
 /// Index of a shard, 0..shard_count.
@@ -45,15 +46,15 @@ pub enum MeshMessage {
     /// A message published on the sending shard; `sequence` numbers that shard's publishes.
     /// `shared` names the member chosen in each matching shared-subscription group.
     Publish { sequence: u64, message: Arc<Message>, shared: Vec<SharedTarget> },
-    /// A client on the sending shard joined a shared-subscription group. A non-zero
+    /// A client on the sending shard joined a shared-subscription group. A
     /// `request` asks for an `Applied` back: the SUBACK waits for every peer.
-    ShareJoin { group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: u64 },
+    ShareJoin { group: Bytes, filter: Bytes, client_id: Bytes, granted: QoS, request: Option<RequestId> },
     /// A client on the sending shard left one (unsubscribed, or its session left the shard).
-    ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes, request: u64 },
+    ShareLeave { group: Bytes, filter: Bytes, client_id: Bytes, request: Option<RequestId> },
     /// A client on the sending shard is the first there to subscribe to `filter` (not
-    /// shared): send that shard the publishes it matches. Answered when `request` is non-zero.
+    /// shared): send that shard the publishes it matches. Answered when it carries a `request`.
     /// `since`: when the client subscribed (a new subscription, not a session moving in).
-    InterestJoin { filter: Bytes, request: u64, since: Option<Instant> },
+    InterestJoin { filter: Bytes, request: Option<RequestId>, since: Option<Instant> },
     /// One of the receiving shard's own publishes, routed after a client here subscribed to
     /// `filter` but before the receiving shard knew.
     LateMatch { filter: Bytes, message: Arc<Message> },
@@ -61,7 +62,7 @@ pub enum MeshMessage {
     InterestLeave { filter: Bytes },
     /// A session is moving to `shard`: send it every publish until it says `ReceiveAllDone`
     /// (`shard` itself only answers). Always answered.
-    ReceiveAll { shard: ShardId, request: u64 },
+    ReceiveAll { shard: ShardId, request: RequestId },
     /// The sending shard has announced the moved session's filters; one hold ends.
     ReceiveAllDone,
     /// A shared-subscription message for `target`: one a departed member left
@@ -70,7 +71,7 @@ pub enum MeshMessage {
     SharedRedeliver { target: SharedTarget, message: Arc<Message>, forwarded: bool },
     /// The receiving shard's request numbered `request` is applied here, when this shard's
     /// own publish sequence stood at `position`.
-    Applied { request: u64, position: u64 },
+    Applied { request: RequestId, position: u64 },
     /// To the client id's home shard: connection `conn` wants to own `client_id`.
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
     /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.

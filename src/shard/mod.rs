@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use announce::*;
-use barrier::Barriers;
+use barrier::{Barriers, RequestId};
 use clients::*;
 pub use close::CloseReason;
 use close::*;
@@ -73,11 +73,6 @@ use crate::topics::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientKey(u32);
 
-/// Publishes kept for catching up handed-over sessions.
-const RECENT_PUBLISHES_MAX: usize = 4096;
-
-const RECENT_PUBLISHES_MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
-
 pub struct Shard {
     id: ShardId,
     shard_count: usize,
@@ -91,7 +86,7 @@ pub struct Shard {
     shared: SharedGroups,
     interest: Interest,
     barriers: Barriers<HeldAnswer>,
-    moving: HashMap<u64, MovingSession>,
+    moving: HashMap<RequestId, MovingSession>,
     /// Per publish: which peers it goes to (reused).
     route_targets: Vec<bool>,
     registry: HashMap<Bytes, ConnId>,
@@ -113,8 +108,9 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(id: ShardId, shard_count: usize, limits: Limits, auth: Arc<Authenticator>, now: Instant) -> Shard {
-        assert!(id.0 < shard_count);
+        assert!(id.0 < shard_count && shard_count <= crate::config::SHARDS_MAX);
         let next_sys_publish = limits.sys_interval.map(|interval| now + interval);
+        let recent = RecentPublishes::new(shard_count, limits.recent_publishes_max, limits.recent_publish_bytes_max);
         Shard {
             id,
             shard_count,
@@ -138,7 +134,7 @@ impl Shard {
             congestion_waiters: Vec::new(),
             publish_sequence: 0,
             seen: vec![0; shard_count],
-            recent: RecentPublishes::new(shard_count, RECENT_PUBLISHES_MAX, RECENT_PUBLISHES_MAX_PAYLOAD_BYTES),
+            recent,
             next_conn_sequence: 0,
             match_scratch: Vec::new(),
             outgoing_scratch: Vec::new(),
@@ -238,7 +234,7 @@ impl Shard {
                 if shard != self.id {
                     self.interest.hold_receive_all(shard);
                 }
-                self.answer(from, request, now);
+                self.answer(from, Some(request), now);
             }
             MeshMessage::ReceiveAllDone => self.interest.release_receive_all(from),
             MeshMessage::Applied { request, position } => self.applied(request, from, position, now),

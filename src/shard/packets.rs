@@ -236,7 +236,7 @@ impl Shard {
                 // Retained messages are not sent to a shared subscription (5.0 4.8.2).
                 self.client(key).session.subscriptions.insert(detach(&filter), subscription);
                 let client_id = self.client(key).session.client_id().clone();
-                self.broadcast_share_join(group, inner, client_id, options.qos, request, now);
+                self.broadcast_share_join(group, inner, client_id, options.qos, Some(request), now);
                 codes.push(ReasonCode(options.qos as u8));
                 continue;
             }
@@ -290,7 +290,7 @@ impl Shard {
             match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) if existed => {
                     let client_id = self.client(key).session.client_id().clone();
-                    self.broadcast_share_leave(group, inner, client_id, request, now);
+                    self.broadcast_share_leave(group, inner, client_id, Some(request), now);
                 }
                 Some(_) => {}
                 None => {

@@ -388,7 +388,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     limits.mesh_outbox_max_messages = 3;
     let auth = Arc::new(Authenticator::anonymous());
     let mut shard = Shard::new(ShardId(0), 2, limits, auth, now);
-    shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: 0, since: None }], now);
+    shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: None, since: None }], now);
     let mut cx = Context::from_waker(Waker::noop());
     let publisher = shard.new_link();
     assert_eq!(shard.poll_publish_allowed(&publisher, QoS::AtMostOnce, &mut cx), Poll::Ready(()));
@@ -409,7 +409,7 @@ fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     assert!(shard.congested());
     assert_eq!(shard.poll_publish_allowed(&publisher, QoS::AtMostOnce, &mut cx), Poll::Pending);
     assert!(publisher.is_waiting_to_publish(), "a held publisher does not count as idle");
-    assert_eq!(shard.counters.publisher_throttled, 1);
+    assert_eq!(shard.counters.publishes_held_for_mesh, 1);
     let Poll::Ready(batch) = shard.poll_outbox(ShardId(1), &mut cx) else { panic!("outbox has messages") };
     assert_eq!(batch.len(), 3, "drained as one batch");
     assert_eq!(shard.poll_publish_allowed(&publisher, QoS::AtMostOnce, &mut cx), Poll::Ready(()));

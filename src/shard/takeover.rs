@@ -90,13 +90,13 @@ impl Shard {
         let destination = next.shard();
         self.interest.hold_receive_all(destination);
         self.broadcast(|| MeshMessage::ReceiveAll { shard: destination, request }, now);
-        self.expect_answers_from_all_peers(request);
+        self.expect_answers_from_all_peers(Some(request));
         // `next` is on another shard, so at least that shard answers: `applied` finishes.
         self.moving.insert(request, MovingSession { client_id, previous, next });
     }
 
     /// Every other shard holds `next`'s shard on receive-all: let the session go.
-    pub(super) fn finish_move(&mut self, request: u64, positions: Vec<u64>, now: Instant) {
+    pub(super) fn finish_move(&mut self, request: RequestId, positions: Vec<u64>, now: Instant) {
         let Some(moving) = self.moving.remove(&request) else { return };
         match self.client_index.get(&moving.client_id).copied() {
             Some(key) if self.client(key).conn_id == moving.previous => self.hand_over(key, moving.next, true, Some(&positions), now),
@@ -160,7 +160,10 @@ impl Shard {
         }
         if gap {
             self.counters.takeover_replay_gaps += 1;
-            tracing::warn!(shard = self.id.0, "session handoff could not replay every publish; raise the recent-publish log");
+            tracing::warn!(
+                shard = self.id.0,
+                "session handoff could not replay every publish; raise --recent-publishes-max / --recent-publish-bytes-max"
+            );
         }
         for (message, qos, retain, subscription_ids) in missed {
             self.deliver_to(key, &message, CopyFor { qos, retain, subscription_ids, shared: None }, None, now);
