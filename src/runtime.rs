@@ -95,6 +95,9 @@ fn memlock_limit_bytes() -> u64 {
 fn listen(addr: SocketAddr, backlog: i32, steering: Steering, shard_count: usize) -> std::io::Result<TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // SO_REUSEADDR too: connections this listener accepts inherit it, so after a restart
+    // their TIME_WAIT remnants do not keep the next broker's probe from binding.
+    socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;

@@ -46,6 +46,24 @@ fn a_second_broker_on_the_same_address_refuses_to_start() {
 }
 
 #[test]
+fn a_broker_restarts_at_once_on_the_port_it_left() {
+    let mut first = Broker::start(&[]);
+    let address = first.addr.to_string();
+    // Connections the broker closes itself (here: at shutdown) leave TIME_WAIT sockets on
+    // its port.
+    let mut clients: Vec<_> = (0..5).map(|index| first.client(&format!("leaving-{index}"), true)).collect();
+    assert!(first.terminate().expect("stops").success());
+    for client in &mut clients {
+        client.assert_closed();
+    }
+    drop(clients);
+    let mut second = Broker::start(&["--listen", &address]);
+    assert_eq!(second.addr, first.addr);
+    second.client("back-again", true).disconnect();
+    assert!(second.terminate().expect("stops").success());
+}
+
+#[test]
 fn sighup_is_logged_and_never_stops_the_broker() {
     let mut broker = Broker::start(&[]);
     let mut client = broker.client("across-hup", true);

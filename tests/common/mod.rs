@@ -22,12 +22,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Two shards (unless `extra` says `--cores`), counters on `$SYS` every second, plus
-    /// `extra` flags.
+    /// Two shards on a free loopback port (unless `extra` says `--cores` / `--listen`),
+    /// counters on `$SYS` every second, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Broker {
         let cores: &[&str] = if extra.contains(&"--cores") { &[] } else { &["--cores", "2"] };
+        let listen: &[&str] = if extra.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--listen", "127.0.0.1:0", "--sys-interval-s", "1", "--log", "warn"])
+            .args(["--sys-interval-s", "1", "--log", "warn"])
+            .args(listen)
             .args(cores)
             .args(extra)
             .stdout(Stdio::piped())
