@@ -13,12 +13,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
-use glommio::net::TcpListener;
 use glommio::timer::sleep;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
+mod listen;
+mod nudge;
+
+use listen::{PortLock, listen, reserve_address};
+use nudge::Nudger;
+
 use crate::auth::{Authenticator, PasswordFileError};
-use crate::config::{Config, ConfigError, Limits, Steering};
+use crate::config::{Config, ConfigError, Limits};
 use crate::net::{Latch, accept_loop};
 use crate::shard::{MeshMessage, Shard, ShardId};
 
@@ -55,16 +60,22 @@ pub struct Broker {
     pub local_addr: SocketAddr,
     pub shard_count: usize,
     handles: Vec<ExecutorJoinHandle<()>>,
+    nudger: Arc<Nudger>,
+    nudging: Option<std::thread::JoinHandle<()>>,
     _port_lock: PortLock,
 }
 
 impl Broker {
     /// Blocks until every shard has stopped.
-    pub fn wait(self) {
-        for handle in self.handles {
+    pub fn wait(mut self) {
+        for handle in std::mem::take(&mut self.handles) {
             if let Err(error) = handle.join() {
                 tracing::error!(%error, "shard executor failed");
             }
+        }
+        self.nudger.finish();
+        if let Some(nudging) = self.nudging.take() {
+            let _ = nudging.join();
         }
     }
 }
@@ -88,97 +99,6 @@ fn memlock_limit_bytes() -> u64 {
         return u64::MAX;
     }
     limit.rlim_cur
-}
-
-/// A listening socket on `addr` in the SO_REUSEPORT group, with our backlog (glommio's
-/// own `bind` fixes it at 1024, which a connection storm on one shard overflows).
-fn listen(addr: SocketAddr, backlog: i32, steering: Steering, shard_count: usize) -> std::io::Result<TcpListener> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    // SO_REUSEADDR too: connections this listener accepts inherit it, so after a restart
-    // their TIME_WAIT remnants do not keep the next broker's probe from binding.
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    if steering == Steering::Cpu {
-        steer_by_cpu(&socket, shard_count)?;
-    }
-    // SAFETY: we own the listening descriptor and hand it to glommio, which owns it from here.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
-}
-
-/// Attaches to the SO_REUSEPORT group a classic BPF program choosing listener number
-/// `cpu % shard_count` for each new connection, `cpu` being the CPU that handled its SYN.
-/// (Listeners are numbered in the order they joined; the kernel falls back to its hash
-/// while fewer have joined.)
-fn steer_by_cpu(socket: &socket2::Socket, shard_count: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // Not in the libc crate; the same on every Linux architecture (asm-generic/socket.h).
-    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-    let instruction = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
-    let program = [
-        instruction(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32),
-        instruction(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, shard_count as u32),
-        instruction(libc::BPF_RET | libc::BPF_A, 0),
-    ];
-    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
-    // SAFETY: the option value is a sock_fprog pointing at `program`, both alive for the call.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&raw const fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Proves `addr` free and resolves port 0 to a concrete port that every shard then binds
-/// with SO_REUSEPORT. The probe binds *without* SO_REUSEPORT, so any socket already
-/// listening there (another broker's, another ringmq's shards) makes it fail: with the
-/// option, a second ringmq would join the first one's group and the kernel would split
-/// clients between two unrelated brokers. The returned lock closes the race of two
-/// ringmq starting at once on one port.
-fn reserve_address(addr: SocketAddr) -> Result<(PortLock, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind { addr, source };
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(bind_error)?;
-    // Only so that connections in TIME_WAIT from an earlier run do not block a restart.
-    socket.set_reuse_address(true).map_err(bind_error)?;
-    socket.bind(&addr.into()).map_err(bind_error)?;
-    let local = socket
-        .local_addr()
-        .map_err(bind_error)?
-        .as_socket()
-        .ok_or_else(|| bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address")))?;
-    let lock = PortLock::take(local.port()).map_err(|source| StartError::Bind { addr: local, source })?;
-    Ok((lock, local))
-}
-
-/// Held for the broker's life: an abstract-namespace Unix socket named after the port.
-/// The kernel frees it when the process ends however it ends (kill -9 too), and it lives
-/// in the network namespace, like the port itself.
-pub struct PortLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
-
-impl PortLock {
-    fn take(port: u16) -> std::io::Result<PortLock> {
-        use std::os::linux::net::SocketAddrExt;
-        let name = format!("ringmq-listen-port-{port}");
-        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        match std::os::unix::net::UnixListener::bind_addr(&address) {
-            Ok(listener) => Ok(PortLock(listener)),
-            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("address already in use: another ringmq is starting or running on port {port}"),
-            )),
-            Err(error) => Err(error),
-        }
-    }
 }
 
 /// Starts every shard and returns once all are listening.
@@ -216,8 +136,17 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let shard_count = cpus.len();
     let mesh: MeshBuilder<Batch, Full> = MeshBuilder::full(shard_count, config.mesh_channel_batches);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+    let nudger = Nudger::new(shard_count);
+    let nudging = {
+        let nudger = nudger.clone();
+        std::thread::Builder::new()
+            .name("ringmq-nudge".into())
+            .spawn(move || nudger.run())
+            .map_err(|error| StartError::Executor(error.to_string()))?
+    };
     let mut handles = Vec::with_capacity(shard_count);
     for (index, &cpu) in cpus.iter().enumerate() {
+        let nudger = nudger.clone();
         let mesh = mesh.clone();
         let limits = limits.clone();
         let auth = auth.clone();
@@ -229,7 +158,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             .ring_depth(config.ring_depth)
             // Password hashing runs here: any CPU, so it never competes with a shard's own.
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-            .spawn(move || shard_main(ShardParams { shard_count, local_addr, limits, auth, mesh, stop, ready }))
+            .spawn(move || shard_main(ShardParams { index, shard_count, local_addr, limits, auth, mesh, stop, ready, nudger }))
             .map_err(|error| StartError::Executor(error.to_string()))?;
         handles.push(handle);
     }
@@ -247,12 +176,16 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         for handle in handles {
             let _ = handle.join();
         }
+        nudger.finish();
+        let _ = nudging.join();
         return Err(error);
     }
-    Ok(Broker { local_addr, shard_count, handles, _port_lock: port_lock })
+    Ok(Broker { local_addr, shard_count, handles, nudger, nudging: Some(nudging), _port_lock: port_lock })
 }
 
 struct ShardParams {
+    /// This executor's place in the start order (the mesh numbers shards its own way).
+    index: usize,
     shard_count: usize,
     local_addr: SocketAddr,
     limits: Limits,
@@ -260,12 +193,23 @@ struct ShardParams {
     mesh: MeshBuilder<Batch, Full>,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), StartError>>,
+    nudger: Arc<Nudger>,
 }
 
 async fn shard_main(params: ShardParams) {
-    let ShardParams { shard_count, local_addr, limits, auth, mesh, stop, ready } = params;
-    let Ok((senders, mut receivers)) = mesh.join().await else {
-        let _ = ready.send(Err(StartError::Executor("joining the shard mesh failed".into())));
+    let ShardParams { index, shard_count, local_addr, limits, auth, mesh, stop, ready, nudger } = params;
+    // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
+    glommio::spawn_local(nudger.heartbeat(index)).detach();
+    // A stop request ends a join that has not finished, rather than being ignored.
+    let joined = futures_lite::future::or(async { Some(mesh.join().await) }, async {
+        while !stop.load(Ordering::Relaxed) {
+            sleep(TICK).await;
+        }
+        None
+    })
+    .await;
+    let Some(Ok((senders, mut receivers))) = joined else {
+        let _ = ready.send(Err(StartError::Executor("joining the shard mesh failed or was stopped".into())));
         return;
     };
     let id = ShardId(senders.peer_id());
