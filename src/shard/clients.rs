@@ -68,13 +68,77 @@ pub(super) struct Client {
     pub(super) retained_backlog: Option<Box<std::collections::VecDeque<RetainedCopy>>>,
 }
 
+/// The client slots of one shard (reused through a free list, so a `ClientKey` stays
+/// small and stable while its client lives) and the index from client id to slot.
+#[derive(Default)]
+pub(super) struct Clients {
+    slots: Vec<Option<Client>>,
+    free: Vec<ClientKey>,
+    by_id: HashMap<Bytes, ClientKey>,
+}
+
+impl Clients {
+    /// The live client in slot `key`. Keys come from the trie and the index, which hold
+    /// only live clients: a dead key is a broken invariant.
+    pub(super) fn get(&self, key: ClientKey) -> &Client {
+        self.slots[key.0 as usize].as_ref().expect("client keys in use point at live slots")
+    }
+
+    pub(super) fn get_mut(&mut self, key: ClientKey) -> &mut Client {
+        self.slots[key.0 as usize].as_mut().expect("client keys in use point at live slots")
+    }
+
+    /// The client in slot `key`, if any (for keys that may be stale, e.g. from a link).
+    pub(super) fn find(&self, key: ClientKey) -> Option<&Client> {
+        self.slots.get(key.0 as usize)?.as_ref()
+    }
+
+    pub(super) fn key_of(&self, client_id: &[u8]) -> Option<ClientKey> {
+        self.by_id.get(client_id).copied()
+    }
+
+    fn insert(&mut self, client: Client) -> ClientKey {
+        let client_id = client.session.client_id().clone();
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.slots[key.0 as usize] = Some(client);
+                key
+            }
+            None => {
+                self.slots.push(Some(client));
+                ClientKey((self.slots.len() - 1) as u32)
+            }
+        };
+        let previous = self.by_id.insert(client_id, key);
+        assert!(previous.is_none(), "the registry grants a client id to one connection at a time");
+        key
+    }
+
+    fn remove(&mut self, key: ClientKey) -> Client {
+        let client = self.slots[key.0 as usize].take().expect("removing a live client");
+        self.by_id.remove(client.session.client_id());
+        self.free.push(key);
+        client
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (ClientKey, &Client)> {
+        self.slots.iter().enumerate().filter_map(|(index, slot)| Some((ClientKey(index as u32), slot.as_ref()?)))
+    }
+
+    /// Sessions held here, live or offline.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
 impl Shard {
     pub fn connected_clients(&self) -> usize {
-        self.clients.iter().flatten().filter(|client| client.link.is_some()).count()
+        self.clients.iter().filter(|(_, client)| client.link.is_some()).count()
     }
 
     pub(super) fn client(&mut self, key: ClientKey) -> &mut Client {
-        self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots")
+        self.clients.get_mut(key)
     }
 
     /// Installs a client and announces its session's subscriptions to the peers.
@@ -83,16 +147,7 @@ impl Shard {
         let request = self.barriers.new_request();
         let subscriptions: Vec<(Bytes, Subscription)> =
             client.session.subscriptions.iter().map(|(filter, subscription)| (filter.clone(), *subscription)).collect();
-        let key = match self.free_keys.pop() {
-            Some(key) => {
-                self.clients[key.0 as usize] = Some(client);
-                key
-            }
-            None => {
-                self.clients.push(Some(client));
-                ClientKey((self.clients.len() - 1) as u32)
-            }
-        };
+        let key = self.clients.insert(client);
         for (filter, subscription) in subscriptions {
             match shared::parse_owned(&filter) {
                 Some(Ok((group, inner))) => {
@@ -104,14 +159,12 @@ impl Shard {
                 }
             }
         }
-        let previous = self.client_index.insert(client_id, key);
-        assert!(previous.is_none(), "the registry grants a client id to one connection at a time");
         key
     }
 
     pub(super) fn remove_client(&mut self, key: ClientKey, now: Instant) -> Client {
         self.settle_flow_of_leaving_client(key, false, now);
-        let client = self.clients[key.0 as usize].take().expect("removing a live client");
+        let client = self.clients.remove(key);
         for filter in client.session.subscriptions.keys() {
             match shared::parse_owned(filter) {
                 Some(Ok((group, inner))) => {
@@ -123,15 +176,13 @@ impl Shard {
                 }
             }
         }
-        self.client_index.remove(client.session.client_id());
-        self.free_keys.push(key);
         client
     }
 
     /// The client a link serves, if that link is still the client's current connection.
     pub(super) fn client_of(&self, link: &Link) -> Option<ClientKey> {
         let key = link.client()?;
-        let client = self.clients.get(key.0 as usize)?.as_ref()?;
+        let client = self.clients.find(key)?;
         (client.conn_id == link.conn_id).then_some(key)
     }
 

@@ -166,12 +166,12 @@ impl Shard {
         may_forward: bool,
         now: Instant,
     ) {
-        let member = match self.client_index.get(&target.client_id) {
-            Some(&key) if self.holds_shared(key, target) => Some((key, target.granted)),
+        let member = match self.clients.key_of(&target.client_id) {
+            Some(key) if self.holds_shared(key, target) => Some((key, target.granted)),
             _ => self
                 .shared
                 .local_member(&target.group, &target.filter, self.id, &target.client_id)
-                .and_then(|(client_id, granted)| self.client_index.get(&client_id).map(|&key| (key, granted))),
+                .and_then(|(client_id, granted)| self.clients.key_of(&client_id).map(|key| (key, granted))),
         };
         match member {
             Some((key, granted)) => {
@@ -217,7 +217,7 @@ impl Shard {
         keys.sort_unstable();
         keys.dedup();
         for key in keys {
-            let client = self.clients[key.0 as usize].as_ref().expect("matched clients are live");
+            let client = self.clients.get(key);
             let Some(subscription) = client.session.subscriptions.get(filter).copied() else { continue };
             let own_message = self.is_publisher(key, message);
             if let Some(delivery) = merge_matching(std::iter::once(&subscription), own_message) {
@@ -236,11 +236,11 @@ impl Shard {
         full.extend_from_slice(&target.group);
         full.push(b'/');
         full.extend_from_slice(&target.filter);
-        self.clients[key.0 as usize].as_ref().is_some_and(|client| client.session.subscriptions.contains_key(&full[..]))
+        self.clients.find(key).is_some_and(|client| client.session.subscriptions.contains_key(&full[..]))
     }
 
     pub(super) fn is_publisher(&self, key: ClientKey, message: &Message) -> bool {
-        let client = self.clients[key.0 as usize].as_ref().expect("matched clients are live");
+        let client = self.clients.get(key);
         message.publisher.as_ref() == Some(client.session.client_id())
     }
 
@@ -263,7 +263,7 @@ impl Shard {
             return;
         }
         let outbound_limit = self.limits.outbound_buffer_max_bytes;
-        let client = self.clients[key.0 as usize].as_mut().expect("matched clients are live");
+        let client = self.clients.get_mut(key);
         if let (Some(skip), Some((source, sequence))) = (&client.skip_until, origin)
             && sequence <= skip[source.0]
         {

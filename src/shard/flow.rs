@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::link::{Link, register_waker};
+use super::link::Link;
 use super::{ClientKey, MeshMessage, RetainedCopy, Shard, ShardId, close_with_reason};
 use crate::protocol::{QoS, ReasonCode};
 use crate::session::CopyFor;
@@ -60,7 +60,7 @@ impl Shard {
             if !link.is_waiting_to_publish() {
                 self.counters.publishes_held_for_mesh += 1;
             }
-            register_waker(&mut self.congestion_waiters, cx.waker());
+            self.outboxes.wake_when_uncongested(cx.waker());
         }
         link.register_reader(cx.waker());
         link.set_waiting_to_publish(true);
@@ -125,8 +125,8 @@ impl Shard {
     }
 
     fn live_link_of(&self, client_id: &Bytes) -> Option<std::rc::Rc<Link>> {
-        let key = *self.client_index.get(client_id)?;
-        self.clients[key.0 as usize].as_ref()?.link.clone()
+        let key = self.clients.key_of(client_id)?;
+        self.clients.get(key).link.clone()
     }
 
     /// Timer: subscribers whose queue has been full for longer than allowed.
@@ -134,11 +134,9 @@ impl Shard {
         let Some(timeout) = self.limits.slow_subscriber_timeout else { return Vec::new() };
         self.clients
             .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| {
-                let client = slot.as_ref()?;
+            .filter_map(|(key, client)| {
                 let since = client.stalled_since?;
-                (client.link.is_some() && now.duration_since(since) >= timeout).then_some(ClientKey(index as u32))
+                (client.link.is_some() && now.duration_since(since) >= timeout).then_some(key)
             })
             .collect()
     }

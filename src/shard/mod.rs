@@ -27,6 +27,7 @@ mod flow;
 mod interest;
 pub mod link;
 pub mod mesh;
+mod outbox;
 mod packets;
 mod recent;
 pub mod shared;
@@ -36,7 +37,7 @@ mod timer;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,6 +54,7 @@ use delivery::*;
 use interest::{Interest, LocalAdd};
 use link::{Link, LinkState};
 pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
+use outbox::Outboxes;
 use recent::{RecentPublish, RecentPublishes};
 use shared::{SharedGroups, SharedTarget};
 pub use takeover::home_shard;
@@ -78,9 +80,7 @@ pub struct Shard {
     shard_count: usize,
     limits: Limits,
     auth: Arc<Authenticator>,
-    clients: Vec<Option<Client>>,
-    free_keys: Vec<ClientKey>,
-    client_index: HashMap<Bytes, ClientKey>,
+    clients: Clients,
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
     retained: RetainedTree<Arc<Message>>,
     shared: SharedGroups,
@@ -92,9 +92,7 @@ pub struct Shard {
     registry: HashMap<Bytes, ConnId>,
     pending_connects: HashMap<ConnId, PendingConnect>,
     authenticating: HashMap<ConnId, Authenticating>,
-    outboxes: Vec<Vec<MeshMessage>>,
-    outbox_wakers: Vec<Option<Waker>>,
-    congestion_waiters: Vec<Waker>,
+    outboxes: Outboxes,
     publish_sequence: u64,
     seen: Vec<u64>,
     recent: RecentPublishes,
@@ -110,15 +108,14 @@ impl Shard {
     pub fn new(id: ShardId, shard_count: usize, limits: Limits, auth: Arc<Authenticator>, now: Instant) -> Shard {
         assert!(id.0 < shard_count && shard_count <= crate::config::SHARDS_MAX);
         let next_sys_publish = limits.sys_interval.map(|interval| now + interval);
+        let outboxes = Outboxes::new(shard_count, limits.mesh_outbox_max_messages);
         let recent = RecentPublishes::new(shard_count, limits.recent_publishes_max, limits.recent_publish_bytes_max);
         Shard {
             id,
             shard_count,
             limits,
             auth,
-            clients: Vec::new(),
-            free_keys: Vec::new(),
-            client_index: HashMap::new(),
+            clients: Clients::default(),
             subscriptions: SubscriptionTree::default(),
             retained: RetainedTree::default(),
             shared: SharedGroups::default(),
@@ -129,9 +126,7 @@ impl Shard {
             registry: HashMap::new(),
             pending_connects: HashMap::new(),
             authenticating: HashMap::new(),
-            outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
-            outbox_wakers: (0..shard_count).map(|_| None).collect(),
-            congestion_waiters: Vec::new(),
+            outboxes,
             publish_sequence: 0,
             seen: vec![0; shard_count],
             recent,
@@ -164,10 +159,7 @@ impl Shard {
             self.handle_message(target, message, now);
             return;
         }
-        self.outboxes[target.0].push(message);
-        if let Some(waker) = self.outbox_wakers[target.0].take() {
-            waker.wake();
-        }
+        self.outboxes.push(target, message);
     }
 
     /// Sends each peer a message made for it.
@@ -181,22 +173,12 @@ impl Shard {
 
     /// Forwarder side: everything queued for `peer`, once there is something.
     pub fn poll_outbox(&mut self, peer: ShardId, cx: &mut Context<'_>) -> Poll<Vec<MeshMessage>> {
-        if self.outboxes[peer.0].is_empty() {
-            self.outbox_wakers[peer.0] = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let batch = std::mem::take(&mut self.outboxes[peer.0]);
-        if !self.congested() {
-            for waker in self.congestion_waiters.drain(..) {
-                waker.wake();
-            }
-        }
-        Poll::Ready(batch)
+        self.outboxes.poll_take(peer, cx)
     }
 
     /// True while some peer's outbox is at its bound: publishers here should not be read.
     pub fn congested(&self) -> bool {
-        self.outboxes.iter().any(|outbox| outbox.len() >= self.limits.mesh_outbox_max_messages)
+        self.outboxes.congested()
     }
 
     /// A batch from peer `from`, in the order it sent them.

@@ -76,12 +76,12 @@ impl Shard {
     pub(super) fn fill_window(&mut self, key: ClientKey, link: &Link, now: Instant) {
         let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
         let delivered = {
-            let client = self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots");
+            let client = self.clients.get_mut(key);
             client.session.fill_window(now, &mut outgoing);
             outgoing.len() as u64
         };
         self.counters.messages_delivered += delivered;
-        let client = self.clients[key.0 as usize].as_mut().expect("client keys in use point at live slots");
+        let client = self.clients.get_mut(key);
         let version = client.version;
         for packet in outgoing.drain(..) {
             write_outgoing(link, version, &packet, now, &mut client.aliases_out);

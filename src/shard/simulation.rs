@@ -325,7 +325,7 @@ fn run_takeover_scenario(seed: u64) {
     }
     if std::env::var("SIM_TRACE").is_ok() {
         for shard in &sim.shards {
-            for client in shard.clients.iter().flatten() {
+            for (_, client) in shard.clients.iter() {
                 eprintln!(
                     "shard {:?}: client {:?} conn {:?} inflight {} queued {} skip {:?} seen {:?} link {:?}",
                     shard.id,
@@ -374,7 +374,7 @@ fn racing_connects_leave_exactly_one_open_link() {
         // Home answers claims in arrival order, which need not be the order of the CONNECTs.
         let open = links.iter().filter(|(_, l)| l.state() == LinkState::Open).count();
         assert_eq!(open, 1, "seed {seed}: exactly one connection owns the client id");
-        let clients: usize = sim.shards.iter().map(|s| s.client_index.len()).sum();
+        let clients: usize = sim.shards.iter().map(|s| s.clients.len()).sum();
         assert_eq!(clients, 1, "seed {seed}: one session for the racer and none left over");
         let registered: usize = sim.shards.iter().map(|s| s.registry.len()).sum();
         assert_eq!(registered, 1, "seed {seed}: one registry entry");

@@ -48,7 +48,7 @@ impl Shard {
             pending.deferred_eviction = Some((next, clean_start));
             return;
         }
-        let key = match self.client_index.get(&client_id).copied() {
+        let key = match self.clients.key_of(&client_id) {
             Some(key) if self.client(key).conn_id == previous => key,
             _ => {
                 let cut = self.seen.clone().into_boxed_slice();
@@ -98,7 +98,7 @@ impl Shard {
     /// Every other shard holds `next`'s shard on receive-all: let the session go.
     pub(super) fn finish_move(&mut self, request: RequestId, positions: Vec<u64>, now: Instant) {
         let Some(moving) = self.moving.remove(&request) else { return };
-        match self.client_index.get(&moving.client_id).copied() {
+        match self.clients.key_of(&moving.client_id) {
             Some(key) if self.client(key).conn_id == moving.previous => self.hand_over(key, moving.next, true, Some(&positions), now),
             _ => {
                 debug_assert!(false, "a moving session stays until it is handed over");
@@ -148,7 +148,7 @@ impl Shard {
     pub(super) fn catch_up(&mut self, key: ClientKey, cut: StreamCut, now: Instant) {
         let (entries, gap) = self.recent.since(&cut);
         let mut missed: Vec<(Arc<Message>, QoS, bool, Vec<u32>)> = Vec::new();
-        let client = self.clients[key.0 as usize].as_ref().expect("just inserted");
+        let client = self.clients.get(key);
         for entry in entries {
             let message = &entry.message;
             let matching = client.session.subscriptions.iter().filter(|(filter, _)| filter_matches(filter, &message.topic));

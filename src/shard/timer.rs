@@ -16,9 +16,7 @@ impl Shard {
     pub fn tick(&mut self, now: Instant) {
         // One pass decides; the actions follow, since they add and remove clients.
         let mut due = Vec::new();
-        for (index, slot) in self.clients.iter().enumerate() {
-            let Some(client) = slot else { continue };
-            let key = ClientKey(index as u32);
+        for (key, client) in self.clients.iter() {
             if let Some(link) = &client.link {
                 // A connection whose PUBLISH is held by back-pressure is not idle.
                 if let Some(keep_alive) = client.keep_alive
@@ -91,7 +89,7 @@ impl Shard {
     /// Stop accepting clients and close every connection (5.0 clients hear 0x8B first).
     pub fn begin_shutdown(&mut self) {
         self.accepting = false;
-        for client in self.clients.iter().flatten() {
+        for (_, client) in self.clients.iter() {
             if let Some(link) = &client.link {
                 close_with_reason(link, client.version, ReasonCode::SERVER_SHUTTING_DOWN);
             }
