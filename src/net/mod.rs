@@ -4,10 +4,10 @@
 
 pub mod split;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
 use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, Properties, ProtocolVersion, decode};
-use crate::shard::link::{Link, register_waker};
+use crate::shard::link::Link;
 use crate::shard::{CloseReason, ConnectProgress, Shard};
 use split::{ReadHalf, WriteHalf};
 
@@ -28,57 +28,19 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// which can destroy our final DISCONNECT before the client reads it.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A one-shot, single-threaded "it happened" flag with a waiter.
-#[derive(Default)]
-pub struct Latch {
-    set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
-}
-
-impl Latch {
-    pub fn set(&self) {
-        self.set.set(true);
-        for waker in self.waiters.borrow_mut().drain(..) {
-            waker.wake();
-        }
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.set.get()
-    }
-
-    /// Resolves once set. A task polled again while waiting keeps one registered waker,
-    /// not one per poll: glommio counts a task's wakers in an `i16`, and an accept loop
-    /// that polls this once per connection overflowed it after ~32k connections.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.get() {
-                return Poll::Ready(());
-            }
-            register_waker(&mut self.waiters.borrow_mut(), cx.waker());
-            Poll::Pending
-        })
-        .await
-    }
-
-    #[cfg(test)]
-    fn waiter_count(&self) -> usize {
-        self.waiters.borrow().len()
-    }
-}
-
 /// How often the "open-file limit reached" warning may repeat, per shard.
 const FD_LIMIT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Accepts connections until `stopping` is set.
+/// Accepts connections until `stop` resolves.
 ///
 /// At the open-file limit (EMFILE/ENFILE) a connection waiting in the backlog is accepted
 /// through a descriptor held in reserve for that and closed at once, so the client learns
 /// promptly instead of hanging unanswered in the listen queue; the warning is logged once
 /// per interval with a count, not once per attempt.
-pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stopping: Rc<Latch>) {
-    // One stop future for the whole loop, not a fresh one (and a fresh waker) per accept.
-    let stop = stopping.wait();
+pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stop: impl Future<Output = ()>) {
+    // One stop future for the whole loop, not a fresh one (and a fresh waker) per accept:
+    // a waker registered per accepted connection once overflowed glommio's 16-bit task
+    // reference count after ~32k connections.
     futures_lite::pin!(stop);
     let mut reserve = std::fs::File::open("/dev/null").ok();
     let mut closed_since_warning = 0u64;
@@ -352,32 +314,5 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
         if let ReadOutcome::Closed = read_more(reader, &mut buf, link).await {
             return Ok(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::task::{Context, Wake};
-
-    struct CountingWake;
-    impl Wake for CountingWake {
-        fn wake(self: Arc<Self>) {}
-    }
-
-    #[test]
-    fn a_latch_polled_many_times_by_one_task_keeps_one_waker() {
-        let latch = Latch::default();
-        let waker = Waker::from(Arc::new(CountingWake));
-        let mut cx = Context::from_waker(&waker);
-        for _ in 0..100_000 {
-            let wait = latch.wait();
-            futures_lite::pin!(wait);
-            assert!(wait.as_mut().poll(&mut cx).is_pending());
-        }
-        assert_eq!(latch.waiter_count(), 1);
-        latch.set();
-        assert_eq!(latch.waiter_count(), 0);
     }
 }

@@ -16,15 +16,17 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::timer::sleep;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
+mod latch;
 mod listen;
 mod nudge;
 
+use latch::Latch;
 use listen::{PortLock, listen, reserve_address};
 use nudge::Nudger;
 
 use crate::auth::{Authenticator, PasswordFileError};
 use crate::config::{Config, ConfigError, Limits};
-use crate::net::{Latch, accept_loop};
+use crate::net::accept_loop;
 use crate::shard::{MeshMessage, Shard, ShardId};
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
@@ -246,7 +248,11 @@ async fn shard_main(params: ShardParams) {
         .detach();
     }
     let stopping = Rc::new(Latch::default());
-    glommio::spawn_local(accept_loop(shard.clone(), listener, stopping.clone())).detach();
+    let stop_accepting = {
+        let stopping = stopping.clone();
+        async move { stopping.wait().await }
+    };
+    glommio::spawn_local(accept_loop(shard.clone(), listener, stop_accepting)).detach();
     let _ = ready.send(Ok(()));
 
     while !stop.load(Ordering::Relaxed) {
