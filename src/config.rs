@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::protocol::QoS;
 use crate::session::{QueueFullPolicy, SessionLimits};
+use crate::shard::{Features, Routing, ShardLimits};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringmq", version, about = "A thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring")]
@@ -73,7 +75,7 @@ pub struct Config {
 
     /// Which shards a publish is sent to: `interest` (those with a matching subscriber, from
     /// the replicated interest summary) or `broadcast` (all of them).
-    #[arg(long, value_enum, default_value = "interest")]
+    #[arg(long, default_value = "interest", value_parser = parse_routing)]
     pub routing: Routing,
 
     /// Topic aliases a 5.0 client may set on one connection (announced in CONNACK; 0: none).
@@ -96,7 +98,7 @@ pub struct Config {
     pub queued_messages_max: usize,
 
     /// What an offline session's full queue drops: the new message or the oldest queued.
-    #[arg(long, value_enum, default_value = "drop-new")]
+    #[arg(long, default_value = "drop-new", value_parser = parse_queue_full_policy)]
     pub queue_full_policy: QueueFullPolicy,
 
     /// Disconnect a subscriber (5.0: DISCONNECT 0x97) whose queue has stayed at its bound,
@@ -189,48 +191,8 @@ pub enum Steering {
     Cpu,
 }
 
-/// How a shard picks the peers a publish goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Routing {
-    Interest,
-    Broadcast,
-}
-
-/// Timing and size limits the shards use, derived from `Config`.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub listen_backlog: i32,
-    pub steering: Steering,
-    pub connect_timeout: Duration,
-    pub max_packet_size_bytes: u32,
-    pub topic_levels_max: usize,
-    pub session: SessionLimits,
-    pub slow_subscriber_timeout: Option<Duration>,
-    pub receive_maximum: u16,
-    pub topic_alias_maximum: u16,
-    pub max_keep_alive_s: Option<u16>,
-    pub max_qos: crate::protocol::QoS,
-    pub retain_available: bool,
-    pub wildcard_subscriptions: bool,
-    pub subscription_identifiers: bool,
-    pub shared_subscriptions: bool,
-    pub outbound_buffer_max_bytes: usize,
-    pub mesh_outbox_max_messages: usize,
-    pub recent_publishes_max: usize,
-    pub recent_publish_bytes_max: usize,
-    pub sys_interval: Option<Duration>,
-    pub routing: Routing,
-}
-
-impl Limits {
-    /// The limits of a broker started with no flags.
-    pub fn defaults() -> Limits {
-        Config::parse_from(["ringmq"]).limits().expect("the default flags are valid")
-    }
-}
-
 impl Config {
-    pub fn limits(&self) -> Result<Limits, ConfigError> {
+    pub fn limits(&self) -> Result<ShardLimits, ConfigError> {
         if !(16..=268_435_460).contains(&self.max_packet_size_bytes) {
             return Err(ConfigError::MaxPacketSize);
         }
@@ -246,32 +208,33 @@ impl Config {
         if !self.ring_depth.is_power_of_two() || !(8..=32_768).contains(&self.ring_depth) {
             return Err(ConfigError::RingDepth);
         }
-        Ok(Limits {
-            listen_backlog: self.listen_backlog.max(1),
-            steering: self.steer,
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Ok(ShardLimits {
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
-            max_packet_size_bytes: self.max_packet_size_bytes,
+            packet_bytes_max: self.max_packet_size_bytes,
             topic_levels_max: self.topic_levels_max.max(1),
             session: SessionLimits {
                 inflight_max: self.inflight_max,
-                queued_max: self.queued_messages_max.max(1),
+                queued_messages_max: self.queued_messages_max.max(1),
                 queue_full_policy: self.queue_full_policy,
             },
-            slow_subscriber_timeout: (self.slow_subscriber_timeout_s > 0).then(|| Duration::from_secs(self.slow_subscriber_timeout_s)),
             receive_maximum: self.receive_maximum,
             topic_alias_maximum: self.topic_alias_maximum,
-            max_qos: crate::protocol::QoS::from_bits(self.max_qos).map_err(|_| ConfigError::MaxQos)?,
-            retain_available: !self.no_retain,
-            wildcard_subscriptions: !self.no_wildcard_subscriptions,
-            subscription_identifiers: !self.no_subscription_identifiers,
-            shared_subscriptions: !self.no_shared_subscriptions,
-            max_keep_alive_s: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
-            outbound_buffer_max_bytes: self.outbound_buffer_max_bytes,
-            mesh_outbox_max_messages: self.mesh_outbox_max_messages,
+            keep_alive_s_max: (self.max_keepalive_s > 0).then_some(self.max_keepalive_s),
+            outbound_buffer_bytes_max: self.outbound_buffer_max_bytes,
+            mesh_outbox_messages_max: self.mesh_outbox_max_messages,
             recent_publishes_max: self.recent_publishes_max.max(1),
             recent_publish_bytes_max: self.recent_publish_bytes_max,
-            sys_interval: (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s)),
+            sys_interval: seconds(self.sys_interval_s),
+            slow_subscriber_timeout: seconds(self.slow_subscriber_timeout_s),
             routing: self.routing,
+            features: Features {
+                qos_max: QoS::from_bits(self.max_qos).map_err(|_| ConfigError::MaxQos)?,
+                retain: !self.no_retain,
+                wildcard_subscriptions: !self.no_wildcard_subscriptions,
+                subscription_identifiers: !self.no_subscription_identifiers,
+                shared_subscriptions: !self.no_shared_subscriptions,
+            },
         })
     }
 
@@ -282,6 +245,24 @@ impl Config {
             return Err(ConfigError::Cores(format!("{} shards; at most {SHARDS_MAX} (pass --cores)", cpus.len())));
         }
         Ok(cpus)
+    }
+}
+
+/// `--routing`: the shard's `Routing` by its flag name.
+fn parse_routing(name: &str) -> Result<Routing, String> {
+    match name {
+        "interest" => Ok(Routing::Interest),
+        "broadcast" => Ok(Routing::Broadcast),
+        other => Err(format!("{other:?}: expected interest or broadcast")),
+    }
+}
+
+/// `--queue-full-policy`: the session's `QueueFullPolicy` by its flag name.
+fn parse_queue_full_policy(name: &str) -> Result<QueueFullPolicy, String> {
+    match name {
+        "drop-new" => Ok(QueueFullPolicy::DropNew),
+        "drop-oldest" => Ok(QueueFullPolicy::DropOldest),
+        other => Err(format!("{other:?}: expected drop-new or drop-oldest")),
     }
 }
 
@@ -335,6 +316,11 @@ mod tests {
         assert!(parse_cores(Some("5"), &four).is_err());
         assert!(parse_cores(Some("3-1"), &four).is_err());
         assert!(parse_cores(Some("0,9"), &four).is_err());
+    }
+
+    #[test]
+    fn the_default_flags_give_the_shards_default_limits() {
+        assert_eq!(Config::parse_from(["ringmq"]).limits(), Ok(ShardLimits::defaults()));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringmq::auth::Authenticator;
-use ringmq::config::Limits;
 use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
 use ringmq::session::SessionLimits;
+use ringmq::shard::ShardLimits;
 use ringmq::shard::link::Link;
 use ringmq::shard::{Shard, ShardId};
 
@@ -85,12 +85,16 @@ fn publish_packet(qos: QoS, id: u16) -> Packet {
 /// Allocations for one publish delivered to `subscribers` clients, in steady state.
 fn allocations_per_publish(subscribers: usize, qos: QoS) -> u64 {
     let now = Instant::now();
-    let limits = Limits {
-        session: SessionLimits { inflight_max: 64, queued_max: 1000, queue_full_policy: ringmq::session::QueueFullPolicy::DropNew },
-        outbound_buffer_max_bytes: 1 << 30,
+    let limits = ShardLimits {
+        session: SessionLimits {
+            inflight_max: 64,
+            queued_messages_max: 1000,
+            queue_full_policy: ringmq::session::QueueFullPolicy::DropNew,
+        },
+        outbound_buffer_bytes_max: 1 << 30,
         sys_interval: None,
         topic_alias_maximum: 0,
-        ..Limits::defaults()
+        ..ShardLimits::defaults()
     };
     let mut shard = Shard::new(ShardId(0), 1, limits, Arc::new(Authenticator::anonymous()), now);
     let publisher = connect(&mut shard, "publisher", now);

@@ -277,7 +277,7 @@ async fn check_password_off_shard(shard: &Rc<RefCell<Shard>>, connect: &Connect)
 async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
     let (max_packet, connect_timeout) = {
         let shard = shard.borrow();
-        (shard.limits().max_packet_size_bytes, shard.limits().connect_timeout)
+        (shard.limits().packet_bytes_max, shard.limits().connect_timeout)
     };
     let mut buf = BytesMut::new();
     // Boxed: connecting happens once, and its state (a whole decoded packet, a timer)

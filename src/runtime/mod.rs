@@ -25,9 +25,9 @@ use listen::{PortLock, listen, reserve_address};
 use nudge::Nudger;
 
 use crate::auth::{Authenticator, PasswordFileError};
-use crate::config::{Config, ConfigError, Limits};
+use crate::config::{Config, ConfigError, Steering};
 use crate::net::accept_loop;
-use crate::shard::{MeshMessage, Shard, ShardId};
+use crate::shard::{MeshMessage, Shard, ShardId, ShardLimits};
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -107,6 +107,7 @@ fn memlock_limit_bytes() -> u64 {
 pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
     let limits = config.limits()?;
     let cpus = config.cpus(&allowed_cpus())?;
+    let (listen_backlog, steering) = (config.listen_backlog.max(1), config.steer);
     let auth = Arc::new(
         match &config.password_file {
             Some(path) => {
@@ -160,7 +161,22 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             .ring_depth(config.ring_depth)
             // Password hashing runs here: any CPU, so it never competes with a shard's own.
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-            .spawn(move || shard_main(ShardParams { index, shard_count, local_addr, limits, auth, mesh, stop, ready, nudger }))
+            .spawn(move || {
+                let (listen_backlog, steering) = (listen_backlog, steering);
+                shard_main(ShardParams {
+                    index,
+                    shard_count,
+                    local_addr,
+                    limits,
+                    listen_backlog,
+                    steering,
+                    auth,
+                    mesh,
+                    stop,
+                    ready,
+                    nudger,
+                })
+            })
             .map_err(|error| StartError::Executor(error.to_string()))?;
         handles.push(handle);
     }
@@ -190,7 +206,9 @@ struct ShardParams {
     index: usize,
     shard_count: usize,
     local_addr: SocketAddr,
-    limits: Limits,
+    limits: ShardLimits,
+    listen_backlog: i32,
+    steering: Steering,
     auth: Arc<Authenticator>,
     mesh: MeshBuilder<Batch, Full>,
     stop: Arc<AtomicBool>,
@@ -199,7 +217,7 @@ struct ShardParams {
 }
 
 async fn shard_main(params: ShardParams) {
-    let ShardParams { index, shard_count, local_addr, limits, auth, mesh, stop, ready, nudger } = params;
+    let ShardParams { index, shard_count, local_addr, limits, listen_backlog, steering, auth, mesh, stop, ready, nudger } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
     // A stop request ends a join that has not finished, rather than being ignored.
@@ -215,7 +233,7 @@ async fn shard_main(params: ShardParams) {
         return;
     };
     let id = ShardId(senders.peer_id());
-    let listener = match listen(local_addr, limits.listen_backlog, limits.steering, shard_count) {
+    let listener = match listen(local_addr, listen_backlog, steering, shard_count) {
         Ok(listener) => listener,
         Err(source) => {
             let _ = ready.send(Err(StartError::Bind { addr: local_addr, source }));

@@ -6,6 +6,8 @@
 //! `Send`, so a session can move to the shard its client reconnects on.
 
 mod message;
+#[cfg(test)]
+mod model_tests;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -63,7 +65,7 @@ pub struct SessionLimits {
     /// QoS 1/2 messages waiting behind the window or while offline. Online, reaching it
     /// pauses the publishers feeding the session (see `Offer::QueuedFull`); offline, the
     /// `queue_full_policy` decides what is dropped.
-    pub queued_max: usize,
+    pub queued_messages_max: usize,
     pub queue_full_policy: QueueFullPolicy,
 }
 
@@ -77,18 +79,18 @@ impl SessionLimits {
     /// memory stays bounded. The messages are already in memory (in the queues they came
     /// through); queued, each costs one entry and a reference.
     pub fn queued_hard_max(&self) -> usize {
-        self.queued_max.saturating_mul(4).saturating_add(65_536)
+        self.queued_messages_max.saturating_mul(4).saturating_add(65_536)
     }
 
     /// Below this the publishers a full queue paused may go on (half the bound, so a queue
     /// hovering at its bound does not pause and release them on every message).
     pub fn queued_resume_below(&self) -> usize {
-        self.queued_max / 2 + 1
+        self.queued_messages_max / 2 + 1
     }
 }
 
 /// Which QoS 1/2 message an offline session's full queue gives up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueFullPolicy {
     /// Keep what is queued; the new message is dropped.
     DropNew,
@@ -269,8 +271,9 @@ impl Session {
         outgoing
     }
 
-    /// Offers a message as `copy` says. Order is kept: nothing overtakes a message already
-    /// queued.
+    /// Offers a message as `copy` says. QoS 1/2 order is kept: no QoS 1/2 message
+    /// overtakes one already queued. An online QoS 0 message goes out at once, ahead of
+    /// queued QoS 1/2 ones (MQTT orders messages per topic and QoS, 5.0 4.6).
     pub fn offer(&mut self, message: Arc<Message>, copy: CopyFor, online: bool) -> Offer {
         if copy.qos == QoS::AtMostOnce {
             if online {
@@ -289,9 +292,9 @@ impl Session {
                 return Offer::Dropped;
             }
             self.queued.push_back(Queued { copy, message });
-            return if self.queued.len() >= self.limits.queued_max { Offer::QueuedFull } else { Offer::Queued };
+            return if self.queued.len() >= self.limits.queued_messages_max { Offer::QueuedFull } else { Offer::Queued };
         }
-        if self.queued.len() < self.limits.queued_max {
+        if self.queued.len() < self.limits.queued_messages_max {
             self.queued.push_back(Queued { copy, message });
             return Offer::Queued;
         }
@@ -308,7 +311,7 @@ impl Session {
 
     /// Whether the queue is at its bound (an online session's publishers should pause).
     pub fn is_queue_full(&self) -> bool {
-        self.queued.len() >= self.limits.queued_max
+        self.queued.len() >= self.limits.queued_messages_max
     }
 
     /// Whether a queue that was full has drained enough for its publishers to go on.
@@ -320,7 +323,7 @@ impl Session {
     /// online queue may run past its bound while publishers are being paused): trim it to
     /// the bound by the queue-full policy. Returns how many messages were dropped.
     pub fn trim_to_offline_bound(&mut self) -> usize {
-        let excess = self.queued.len().saturating_sub(self.limits.queued_max);
+        let excess = self.queued.len().saturating_sub(self.limits.queued_messages_max);
         for _ in 0..excess {
             match self.limits.queue_full_policy {
                 QueueFullPolicy::DropNew => self.queued.pop_back(),
@@ -452,8 +455,8 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn limits(inflight_max: u16, queued_max: usize) -> SessionLimits {
-        SessionLimits { inflight_max, queued_max, queue_full_policy: QueueFullPolicy::DropNew }
+    fn limits(inflight_max: u16, queued_messages_max: usize) -> SessionLimits {
+        SessionLimits { inflight_max, queued_messages_max, queue_full_policy: QueueFullPolicy::DropNew }
     }
 
     fn message(payload: &'static str) -> Arc<Message> {

@@ -59,10 +59,10 @@ impl Shard {
             return Err(ConnectRefusal::ClientIdentifierNotValid);
         }
         if let Some(will) = &connect.will {
-            if will.qos > self.limits.max_qos {
+            if will.qos > self.limits.features.qos_max {
                 return Err(ConnectRefusal::QosNotSupported);
             }
-            if will.retain && !self.limits.retain_available {
+            if will.retain && !self.limits.features.retain {
                 return Err(ConnectRefusal::RetainNotSupported);
             }
             // MQTT-4.7.3-1 (not empty), 3.1.2.3 (a valid topic name), and what a PUBLISH
@@ -246,7 +246,7 @@ impl Shard {
         let mut keep_alive_s = connect.keep_alive_s;
         let mut server_keep_alive = None;
         if version.is_v5()
-            && let Some(max) = self.limits.max_keep_alive_s
+            && let Some(max) = self.limits.keep_alive_s_max
             && (keep_alive_s == 0 || keep_alive_s > max)
         {
             keep_alive_s = max;
@@ -303,14 +303,14 @@ impl Shard {
                     properties.assigned_client_identifier = Some(client_id.clone());
                 }
                 properties.receive_maximum = (self.limits.receive_maximum != u16::MAX).then_some(self.limits.receive_maximum);
-                properties.maximum_packet_size = Some(self.limits.max_packet_size_bytes);
+                properties.maximum_packet_size = Some(self.limits.packet_bytes_max);
                 properties.server_keep_alive = server_keep_alive;
                 properties.topic_alias_maximum = (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
-                properties.maximum_qos = (self.limits.max_qos < QoS::ExactlyOnce).then_some(self.limits.max_qos as u8);
-                properties.retain_available = (!self.limits.retain_available).then_some(0);
-                properties.wildcard_subscription_available = (!self.limits.wildcard_subscriptions).then_some(0);
-                properties.subscription_identifier_available = (!self.limits.subscription_identifiers).then_some(0);
-                properties.shared_subscription_available = (!self.limits.shared_subscriptions).then_some(0);
+                properties.maximum_qos = (self.limits.features.qos_max < QoS::ExactlyOnce).then_some(self.limits.features.qos_max as u8);
+                properties.retain_available = (!self.limits.features.retain).then_some(0);
+                properties.wildcard_subscription_available = (!self.limits.features.wildcard_subscriptions).then_some(0);
+                properties.subscription_identifier_available = (!self.limits.features.subscription_identifiers).then_some(0);
+                properties.shared_subscription_available = (!self.limits.features.shared_subscriptions).then_some(0);
                 if let Some(authenticated) = authenticated {
                     properties.authentication_method = Some(authenticated.method);
                     properties.authentication_data = authenticated.data;

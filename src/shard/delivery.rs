@@ -262,7 +262,7 @@ impl Shard {
             self.counters.deliveries_denied += 1;
             return;
         }
-        let outbound_limit = self.limits.outbound_buffer_max_bytes;
+        let outbound_limit = self.limits.outbound_buffer_bytes_max;
         let client = self.clients.get_mut(key);
         if let (Some(skip), Some((source, sequence))) = (&client.skip_until, origin)
             && sequence <= skip[source.0]

@@ -182,7 +182,7 @@ impl Shard {
 
     /// Sends what the client's output and queue have room for from its retained backlog.
     pub(super) fn drain_retained(&mut self, key: ClientKey, now: Instant) {
-        let outbound_limit = self.limits.outbound_buffer_max_bytes;
+        let outbound_limit = self.limits.outbound_buffer_bytes_max;
         loop {
             let client = self.client(key);
             let Some(link) = client.link.clone() else { return };

@@ -25,6 +25,7 @@ mod counters;
 mod delivery;
 mod flow;
 mod interest;
+mod limits;
 pub mod link;
 pub mod mesh;
 mod outbox;
@@ -61,7 +62,6 @@ pub use takeover::home_shard;
 use takeover::*;
 
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
-use crate::config::{Limits, Routing};
 use crate::protocol::{
     Ack, Auth, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishHeader, QoS,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, publish_wire_len, write_publish,
@@ -70,6 +70,7 @@ use crate::session::{AckOutcome, CopyFor, Message, Offer, Outgoing, Session, Sha
 use crate::topics::{
     RetainedTree, SubscriptionTree, TopicError, filter_matches, is_broker_topic, level_count, validate_topic_filter, validate_topic_name,
 };
+pub use limits::{Features, Routing, ShardLimits};
 
 /// Index of a client slot within one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,7 +79,7 @@ pub struct ClientKey(u32);
 pub struct Shard {
     id: ShardId,
     shard_count: usize,
-    limits: Limits,
+    limits: ShardLimits,
     auth: Arc<Authenticator>,
     clients: Clients,
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
@@ -105,10 +106,10 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: ShardId, shard_count: usize, limits: Limits, auth: Arc<Authenticator>, now: Instant) -> Shard {
+    pub fn new(id: ShardId, shard_count: usize, limits: ShardLimits, auth: Arc<Authenticator>, now: Instant) -> Shard {
         assert!(id.0 < shard_count && shard_count <= crate::config::SHARDS_MAX);
         let next_sys_publish = limits.sys_interval.map(|interval| now + interval);
-        let outboxes = Outboxes::new(shard_count, limits.mesh_outbox_max_messages);
+        let outboxes = Outboxes::new(shard_count, limits.mesh_outbox_messages_max);
         let recent = RecentPublishes::new(shard_count, limits.recent_publishes_max, limits.recent_publish_bytes_max);
         Shard {
             id,
@@ -143,7 +144,7 @@ impl Shard {
         self.id
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &ShardLimits {
         &self.limits
     }
 

@@ -106,10 +106,10 @@ impl Shard {
             }
         }
         validate_topic_name(&publish.topic).map_err(CloseReason::TopicName)?;
-        if publish.qos > self.limits.max_qos {
+        if publish.qos > self.limits.features.qos_max {
             return Err(CloseReason::QosNotSupported);
         }
-        if publish.retain && !self.limits.retain_available {
+        if publish.retain && !self.limits.features.retain {
             return Err(CloseReason::RetainNotSupported);
         }
         if !publish.properties.subscription_identifiers.is_empty() {
@@ -191,7 +191,7 @@ impl Shard {
     pub(super) fn handle_subscribe(&mut self, key: ClientKey, link: &Link, subscribe: Subscribe, now: Instant) -> Result<(), CloseReason> {
         let version = self.client(key).version;
         let identifier = subscribe.properties.subscription_identifiers.first().copied();
-        if identifier.is_some() && !self.limits.subscription_identifiers {
+        if identifier.is_some() && !self.limits.features.subscription_identifiers {
             return Err(CloseReason::SubscriptionIdentifiersNotSupported);
         }
         let request = self.barriers.new_request();
@@ -212,7 +212,7 @@ impl Shard {
                     continue;
                 }
             };
-            if shared.is_some() && !self.limits.shared_subscriptions {
+            if shared.is_some() && !self.limits.features.shared_subscriptions {
                 codes.push(if version.is_v5() { ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
@@ -221,7 +221,7 @@ impl Shard {
                 return Err(CloseReason::NoLocalOnSharedSubscription);
             }
             let matched_filter = shared.as_ref().map_or(&filter[..], |(_, inner)| &inner[..]);
-            if !self.limits.wildcard_subscriptions && matched_filter.iter().any(|&b| b == b'+' || b == b'#') {
+            if !self.limits.features.wildcard_subscriptions && matched_filter.iter().any(|&b| b == b'+' || b == b'#') {
                 codes.push(if version.is_v5() { ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
@@ -230,7 +230,7 @@ impl Shard {
                 continue;
             }
             // Granted QoS never exceeds the server's maximum.
-            let options = SubscriptionOptions { qos: options.qos.min(self.limits.max_qos), ..options };
+            let options = SubscriptionOptions { qos: options.qos.min(self.limits.features.qos_max), ..options };
             let subscription = Subscription { options, identifier };
             if let Some((group, inner)) = shared {
                 // Retained messages are not sent to a shared subscription (5.0 4.8.2).

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::ShardLimits;
 use super::link::{Link, LinkState};
 use super::{MeshMessage, Shard, ShardId};
 use crate::auth::Authenticator;
-use crate::config::Limits;
 use crate::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
 use crate::session::SessionLimits;
 
@@ -38,14 +38,18 @@ struct Sim {
     now: Instant,
 }
 
-fn limits() -> Limits {
-    Limits {
-        session: SessionLimits { inflight_max: 8, queued_max: 100_000, queue_full_policy: crate::session::QueueFullPolicy::DropNew },
-        outbound_buffer_max_bytes: usize::MAX,
-        mesh_outbox_max_messages: 1 << 20,
+fn limits() -> ShardLimits {
+    ShardLimits {
+        session: SessionLimits {
+            inflight_max: 8,
+            queued_messages_max: 100_000,
+            queue_full_policy: crate::session::QueueFullPolicy::DropNew,
+        },
+        outbound_buffer_bytes_max: usize::MAX,
+        mesh_outbox_messages_max: 1 << 20,
         sys_interval: None,
         topic_alias_maximum: 0,
-        ..Limits::defaults()
+        ..ShardLimits::defaults()
     }
 }
 
@@ -54,7 +58,7 @@ impl Sim {
         Self::with_limits(shard_count, seed, limits())
     }
 
-    fn with_limits(shard_count: usize, seed: u64, limits: Limits) -> Sim {
+    fn with_limits(shard_count: usize, seed: u64, limits: ShardLimits) -> Sim {
         let now = Instant::now();
         let auth = Arc::new(Authenticator::anonymous());
         let shards = (0..shard_count).map(|id| Shard::new(ShardId(id), shard_count, limits.clone(), auth.clone(), now)).collect();
@@ -385,7 +389,7 @@ fn racing_connects_leave_exactly_one_open_link() {
 fn publisher_is_throttled_while_a_peer_outbox_is_full() {
     let now = Instant::now();
     let mut limits = limits();
-    limits.mesh_outbox_max_messages = 3;
+    limits.mesh_outbox_messages_max = 3;
     let auth = Arc::new(Authenticator::anonymous());
     let mut shard = Shard::new(ShardId(0), 2, limits, auth, now);
     shard.handle_batch(ShardId(1), vec![MeshMessage::InterestJoin { filter: Bytes::from_static(b"x"), request: None, since: None }], now);
@@ -494,7 +498,7 @@ fn publishes_travel_only_to_shards_with_a_matching_subscriber() {
 
 #[test]
 fn broadcast_routing_sends_every_publish_everywhere() {
-    let mut sim = Sim::with_limits(3, 1, Limits { routing: crate::config::Routing::Broadcast, ..limits() });
+    let mut sim = Sim::with_limits(3, 1, ShardLimits { routing: crate::shard::Routing::Broadcast, ..limits() });
     let publisher = sim.connect(0, "publisher", true);
     sim.settle();
     sim.packet(0, &publisher, publish_packet("nobody/listens", false));

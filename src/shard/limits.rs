@@ -1,0 +1,88 @@
+//! What a shard enforces and what it offers, pure (no clap, no argv): `ShardLimits` are
+//! the bounds, each named with its unit and its qualifier last; `Features` is what the
+//! server supports and announces to 5.0 clients in CONNACK. `config` builds both from
+//! the flags; `ShardLimits::defaults()` is a broker started with none (a config test
+//! keeps the two in step).
+
+use std::time::Duration;
+
+use crate::protocol::QoS;
+use crate::session::{QueueFullPolicy, SessionLimits};
+
+/// Which shards a publish is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Those with a matching subscriber, from the replicated interest summary.
+    Interest,
+    /// Every shard.
+    Broadcast,
+}
+
+/// What the server supports; announced in CONNACK (5.0) where it differs from the
+/// protocol's defaults, and enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    pub qos_max: QoS,
+    pub retain: bool,
+    pub wildcard_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    pub shared_subscriptions: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLimits {
+    /// A socket that sends no complete CONNECT within this is closed.
+    pub connect_timeout: Duration,
+    /// Largest packet accepted from a client (announced as Maximum Packet Size).
+    pub packet_bytes_max: u32,
+    pub topic_levels_max: usize,
+    pub session: SessionLimits,
+    /// Inbound QoS 2 messages awaiting PUBREL per client (announced as Receive Maximum).
+    pub receive_maximum: u16,
+    /// Client-to-broker topic aliases per 5.0 connection (announced).
+    pub topic_alias_maximum: u16,
+    /// Cap on a 5.0 client's keep alive (announced as Server Keep Alive).
+    pub keep_alive_s_max: Option<u16>,
+    /// Unsent bytes per connection before QoS 0 to it is shed.
+    pub outbound_buffer_bytes_max: usize,
+    /// Messages waiting for one peer shard before this shard's publishers are held.
+    pub mesh_outbox_messages_max: usize,
+    /// The replay log for sessions moving between shards.
+    pub recent_publishes_max: usize,
+    pub recent_publish_bytes_max: usize,
+    /// How often the counters go to `$SYS`; `None`: never.
+    pub sys_interval: Option<Duration>,
+    /// A subscriber whose queue stays full this long is disconnected; `None`: never.
+    pub slow_subscriber_timeout: Option<Duration>,
+    pub routing: Routing,
+    pub features: Features,
+}
+
+impl ShardLimits {
+    /// The limits of a broker started with no flags.
+    pub fn defaults() -> ShardLimits {
+        ShardLimits {
+            connect_timeout: Duration::from_secs(10),
+            packet_bytes_max: 1024 * 1024,
+            topic_levels_max: 200,
+            session: SessionLimits { inflight_max: 32, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            keep_alive_s_max: None,
+            outbound_buffer_bytes_max: 1024 * 1024,
+            mesh_outbox_messages_max: 8192,
+            recent_publishes_max: 4096,
+            recent_publish_bytes_max: 8 * 1024 * 1024,
+            sys_interval: Some(Duration::from_secs(10)),
+            slow_subscriber_timeout: Some(Duration::from_secs(30)),
+            routing: Routing::Interest,
+            features: Features {
+                qos_max: QoS::ExactlyOnce,
+                retain: true,
+                wildcard_subscriptions: true,
+                subscription_identifiers: true,
+                shared_subscriptions: true,
+            },
+        }
+    }
+}
