@@ -3,7 +3,6 @@
 //! This and `net` are the only modules that know glommio.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -12,22 +11,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::timer::sleep;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
 mod latch;
 mod listen;
+mod mesh;
 mod nudge;
 
 use latch::Latch;
 use listen::{PortLock, listen, reserve_address};
+use mesh::Mesh;
 use nudge::Nudger;
 
 use crate::auth::{Authenticator, PasswordFileError};
 use crate::config::{Config, ConfigError, Steering};
 use crate::net::accept_loop;
-use crate::shard::{MeshMessage, Shard, ShardId, ShardLimits};
+use crate::shard::{Shard, ShardLimits};
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -35,8 +35,6 @@ const TICK: Duration = Duration::from_millis(100);
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 /// glommio refuses to start an executor below this locked-memory limit.
 const GLOMMIO_MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
-
-type Batch = Vec<MeshMessage>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -137,7 +135,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
 
     let (port_lock, local_addr) = reserve_address(config.listen)?;
     let shard_count = cpus.len();
-    let mesh: MeshBuilder<Batch, Full> = MeshBuilder::full(shard_count, config.mesh_channel_batches);
+    let mesh = mesh::new_mesh(shard_count, config.mesh_channel_batches);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let nudger = Nudger::new(shard_count);
     let nudging = {
@@ -210,7 +208,7 @@ struct ShardParams {
     listen_backlog: i32,
     steering: Steering,
     auth: Arc<Authenticator>,
-    mesh: MeshBuilder<Batch, Full>,
+    mesh: Mesh,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), StartError>>,
     nudger: Arc<Nudger>,
@@ -221,18 +219,18 @@ async fn shard_main(params: ShardParams) {
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
     // A stop request ends a join that has not finished, rather than being ignored.
-    let joined = futures_lite::future::or(async { Some(mesh.join().await) }, async {
+    let joined = futures_lite::future::or(mesh::join(mesh), async {
         while !stop.load(Ordering::Relaxed) {
             sleep(TICK).await;
         }
         None
     })
     .await;
-    let Some(Ok((senders, mut receivers))) = joined else {
+    let Some(joined) = joined else {
         let _ = ready.send(Err(StartError::Executor("joining the shard mesh failed or was stopped".into())));
         return;
     };
-    let id = ShardId(senders.peer_id());
+    let id = joined.shard_id();
     let listener = match listen(local_addr, listen_backlog, steering, shard_count) {
         Ok(listener) => listener,
         Err(source) => {
@@ -242,29 +240,7 @@ async fn shard_main(params: ShardParams) {
     };
     let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, limits, auth, Instant::now())));
 
-    for (peer, receiver) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(batch) = receiver.recv().await {
-                shard.borrow_mut().handle_batch(ShardId(peer), batch, Instant::now());
-            }
-        })
-        .detach();
-    }
-    let senders = Rc::new(senders);
-    for peer in (0..shard_count).filter(|&peer| peer != id.0) {
-        let shard = shard.clone();
-        let senders = senders.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let batch = poll_fn(|cx| shard.borrow_mut().poll_outbox(ShardId(peer), cx)).await;
-                if senders.send_to(peer, batch).await.is_err() {
-                    break;
-                }
-            }
-        })
-        .detach();
-    }
+    joined.serve(&shard, shard_count);
     let stopping = Rc::new(Latch::default());
     let stop_accepting = {
         let stopping = stopping.clone();

@@ -87,6 +87,7 @@ impl Shard {
     pub(super) fn send_late_matches(&mut self, to: ShardId, filter: &Bytes, since: Instant, now: Instant) {
         let bit = 1u128 << to.0;
         let late: Vec<Arc<Message>> = self
+            .streams
             .recent
             .own_since(self.id, since)
             .filter(|entry| entry.sent_to & bit == 0 && filter_matches(filter, &entry.message.topic))
@@ -109,13 +110,13 @@ impl Shard {
     /// Tells `to` that its request is applied here (no answer for request 0).
     pub(super) fn answer(&mut self, to: ShardId, request: Option<RequestId>, now: Instant) {
         if let Some(request) = request {
-            self.send(to, MeshMessage::Applied { request, position: self.publish_sequence }, now);
+            self.send(to, MeshMessage::Applied { request, position: self.streams.sequence }, now);
         }
     }
 
     pub(super) fn applied(&mut self, request: RequestId, from: ShardId, position: u64, now: Instant) {
         if let Some(positions) = self.barriers.answered(request, from, position)
-            && self.moving.contains_key(&request)
+            && self.registry.moving.contains_key(&request)
         {
             self.finish_move(request, positions, now);
         }

@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// CONNECTs between their arrival and their CONNACK: waiting for the home shard's answer
+/// about the client id, or in an enhanced-authentication exchange.
+#[derive(Default)]
+pub(super) struct Connecting {
+    pub(super) pending: HashMap<ConnId, PendingConnect>,
+    pub(super) authenticating: HashMap<ConnId, Authenticating>,
+}
+
 /// How far a CONNECT got: the IO layer waits for the CONNACK, feeds AUTH packets to
 /// `continue_authentication`, or gives up on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +145,7 @@ impl Shard {
 
     /// The client's AUTH during an exchange that began with its CONNECT.
     pub fn continue_authentication(&mut self, link: &Rc<Link>, packet: Packet, now: Instant) -> Result<ConnectProgress, CloseReason> {
-        let Some(authenticating) = self.authenticating.remove(&link.conn_id) else { return Ok(ConnectProgress::Refused) };
+        let Some(authenticating) = self.connecting.authenticating.remove(&link.conn_id) else { return Ok(ConnectProgress::Refused) };
         match packet {
             Packet::Auth(auth)
                 if auth.reason == ReasonCode::CONTINUE_AUTHENTICATION
@@ -170,7 +178,7 @@ impl Shard {
                     ..Properties::default()
                 };
                 write_packet(link, version, &Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties }));
-                self.authenticating.insert(link.conn_id, authenticating);
+                self.connecting.authenticating.insert(link.conn_id, authenticating);
                 ConnectProgress::Authenticating
             }
             AuthStep::Success(data) => {
@@ -203,7 +211,7 @@ impl Shard {
         };
         let clean_start = connect.clean_start;
         let conn = link.conn_id;
-        self.pending_connects.insert(
+        self.connecting.pending.insert(
             conn,
             PendingConnect {
                 link: link.clone(),
@@ -230,7 +238,7 @@ impl Shard {
         receive_all_held: bool,
         now: Instant,
     ) {
-        let Some(pending) = self.pending_connects.remove(&conn) else {
+        let Some(pending) = self.connecting.pending.remove(&conn) else {
             debug_assert!(false, "every claim is answered exactly once");
             return;
         };
@@ -324,13 +332,13 @@ impl Shard {
             link.close();
         } else {
             link.open(key);
-            let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
+            let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
             let client = self.client(key);
             client.session.resume(now, &mut outgoing);
             for packet in outgoing.drain(..) {
                 write_outgoing(&link, version, &packet, now, &mut client.aliases_out);
             }
-            self.outgoing_scratch = outgoing;
+            self.scratch.outgoing = outgoing;
         }
         if let Some(cut) = cut {
             self.catch_up(key, cut, now);

@@ -83,11 +83,11 @@ impl Shard {
     /// deliver it (every peer for a retained message or with `--routing broadcast`).
     /// Returns false when nobody anywhere subscribes to it.
     pub(super) fn route(&mut self, message: Arc<Message>, now: Instant) -> bool {
-        self.publish_sequence += 1;
-        let sequence = self.publish_sequence;
-        self.seen[self.id.0] = sequence;
+        self.streams.sequence += 1;
+        let sequence = self.streams.sequence;
+        self.streams.seen[self.id.0] = sequence;
         let shared = self.shared.choose(&message.topic);
-        let mut targets = std::mem::take(&mut self.route_targets);
+        let mut targets = std::mem::take(&mut self.scratch.route_targets);
         targets.fill(false);
         let mut subscribed = self.interest.mark_targets(&message.topic, &mut targets);
         for target in &shared {
@@ -104,7 +104,7 @@ impl Shard {
             self.send(ShardId(peer), MeshMessage::Publish { sequence, message: message.clone(), shared: shared.clone() }, now);
             sent_to |= 1 << peer;
         }
-        self.route_targets = targets;
+        self.scratch.route_targets = targets;
         subscribed | self.apply_publish(self.id, sequence, &message, &shared, sent_to, now)
     }
 
@@ -129,9 +129,9 @@ impl Shard {
             }
         }
         if self.shard_count > 1 {
-            self.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });
+            self.streams.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });
         }
-        let mut matches = std::mem::take(&mut self.match_scratch);
+        let mut matches = std::mem::take(&mut self.scratch.matches);
         self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, *options)));
         matches.sort_unstable_by_key(|entry| entry.0);
         let matched = !matches.is_empty();
@@ -146,7 +146,7 @@ impl Shard {
             }
         }
         matches.clear();
-        self.match_scratch = matches;
+        self.scratch.matches = matches;
         let here = self.id;
         for target in shared.iter().filter(|target| target.shard == here) {
             self.deliver_shared(target, message, Some((source, sequence)), true, now);

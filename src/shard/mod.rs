@@ -76,33 +76,62 @@ pub use limits::{Features, Routing, ShardLimits};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientKey(u32);
 
+/// One core's broker. Each field is one concept, owned here and reached by other shards
+/// only through `MeshMessage`s.
 pub struct Shard {
     id: ShardId,
     shard_count: usize,
     limits: ShardLimits,
+    /// Password file, anonymous rule, deny patterns, enhanced-auth methods (shared, read-only).
     auth: Arc<Authenticator>,
+    /// Sessions that live here, live or offline (`clients.rs`).
     clients: Clients,
+    /// Filter -> local subscribers, matched for every publish this shard applies.
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
+    /// This shard's replica of the retained store (every shard applies every retained publish).
     retained: RetainedTree<Arc<Message>>,
+    /// Shared-subscription groups and their members on every shard (`shared.rs`).
     shared: SharedGroups,
+    /// Which peers want which filters, and which filters this shard announced (`interest.rs`).
     interest: Interest,
+    /// Requests to the peers and what waits for their answers (`barrier.rs`, `announce.rs`).
     barriers: Barriers<HeldAnswer>,
-    moving: HashMap<RequestId, MovingSession>,
-    /// Per publish: which peers it goes to (reused).
-    route_targets: Vec<bool>,
-    registry: HashMap<Bytes, ConnId>,
-    pending_connects: HashMap<ConnId, PendingConnect>,
-    authenticating: HashMap<ConnId, Authenticating>,
+    /// Client ids this shard is home for, and sessions leaving it (`takeover.rs`).
+    registry: Registry,
+    /// CONNECTs between arrival and CONNACK (`connect.rs`).
+    connecting: Connecting,
+    /// What waits for each peer shard (`outbox.rs`).
     outboxes: Outboxes,
-    publish_sequence: u64,
-    seen: Vec<u64>,
-    recent: RecentPublishes,
+    /// Where this shard stands in every shard's publish stream (`delivery.rs`, `takeover.rs`).
+    streams: Streams,
+    /// Buffers reused across publishes so the fan-out path does not allocate.
+    scratch: Scratch,
+    /// Numbers the connections this shard accepts (`ConnId`).
     next_conn_sequence: u64,
-    match_scratch: Vec<(ClientKey, Subscription)>,
-    outgoing_scratch: Vec<Outgoing>,
     next_sys_publish: Option<Instant>,
+    /// False once shutting down: new CONNECTs get "server unavailable".
     accepting: bool,
     pub counters: Counters,
+}
+
+/// Where this shard stands in the publish streams: its own sequence number for the next
+/// publish it routes, the last sequence number applied from each shard, and the recent
+/// publishes kept for sessions that move here (`catch_up`).
+pub(super) struct Streams {
+    pub(super) sequence: u64,
+    pub(super) seen: Vec<u64>,
+    pub(super) recent: RecentPublishes,
+}
+
+/// Buffers reused publish after publish.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// Which peers a publish goes to.
+    pub(super) route_targets: Vec<bool>,
+    /// The local subscriptions a publish matched.
+    pub(super) matches: Vec<(ClientKey, Subscription)>,
+    /// What a session wants written.
+    pub(super) outgoing: Vec<Outgoing>,
 }
 
 impl Shard {
@@ -122,18 +151,12 @@ impl Shard {
             shared: SharedGroups::default(),
             interest: Interest::new(shard_count),
             barriers: Barriers::new(shard_count),
-            moving: HashMap::new(),
-            route_targets: vec![false; shard_count],
-            registry: HashMap::new(),
-            pending_connects: HashMap::new(),
-            authenticating: HashMap::new(),
+            registry: Registry::default(),
+            connecting: Connecting::default(),
             outboxes,
-            publish_sequence: 0,
-            seen: vec![0; shard_count],
-            recent,
+            streams: Streams { sequence: 0, seen: vec![0; shard_count], recent },
+            scratch: Scratch { route_targets: vec![false; shard_count], ..Scratch::default() },
             next_conn_sequence: 0,
-            match_scratch: Vec::new(),
-            outgoing_scratch: Vec::new(),
             next_sys_publish,
             accepting: true,
             counters: Counters::default(),
@@ -192,8 +215,8 @@ impl Shard {
     fn handle_message(&mut self, from: ShardId, message: MeshMessage, now: Instant) {
         match message {
             MeshMessage::Publish { sequence, message, shared } => {
-                debug_assert!(sequence > self.seen[from.0], "per-pair FIFO keeps sequences rising");
-                self.seen[from.0] = sequence;
+                debug_assert!(sequence > self.streams.seen[from.0], "per-pair FIFO keeps sequences rising");
+                self.streams.seen[from.0] = sequence;
                 self.apply_publish(from, sequence, &message, &shared, 0, now);
             }
             MeshMessage::ShareJoin { group, filter, client_id, granted, request } => {
@@ -234,8 +257,8 @@ impl Shard {
             MeshMessage::PausePublisher { client_id } => self.on_pause_publisher(&client_id),
             MeshMessage::ResumePublisher { client_id } => self.on_resume_publisher(&client_id),
             MeshMessage::Released { client_id, conn } => {
-                if self.registry.get(&client_id) == Some(&conn) {
-                    self.registry.remove(&client_id);
+                if self.registry.owners.get(&client_id) == Some(&conn) {
+                    self.registry.owners.remove(&client_id);
                 }
             }
         }

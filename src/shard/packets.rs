@@ -74,7 +74,7 @@ impl Shard {
     }
 
     pub(super) fn fill_window(&mut self, key: ClientKey, link: &Link, now: Instant) {
-        let mut outgoing = std::mem::take(&mut self.outgoing_scratch);
+        let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
         let delivered = {
             let client = self.clients.get_mut(key);
             client.session.fill_window(now, &mut outgoing);
@@ -86,7 +86,7 @@ impl Shard {
         for packet in outgoing.drain(..) {
             write_outgoing(link, version, &packet, now, &mut client.aliases_out);
         }
-        self.outgoing_scratch = outgoing;
+        self.scratch.outgoing = outgoing;
         self.release_publishers_if_drained(key, now);
         self.drain_retained(key, now);
     }

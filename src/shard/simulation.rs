@@ -338,7 +338,7 @@ fn run_takeover_scenario(seed: u64) {
                     client.session.inflight_len(),
                     client.session.queued_len(),
                     client.skip_until,
-                    shard.seen,
+                    shard.streams.seen,
                     client.link.as_ref().map(|l| l.state())
                 );
             }
@@ -380,7 +380,7 @@ fn racing_connects_leave_exactly_one_open_link() {
         assert_eq!(open, 1, "seed {seed}: exactly one connection owns the client id");
         let clients: usize = sim.shards.iter().map(|s| s.clients.len()).sum();
         assert_eq!(clients, 1, "seed {seed}: one session for the racer and none left over");
-        let registered: usize = sim.shards.iter().map(|s| s.registry.len()).sum();
+        let registered: usize = sim.shards.iter().map(|s| s.registry.owners.len()).sum();
         assert_eq!(registered, 1, "seed {seed}: one registry entry");
     }
 }

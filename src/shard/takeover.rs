@@ -8,6 +8,14 @@
 
 use super::*;
 
+/// The client ids this shard is home for (which connection owns each), and the sessions
+/// leaving this shard, kept until every peer holds their new shard on receive-all.
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) owners: HashMap<Bytes, ConnId>,
+    pub(super) moving: HashMap<RequestId, MovingSession>,
+}
+
 /// A session leaving this shard, kept (and fed) here until every other shard has applied
 /// the receive-all hold for its new shard.
 pub(super) struct MovingSession {
@@ -26,7 +34,7 @@ impl Shard {
     /// Home shard: `conn` claims `client_id`. Claims are answered in arrival order, so two
     /// racing CONNECTs end with the later one owning the id and the earlier one evicted.
     pub(super) fn on_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, now: Instant) {
-        match self.registry.insert(client_id.clone(), conn) {
+        match self.registry.owners.insert(client_id.clone(), conn) {
             None => self.send(conn.shard(), MeshMessage::Granted { conn }, now),
             Some(previous) => self.send(previous.shard(), MeshMessage::Evict { client_id, previous, next: conn, clean_start }, now),
         }
@@ -44,14 +52,14 @@ impl Shard {
         // Interleaving: home granted `previous` via an eviction elsewhere, then got `next`'s
         // claim; the Handoff for `previous` (from the third shard) can arrive here after this
         // Evict (from home). Finish `previous` first, then evict it.
-        if let Some(pending) = self.pending_connects.get_mut(&previous) {
+        if let Some(pending) = self.connecting.pending.get_mut(&previous) {
             pending.deferred_eviction = Some((next, clean_start));
             return;
         }
         let key = match self.clients.key_of(&client_id) {
             Some(key) if self.client(key).conn_id == previous => key,
             _ => {
-                let cut = self.seen.clone().into_boxed_slice();
+                let cut = self.streams.seen.clone().into_boxed_slice();
                 self.send(next.shard(), MeshMessage::Handoff { conn: next, session: None, cut, receive_all_held: false }, now);
                 return;
             }
@@ -92,17 +100,17 @@ impl Shard {
         self.broadcast(|| MeshMessage::ReceiveAll { shard: destination, request }, now);
         self.expect_answers_from_all_peers(Some(request));
         // `next` is on another shard, so at least that shard answers: `applied` finishes.
-        self.moving.insert(request, MovingSession { client_id, previous, next });
+        self.registry.moving.insert(request, MovingSession { client_id, previous, next });
     }
 
     /// Every other shard holds `next`'s shard on receive-all: let the session go.
     pub(super) fn finish_move(&mut self, request: RequestId, positions: Vec<u64>, now: Instant) {
-        let Some(moving) = self.moving.remove(&request) else { return };
+        let Some(moving) = self.registry.moving.remove(&request) else { return };
         match self.clients.key_of(&moving.client_id) {
             Some(key) if self.client(key).conn_id == moving.previous => self.hand_over(key, moving.next, true, Some(&positions), now),
             _ => {
                 debug_assert!(false, "a moving session stays until it is handed over");
-                let cut = self.seen.clone().into_boxed_slice();
+                let cut = self.streams.seen.clone().into_boxed_slice();
                 let handoff = MeshMessage::Handoff { conn: moving.next, session: None, cut, receive_all_held: true };
                 self.send(moving.next.shard(), handoff, now);
             }
@@ -116,7 +124,7 @@ impl Shard {
     /// log over there may hold older ones that match the session's filters.
     pub(super) fn hand_over(&mut self, key: ClientKey, next: ConnId, continued: bool, held_at: Option<&[u64]>, now: Instant) {
         let client = self.remove_client(key, now);
-        let mut cut: StreamCut = self.seen.clone().into_boxed_slice();
+        let mut cut: StreamCut = self.streams.seen.clone().into_boxed_slice();
         if let Some(positions) = held_at {
             // A peer's publishes up to its position that matched this session were sent
             // here (this shard announced its filters) and arrived before its answer.
@@ -146,7 +154,7 @@ impl Shard {
     /// Delivers to a handed-over session the publishes this shard applied after the old
     /// owner's cut, and skips the ones at or before it that are still on their way here.
     pub(super) fn catch_up(&mut self, key: ClientKey, cut: StreamCut, now: Instant) {
-        let (entries, gap) = self.recent.since(&cut);
+        let (entries, gap) = self.streams.recent.since(&cut);
         let mut missed: Vec<(Arc<Message>, QoS, bool, Vec<u32>)> = Vec::new();
         let client = self.clients.get(key);
         for entry in entries {
@@ -168,7 +176,7 @@ impl Shard {
         for (message, qos, retain, subscription_ids) in missed {
             self.deliver_to(key, &message, CopyFor { qos, retain, subscription_ids, shared: None }, None, now);
         }
-        if cut.iter().zip(&self.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
+        if cut.iter().zip(&self.streams.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
         }
     }

@@ -94,7 +94,7 @@ impl Shard {
                 close_with_reason(link, client.version, ReasonCode::SERVER_SHUTTING_DOWN);
             }
         }
-        for pending in self.pending_connects.values() {
+        for pending in self.connecting.pending.values() {
             pending.link.close();
         }
     }
