@@ -15,15 +15,12 @@ fn deep_topic(levels: usize) -> String {
 }
 
 fn publish_packet(topic: &str, qos: QoS, retain: bool, properties: Properties) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: Bytes::copy_from_slice(topic.as_bytes()),
-        packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(7).expect("non-zero")),
-        properties,
-        payload: Bytes::from_static(b"payload"),
-    })
+    let topic = Bytes::copy_from_slice(topic.as_bytes());
+    let publish = match qos {
+        QoS::AtMostOnce => Publish::at_most_once(topic, Bytes::from_static(b"payload")),
+        qos => Publish::acknowledged(topic, Bytes::from_static(b"payload"), qos, PacketId::new(7).expect("non-zero")),
+    };
+    Packet::Publish(Publish { retain, properties, ..publish })
 }
 
 #[test]

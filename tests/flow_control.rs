@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::Broker;
-use ringmq::protocol::{Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, ReasonCode, decode};
+use ringmq::protocol::{Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, decode};
 
 /// Bound on any one of these tests' loads.
 const LOAD_DEADLINE: Duration = Duration::from_secs(60);
@@ -91,15 +91,8 @@ fn an_acknowledged_qos1_message_to_an_online_subscriber_is_never_dropped_on_defa
             std::thread::sleep(Duration::from_micros(200));
         }
         payload[..8].copy_from_slice(&sequence.to_be_bytes());
-        let publish = Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: Bytes::from_static(b"flood"),
-            packet_id: Some(PacketId::new((sequence % 65_535) as u16 + 1).expect("non-zero")),
-            properties: Properties::default(),
-            payload: Bytes::copy_from_slice(&payload),
-        };
+        let packet_id = PacketId::new((sequence % 65_535) as u16 + 1).expect("non-zero");
+        let publish = Publish::acknowledged(Bytes::from_static(b"flood"), Bytes::copy_from_slice(&payload), QoS::AtLeastOnce, packet_id);
         Packet::Publish(publish).encode(ProtocolVersion::V311, &mut batch);
         if batch.len() >= 64 * 1024 || sequence + 1 == MESSAGES {
             writer.write_all(&batch).expect("publish");
@@ -146,15 +139,14 @@ fn every_matching_retained_message_arrives_whatever_the_bounds() {
     let mut batch = BytesMut::new();
     let payload = Bytes::from(vec![b'r'; 256]);
     for index in 0..RETAINED {
-        let publish = Publish {
-            dup: false,
-            qos: if index + 1 == RETAINED { QoS::AtLeastOnce } else { QoS::AtMostOnce },
-            retain: true,
-            topic: Bytes::from(format!("ret/{index}")),
-            packet_id: (index + 1 == RETAINED).then(|| PacketId::new(1).expect("non-zero")),
-            properties: Properties::default(),
-            payload: payload.clone(),
-        };
+        let topic = Bytes::from(format!("ret/{index}"));
+        // The last one is QoS 1, so its PUBACK says every earlier one is stored.
+        let publish = if index + 1 == RETAINED {
+            Publish::acknowledged(topic, payload.clone(), QoS::AtLeastOnce, PacketId::new(1).expect("non-zero"))
+        } else {
+            Publish::at_most_once(topic, payload.clone())
+        }
+        .retained();
         Packet::Publish(publish).encode(ProtocolVersion::V311, &mut batch);
         if batch.len() > 64 * 1024 || index + 1 == RETAINED {
             stream.write_all(&batch).expect("publish");

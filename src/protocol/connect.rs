@@ -37,6 +37,30 @@ const FLAG_PASSWORD: u8 = 0x40;
 const FLAG_USERNAME: u8 = 0x80;
 
 impl Connect {
+    /// A CONNECT with Clean Start, keep alive 60 s, no will, no credentials, no properties.
+    pub fn new(version: ProtocolVersion, client_id: impl Into<Bytes>) -> Connect {
+        Connect {
+            version,
+            clean_start: true,
+            keep_alive_s: 60,
+            properties: Properties::default(),
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    /// `Connect::new` for MQTT 3.1.1.
+    pub fn v311(client_id: impl Into<Bytes>) -> Connect {
+        Connect::new(ProtocolVersion::V311, client_id)
+    }
+
+    /// `Connect::new` for MQTT 5.0.
+    pub fn v5(client_id: impl Into<Bytes>) -> Connect {
+        Connect::new(ProtocolVersion::V5, client_id)
+    }
+
     pub(crate) fn decode(reader: &mut Reader) -> Result<Connect, DecodeError> {
         let name = reader.binary()?;
         let level = reader.u8()?;

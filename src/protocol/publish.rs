@@ -23,6 +23,30 @@ pub struct Publish {
 }
 
 impl Publish {
+    /// A QoS 0 PUBLISH (no packet id), not retained, without properties.
+    pub fn at_most_once(topic: impl Into<Bytes>, payload: impl Into<Bytes>) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: payload.into(),
+        }
+    }
+
+    /// A QoS 1 or 2 PUBLISH with its packet id, not retained, without properties.
+    pub fn acknowledged(topic: impl Into<Bytes>, payload: impl Into<Bytes>, qos: QoS, packet_id: PacketId) -> Publish {
+        debug_assert!(qos != QoS::AtMostOnce, "QoS 0 has no packet id: use at_most_once");
+        Publish { qos, packet_id: Some(packet_id), ..Publish::at_most_once(topic, payload) }
+    }
+
+    /// The same PUBLISH with RETAIN set.
+    pub fn retained(self) -> Publish {
+        Publish { retain: true, ..self }
+    }
+
     pub(crate) fn decode(flags: u8, reader: &mut Reader, version: ProtocolVersion) -> Result<Publish, DecodeError> {
         let dup = flags & 0b1000 != 0;
         let qos = QoS::from_bits((flags >> 1) & 0b11)?;

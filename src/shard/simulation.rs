@@ -227,15 +227,7 @@ fn run_takeover_scenario(seed: u64) {
         sim.settle();
         for n in 0..3u32 {
             let payload = Bytes::copy_from_slice(&(OLD_MESSAGES_FROM + n).to_be_bytes());
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: false,
-                topic: Bytes::from_static(b"t/x"),
-                packet_id: None,
-                properties: Properties::default(),
-                payload,
-            };
+            let publish = Publish::at_most_once(Bytes::from_static(b"t/x"), payload);
             sim.packet(shard, &old_publisher, Packet::Publish(publish));
         }
     }
@@ -259,15 +251,9 @@ fn run_takeover_scenario(seed: u64) {
     let mut received = Received::default();
     let mut next_id = 1u16;
     for n in 0..messages {
-        let publish = Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: Bytes::from_static(b"t/x"),
-            packet_id: PacketId::new(next_id),
-            properties: Properties::default(),
-            payload: Bytes::copy_from_slice(&n.to_be_bytes()),
-        };
+        let packet_id = PacketId::new(next_id).expect("ids skip 0");
+        let publish =
+            Publish::acknowledged(Bytes::from_static(b"t/x"), Bytes::copy_from_slice(&n.to_be_bytes()), QoS::AtLeastOnce, packet_id);
         next_id = next_id.wrapping_add(1).max(1);
         sim.packet(publisher_shard, &publisher, Packet::Publish(publish));
         let _ = publisher.take_output();
@@ -447,15 +433,7 @@ fn subscribe_packet(filter: &'static str) -> Packet {
 }
 
 fn publish_packet(topic: &'static str, retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain,
-        topic: Bytes::from_static(topic.as_bytes()),
-        packet_id: None,
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"p"),
-    })
+    Packet::Publish(Publish { retain, ..Publish::at_most_once(Bytes::from_static(topic.as_bytes()), Bytes::from_static(b"p")) })
 }
 
 #[test]

@@ -254,16 +254,8 @@ impl RawClient {
     }
 
     pub fn connect_packet(&self, client_id: &str, clean: bool, keep_alive_s: u16, will: Option<Will>) -> Packet {
-        Packet::Connect(Box::new(Connect {
-            version: self.version,
-            clean_start: clean,
-            keep_alive_s,
-            properties: Properties::default(),
-            client_id: Bytes::copy_from_slice(client_id.as_bytes()),
-            will,
-            username: None,
-            password: None,
-        }))
+        let connect = Connect::new(self.version, Bytes::copy_from_slice(client_id.as_bytes()));
+        Packet::Connect(Box::new(Connect { clean_start: clean, keep_alive_s, will, ..connect }))
     }
 
     pub fn connect(&mut self, client_id: &str, clean: bool, keep_alive_s: u16, will: Option<Will>) -> ConnAck {
@@ -318,15 +310,12 @@ impl RawClient {
     /// Publishes and completes the QoS flow as a well-behaved client.
     pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, id: u16) {
         let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(id).expect("non-zero id"));
-        self.send(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain,
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            packet_id,
-            properties: Properties::default(),
-            payload: Bytes::copy_from_slice(payload),
-        }));
+        let (topic, payload) = (Bytes::copy_from_slice(topic.as_bytes()), Bytes::copy_from_slice(payload));
+        let publish = match packet_id {
+            Some(id) => Publish::acknowledged(topic, payload, qos, id),
+            None => Publish::at_most_once(topic, payload),
+        };
+        self.send(&Packet::Publish(Publish { retain, ..publish }));
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -355,15 +344,12 @@ impl RawClient {
     /// Sends a PUBLISH as given (valid or not) and expects no answer: for packets the
     /// broker must refuse.
     pub fn publish_raw(&mut self, topic: &str, qos: QoS, retain: bool) {
-        self.send(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain,
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero")),
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"x"),
-        }));
+        let topic = Bytes::copy_from_slice(topic.as_bytes());
+        let publish = match qos {
+            QoS::AtMostOnce => Publish::at_most_once(topic, Bytes::from_static(b"x")),
+            qos => Publish::acknowledged(topic, Bytes::from_static(b"x"), qos, PacketId::new(1).expect("non-zero")),
+        };
+        self.send(&Packet::Publish(Publish { retain, ..publish }));
     }
 
     /// Acknowledges a received PUBLISH as its QoS requires.
