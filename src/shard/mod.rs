@@ -267,3 +267,5 @@ impl Shard {
 
 #[cfg(test)]
 mod simulation;
+#[cfg(test)]
+mod timer_tests;
