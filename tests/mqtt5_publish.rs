@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Broker;
+use common::{Broker, on_cpu};
 use ringmq::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 
 fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, properties: Properties) -> Packet {
@@ -186,11 +186,12 @@ fn publish_reason(client: &mut common::RawClient, topic: &'static str, qos: QoS,
 #[test]
 fn puback_and_pubrec_say_when_nobody_subscribes_on_any_shard() {
     const TOPICS: [&str; 8] = ["nms/0", "nms/1", "nms/2", "nms/3", "nms/4", "nms/5", "nms/6", "nms/7"];
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--steer", "cpu"]);
     let mut subscribers: Vec<_> = TOPICS
         .iter()
-        .map(|topic| {
-            let mut subscriber = broker.client_v5(&format!("nms-sub-{topic}"));
+        .enumerate()
+        .map(|(index, topic)| {
+            let mut subscriber = on_cpu(index, || broker.client_v5(&format!("nms-sub-{topic}")));
             subscriber.subscribe(&[(topic, QoS::AtLeastOnce)]);
             subscriber
         })

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Broker, RawClient, WAIT};
+use common::{Broker, RawClient, WAIT, on_cpu};
 use ringmq::protocol::{Packet, PacketId, Properties, QoS, ReasonCode, SubscriptionOptions, Unsubscribe};
 
 /// Reads whatever arrives within `quiet` of the last packet; acknowledges QoS 1.
@@ -24,9 +24,9 @@ fn drain(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
 
 #[test]
 fn each_message_reaches_one_member_of_each_group_across_shards() {
-    let broker = Broker::start(&[]);
-    // Eight members of group a (spread over both shards by the kernel), two of group b.
-    let mut group_a: Vec<RawClient> = (0..8).map(|i| broker.client_v5(&format!("share-a-{i}"))).collect();
+    let broker = Broker::start(&["--steer", "cpu"]);
+    // Eight members of group a (spread over both shards by the CPU they connect from), two of group b.
+    let mut group_a: Vec<RawClient> = (0..8).map(|i| on_cpu(i, || broker.client_v5(&format!("share-a-{i}")))).collect();
     for member in &mut group_a {
         assert_eq!(member.subscribe(&[("$share/a/jobs/+", QoS::AtLeastOnce)]).codes, vec![ReasonCode(1)]);
     }
@@ -113,11 +113,11 @@ fn take_without_ack(client: &mut RawClient, quiet: Duration) -> Vec<Vec<u8>> {
 
 #[test]
 fn an_ended_members_unacknowledged_messages_go_to_another_member() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--steer", "cpu"]);
     // Quitters take their turn but never acknowledge; workers do. Sessions end with the
-    // connection (no Session Expiry Interval), on whichever shard the kernel put them.
-    let mut quitters: Vec<RawClient> = (0..3).map(|i| broker.client_v5(&format!("share-quit-{i}"))).collect();
-    let mut workers: Vec<RawClient> = (0..3).map(|i| broker.client_v5(&format!("share-work-{i}"))).collect();
+    // connection (no Session Expiry Interval), on both shards (by the CPU they connect from).
+    let mut quitters: Vec<RawClient> = (0..3).map(|i| on_cpu(i, || broker.client_v5(&format!("share-quit-{i}")))).collect();
+    let mut workers: Vec<RawClient> = (0..3).map(|i| on_cpu(i + 1, || broker.client_v5(&format!("share-work-{i}")))).collect();
     for member in quitters.iter_mut().chain(workers.iter_mut()) {
         member.subscribe(&[("$share/w/jobs/+", QoS::AtLeastOnce)]);
     }

@@ -122,6 +122,30 @@ impl Drop for Broker {
     }
 }
 
+/// Runs `make` on a thread pinned to the `index`-th CPU this process may use (modulo their
+/// number). With `--steer cpu`, a loopback connection made there lands on shard
+/// `cpu % shards`: tests that need clients on every shard place them this way instead of
+/// trusting the kernel's hash (7 clients all on one of 2 shards: 1 run in 64).
+pub fn on_cpu<T: Send>(index: usize, make: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: zeroed cpu_set_t values are valid empty sets; the calls only read and write them.
+                unsafe {
+                    let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+                    assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed), 0);
+                    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &allowed)).collect();
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpus[index % cpus.len()], &mut set);
+                    assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+                }
+                make()
+            })
+            .join()
+            .expect("pinned thread")
+    })
+}
+
 pub fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
