@@ -514,3 +514,67 @@ fn a_publish_taken_after_a_subscribe_reaches_it_before_the_peers_know() {
     sim.settle();
     assert!(!read_packets(&other).iter().any(|p| matches!(p, Packet::Publish(_))));
 }
+
+/// A QoS 1 subscriber with a tiny queue on one shard, a publisher on another that the IO
+/// layer would hold while paused: over random interleavings the pause and resume cross the
+/// mesh, nothing is dropped, everything arrives in order, and the publisher ends unpaused.
+/// Returns how often the publisher was paused.
+fn run_back_pressure_scenario(seed: u64) -> u64 {
+    let mut limits = limits();
+    limits.session = SessionLimits { inflight_max: 2, queued_messages_max: 4, queue_full_policy: crate::session::QueueFullPolicy::DropNew };
+    let shard_count = 2 + (seed % 2) as usize;
+    let mut sim = Sim::with_limits(shard_count, seed, limits);
+    let (subscriber_shard, publisher_shard) = (0, 1 + (seed as usize) % (shard_count - 1));
+    let subscriber = sim.connect(subscriber_shard, "slow", true);
+    let publisher = sim.connect(publisher_shard, "fast", true);
+    sim.settle();
+    let filters = vec![(Bytes::from_static(b"bp/t"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))];
+    let subscribe = Subscribe { packet_id: PacketId::new(1).expect("id"), properties: Properties::default(), filters };
+    sim.packet(subscriber_shard, &subscriber, Packet::Subscribe(subscribe));
+    sim.settle();
+    let _ = read_packets(&subscriber);
+    let _ = read_packets(&publisher);
+    let messages = 40u32;
+    let (mut sent, mut next_expected) = (0u32, 0u32);
+    let mut rounds = 0;
+    while next_expected < messages {
+        rounds += 1;
+        assert!(rounds < 10_000, "seed {seed}: no progress (sent {sent}, received {next_expected})");
+        // The IO layer hands over a PUBLISH only while its connection is not paused.
+        if sent < messages && !publisher.is_paused() && sim.rng.below(2) == 0 {
+            let id = PacketId::new(sent as u16 + 1).expect("id");
+            let publish =
+                Publish::acknowledged(Bytes::from_static(b"bp/t"), Bytes::copy_from_slice(&sent.to_be_bytes()), QoS::AtLeastOnce, id);
+            sim.packet(publisher_shard, &publisher, Packet::Publish(publish));
+            sent += 1;
+        }
+        sim.random_steps(3);
+        // The subscriber reads now and then (slower than the publisher writes), acknowledging.
+        if sim.rng.below(5) == 0 {
+            for packet in read_packets(&subscriber) {
+                if let Packet::Publish(publish) = packet {
+                    let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+                    assert_eq!(n, next_expected, "seed {seed}: in order, none lost");
+                    next_expected += 1;
+                    sim.packet(subscriber_shard, &subscriber, Packet::PubAck(Ack::new(publish.packet_id.expect("QoS 1"))));
+                }
+            }
+        }
+    }
+    sim.settle();
+    assert!(!publisher.is_paused(), "seed {seed}: the publisher ends unpaused");
+    let drops: u64 = sim.shards.iter().map(|shard| shard.counters.session_queue_drops).sum();
+    assert_eq!(drops, 0, "seed {seed}: nothing dropped");
+    sim.shards.iter().map(|shard| shard.counters.publishers_paused).sum()
+}
+
+#[test]
+fn back_pressure_across_shards_loses_nothing_and_always_resumes() {
+    let seeds = match std::env::var("SIM_SEED") {
+        Ok(seed) => seed.parse().expect("SIM_SEED")..=seed.parse().expect("SIM_SEED"),
+        Err(_) => 1..=300,
+    };
+    let runs = seeds.clone().count() as u64;
+    let paused_runs = seeds.filter(|&seed| run_back_pressure_scenario(seed) > 0).count() as u64;
+    assert!(runs < 10 || paused_runs * 2 > runs, "most runs exercise the pause: {paused_runs} of {runs}");
+}
