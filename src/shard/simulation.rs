@@ -578,3 +578,83 @@ fn back_pressure_across_shards_loses_nothing_and_always_resumes() {
     let paused_runs = seeds.filter(|&seed| run_back_pressure_scenario(seed) > 0).count() as u64;
     assert!(runs < 10 || paused_runs * 2 > runs, "most runs exercise the pause: {paused_runs} of {runs}");
 }
+
+/// A will and a shared group across shards, over random interleavings: the will of a
+/// connection that ends without DISCONNECT reaches a subscriber on another shard exactly
+/// once, and each message to a `$share` group reaches exactly one member, wherever the
+/// members and the publisher are.
+fn run_will_and_shared_scenario(seed: u64) {
+    let shard_count = 3;
+    let mut sim = Sim::new(shard_count, seed);
+    let pick = |sim: &mut Sim| sim.rng.below(shard_count);
+    let watcher_shard = pick(&mut sim);
+    let watcher = sim.connect(watcher_shard, "watcher", true);
+    let member_shards: Vec<usize> = (0..3).map(|_| pick(&mut sim)).collect();
+    let members: Vec<Rc<Link>> =
+        member_shards.iter().enumerate().map(|(i, &shard)| sim.connect(shard, &format!("member-{i}"), true)).collect();
+    sim.settle();
+    sim.packet(watcher_shard, &watcher, subscribe_packet("wills/#"));
+    for (link, &shard) in members.iter().zip(&member_shards) {
+        sim.packet(shard, link, subscribe_packet("$share/g/jobs/+"));
+    }
+    sim.settle();
+    for link in members.iter().chain(std::iter::once(&watcher)) {
+        let _ = read_packets(link);
+    }
+
+    // A client with a will, on any shard, that goes away without DISCONNECT.
+    let mortal_shard = pick(&mut sim);
+    let link = sim.shards[mortal_shard].new_link();
+    let will = crate::protocol::Will {
+        topic: Bytes::from_static(b"wills/mortal"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    };
+    let connect = Connect { will: Some(will), ..Connect::v311(Bytes::from_static(b"mortal")) };
+    sim.shards[mortal_shard].begin_connect(&link, Box::new(connect), sim.now);
+    sim.pump();
+    sim.random_steps(5);
+    sim.settle();
+    sim.close(mortal_shard, &link);
+
+    // Messages to the group from a publisher on any shard, interleaved with the will.
+    let publisher_shard = pick(&mut sim);
+    let publisher = sim.connect(publisher_shard, "jobs-publisher", true);
+    sim.settle();
+    let messages = 30u32;
+    for n in 0..messages {
+        let publish = Publish::at_most_once(Bytes::from_static(b"jobs/x"), Bytes::copy_from_slice(&n.to_be_bytes()));
+        sim.packet(publisher_shard, &publisher, Packet::Publish(publish));
+        sim.random_steps(3);
+    }
+    sim.settle();
+
+    let wills: Vec<Packet> = read_packets(&watcher).into_iter().filter(|packet| matches!(packet, Packet::Publish(_))).collect();
+    assert!(
+        matches!(&wills[..], [Packet::Publish(publish)] if &publish.payload[..] == b"gone"),
+        "seed {seed}: the will arrives once across shards: {wills:?}"
+    );
+    let mut seen = vec![0u32; messages as usize];
+    for link in &members {
+        for packet in read_packets(link) {
+            if let Packet::Publish(publish) = packet {
+                let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+                seen[n as usize] += 1;
+            }
+        }
+    }
+    assert!(seen.iter().all(|&count| count == 1), "seed {seed}: each message to exactly one member: {seen:?}");
+}
+
+#[test]
+fn wills_and_shared_groups_across_shards_deliver_exactly_once() {
+    let seeds = match std::env::var("SIM_SEED") {
+        Ok(seed) => seed.parse().expect("SIM_SEED")..=seed.parse().expect("SIM_SEED"),
+        Err(_) => 1..=200,
+    };
+    for seed in seeds {
+        run_will_and_shared_scenario(seed);
+    }
+}
