@@ -91,6 +91,15 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub topic_levels_max: usize,
 
+    /// Filters one client may subscribe to; a new one past it gets SUBACK 0x97 (3.1.1: 0x80).
+    #[arg(long, default_value_t = 100_000)]
+    pub subscriptions_per_client_max: usize,
+
+    /// Topics the retained store may hold; a retained PUBLISH to a new topic past it is
+    /// refused (5.0 PUBACK/PUBREC 0x97) and not routed.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub retained_messages_max: usize,
+
     /// QoS 1/2 messages queued per session (behind the window or while offline). An
     /// online session at this bound pauses the publishers feeding it; an offline one
     /// drops by `--queue-full-policy`.
@@ -213,6 +222,8 @@ impl Config {
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
             packet_bytes_max: self.max_packet_size_bytes,
             topic_levels_max: self.topic_levels_max.max(1),
+            subscriptions_per_client_max: self.subscriptions_per_client_max,
+            retained_messages_max: self.retained_messages_max,
             session: SessionLimits {
                 inflight_max: self.inflight_max,
                 queued_messages_max: self.queued_messages_max.max(1),

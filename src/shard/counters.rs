@@ -48,11 +48,15 @@ pub struct Counters {
     pub slow_subscriber_disconnects: u64,
     /// Connections accepted and closed at once because the open-file limit was reached.
     pub connections_closed_at_fd_limit: u64,
+    /// New subscriptions refused at `--subscriptions-per-client-max`.
+    pub subscriptions_refused_quota: u64,
+    /// Retained PUBLISHes to new topics refused at `--retained-messages-max`.
+    pub retained_refused_quota: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 25] {
+    pub fn fields(&self) -> [(&'static str, u64); 27] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -79,6 +83,8 @@ impl Counters {
             ("publishers_paused", self.publishers_paused),
             ("slow_subscriber_disconnects", self.slow_subscriber_disconnects),
             ("connections_closed_at_fd_limit", self.connections_closed_at_fd_limit),
+            ("subscriptions_refused_quota", self.subscriptions_refused_quota),
+            ("retained_refused_quota", self.retained_refused_quota),
         ]
     }
 }

@@ -58,6 +58,17 @@ pub(super) fn will_delay(will: &Will) -> Duration {
 }
 
 impl Shard {
+    /// Whether a retained message for a new `topic` would pass `--retained-messages-max`
+    /// (replacing a topic's message is always fine).
+    pub(super) fn retained_store_full(&self, topic: &[u8]) -> bool {
+        if self.retained.len() < self.limits.retained_messages_max {
+            return false;
+        }
+        let mut present = false;
+        self.retained.for_each_match(topic, |_| present = true);
+        !present
+    }
+
     pub(super) fn publish_will(&mut self, will: Will, publisher: Bytes, now: Instant) {
         if validate_topic_name(&will.topic).is_err() {
             return;

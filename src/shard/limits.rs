@@ -36,6 +36,10 @@ pub struct ShardLimits {
     /// Largest packet accepted from a client (announced as Maximum Packet Size).
     pub packet_bytes_max: u32,
     pub topic_levels_max: usize,
+    /// Filters one client may hold; a new one past it gets SUBACK 0x97 (3.1.1: 0x80).
+    pub subscriptions_per_client_max: usize,
+    /// Topics the retained store may hold; a new one past it is refused (5.0 PUBACK 0x97).
+    pub retained_messages_max: usize,
     pub session: SessionLimits,
     /// Inbound QoS 2 messages awaiting PUBREL per client (announced as Receive Maximum).
     pub receive_maximum: u16,
@@ -65,6 +69,8 @@ impl ShardLimits {
             connect_timeout: Duration::from_secs(10),
             packet_bytes_max: 1024 * 1024,
             topic_levels_max: 200,
+            subscriptions_per_client_max: 100_000,
+            retained_messages_max: 1_000_000,
             session: SessionLimits { inflight_max: 32, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
             receive_maximum: 1024,
             topic_alias_maximum: 64,

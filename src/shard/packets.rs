@@ -129,6 +129,11 @@ impl Shard {
             // `$SYS/` is the broker's: dropped, as Mosquitto does; 5.0 hears why.
             self.counters.broker_topic_publishes_dropped += 1;
             Some((ReasonCode::NOT_AUTHORIZED, None))
+        } else if publish.retain && !publish.payload.is_empty() && self.retained_store_full(&publish.topic) {
+            // A new retained topic past the store's bound: refused, not routed (5.0 0x97).
+            // The origin decides, from its replica; every replica applies what it routes.
+            self.counters.retained_refused_quota += 1;
+            Some((ReasonCode::QUOTA_EXCEEDED, None))
         } else {
             None
         };
@@ -227,6 +232,13 @@ impl Shard {
             }
             if !self.auth.may_subscribe(&filter) {
                 codes.push(if version.is_v5() { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
+            let subscriptions = &self.clients.get(key).session.subscriptions;
+            if subscriptions.len() >= self.limits.subscriptions_per_client_max && !subscriptions.contains_key(&filter[..]) {
+                // A new filter past the client's bound (a replaced one is fine).
+                self.counters.subscriptions_refused_quota += 1;
+                codes.push(if version.is_v5() { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
             // Granted QoS never exceeds the server's maximum.
