@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub connect_timeout_s: u64,
 
+    /// Sockets per shard that may be accepted and not yet through CONNECT; more are closed
+    /// at once (a slowloris cannot use up the file descriptors).
+    #[arg(long, default_value_t = 10_000)]
+    pub half_open_connections_max: usize,
+
     /// Largest packet accepted from a client, in bytes (1..=268435460).
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_packet_size_bytes: u32,
@@ -220,6 +225,7 @@ impl Config {
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         Ok(ShardLimits {
             connect_timeout: Duration::from_secs(self.connect_timeout_s),
+            half_open_connections_max: self.half_open_connections_max.max(1),
             packet_bytes_max: self.max_packet_size_bytes,
             topic_levels_max: self.topic_levels_max.max(1),
             subscriptions_per_client_max: self.subscriptions_per_client_max,

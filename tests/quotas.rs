@@ -56,3 +56,37 @@ fn a_retained_message_for_a_new_topic_past_the_store_bound_is_refused() {
     );
     reader.assert_silent(std::time::Duration::from_millis(300));
 }
+
+#[test]
+fn sockets_that_owe_their_connect_are_bounded_per_shard() {
+    use std::io::Read;
+    let broker = Broker::start(&["--cores", "1", "--half-open-connections-max", "4"]);
+    // Ten sockets that never send CONNECT: four are held (until the connect timeout), the
+    // rest closed at once.
+    let mut idle: Vec<std::net::TcpStream> = (0..10).map(|_| std::net::TcpStream::connect(broker.addr).expect("connect")).collect();
+    let mut closed = 0;
+    for socket in &mut idle {
+        socket.set_read_timeout(Some(std::time::Duration::from_millis(500))).expect("timeout");
+        let mut byte = [0u8; 1];
+        match socket.read(&mut byte) {
+            Ok(0) => closed += 1,
+            Err(error) if !matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => closed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, 6, "all past the bound closed, none below it");
+    drop(idle);
+    // Once they are gone, CONNECTs go through again.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let mut client = broker.raw();
+        let packet = client.connect_packet("after-slowloris", true, 60, None);
+        client.send(&packet);
+        if let Some(Packet::ConnAck(connack)) = client.try_recv(std::time::Duration::from_millis(300)) {
+            assert_eq!(connack.code, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "served again once the idle sockets left");
+    }
+    broker.wait_for_counters("refusals counted", |c| c.total("half_open_connections_refused") >= 6);
+}

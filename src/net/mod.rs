@@ -98,6 +98,10 @@ fn is_out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
 }
 
 async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
+    if shard.borrow_mut().refuses_half_open() {
+        // Too many sockets here still owe their CONNECT: close this one now (dropped).
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let link = shard.borrow_mut().new_link();
     let stream = Rc::new(RefCell::new(stream));

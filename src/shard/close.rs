@@ -88,6 +88,7 @@ impl Shard {
     /// The IO layer's last word on a link: the socket closed, the peer misbehaved
     /// (`error`), or the link was closed by the shard. Idempotent.
     pub fn connection_ended(&mut self, link: &Link, error: Option<&CloseReason>, now: Instant) {
+        self.link_left_half_open(link);
         self.connecting.authenticating.remove(&link.conn_id);
         if let Some(error) = error {
             self.counters.protocol_errors += 1;

@@ -332,6 +332,7 @@ impl Shard {
             link.close();
         } else {
             link.open(key);
+            self.link_left_half_open(&link);
             let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
             let client = self.client(key);
             client.session.resume(now, &mut outgoing);

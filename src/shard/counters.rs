@@ -52,11 +52,13 @@ pub struct Counters {
     pub subscriptions_refused_quota: u64,
     /// Retained PUBLISHes to new topics refused at `--retained-messages-max`.
     pub retained_refused_quota: u64,
+    /// Accepted sockets closed at once: `--half-open-connections-max` were owing CONNECT.
+    pub half_open_connections_refused: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 27] {
+    pub fn fields(&self) -> [(&'static str, u64); 28] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -85,6 +87,7 @@ impl Counters {
             ("connections_closed_at_fd_limit", self.connections_closed_at_fd_limit),
             ("subscriptions_refused_quota", self.subscriptions_refused_quota),
             ("retained_refused_quota", self.retained_refused_quota),
+            ("half_open_connections_refused", self.half_open_connections_refused),
         ]
     }
 }

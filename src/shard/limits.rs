@@ -33,6 +33,8 @@ pub struct Features {
 pub struct ShardLimits {
     /// A socket that sends no complete CONNECT within this is closed.
     pub connect_timeout: Duration,
+    /// Accepted sockets per shard that may still owe their CONNECT; more are closed at once.
+    pub half_open_connections_max: usize,
     /// Largest packet accepted from a client (announced as Maximum Packet Size).
     pub packet_bytes_max: u32,
     pub topic_levels_max: usize,
@@ -67,6 +69,7 @@ impl ShardLimits {
     pub fn defaults() -> ShardLimits {
         ShardLimits {
             connect_timeout: Duration::from_secs(10),
+            half_open_connections_max: 10_000,
             packet_bytes_max: 1024 * 1024,
             topic_levels_max: 200,
             subscriptions_per_client_max: 100_000,

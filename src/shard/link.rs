@@ -48,6 +48,8 @@ pub struct Link {
     waiting_to_publish: Cell<bool>,
     /// The shard has retained messages for this client waiting for the output to drain.
     wants_drained: Cell<bool>,
+    /// Counted among the shard's half-open connections (accepted, not yet through CONNECT).
+    half_open: Cell<bool>,
 }
 
 /// Subscribe/unsubscribe requests one connection may have waiting for peer shards.
@@ -68,7 +70,13 @@ impl Link {
             queue_full: Cell::new(false),
             waiting_to_publish: Cell::new(false),
             wants_drained: Cell::new(false),
+            half_open: Cell::new(true),
         }
+    }
+
+    /// True once, when the link stops being half-open (opened, or ended before that).
+    pub(crate) fn leave_half_open(&self) -> bool {
+        self.half_open.replace(false)
     }
 
     /// A subscriber this connection feeds has a full queue. True if that paused it.
