@@ -61,7 +61,7 @@ pub(super) struct Client {
     /// Since when the (online) session's queue has been at its bound (see `flow.rs`).
     pub(super) stalled_since: Option<Instant>,
     /// Publishers (their shard and client id) paused until this session's queue drains.
-    pub(super) paused_publishers: Vec<(ShardId, Bytes)>,
+    pub(super) paused_publishers: HashSet<(ShardId, Bytes)>,
     /// Retained messages for new subscriptions not yet handed to the session; boxed, as
     /// most clients have none (8 bytes in every client slot instead of 32).
     #[allow(clippy::box_collection)]

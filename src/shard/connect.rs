@@ -293,7 +293,7 @@ impl Shard {
                 reauthentication: None,
                 skip_until: None,
                 stalled_since: None,
-                paused_publishers: Vec::new(),
+                paused_publishers: HashSet::new(),
                 retained_backlog: None,
             },
             now,

@@ -78,11 +78,11 @@ impl Shard {
             }
         }
         let (Some(source), Some(publisher)) = (source, publisher) else { return };
-        if publisher == client.session.client_id() || client.paused_publishers.iter().any(|(shard, id)| *shard == source && id == publisher)
-        {
+        // A set: with many publishers feeding one stalled subscriber, each further message
+        // costs one lookup, not a scan of every publisher paused so far.
+        if publisher == client.session.client_id() || !client.paused_publishers.insert((source, publisher.clone())) {
             return;
         }
-        client.paused_publishers.push((source, publisher.clone()));
         self.send(source, MeshMessage::PausePublisher { client_id: publisher.clone() }, now);
     }
 
@@ -127,18 +127,6 @@ impl Shard {
     fn live_link_of(&self, client_id: &Bytes) -> Option<std::rc::Rc<Link>> {
         let key = self.clients.key_of(client_id)?;
         self.clients.get(key).link.clone()
-    }
-
-    /// Timer: subscribers whose queue has been full for longer than allowed.
-    pub(super) fn slow_subscribers(&self, now: Instant) -> Vec<ClientKey> {
-        let Some(timeout) = self.limits.slow_subscriber_timeout else { return Vec::new() };
-        self.clients
-            .iter()
-            .filter_map(|(key, client)| {
-                let since = client.stalled_since?;
-                (client.link.is_some() && now.duration_since(since) >= timeout).then_some(key)
-            })
-            .collect()
     }
 
     pub(super) fn disconnect_slow_subscriber(&mut self, key: ClientKey, now: Instant) {

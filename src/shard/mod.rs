@@ -35,7 +35,7 @@ pub mod shared;
 mod takeover;
 mod timer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};

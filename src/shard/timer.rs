@@ -8,6 +8,8 @@ pub(super) enum TimerEvent {
     KeepAliveTimeout,
     SessionExpired,
     WillDelayOver,
+    /// The queue stayed full past `--slow-subscriber-timeout-s` (see `flow.rs`).
+    SlowSubscriber,
 }
 
 impl Shard {
@@ -16,6 +18,7 @@ impl Shard {
     pub fn tick(&mut self, now: Instant) {
         // One pass decides; the actions follow, since they add and remove clients.
         let mut due = Vec::new();
+        let slow_subscriber_timeout = self.limits.slow_subscriber_timeout;
         for (key, client) in self.clients.iter() {
             if let Some(link) = &client.link {
                 // A connection whose PUBLISH is held by back-pressure is not idle.
@@ -24,6 +27,10 @@ impl Shard {
                     && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
                 {
                     due.push((key, TimerEvent::KeepAliveTimeout));
+                } else if let (Some(timeout), Some(since)) = (slow_subscriber_timeout, client.stalled_since)
+                    && now.duration_since(since) >= timeout
+                {
+                    due.push((key, TimerEvent::SlowSubscriber));
                 }
             } else if client.expires_at.is_some_and(|at| now >= at) {
                 // Ending the session also sends a will still waiting for its delay.
@@ -46,6 +53,7 @@ impl Shard {
                     self.counters.sessions_expired += 1;
                     self.end_session(key, now);
                 }
+                TimerEvent::SlowSubscriber => self.disconnect_slow_subscriber(key, now),
                 TimerEvent::WillDelayOver => {
                     let client = self.client(key);
                     let publisher = client.session.client_id().clone();
@@ -55,9 +63,6 @@ impl Shard {
                     }
                 }
             }
-        }
-        for key in self.slow_subscribers(now) {
-            self.disconnect_slow_subscriber(key, now);
         }
         self.withdraw_unused_interest(now);
         if let (Some(due), Some(interval)) = (self.next_sys_publish, self.limits.sys_interval)
