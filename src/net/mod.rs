@@ -294,10 +294,15 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
         loop {
             match decode(&mut buf, version, max_packet) {
                 Ok(Some(packet)) => {
-                    if let Packet::Publish(publish) = &packet {
+                    match &packet {
                         // Back-pressure (shard/flow.rs): the PUBLISH, and what follows it, waits.
-                        let qos = publish.qos;
-                        poll_fn(|cx| shard.borrow_mut().poll_publish_allowed(link, qos, cx)).await;
+                        Packet::Publish(publish) => {
+                            let qos = publish.qos;
+                            poll_fn(|cx| shard.borrow_mut().poll_publish_allowed(link, qos, cx)).await;
+                        }
+                        // One SUBSCRIBE's retained messages at a time (shard/flow.rs).
+                        Packet::Subscribe(_) => link.wait_for_retained_sent().await,
+                        _ => {}
                     }
                     shard.borrow_mut().handle_packet(link, packet, Instant::now())?;
                     if link.is_closing() {

@@ -74,6 +74,22 @@ impl Link {
         }
     }
 
+    /// Reader side, before a SUBSCRIBE: resolves once no retained message waits for this
+    /// connection's output to drain, or the link is closing. So a client that subscribes
+    /// again and again without reading cannot pile up copies of the retained store. (Only
+    /// output is waited for: the writer drains it on its own, whereas a QoS 1/2 backlog
+    /// waits for acknowledgements that may sit behind this very SUBSCRIBE.)
+    pub async fn wait_for_retained_sent(&self) {
+        poll_fn(|cx| {
+            if !self.wants_drained.get() || self.state.get() == LinkState::Closing {
+                return Poll::Ready(());
+            }
+            self.reader_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
     /// True once, when the link stops being half-open (opened, or ended before that).
     pub(crate) fn leave_half_open(&self) -> bool {
         self.half_open.replace(false)
@@ -125,6 +141,9 @@ impl Link {
 
     pub(crate) fn set_wants_drained(&self, wants: bool) {
         self.wants_drained.set(wants);
+        if !wants {
+            wake(&self.reader_waker);
+        }
     }
 
     /// A SUBACK/UNSUBACK for this connection now waits for the peers.
