@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Broker, RawClient, WAIT};
+use common::{Broker, RawClient, WAIT, on_cpu};
 use ringmq::protocol::{Connect, Packet, Properties, ProtocolVersion};
 
 #[test]
@@ -168,33 +168,12 @@ fn second_connect_closes_the_connection() {
     client.assert_closed();
 }
 
-/// Pins the calling thread to the first CPU this process may run on.
-fn pin_to_first_allowed_cpu() {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
-    unsafe {
-        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed), 0);
-        let cpu = (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &allowed)).expect("some CPU is allowed");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-    }
-}
-
 #[test]
 fn steer_cpu_puts_connections_made_on_one_cpu_on_one_shard() {
     let broker = Broker::start(&["--steer", "cpu"]);
     // Loopback handles the SYN on the connecting CPU: everything from one CPU lands on one
     // shard (by the kernel's hash, 30 connections would split, all-on-one once in 2^29).
-    let _clients = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                pin_to_first_allowed_cpu();
-                (0..30).map(|i| broker.client(&format!("steered-{i}"), true)).collect::<Vec<_>>()
-            })
-            .join()
-            .expect("connecting thread")
-    });
+    let _clients = on_cpu(0, || (0..30).map(|i| broker.client(&format!("steered-{i}"), true)).collect::<Vec<_>>());
     // The counter watcher's own connection may land on either shard.
     // Both shards' counters must have arrived: one not yet seen is not a zero.
     let counters = broker.wait_for_counters("30 connections on one shard", |c| {

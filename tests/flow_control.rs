@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::Broker;
+use common::{Broker, on_cpu};
 use ringmq::protocol::{Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, decode};
 
 /// Bound on any one of these tests' loads.
@@ -133,7 +133,7 @@ fn a_subscriber_whose_queue_stays_full_is_disconnected_and_its_publisher_goes_on
 #[test]
 fn every_matching_retained_message_arrives_whatever_the_bounds() {
     const RETAINED: u32 = 100_000;
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--steer", "cpu"]);
     let publisher = broker.client("retainer", true);
     let (mut stream, _) = publisher.into_stream();
     let mut batch = BytesMut::new();
@@ -155,8 +155,20 @@ fn every_matching_retained_message_arrives_whatever_the_bounds() {
     }
     // The last one is QoS 1: its PUBACK comes after every earlier one was stored.
     read_packets(stream.try_clone().expect("clone"), BytesMut::new(), |packet| !matches!(packet, Packet::PubAck(_)));
-    // Replicas on the other shard apply them a moment later.
-    std::thread::sleep(Duration::from_millis(500));
+    // Each shard's replica applies them in publish order: once a client on each shard sees
+    // the last one retained, every earlier one is there too.
+    let last = format!("ret/{}", RETAINED - 1);
+    for cpu in 0..2 {
+        let mut probe = on_cpu(cpu, || broker.client(&format!("ret-probe-{cpu}"), true));
+        let deadline = Instant::now() + LOAD_DEADLINE;
+        loop {
+            probe.subscribe(&[(last.as_str(), QoS::AtMostOnce)]);
+            if matches!(probe.try_recv(Duration::from_millis(100)), Some(Packet::Publish(ref publish)) if publish.retain) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the last retained message reaches shard {cpu}'s replica");
+        }
+    }
 
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         let mut subscriber = broker.client(&format!("ret-sub-{qos:?}"), true);
