@@ -5,9 +5,13 @@
 //! in-flight window or while offline, and inbound QoS 2 packet ids awaiting PUBREL. It is
 //! `Send`, so a session can move to the shard its client reconnects on.
 
+mod connection;
+mod lifecycle;
 mod message;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -15,6 +19,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+pub use connection::{AliasError, Connection, OutboundAliases};
+pub use lifecycle::{ConnectionLost, Due, ExpiryRaisedFromZero, Lifecycle, SessionExpiry, TakenOver, will_delay};
 pub use message::{Message, detach};
 
 /// One subscription of a session: its options and, in 5.0, its identifier.
@@ -56,6 +62,7 @@ pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a Subscription>, 
 }
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
+use crate::topics::Filter;
 
 /// Bounds on what one session may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,8 +201,9 @@ pub enum Offer {
 pub struct Session {
     client_id: Bytes,
     limits: SessionLimits,
-    /// Filter -> options, one entry per filter (re-subscribing replaces).
-    pub subscriptions: BTreeMap<Bytes, Subscription>,
+    /// Filter as the client wrote it -> the parsed filter and its options, one entry per
+    /// filter (re-subscribing replaces).
+    subscriptions: BTreeMap<Bytes, (Filter, Subscription)>,
     inflight: VecDeque<Inflight>,
     queued: VecDeque<Queued>,
     incoming_qos2: HashSet<PacketId>,
@@ -230,6 +238,30 @@ impl Session {
 
     pub fn client_id(&self) -> &Bytes {
         &self.client_id
+    }
+
+    /// Adds or replaces the subscription to `filter`; true if it replaced one. The shard
+    /// keeps its trie and interest summary in step (`Shard::add_subscription`).
+    pub fn subscribe(&mut self, filter: Filter, subscription: Subscription) -> bool {
+        self.subscriptions.insert(filter.text(), (filter, subscription)).is_some()
+    }
+
+    /// Removes the subscription to the filter the client wrote as `text`, if any.
+    pub fn unsubscribe(&mut self, text: &[u8]) -> Option<Filter> {
+        self.subscriptions.remove(text).map(|(filter, _)| filter)
+    }
+
+    /// The subscription to the filter the client wrote as `text`.
+    pub fn subscription(&self, text: &[u8]) -> Option<&Subscription> {
+        self.subscriptions.get(text).map(|(_, subscription)| subscription)
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&Filter, &Subscription)> {
+        self.subscriptions.values().map(|(filter, subscription)| (filter, subscription))
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
     }
 
     pub fn inflight_len(&self) -> usize {
@@ -448,237 +480,5 @@ impl Session {
 
     pub fn incoming_qos2_len(&self) -> usize {
         self.incoming_qos2.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(inflight_max: u16, queued_messages_max: usize) -> SessionLimits {
-        SessionLimits { inflight_max, queued_messages_max, queue_full_policy: QueueFullPolicy::DropNew }
-    }
-
-    fn message(payload: &'static str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Bytes::from_static(b"t"),
-            payload: Bytes::from_static(payload.as_bytes()),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            properties: Default::default(),
-            publisher: None,
-            expires_at: None,
-        })
-    }
-
-    fn sent_id(offer: &Offer) -> PacketId {
-        match offer {
-            Offer::Send(Outgoing::Publish { packet_id: Some(id), .. }) => *id,
-            other => panic!("expected a send with an id, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn matching_subscriptions_merge_into_one_delivery() {
-        let with = |options: SubscriptionOptions, identifier: Option<u32>| Subscription { options, identifier };
-        let plain = with(SubscriptionOptions::with_qos(QoS::AtMostOnce), Some(7));
-        let no_local = with(SubscriptionOptions { no_local: true, ..SubscriptionOptions::with_qos(QoS::ExactlyOnce) }, Some(9));
-        let rap = with(SubscriptionOptions { retain_as_published: true, ..SubscriptionOptions::with_qos(QoS::AtLeastOnce) }, None);
-        let delivery =
-            |granted, retain_as_published, subscription_ids: Vec<u32>| Some(Delivery { granted, retain_as_published, subscription_ids });
-        assert_eq!(merge_matching([&plain, &no_local], false), delivery(QoS::ExactlyOnce, false, vec![7, 9]));
-        assert_eq!(merge_matching([&plain, &no_local], true), delivery(QoS::AtMostOnce, false, vec![7]));
-        assert_eq!(merge_matching([&no_local], true), None);
-        assert_eq!(merge_matching([&plain, &rap], false), delivery(QoS::AtLeastOnce, true, vec![7]));
-        assert_eq!(merge_matching([], false), None);
-    }
-
-    #[test]
-    fn qos0_offline_is_dropped_and_counted() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 2));
-        assert_eq!(session.offer(message("a"), CopyFor::at(QoS::AtMostOnce), false), Offer::Dropped);
-        assert_eq!(session.dropped_count, 1);
-    }
-
-    #[test]
-    fn window_queues_in_order_and_acks_release() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 10));
-        let first = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
-        let _second = sent_id(&session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true));
-        assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        assert_eq!(session.on_puback(first), AckOutcome::Done);
-        assert_eq!(session.on_puback(first), AckOutcome::Unknown, "a second PUBACK finds nothing");
-        let mut out = Vec::new();
-        session.fill_window(Instant::now(), &mut out);
-        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"3"));
-    }
-
-    #[test]
-    fn expired_queued_messages_are_not_sent() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
-        let now = Instant::now();
-        let expiring = Arc::new(Message { expires_at: Some(now + std::time::Duration::from_secs(5)), ..(*message("old")).clone() });
-        assert!(matches!(session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Send(_)));
-        assert_eq!(session.offer(expiring, CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        assert_eq!(session.offer(message("new"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        let first = PacketId::new(1).unwrap();
-        assert_eq!(session.on_puback(first), AckOutcome::Done);
-        let mut out = Vec::new();
-        session.fill_window(now + std::time::Duration::from_secs(6), &mut out);
-        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"new"));
-        assert_eq!(session.expired_count, 1);
-    }
-
-    #[test]
-    fn remaining_expiry_is_rounded_up_and_properties_borrowed_without_one() {
-        let now = Instant::now();
-        let expiring = Message { expires_at: Some(now + std::time::Duration::from_millis(2500)), ..(*message("m")).clone() };
-        assert_eq!(expiring.properties_at(now).message_expiry_interval, Some(3));
-        assert!(matches!(message("m").properties_at(now), std::borrow::Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn queue_bound_drops() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 1));
-        assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
-        assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Dropped);
-        assert_eq!(session.dropped_count, 1);
-    }
-
-    #[test]
-    fn an_online_queue_at_its_bound_keeps_the_message_and_asks_for_a_pause() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 2));
-        let first = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
-        assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
-        assert_eq!(
-            session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true),
-            Offer::QueuedFull,
-            "never dropped below the hard bound"
-        );
-        assert_eq!(session.dropped_count, 0);
-        assert!(session.is_queue_full() && !session.may_resume_publishers());
-        assert_eq!(session.on_puback(first), AckOutcome::Done);
-        let mut out = Vec::new();
-        session.fill_window(Instant::now(), &mut out);
-        assert_eq!(session.queued_len(), 2);
-        assert!(!session.may_resume_publishers(), "half the bound first");
-        // Going offline trims to the bound, newest first under drop-new.
-        assert_eq!(session.trim_to_offline_bound(), 0);
-        assert_eq!(session.offer(message("4"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
-        assert_eq!(session.trim_to_offline_bound(), 1);
-        assert_eq!(session.dropped_count, 1);
-    }
-
-    #[test]
-    fn an_online_queue_drops_only_at_its_hard_bound() {
-        let limits = limits(1, 10);
-        let mut session = Session::new(Bytes::from_static(b"c"), limits);
-        let _ = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
-        for _ in 0..limits.queued_hard_max() {
-            assert_ne!(session.offer(message("m"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
-        }
-        assert_eq!(session.offer(message("over"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
-    }
-
-    #[test]
-    fn an_offline_queue_follows_its_full_policy() {
-        let mut oldest =
-            Session::new(Bytes::from_static(b"c"), SessionLimits { queue_full_policy: QueueFullPolicy::DropOldest, ..limits(1, 2) });
-        for payload in ["1", "2"] {
-            assert_eq!(oldest.offer(message(payload), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
-        }
-        assert_eq!(oldest.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), false), Offer::QueuedDroppingOldest);
-        let mut out = Vec::new();
-        oldest.resume(Instant::now(), &mut out);
-        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"2"), "1 was dropped");
-        assert_eq!(oldest.dropped_count, 1);
-    }
-
-    #[test]
-    fn qos2_outbound_flow_and_resume() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-        let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::ExactlyOnce), true));
-        let b = sent_id(&session.offer(message("b"), CopyFor::at(QoS::ExactlyOnce), true));
-        assert_eq!(session.on_pubrec(a, false), AckOutcome::Done);
-        assert_eq!(session.on_pubrec(a, false), AckOutcome::Done, "repeated PUBREC is answered again");
-        // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
-        let mut out = Vec::new();
-        session.resume(Instant::now(), &mut out);
-        assert_eq!(out[0], Outgoing::PubRel(a));
-        assert!(matches!(&out[1], Outgoing::Publish { packet_id: Some(id), dup: true, .. } if *id == b));
-        assert_eq!(session.on_pubcomp(b), AckOutcome::WrongKind, "b has not reached PUBREC");
-        assert_eq!(session.on_pubcomp(a), AckOutcome::Done);
-        assert_eq!(session.inflight_len(), 1);
-    }
-
-    #[test]
-    fn an_acknowledgement_of_the_wrong_kind_is_told_apart_from_an_unknown_id() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-        let qos1 = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
-        let qos2 = sent_id(&session.offer(message("2"), CopyFor::at(QoS::ExactlyOnce), true));
-        assert_eq!(session.on_pubcomp(qos1), AckOutcome::WrongKind);
-        assert_eq!(session.on_pubrec(qos1, false), AckOutcome::WrongKind);
-        assert_eq!(session.on_puback(qos2), AckOutcome::WrongKind);
-        assert_eq!(session.on_pubcomp(qos2), AckOutcome::WrongKind);
-        assert_eq!(session.on_pubrec(qos2, false), AckOutcome::Done);
-        assert_eq!(session.on_puback(qos2), AckOutcome::WrongKind, "PUBACK where PUBCOMP is due");
-        assert_eq!(session.on_puback(PacketId::new(999).unwrap()), AckOutcome::Unknown);
-        assert_eq!(session.inflight_len(), 2);
-    }
-
-    #[test]
-    fn a_refused_pubrec_ends_the_flow_and_frees_the_id() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
-        let id = sent_id(&session.offer(message("1"), CopyFor::at(QoS::ExactlyOnce), true));
-        assert_eq!(session.offer(message("2"), CopyFor::at(QoS::ExactlyOnce), true), Offer::Queued);
-        assert_eq!(session.on_pubrec(id, true), AckOutcome::Done);
-        assert_eq!(session.inflight_len(), 0);
-        assert_eq!(session.on_pubcomp(id), AckOutcome::Unknown, "nothing waits for a PUBCOMP");
-        let mut out = Vec::new();
-        session.fill_window(Instant::now(), &mut out);
-        assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"2"));
-    }
-
-    #[test]
-    fn incoming_qos2_is_exactly_once() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-        let id = PacketId::new(7).unwrap();
-        assert!(session.receive_qos2(id));
-        assert!(!session.receive_qos2(id), "DUP resend before PUBREL is not routed again");
-        assert!(session.release_qos2(id));
-        assert!(!session.release_qos2(id));
-        assert!(session.receive_qos2(id), "after PUBREL the id is free for a new message");
-    }
-
-    #[test]
-    fn packet_ids_skip_those_in_flight() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
-        session.next_packet_id = PacketId::new(u16::MAX).unwrap();
-        let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::AtLeastOnce), true));
-        let b = sent_id(&session.offer(message("b"), CopyFor::at(QoS::AtLeastOnce), true));
-        assert_eq!((a.get(), b.get()), (u16::MAX, 1));
-        session.next_packet_id = PacketId::new(u16::MAX).unwrap();
-        let c = sent_id(&session.offer(message("c"), CopyFor::at(QoS::AtLeastOnce), true));
-        assert_eq!(c.get(), 2);
-    }
-
-    #[test]
-    fn an_ending_session_gives_up_only_unfinished_shared_copies() {
-        let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
-        let shared = |qos| CopyFor {
-            shared: Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t") })),
-            ..CopyFor::at(qos)
-        };
-        let acked = sent_id(&session.offer(message("acked"), shared(QoS::AtLeastOnce), true));
-        let received = sent_id(&session.offer(message("past-pubrec"), shared(QoS::ExactlyOnce), true));
-        let _ = sent_id(&session.offer(message("unacked"), shared(QoS::AtLeastOnce), true));
-        assert_eq!(session.offer(message("queued"), shared(QoS::ExactlyOnce), true), Offer::Queued);
-        assert_eq!(session.offer(message("plain"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-        assert_eq!(session.on_puback(acked), AckOutcome::Done);
-        assert_eq!(session.on_pubrec(received, false), AckOutcome::Done, "after PUBREC the message is the client's");
-        let unfinished: Vec<(Bytes, QoS)> =
-            session.take_unfinished_shared().into_iter().map(|(message, qos, _)| (message.payload.clone(), qos)).collect();
-        assert_eq!(unfinished, vec![(Bytes::from_static(b"unacked"), QoS::AtLeastOnce), (Bytes::from_static(b"queued"), QoS::ExactlyOnce)]);
     }
 }

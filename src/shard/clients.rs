@@ -1,35 +1,8 @@
-//! The clients that live on this shard: their slots (live or offline), what a session
-//! holds beyond the pure `Session` (will, expiry, aliases, flow-control state), and what
-//! happens when a connection goes away or a session ends.
+//! The clients that live on this shard: their slots (live or offline), what a client holds
+//! beyond its pure `Session`, `Connection` and `Lifecycle` (its link, stream cut and
+//! flow-control state), and what happens when a connection goes away or a session ends.
 
 use super::*;
-
-/// How long a session outlives its connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SessionExpiry {
-    /// Clean session (3.1.1) or Session Expiry Interval 0 (5.0).
-    WithConnection,
-    After(Duration),
-    /// Clean session 0 (3.1.1) or 0xFFFFFFFF (5.0).
-    Never,
-}
-
-impl SessionExpiry {
-    pub(super) fn from_connect(connect: &Connect) -> SessionExpiry {
-        if !connect.version.is_v5() {
-            return if connect.clean_start { SessionExpiry::WithConnection } else { SessionExpiry::Never };
-        }
-        Self::from_interval(connect.properties.session_expiry_interval.unwrap_or(0))
-    }
-
-    pub(super) fn from_interval(seconds: u32) -> SessionExpiry {
-        match seconds {
-            0 => SessionExpiry::WithConnection,
-            u32::MAX => SessionExpiry::Never,
-            seconds => SessionExpiry::After(Duration::from_secs(u64::from(seconds))),
-        }
-    }
-}
 
 pub(super) struct Client {
     pub(super) session: Session,
@@ -37,24 +10,10 @@ pub(super) struct Client {
     pub(super) link: Option<Rc<Link>>,
     pub(super) conn_id: ConnId,
     pub(super) version: ProtocolVersion,
-    pub(super) keep_alive: Option<Duration>,
-    pub(super) last_activity: Instant,
-    /// Boxed: a will carries a whole property set, and most clients have none.
-    pub(super) will: Option<Box<Will>>,
-    pub(super) session_expiry: SessionExpiry,
-    /// While offline with `SessionExpiry::After`: when the session ends.
-    pub(super) expires_at: Option<Instant>,
-    /// The client's Maximum Packet Size (5.0); larger messages are not sent to it.
-    pub(super) max_packet_size_out: u32,
-    /// Topic aliases this connection has set (client to broker), per the connection only.
-    pub(super) topic_aliases: HashMap<u16, Bytes>,
-    /// While offline: a will waiting for its Will Delay Interval.
-    pub(super) pending_will: Option<Box<(Instant, Will)>>,
-    pub(super) aliases_out: OutboundAliases,
-    /// The enhanced-authentication method the connection authenticated with, if any, and
-    /// a re-authentication (AUTH 0x19) in progress.
-    pub(super) auth_method: Option<Bytes>,
-    pub(super) reauthentication: Option<Box<dyn AuthExchange>>,
+    /// State of the current (or last) connection: keep alive, aliases, re-authentication.
+    pub(super) connection: Connection,
+    /// When the session and its will end.
+    pub(super) lifecycle: Lifecycle,
     /// For a session handed over from another shard: publishes at or before this cut were
     /// the old owner's to deliver, so this shard skips them for this client.
     pub(super) skip_until: Option<StreamCut>,
@@ -143,39 +102,16 @@ impl Shard {
 
     /// Installs a client and announces its session's subscriptions to the peers.
     pub(super) fn insert_client(&mut self, client: Client, now: Instant) -> ClientKey {
-        let client_id = client.session.client_id().clone();
         let request = self.barriers.new_request();
-        let subscriptions: Vec<(Bytes, Subscription)> =
-            client.session.subscriptions.iter().map(|(filter, subscription)| (filter.clone(), *subscription)).collect();
         let key = self.clients.insert(client);
-        for (filter, subscription) in subscriptions {
-            match shared::parse_owned(&filter) {
-                Some(Ok((group, inner))) => {
-                    self.broadcast_share_join(group, inner, client_id.clone(), subscription.options.qos, None, now);
-                }
-                _ => {
-                    self.subscriptions.insert(&filter, key, subscription);
-                    self.add_interest(&filter, request, None, now);
-                }
-            }
-        }
+        self.index_session(key, request, now);
         key
     }
 
     pub(super) fn remove_client(&mut self, key: ClientKey, now: Instant) -> Client {
         self.settle_flow_of_leaving_client(key, false, now);
         let client = self.clients.remove(key);
-        for filter in client.session.subscriptions.keys() {
-            match shared::parse_owned(filter) {
-                Some(Ok((group, inner))) => {
-                    self.broadcast_share_leave(group, inner, client.session.client_id().clone(), None, now);
-                }
-                _ => {
-                    self.subscriptions.remove(filter, &key);
-                    self.interest.remove_local(filter);
-                }
-            }
-        }
+        self.unindex_session(key, &client.session, now);
         client
     }
 
@@ -191,30 +127,14 @@ impl Shard {
     pub(super) fn client_lost(&mut self, key: ClientKey, now: Instant) {
         self.client(key).link = None;
         self.settle_flow_of_leaving_client(key, true, now);
+        let accepting = self.accepting;
         let client = self.client(key);
-        let will = client.will.take();
         let publisher = client.session.client_id().clone();
-        let expiry = client.session_expiry;
-        if let SessionExpiry::After(after) = expiry {
-            client.expires_at = Some(now + after);
+        let lost = client.lifecycle.connection_lost(accepting, now);
+        if let Some(will) = lost.will_now {
+            self.publish_will(*will, publisher, now);
         }
-        if let Some(will) = will
-            && self.accepting
-        {
-            // Sent after its delay or when the session ends, whichever comes first.
-            let delay = will_delay(&will);
-            let due = match expiry {
-                SessionExpiry::WithConnection => now,
-                SessionExpiry::After(after) => now + delay.min(after),
-                SessionExpiry::Never => now + delay,
-            };
-            if due <= now {
-                self.publish_will(*will, publisher, now);
-            } else {
-                self.client(key).pending_will = Some(Box::new((due, *will)));
-            }
-        }
-        if expiry == SessionExpiry::WithConnection {
+        if lost.session_ends {
             self.end_session(key, now);
         }
     }
@@ -225,9 +145,8 @@ impl Shard {
         self.hand_shared_to_other_members(&mut client.session, now);
         let conn = client.conn_id;
         let client_id = client.session.client_id().clone();
-        if let Some(pending) = client.pending_will.take() {
-            let (_, will) = *pending;
-            self.publish_will(will, client_id.clone(), now);
+        if let Some(will) = client.lifecycle.take_pending_will() {
+            self.publish_will(*will, client_id.clone(), now);
         }
         let home = home_shard(&client_id, self.shard_count);
         self.send(home, MeshMessage::Released { client_id, conn }, now);

@@ -261,36 +261,27 @@ impl Shard {
             server_keep_alive = Some(max);
         }
         let mut link_alive = link.state() == LinkState::Connecting;
-        let session_expiry = SessionExpiry::from_connect(&connect);
-        let max_packet_size_out = if version.is_v5() { connect.properties.maximum_packet_size.unwrap_or(u32::MAX) } else { u32::MAX };
+        let outbound_packet_bytes_max = if version.is_v5() { connect.properties.maximum_packet_size.unwrap_or(u32::MAX) } else { u32::MAX };
+        let outbound_alias_max = if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 };
+        let auth_method = authenticated.as_ref().map(|authenticated| authenticated.method.clone());
+        let expiry = SessionExpiry::from_connect(&connect);
+        let will = connect.will.map(|will| {
+            Box::new(Will {
+                topic: detach(&will.topic),
+                payload: detach(&will.payload),
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties.detached(crate::protocol::PropertyContext::Will),
+            })
+        });
         let key = self.insert_client(
             Client {
                 session,
                 link: link_alive.then(|| link.clone()),
                 conn_id: conn,
                 version,
-                keep_alive: (keep_alive_s > 0).then(|| Duration::from_secs(u64::from(keep_alive_s))),
-                last_activity: now,
-                will: connect.will.map(|will| {
-                    Box::new(Will {
-                        topic: detach(&will.topic),
-                        payload: detach(&will.payload),
-                        qos: will.qos,
-                        retain: will.retain,
-                        properties: will.properties.detached(crate::protocol::PropertyContext::Will),
-                    })
-                }),
-                session_expiry,
-                expires_at: None,
-                max_packet_size_out,
-                topic_aliases: HashMap::new(),
-                pending_will: None,
-                aliases_out: OutboundAliases {
-                    maximum: if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 },
-                    assigned: HashMap::new(),
-                },
-                auth_method: authenticated.as_ref().map(|authenticated| authenticated.method.clone()),
-                reauthentication: None,
+                connection: Connection::new(keep_alive_s, outbound_packet_bytes_max, outbound_alias_max, auth_method, now),
+                lifecycle: Lifecycle::new(expiry, will),
                 skip_until: None,
                 stalled_since: None,
                 paused_publishers: HashSet::new(),
@@ -337,7 +328,7 @@ impl Shard {
             let client = self.client(key);
             client.session.resume(now, &mut outgoing);
             for packet in outgoing.drain(..) {
-                write_outgoing(&link, version, &packet, now, &mut client.aliases_out);
+                write_outgoing(&link, version, &packet, now, client.connection.outbound_aliases());
             }
             self.scratch.outgoing = outgoing;
         }
@@ -357,19 +348,21 @@ impl Shard {
     pub(super) fn reauthenticate(&mut self, key: ClientKey, link: &Link, auth: Auth) -> Result<(), CloseReason> {
         let client = self.client(key);
         let version = client.version;
-        let Some(method) = client.auth_method.clone() else { return Err(CloseReason::UnexpectedAuth) };
+        let Some(method) = client.connection.auth_method().cloned() else { return Err(CloseReason::UnexpectedAuth) };
         if auth.properties.authentication_method.as_ref() != Some(&method) {
             return Err(CloseReason::UnexpectedAuth);
         }
         let mut exchange = match auth.reason {
             ReasonCode::REAUTHENTICATE => self.auth.start_exchange(&method).ok_or(CloseReason::UnexpectedAuth)?,
-            ReasonCode::CONTINUE_AUTHENTICATION => self.client(key).reauthentication.take().ok_or(CloseReason::UnexpectedAuth)?,
+            ReasonCode::CONTINUE_AUTHENTICATION => {
+                self.client(key).connection.take_reauthentication().ok_or(CloseReason::UnexpectedAuth)?
+            }
             _ => return Err(CloseReason::UnexpectedAuth),
         };
         let data = auth.properties.authentication_data.unwrap_or_default();
         let (reason, reply) = match exchange.step(&data) {
             AuthStep::Continue(reply) => {
-                self.client(key).reauthentication = Some(exchange);
+                self.client(key).connection.continue_reauthentication(exchange);
                 (ReasonCode::CONTINUE_AUTHENTICATION, Some(reply))
             }
             AuthStep::Success(reply) => (ReasonCode::SUCCESS, reply),

@@ -5,33 +5,6 @@
 
 use super::*;
 
-/// Broker-to-client topic aliases of one connection (5.0): the first topics sent get an
-/// alias each, up to the client's Topic Alias Maximum; later messages on those topics carry
-/// only the alias. Per connection: a new connection starts with none.
-#[derive(Debug, Default)]
-pub(super) struct OutboundAliases {
-    pub(super) maximum: u16,
-    pub(super) assigned: HashMap<Bytes, u16>,
-}
-
-impl OutboundAliases {
-    /// The topic to put on the wire (empty once aliased) and the alias to send with it.
-    pub(super) fn resolve<'t>(&mut self, topic: &'t Bytes) -> (&'t [u8], Option<u16>) {
-        if self.maximum == 0 {
-            return (topic, None);
-        }
-        if let Some(&alias) = self.assigned.get(topic) {
-            return (&[], Some(alias));
-        }
-        if self.assigned.len() < usize::from(self.maximum) {
-            let alias = self.assigned.len() as u16 + 1;
-            self.assigned.insert(detach(topic), alias);
-            return (topic, Some(alias));
-        }
-        (topic, None)
-    }
-}
-
 pub(super) fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant, aliases: &mut OutboundAliases) {
     match outgoing {
         Outgoing::Publish { packet_id, qos, dup, retain, subscription_ids, message } => link.write_with(|buf| {
@@ -50,11 +23,6 @@ pub(super) fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &O
         }),
         Outgoing::PubRel(packet_id) => link.write_with(|buf| Packet::PubRel(Ack::new(*packet_id)).encode(version, buf)),
     }
-}
-
-/// The Will Delay Interval (5.0); zero for 3.1.1 wills.
-pub(super) fn will_delay(will: &Will) -> Duration {
-    Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)))
 }
 
 impl Shard {
@@ -229,7 +197,7 @@ impl Shard {
         keys.dedup();
         for key in keys {
             let client = self.clients.get(key);
-            let Some(subscription) = client.session.subscriptions.get(filter).copied() else { continue };
+            let Some(subscription) = client.session.subscription(filter).copied() else { continue };
             let own_message = self.is_publisher(key, message);
             if let Some(delivery) = merge_matching(std::iter::once(&subscription), own_message) {
                 let retain = delivery.retain_as_published && message.retain;
@@ -242,12 +210,8 @@ impl Shard {
 
     /// Whether `key` still holds the shared subscription `target` was chosen for.
     pub(super) fn holds_shared(&self, key: ClientKey, target: &SharedTarget) -> bool {
-        let mut full = Vec::with_capacity(8 + target.group.len() + target.filter.len());
-        full.extend_from_slice(b"$share/");
-        full.extend_from_slice(&target.group);
-        full.push(b'/');
-        full.extend_from_slice(&target.filter);
-        self.clients.find(key).is_some_and(|client| client.session.subscriptions.contains_key(&full[..]))
+        let text = Filter::Shared { group: target.group.clone(), filter: target.filter.clone() }.text();
+        self.clients.find(key).is_some_and(|client| client.session.subscription(&text).is_some())
     }
 
     pub(super) fn is_publisher(&self, key: ClientKey, message: &Message) -> bool {
@@ -281,15 +245,16 @@ impl Shard {
             return;
         }
         let link = client.link.as_ref().filter(|link| !link.is_closing());
-        if client.max_packet_size_out != u32::MAX && {
+        let outbound_packet_bytes_max = client.connection.outbound_packet_bytes_max();
+        if outbound_packet_bytes_max != u32::MAX && {
             let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
             if !copy.subscription_ids.is_empty() {
                 properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
             }
             // Counted with an alias property, in case this delivery assigns one.
-            let topic_alias = (client.aliases_out.maximum > 0).then_some(1);
+            let topic_alias = client.connection.takes_outbound_aliases().then_some(1);
             let header = PublishHeader { dup: false, qos, retain, packet_id: None, topic_alias };
-            publish_wire_len(client.version, &header, &message.topic, &properties, &message.payload) > client.max_packet_size_out as usize
+            publish_wire_len(client.version, &header, &message.topic, &properties, &message.payload) > outbound_packet_bytes_max as usize
         } {
             // Larger than the client accepts: discarded for this client, as if sent (5.0 3.1.2.25).
             self.counters.oversize_drops += 1;
@@ -302,7 +267,7 @@ impl Shard {
         match client.session.offer(message.clone(), copy, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");
-                write_outgoing(link, client.version, &outgoing, now, &mut client.aliases_out);
+                write_outgoing(link, client.version, &outgoing, now, client.connection.outbound_aliases());
                 self.counters.messages_delivered += 1;
             }
             Offer::Queued => {}

@@ -32,6 +32,7 @@ mod outbox;
 mod packets;
 mod recent;
 pub mod shared;
+mod subscriptions;
 mod takeover;
 mod timer;
 
@@ -58,6 +59,7 @@ pub use mesh::{ConnId, MeshMessage, ShardId, StreamCut};
 use outbox::Outboxes;
 use recent::{RecentPublish, RecentPublishes};
 use shared::{SharedGroups, SharedTarget};
+use subscriptions::SubscriptionAdded;
 pub use takeover::home_shard;
 use takeover::*;
 
@@ -66,9 +68,13 @@ use crate::protocol::{
     Ack, Auth, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishHeader, QoS,
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, publish_wire_len, write_publish,
 };
-use crate::session::{AckOutcome, CopyFor, Message, Offer, Outgoing, Session, SharedRoute, Subscription, detach, merge_matching};
+use crate::session::{
+    AckOutcome, AliasError, Connection, CopyFor, Due, Lifecycle, Message, Offer, OutboundAliases, Outgoing, Session, SessionExpiry,
+    SharedRoute, Subscription, detach, merge_matching,
+};
 use crate::topics::{
-    RetainedTree, SubscriptionTree, TopicError, filter_matches, is_broker_topic, level_count, validate_topic_filter, validate_topic_name,
+    Filter, RetainedTree, SubscriptionTree, TopicError, filter_matches, is_broker_topic, level_count, validate_topic_filter,
+    validate_topic_name,
 };
 pub use limits::{Features, Routing, ShardLimits};
 

@@ -11,7 +11,7 @@ impl Shard {
             return Ok(());
         };
         let client = self.client(key);
-        client.last_activity = now;
+        client.connection.touch(now);
         let version = client.version;
         match packet {
             Packet::Publish(publish) => self.handle_publish(key, link, publish, now)?,
@@ -53,13 +53,10 @@ impl Shard {
             Packet::Disconnect(disconnect) => {
                 let client = self.client(key);
                 if let Some(seconds) = disconnect.properties.session_expiry_interval {
-                    if client.session_expiry == SessionExpiry::WithConnection && seconds != 0 {
-                        return Err(CloseReason::SessionExpiryOnDisconnect);
-                    }
-                    client.session_expiry = SessionExpiry::from_interval(seconds);
+                    client.lifecycle.set_expiry_on_disconnect(seconds).map_err(|_| CloseReason::SessionExpiryOnDisconnect)?;
                 }
                 if disconnect.reason != ReasonCode::DISCONNECT_WITH_WILL {
-                    client.will = None;
+                    client.lifecycle.discard_will();
                 }
                 link.close();
                 self.client_lost(key, now);
@@ -84,7 +81,7 @@ impl Shard {
         let client = self.clients.get_mut(key);
         let version = client.version;
         for packet in outgoing.drain(..) {
-            write_outgoing(link, version, &packet, now, &mut client.aliases_out);
+            write_outgoing(link, version, &packet, now, client.connection.outbound_aliases());
         }
         self.scratch.outgoing = outgoing;
         self.release_publishers_if_drained(key, now);
@@ -94,16 +91,12 @@ impl Shard {
     pub(super) fn handle_publish(&mut self, key: ClientKey, link: &Link, mut publish: Publish, now: Instant) -> Result<(), CloseReason> {
         let alias_maximum = self.limits.topic_alias_maximum;
         if let Some(alias) = publish.properties.topic_alias.take() {
-            if alias == 0 || alias > alias_maximum {
-                return Err(CloseReason::TopicAlias);
-            }
-            let aliases = &mut self.client(key).topic_aliases;
-            if publish.topic.is_empty() {
-                publish.topic = aliases.get(&alias).cloned().ok_or(CloseReason::UnknownTopicAlias)?;
-            } else {
-                // Aliases live as long as the connection: keep the topic, not the read block.
-                aliases.insert(alias, detach(&publish.topic));
-            }
+            let topic = std::mem::take(&mut publish.topic);
+            publish.topic =
+                self.client(key).connection.resolve_inbound_alias(alias, topic, alias_maximum).map_err(|error| match error {
+                    AliasError::OutOfRange => CloseReason::TopicAlias,
+                    AliasError::Unknown => CloseReason::UnknownTopicAlias,
+                })?;
         }
         validate_topic_name(&publish.topic).map_err(CloseReason::TopicName)?;
         if publish.qos > self.limits.features.qos_max {
@@ -209,24 +202,19 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
-            let shared = match shared::parse_owned(&filter) {
-                None => None,
-                Some(Ok(parts)) => Some(parts),
-                Some(Err(_)) => {
-                    codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
-                    continue;
-                }
+            let Ok(parsed) = Filter::parse(&filter) else {
+                codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
             };
-            if shared.is_some() && !self.limits.features.shared_subscriptions {
+            if parsed.is_shared() && !self.limits.features.shared_subscriptions {
                 codes.push(if version.is_v5() { ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
-            if shared.is_some() && options.no_local {
+            if parsed.is_shared() && options.no_local {
                 // MQTT 5.0 3.8.3.1: no-local on a shared subscription is a protocol error.
                 return Err(CloseReason::NoLocalOnSharedSubscription);
             }
-            let matched_filter = shared.as_ref().map_or(&filter[..], |(_, inner)| &inner[..]);
-            if !self.limits.features.wildcard_subscriptions && matched_filter.iter().any(|&b| b == b'+' || b == b'#') {
+            if !self.limits.features.wildcard_subscriptions && parsed.matched().iter().any(|&b| b == b'+' || b == b'#') {
                 codes.push(if version.is_v5() { ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
@@ -234,8 +222,8 @@ impl Shard {
                 codes.push(if version.is_v5() { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }
-            let subscriptions = &self.clients.get(key).session.subscriptions;
-            if subscriptions.len() >= self.limits.subscriptions_per_client_max && !subscriptions.contains_key(&filter[..]) {
+            let session = &self.clients.get(key).session;
+            if session.subscription_count() >= self.limits.subscriptions_per_client_max && session.subscription(&filter).is_none() {
                 // A new filter past the client's bound (a replaced one is fine).
                 self.counters.subscriptions_refused_quota += 1;
                 codes.push(if version.is_v5() { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR });
@@ -244,18 +232,13 @@ impl Shard {
             // Granted QoS never exceeds the server's maximum.
             let options = SubscriptionOptions { qos: options.qos.min(self.limits.features.qos_max), ..options };
             let subscription = Subscription { options, identifier };
-            if let Some((group, inner)) = shared {
+            let shared = parsed.is_shared();
+            let SubscriptionAdded { existed, wait_for } = self.add_subscription(key, parsed, subscription, request, now);
+            needs.extend(wait_for);
+            if shared {
                 // Retained messages are not sent to a shared subscription (5.0 4.8.2).
-                self.client(key).session.subscriptions.insert(detach(&filter), subscription);
-                let client_id = self.client(key).session.client_id().clone();
-                self.broadcast_share_join(group, inner, client_id, options.qos, Some(request), now);
                 codes.push(ReasonCode(options.qos as u8));
                 continue;
-            }
-            self.subscriptions.insert(&filter, key, subscription);
-            let existed = self.client(key).session.subscriptions.insert(detach(&filter), subscription).is_some();
-            if !existed {
-                needs.push(self.add_interest(&filter, request, Some(now), now));
             }
             let send_retained = match options.retain_handling {
                 RetainHandling::SendOnSubscribe => true,
@@ -285,12 +268,7 @@ impl Shard {
         let request = self.barriers.new_request();
         let mut codes = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            let inner = match shared::parse_owned(filter) {
-                Some(Ok((_, inner))) => Ok(inner),
-                Some(Err(error)) => Err(error),
-                None => validate_topic_filter(filter).map(|()| filter.clone()),
-            };
-            if let Err(error) = inner {
+            if let Err(error) = Filter::parse(filter) {
                 // 5.0 answers per filter; 3.1.1 has no code for it, so the connection ends.
                 if !version.is_v5() {
                     return Err(CloseReason::TopicFilter(error));
@@ -298,20 +276,7 @@ impl Shard {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            let existed = self.client(key).session.subscriptions.remove(filter).is_some();
-            match shared::parse_owned(filter) {
-                Some(Ok((group, inner))) if existed => {
-                    let client_id = self.client(key).session.client_id().clone();
-                    self.broadcast_share_leave(group, inner, client_id, Some(request), now);
-                }
-                Some(_) => {}
-                None => {
-                    self.subscriptions.remove(filter, &key);
-                    if existed {
-                        self.interest.remove_local(filter);
-                    }
-                }
-            }
+            let existed = self.remove_subscription(key, filter, request, now);
             codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };

@@ -9,14 +9,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::protocol::QoS;
-use crate::topics::{SubscriptionTree, TopicError, parse_shared};
+use crate::topics::SubscriptionTree;
 
 use super::mesh::ShardId;
-
-/// `$share/GROUP/FILTER` as owned group and filter, for the tables and mesh messages.
-pub fn parse_owned(filter: &[u8]) -> Option<Result<(Bytes, Bytes), TopicError>> {
-    parse_shared(filter).map(|parsed| parsed.map(|(group, inner)| (Bytes::copy_from_slice(group), Bytes::copy_from_slice(inner))))
-}
 
 /// A member chosen for one message: which shard holds it, which client, at what QoS.
 #[derive(Debug, Clone, PartialEq, Eq)]

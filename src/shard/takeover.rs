@@ -66,27 +66,15 @@ impl Shard {
         };
         self.counters.takeovers += 1;
         let client = self.client(key);
-        let continued = !clean_start && client.session_expiry != SessionExpiry::WithConnection;
         let version = client.version;
-        let will = client.will.take();
-        // A delayed will still waiting: a new connection to a continued session cancels
-        // it; a session ending now sends it.
-        let pending_will = client.pending_will.take();
-        if let Some(link) = client.link.take() {
+        let link = client.link.take();
+        let taken = client.lifecycle.taken_over(clean_start, link.is_some());
+        let continued = taken.continued;
+        if let Some(link) = link {
             close_with_reason(&link, version, ReasonCode::SESSION_TAKEN_OVER);
-            // The old connection closed without DISCONNECT: its will goes out, unless it
-            // has a delay and the session goes on with the new connection (5.0 3.1.3.2.2).
-            if let Some(will) = will
-                && (will_delay(&will).is_zero() || !continued)
-            {
-                self.publish_will(*will, client_id.clone(), now);
-            }
         }
-        if let Some(pending) = pending_will
-            && !continued
-        {
-            let (_, will) = *pending;
-            self.publish_will(will, client_id.clone(), now);
+        for will in taken.wills_now {
+            self.publish_will(*will, client_id.clone(), now);
         }
         if !continued || next.shard() == self.id {
             self.hand_over(key, next, continued, None, now);
@@ -159,9 +147,14 @@ impl Shard {
         let client = self.clients.get(key);
         for entry in entries {
             let message = &entry.message;
-            let matching = client.session.subscriptions.iter().filter(|(filter, _)| filter_matches(filter, &message.topic));
+            // Shared copies are not replayed: each went to the member chosen at its origin.
+            let matching = client
+                .session
+                .subscriptions()
+                .filter(|(filter, _)| !filter.is_shared() && filter_matches(filter.matched(), &message.topic))
+                .map(|(_, subscription)| subscription);
             let own_message = message.publisher.as_ref() == Some(client.session.client_id());
-            if let Some(delivery) = merge_matching(matching.map(|(_, subscription)| subscription), own_message) {
+            if let Some(delivery) = merge_matching(matching, own_message) {
                 let retain = delivery.retain_as_published && message.retain;
                 missed.push((message.clone(), delivery.granted.min(message.qos), retain, delivery.subscription_ids));
             }

@@ -6,8 +6,8 @@ use super::*;
 /// What the coarse timer found due for one client.
 pub(super) enum TimerEvent {
     KeepAliveTimeout,
-    SessionExpired,
-    WillDelayOver,
+    /// Session expiry or a delayed will (see `session/lifecycle.rs`).
+    Lifecycle(Due),
     /// The queue stayed full past `--slow-subscriber-timeout-s` (see `flow.rs`).
     SlowSubscriber,
 }
@@ -22,21 +22,15 @@ impl Shard {
         for (key, client) in self.clients.iter() {
             if let Some(link) = &client.link {
                 // A connection whose PUBLISH is held by back-pressure is not idle.
-                if let Some(keep_alive) = client.keep_alive
-                    && !link.is_waiting_to_publish()
-                    && now.duration_since(client.last_activity) >= keep_alive * 3 / 2
-                {
+                if client.connection.keep_alive_expired(now) && !link.is_waiting_to_publish() {
                     due.push((key, TimerEvent::KeepAliveTimeout));
                 } else if let (Some(timeout), Some(since)) = (slow_subscriber_timeout, client.stalled_since)
                     && now.duration_since(since) >= timeout
                 {
                     due.push((key, TimerEvent::SlowSubscriber));
                 }
-            } else if client.expires_at.is_some_and(|at| now >= at) {
-                // Ending the session also sends a will still waiting for its delay.
-                due.push((key, TimerEvent::SessionExpired));
-            } else if client.pending_will.as_ref().is_some_and(|pending| now >= pending.0) {
-                due.push((key, TimerEvent::WillDelayOver));
+            } else if let Some(lifecycle_due) = client.lifecycle.due(now) {
+                due.push((key, TimerEvent::Lifecycle(lifecycle_due)));
             }
         }
         for (key, event) in due {
@@ -49,17 +43,17 @@ impl Shard {
                     }
                     self.client_lost(key, now);
                 }
-                TimerEvent::SessionExpired => {
+                TimerEvent::Lifecycle(Due::SessionExpired) => {
+                    // Ending the session also sends a will still waiting for its delay.
                     self.counters.sessions_expired += 1;
                     self.end_session(key, now);
                 }
                 TimerEvent::SlowSubscriber => self.disconnect_slow_subscriber(key, now),
-                TimerEvent::WillDelayOver => {
+                TimerEvent::Lifecycle(Due::WillDelayOver) => {
                     let client = self.client(key);
                     let publisher = client.session.client_id().clone();
-                    if let Some(pending) = client.pending_will.take() {
-                        let (_, will) = *pending;
-                        self.publish_will(will, publisher, now);
+                    if let Some(will) = client.lifecycle.take_pending_will() {
+                        self.publish_will(*will, publisher, now);
                     }
                 }
             }

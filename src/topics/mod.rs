@@ -7,6 +7,8 @@
 mod retained;
 mod trie;
 
+use bytes::Bytes;
+
 pub use retained::RetainedTree;
 pub use trie::SubscriptionTree;
 
@@ -79,6 +81,54 @@ pub fn parse_shared(filter: &[u8]) -> Option<Result<SharedFilter<'_>, TopicError
     Some(validate_topic_filter(inner).map(|()| (group, inner)))
 }
 
+/// A subscription's filter, parsed once at SUBSCRIBE: a plain one, matched through the
+/// shard's trie, or a shared one (`$share/GROUP/FILTER`), whose group's members take
+/// turns (see `shard/shared.rs`). Owns its bytes (copied out of the read buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    Plain(Bytes),
+    Shared { group: Bytes, filter: Bytes },
+}
+
+impl Filter {
+    /// Parses and validates a filter as a client sent it.
+    pub fn parse(text: &[u8]) -> Result<Filter, TopicError> {
+        match parse_shared(text) {
+            None => validate_topic_filter(text).map(|()| Filter::Plain(Bytes::copy_from_slice(text))),
+            Some(parsed) => {
+                let (group, filter) = parsed?;
+                Ok(Filter::Shared { group: Bytes::copy_from_slice(group), filter: Bytes::copy_from_slice(filter) })
+            }
+        }
+    }
+
+    /// The filter topics are matched against (a shared filter's inner one).
+    pub fn matched(&self) -> &Bytes {
+        match self {
+            Filter::Plain(filter) | Filter::Shared { filter, .. } => filter,
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Filter::Shared { .. })
+    }
+
+    /// The filter as the client wrote it (`$share/GROUP/FILTER` rebuilt for a shared one).
+    pub fn text(&self) -> Bytes {
+        match self {
+            Filter::Plain(filter) => filter.clone(),
+            Filter::Shared { group, filter } => {
+                let mut text = Vec::with_capacity(8 + group.len() + filter.len());
+                text.extend_from_slice(b"$share/");
+                text.extend_from_slice(group);
+                text.push(b'/');
+                text.extend_from_slice(filter);
+                Bytes::from(text)
+            }
+        }
+    }
+}
+
 /// Topics beginning with `$` are not matched by a filter starting with a wildcard (4.7.2).
 pub fn is_system_topic(topic: &[u8]) -> bool {
     topic.first() == Some(&b'$')
@@ -134,6 +184,19 @@ mod tests {
         assert!(matches!(parse_shared(b"$share//a"), Some(Err(_))));
         assert!(matches!(parse_shared(b"$share/g+/a"), Some(Err(_))));
         assert!(matches!(parse_shared(b"$share/g/a/#/b"), Some(Err(_))));
+    }
+
+    #[test]
+    fn a_filter_is_parsed_once_into_plain_or_shared_and_written_back_as_sent() {
+        for text in [&b"a/+/#"[..], b"$share/g/a/+", b"$share/g/#", b"$SYS/#"] {
+            let filter = Filter::parse(text).unwrap();
+            assert_eq!(&filter.text()[..], text);
+            assert_eq!(filter.is_shared(), text.starts_with(b"$share/"));
+        }
+        assert_eq!(Filter::parse(b"$share/g/a/+").unwrap().matched(), &Bytes::from_static(b"a/+"));
+        assert_eq!(Filter::parse(b"a/#/b"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert!(Filter::parse(b"$share/g").is_err());
+        assert!(Filter::parse(b"$share/g/a/#/b").is_err());
     }
 
     #[test]
