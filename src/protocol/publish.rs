@@ -149,6 +149,61 @@ pub fn write_publish(
     buf.put_slice(payload);
 }
 
+/// One wire layout of a PUBLISH (version, QoS, RETAIN, properties), encoded once and
+/// copied into the buffer of every recipient that gets this layout: recipients differ only
+/// in packet id and DUP flag, which are patched in the copy. Reuses its buffer.
+#[derive(Debug, Default)]
+pub struct PublishLayout {
+    bytes: BytesMut,
+    /// Where the packet id sits (QoS 1/2 only).
+    packet_id_at: Option<usize>,
+}
+
+impl PublishLayout {
+    /// Encodes the layout, replacing the previous one (no alias: aliases are per connection).
+    pub fn encode(&mut self, version: ProtocolVersion, qos: QoS, retain: bool, topic: &[u8], properties: &Properties, payload: &[u8]) {
+        // Any id will do as a placeholder; every copy gets its own.
+        let placeholder = PacketId::new(u16::MAX).expect("non-zero");
+        let header =
+            PublishHeader { dup: false, qos, retain, packet_id: (qos != QoS::AtMostOnce).then_some(placeholder), topic_alias: None };
+        self.bytes.clear();
+        write_publish(&mut self.bytes, version, header, topic, properties, payload);
+        let remaining = remaining_len(version, &header, topic, properties, payload);
+        let fixed_header = packet_len(remaining) - remaining;
+        self.packet_id_at = header.packet_id.map(|_| fixed_header + 2 + topic.len());
+    }
+
+    /// The encoded size, for a recipient's Maximum Packet Size.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends this layout to `buf` with the recipient's packet id (present exactly for
+    /// QoS 1/2) and DUP flag.
+    pub fn write_to(&self, buf: &mut BytesMut, packet_id: Option<PacketId>, dup: bool) {
+        debug_assert_eq!(packet_id.is_some(), self.packet_id_at.is_some());
+        let start = buf.len();
+        buf.extend_from_slice(&self.bytes);
+        if let (Some(at), Some(packet_id)) = (self.packet_id_at, packet_id) {
+            buf[start + at..start + at + 2].copy_from_slice(&packet_id.get().to_be_bytes());
+        }
+        if dup {
+            buf[start] |= 0b1000;
+        }
+    }
+
+    /// Gives back a large buffer once the message it held is done with.
+    pub fn shrink(&mut self, capacity_max: usize) {
+        if self.bytes.capacity() > capacity_max {
+            self.bytes = BytesMut::new();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +257,29 @@ mod tests {
         let mut out = BytesMut::new();
         publish.encode(ProtocolVersion::V5, &mut out);
         assert_eq!(&out[..], &bytes[..]);
+    }
+
+    #[test]
+    fn a_layout_copied_with_its_own_packet_id_and_dup_equals_a_direct_encoding() {
+        let properties = Properties { content_type: Some(Bytes::from_static(b"text/plain")), ..Properties::default() };
+        let long_topic = vec![b't'; 300];
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                for (topic, payload) in [(&b"a/b"[..], &b"x"[..]), (&long_topic[..], &[7u8; 200][..])] {
+                    let mut layout = PublishLayout::default();
+                    layout.encode(version, qos, true, topic, &properties, payload);
+                    for (id, dup) in [(1u16, false), (0x1234, true), (u16::MAX, false)] {
+                        let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(id).unwrap());
+                        let mut direct = BytesMut::from(&b"before"[..]);
+                        let header = PublishHeader { dup, qos, retain: true, packet_id, topic_alias: None };
+                        write_publish(&mut direct, version, header, topic, &properties, payload);
+                        let mut copied = BytesMut::from(&b"before"[..]);
+                        layout.write_to(&mut copied, packet_id, dup);
+                        assert_eq!(copied, direct, "{version:?} {qos:?} id {id} dup {dup}");
+                        assert_eq!(layout.len() + 6, copied.len());
+                    }
+                }
+            }
+        }
     }
 }

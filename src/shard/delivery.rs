@@ -130,6 +130,7 @@ impl Shard {
         for target in shared.iter().filter(|target| target.shard == here) {
             self.deliver_shared(target, message, Some((source, sequence)), true, now);
         }
+        self.scratch.layouts.release();
         matched
     }
 
@@ -245,17 +246,26 @@ impl Shard {
             return;
         }
         let link = client.link.as_ref().filter(|link| !link.is_closing());
+        // Recipients with neither subscription identifiers nor outbound aliases share one
+        // encoding per layout (see `layouts.rs`).
+        let shares_layout = copy.subscription_ids.is_empty() && !client.connection.takes_outbound_aliases();
         let outbound_packet_bytes_max = client.connection.outbound_packet_bytes_max();
-        if outbound_packet_bytes_max != u32::MAX && {
-            let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
-            if !copy.subscription_ids.is_empty() {
-                properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
-            }
-            // Counted with an alias property, in case this delivery assigns one.
-            let topic_alias = client.connection.takes_outbound_aliases().then_some(1);
-            let header = PublishHeader { dup: false, qos, retain, packet_id: None, topic_alias };
-            publish_wire_len(client.version, &header, &message.topic, &properties, &message.payload) > outbound_packet_bytes_max as usize
-        } {
+        let oversize = outbound_packet_bytes_max != u32::MAX && {
+            let wire_len = if shares_layout {
+                self.scratch.layouts.get(message, client.version, qos, retain, now).len()
+            } else {
+                let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
+                if !copy.subscription_ids.is_empty() {
+                    properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
+                }
+                // Counted with an alias property, in case this delivery assigns one.
+                let topic_alias = client.connection.takes_outbound_aliases().then_some(1);
+                let header = PublishHeader { dup: false, qos, retain, packet_id: None, topic_alias };
+                publish_wire_len(client.version, &header, &message.topic, &properties, &message.payload)
+            };
+            wire_len > outbound_packet_bytes_max as usize
+        };
+        if oversize {
             // Larger than the client accepts: discarded for this client, as if sent (5.0 3.1.2.25).
             self.counters.oversize_drops += 1;
             return;
@@ -267,7 +277,13 @@ impl Shard {
         match client.session.offer(message.clone(), copy, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");
-                write_outgoing(link, client.version, &outgoing, now, client.connection.outbound_aliases());
+                match &outgoing {
+                    Outgoing::Publish { packet_id, qos, dup, retain, .. } if shares_layout => {
+                        let layout = self.scratch.layouts.get(message, client.version, *qos, *retain, now);
+                        link.write_with(|buf| layout.write_to(buf, *packet_id, *dup));
+                    }
+                    _ => write_outgoing(link, client.version, &outgoing, now, client.connection.outbound_aliases()),
+                }
                 self.counters.messages_delivered += 1;
             }
             Offer::Queued => {}

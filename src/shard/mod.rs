@@ -25,6 +25,7 @@ mod counters;
 mod delivery;
 mod flow;
 mod interest;
+mod layouts;
 mod limits;
 pub mod link;
 pub mod mesh;
@@ -140,6 +141,8 @@ pub(super) struct Scratch {
     pub(super) matches: Vec<(ClientKey, Subscription)>,
     /// What a session wants written.
     pub(super) outgoing: Vec<Outgoing>,
+    /// The wire layouts of the message being delivered (see `layouts.rs`).
+    pub(super) layouts: layouts::PublishLayouts,
 }
 
 impl Shard {

@@ -1,0 +1,114 @@
+//! One message fanned out by one shard to 1,000 subscribers: the time `Shard::handle_packet`
+//! takes for the publisher's PUBLISH, from decode-free packet in to every subscriber's
+//! bytes in its buffer. Reading the buffers and acknowledging is done outside the timing.
+//! Layouts: 3.1.1 QoS 0 and QoS 1, 5.0 QoS 1, at 64 B and 1 KiB payloads.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use ringmq::auth::Authenticator;
+use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use ringmq::session::{QueueFullPolicy, SessionLimits};
+use ringmq::shard::link::Link;
+use ringmq::shard::{Shard, ShardId, ShardLimits};
+
+const SUBSCRIBERS: usize = 1000;
+
+struct Fanout {
+    shard: Shard,
+    publisher: Rc<Link>,
+    subscribers: Vec<Rc<Link>>,
+    qos: QoS,
+    payload: Bytes,
+    next_packet_id: u16,
+    /// The id every subscriber's session gives this round's message: sessions number
+    /// from 1 and each window holds one message at a time here, so all agree.
+    delivered_packet_id: u16,
+}
+
+impl Fanout {
+    fn new(version: ProtocolVersion, qos: QoS, payload_bytes: usize) -> Fanout {
+        let now = Instant::now();
+        let limits = ShardLimits {
+            session: SessionLimits { inflight_max: 64, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
+            outbound_buffer_bytes_max: 1 << 30,
+            sys_interval: None,
+            ..ShardLimits::defaults()
+        };
+        let mut shard = Shard::new(ShardId(0), 1, limits, Arc::new(Authenticator::anonymous()), now);
+        let mut connect = |id: String| {
+            let link = shard.new_link();
+            let connect = match version {
+                ProtocolVersion::V311 => Connect::v311(Bytes::from(id)),
+                ProtocolVersion::V5 => Connect::v5(Bytes::from(id)),
+            };
+            shard.begin_connect(&link, Box::new(connect), now);
+            link
+        };
+        let publisher = connect("publisher".into());
+        let subscribers: Vec<Rc<Link>> = (0..SUBSCRIBERS).map(|i| connect(format!("sub-{i}"))).collect();
+        for link in &subscribers {
+            let subscribe = Subscribe {
+                packet_id: PacketId::new(1).expect("non-zero"),
+                properties: Properties::default(),
+                filters: vec![(Bytes::from_static(b"fan/+"), SubscriptionOptions::with_qos(qos))],
+            };
+            shard.handle_packet(link, Packet::Subscribe(subscribe), now).expect("subscribe");
+            drop(link.take_output());
+        }
+        Fanout {
+            shard,
+            publisher,
+            subscribers,
+            qos,
+            payload: Bytes::from(vec![0x42; payload_bytes]),
+            next_packet_id: 0,
+            delivered_packet_id: 0,
+        }
+    }
+
+    /// One publish, timed; then every subscriber reads (and acknowledges) it, untimed.
+    fn round(&mut self) -> Duration {
+        self.next_packet_id = self.next_packet_id % 60_000 + 1;
+        let packet_id = (self.qos != QoS::AtMostOnce).then(|| PacketId::new(self.next_packet_id).expect("non-zero"));
+        let publish = Publish { packet_id, ..Publish::at_most_once(Bytes::from_static(b"fan/out"), self.payload.clone()) };
+        let publish = Publish { qos: self.qos, ..publish };
+        let now = Instant::now();
+        let started = Instant::now();
+        self.shard.handle_packet(&self.publisher, Packet::Publish(publish), now).expect("publish");
+        let elapsed = started.elapsed();
+        drop(self.publisher.take_output());
+        self.delivered_packet_id = if self.delivered_packet_id == u16::MAX { 1 } else { self.delivered_packet_id + 1 };
+        let ack = PacketId::new(self.delivered_packet_id).expect("non-zero");
+        for link in &self.subscribers {
+            let written = link.take_output();
+            assert!(written.len() > self.payload.len(), "every subscriber got the message");
+            drop(written);
+            if self.qos == QoS::AtLeastOnce {
+                self.shard.handle_packet(link, Packet::PubAck(Ack::new(ack)), now).expect("puback");
+                assert!(link.take_output().is_empty(), "the window was empty again, nothing queued");
+            }
+        }
+        elapsed
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_1000");
+    for (label, version, qos, payload_bytes) in [
+        ("v311_qos0_64b", ProtocolVersion::V311, QoS::AtMostOnce, 64),
+        ("v311_qos1_64b", ProtocolVersion::V311, QoS::AtLeastOnce, 64),
+        ("v5_qos1_64b", ProtocolVersion::V5, QoS::AtLeastOnce, 64),
+        ("v311_qos1_1k", ProtocolVersion::V311, QoS::AtLeastOnce, 1024),
+    ] {
+        let mut fanout = Fanout::new(version, qos, payload_bytes);
+        group.bench_function(label, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round()).sum()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);
