@@ -3,13 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::RawClient;
+use common::launcher::BrokerProcess;
 use ringmq::protocol::ProtocolVersion;
 
 const OPEN_FILES_MAX: libc::rlim_t = 64;
@@ -20,7 +21,6 @@ fn connections_past_the_open_file_limit_are_closed_promptly_and_service_resumes(
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
     command
         .args(["--listen", "127.0.0.1:0", "--cores", "1", "--log", "warn", "--sys-interval-s", "0"])
-        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"));
     // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
     unsafe {
@@ -32,10 +32,8 @@ fn connections_past_the_open_file_limit_are_closed_promptly_and_service_resumes(
             Ok(())
         });
     }
-    let mut child = command.spawn().expect("spawn ringmq");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
-    let addr: SocketAddr = line.split_whitespace().find_map(|word| word.parse().ok()).expect("address");
+    let broker = BrokerProcess::spawn(&mut command);
+    let addr = broker.addr;
 
     // Twice as many connections as the broker may hold descriptors for, none sending CONNECT.
     let mut clients: Vec<TcpStream> = (0..2 * OPEN_FILES_MAX).map(|_| TcpStream::connect(addr).expect("connect")).collect();
@@ -66,8 +64,7 @@ fn connections_past_the_open_file_limit_are_closed_promptly_and_service_resumes(
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(served);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(broker);
     let written = std::fs::read_to_string(&log).expect("log");
     let _ = std::fs::remove_file(&log);
     let warnings = written.matches("open-file limit reached").count();

@@ -1,10 +1,8 @@
 //! loadgen against the real ringmq binary, every scenario at small scale: exact delivered
 //! counts for QoS 1 and 2, no loss, no QoS 2 duplicates, sane percentiles.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -27,32 +25,15 @@ fn ringmq_binary() -> PathBuf {
         .clone()
 }
 
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-}
+#[path = "../../tests/common/launcher.rs"]
+mod launcher;
 
-impl Broker {
-    fn start() -> Broker {
-        let mut child = Command::new(ringmq_binary())
-            // The broker's defaults: bursts beyond a subscriber's 1000-message queue pause
-            // the publisher instead of dropping, so the counts below are exact on them.
-            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "warn", "--sys-interval-s", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn ringmq");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
-        let addr = line.split_whitespace().find_map(|w| w.parse().ok()).expect("address in the listening line");
-        Broker { child, addr }
-    }
-}
+use launcher::BrokerProcess as Broker;
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The broker on its defaults, on two shards: bursts beyond a subscriber's 1000-message
+/// queue pause the publisher instead of dropping, so the counts below are exact on them.
+fn start_broker() -> Broker {
+    Broker::spawn(Command::new(ringmq_binary()).args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "warn", "--sys-interval-s", "0"]))
 }
 
 /// Runs loadgen with `args` plus --json against `broker`; returns (exit success, report).
@@ -91,7 +72,7 @@ fn assert_sane_latency(report: &Value, field: &str) {
 
 #[test]
 fn fanout_qos1_and_qos2_deliver_exactly() {
-    let broker = Broker::start();
+    let broker = start_broker();
     for qos in ["1", "2"] {
         let (ok, report) = loadgen(
             &broker,
@@ -122,7 +103,7 @@ fn fanout_qos1_and_qos2_deliver_exactly() {
 
 #[test]
 fn fanin_over_a_wildcard_delivers_exactly() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let (ok, report) = loadgen(
         &broker,
         &[
@@ -148,7 +129,7 @@ fn fanin_over_a_wildcard_delivers_exactly() {
 
 #[test]
 fn fanin_over_a_shared_subscription_delivers_each_message_once() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let (ok, report) = loadgen(
         &broker,
         &[
@@ -180,7 +161,7 @@ fn fanin_over_a_shared_subscription_delivers_each_message_once() {
 
 #[test]
 fn p2p_pairs_deliver_exactly_in_open_loop() {
-    let broker = Broker::start();
+    let broker = start_broker();
     // 40 pairs sharing 4000 msg/s for 100 messages each: about one second, open loop.
     let (ok, report) = loadgen(
         &broker,
@@ -208,7 +189,7 @@ fn p2p_pairs_deliver_exactly_in_open_loop() {
 
 #[test]
 fn qos0_fanout_reports_what_arrived() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let (ok, report) =
         loadgen(&broker, &["--scenario", "fanout", "--subscribers", "5", "--messages", "1000", "--duration-s", "30", "--mqtt", "5"]);
     assert!(ok, "{report}");
@@ -219,7 +200,7 @@ fn qos0_fanout_reports_what_arrived() {
 
 #[test]
 fn conn_storm_opens_every_connection() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let (ok, report) = loadgen(&broker, &["--scenario", "conn-storm", "--connections", "300", "--hold-s", "0.2", "--cores", "2"]);
     assert!(ok, "{report}");
     assert_eq!(report["connections_ok"], 300);
@@ -230,7 +211,7 @@ fn conn_storm_opens_every_connection() {
 #[test]
 fn loss_at_qos1_fails_the_run_loudly() {
     // Nothing listens here: every connection fails, and the run must not pass.
-    let dead = Broker::start();
+    let dead = start_broker();
     let port = dead.addr.port();
     drop(dead);
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -259,7 +240,7 @@ fn loss_at_qos1_fails_the_run_loudly() {
 
 #[test]
 fn writes_the_percentile_distribution_and_plot_and_reports_its_own_cpu() {
-    let broker = Broker::start();
+    let broker = start_broker();
     let dir = std::env::temp_dir().join(format!("loadgen-out-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (hist, plot) = (dir.join("latency.txt"), dir.join("latency.svg"));

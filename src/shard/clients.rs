@@ -2,6 +2,8 @@
 //! beyond its pure `Session`, `Connection` and `Lifecycle` (its link, stream cut and
 //! flow-control state), and what happens when a connection goes away or a session ends.
 
+use std::hash::BuildHasherDefault;
+
 use super::*;
 
 pub(super) struct Client {
@@ -28,12 +30,36 @@ pub(super) struct Client {
 }
 
 /// The client slots of one shard (reused through a free list, so a `ClientKey` stays
-/// small and stable while its client lives) and the index from client id to slot.
+/// small and stable while its client lives) and the indexes from client id and from
+/// connection to slot.
 #[derive(Default)]
 pub(super) struct Clients {
     slots: Vec<Option<Client>>,
     free: Vec<ClientKey>,
     by_id: HashMap<Bytes, ClientKey>,
+    /// Looked up for every packet a client sends: hashed by a multiply, not SipHash
+    /// (connection ids are the broker's own counters, not attacker-chosen keys).
+    by_conn: HashMap<ConnId, ClientKey, BuildHasherDefault<ConnIdHasher>>,
+}
+
+/// Hashes a `ConnId` (one `u64`) with one multiply by an odd constant (Fibonacci hashing).
+#[derive(Default)]
+pub(super) struct ConnIdHasher(u64);
+
+impl std::hash::Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl Clients {
@@ -56,6 +82,11 @@ impl Clients {
         self.by_id.get(client_id).copied()
     }
 
+    /// The client whose current (or last) connection is `conn`.
+    pub(super) fn key_of_conn(&self, conn: ConnId) -> Option<ClientKey> {
+        self.by_conn.get(&conn).copied()
+    }
+
     fn insert(&mut self, client: Client) -> ClientKey {
         let client_id = client.session.client_id().clone();
         let key = match self.free.pop() {
@@ -70,12 +101,14 @@ impl Clients {
         };
         let previous = self.by_id.insert(client_id, key);
         assert!(previous.is_none(), "the registry grants a client id to one connection at a time");
+        self.by_conn.insert(self.get(key).conn_id, key);
         key
     }
 
     fn remove(&mut self, key: ClientKey) -> Client {
         let client = self.slots[key.0 as usize].take().expect("removing a live client");
         self.by_id.remove(client.session.client_id());
+        self.by_conn.remove(&client.conn_id);
         self.free.push(key);
         client
     }
@@ -117,9 +150,7 @@ impl Shard {
 
     /// The client a link serves, if that link is still the client's current connection.
     pub(super) fn client_of(&self, link: &Link) -> Option<ClientKey> {
-        let key = link.client()?;
-        let client = self.clients.find(key)?;
-        (client.conn_id == link.conn_id).then_some(key)
+        self.clients.key_of_conn(link.conn_id)
     }
 
     /// The connection of `key` is gone (or was never opened): publish the will, and end

@@ -322,7 +322,7 @@ impl Shard {
             // Not even the CONNACK fits the client's Maximum Packet Size: nothing can be sent.
             link.close();
         } else {
-            link.open(key);
+            link.open();
             self.link_left_half_open(&link);
             let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
             let client = self.client(key);

@@ -12,7 +12,6 @@ use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
-use super::ClientKey;
 use super::mesh::ConnId;
 use crate::protocol::{Packet, ProtocolVersion};
 
@@ -29,7 +28,6 @@ pub enum LinkState {
 pub struct Link {
     pub conn_id: ConnId,
     state: Cell<LinkState>,
-    client: Cell<Option<ClientKey>>,
     out: RefCell<BytesMut>,
     writer_waker: Cell<Option<Waker>>,
     reader_waker: Cell<Option<Waker>>,
@@ -60,7 +58,6 @@ impl Link {
         Link {
             conn_id,
             state: Cell::new(LinkState::Connecting),
-            client: Cell::new(None),
             out: RefCell::new(BytesMut::new()),
             writer_waker: Cell::new(None),
             reader_waker: Cell::new(None),
@@ -210,14 +207,9 @@ impl Link {
         self.state.get() == LinkState::Closing
     }
 
-    /// The client this connection serves, once CONNACK has been sent.
-    pub fn client(&self) -> Option<ClientKey> {
-        self.client.get()
-    }
-
-    pub(crate) fn open(&self, client: ClientKey) {
+    /// CONNACK has been sent: the client's packets may be read.
+    pub(crate) fn open(&self) {
         debug_assert_eq!(self.state.get(), LinkState::Connecting);
-        self.client.set(Some(client));
         self.state.set(LinkState::Open);
         wake(&self.reader_waker);
     }

@@ -2,10 +2,12 @@
 //! over a std socket for byte-exact protocol checks.
 #![allow(dead_code)]
 
+pub mod launcher;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -16,10 +18,8 @@ use ringmq::protocol::{
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-pub struct Broker {
-    child: Child,
-    pub addr: SocketAddr,
-}
+/// The broker under test (see `launcher.rs`), with helpers for its clients and counters.
+pub type Broker = launcher::BrokerProcess;
 
 impl Broker {
     /// Two shards on a free loopback port (unless `extra` says `--cores` / `--listen`),
@@ -27,46 +27,14 @@ impl Broker {
     pub fn start(extra: &[&str]) -> Broker {
         let cores: &[&str] = if extra.contains(&"--cores") { &[] } else { &["--cores", "2"] };
         let listen: &[&str] = if extra.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--sys-interval-s", "1", "--log", "warn"])
-            .args(listen)
-            .args(cores)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ringmq");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let addr =
-            line.split_whitespace().find_map(|word| word.parse::<SocketAddr>().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
-        Broker { child, addr }
-    }
-
-    /// Sends `signal` to the broker process.
-    pub fn signal(&self, signal: libc::c_int) {
-        // SAFETY: signalling our own child process by pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, signal);
-        }
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit status.
-    pub fn terminate(&mut self) -> Option<ExitStatus> {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+        launcher::BrokerProcess::spawn(
+            Command::new(env!("CARGO_BIN_EXE_ringmq"))
+                .args(["--sys-interval-s", "1", "--log", "warn"])
+                .args(listen)
+                .args(cores)
+                .args(extra)
+                .stderr(Stdio::inherit()),
+        )
     }
 
     pub fn raw(&self) -> RawClient {
@@ -112,13 +80,6 @@ impl Broker {
             }
         }
         panic!("counters never satisfied: {what}; last seen {counters:?}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

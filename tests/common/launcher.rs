@@ -1,0 +1,102 @@
+//! Starts a ringmq process and finds its address in the first line it prints (`listening
+//! on ...`); signals it, stops it, and kills it when dropped. The one launcher for every
+//! test that runs the real binary: the broker's own (`tests/common`) and loadgen's
+//! (`loadgen/tests`, which includes this file by path).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a start, or a stop, may take before the test calls it a failure.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running broker process.
+pub struct BrokerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+/// Why a broker did not come up.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The process, still to be reaped (it may be running, stuck before listening).
+    pub child: Child,
+    pub reason: &'static str,
+}
+
+impl BrokerProcess {
+    /// Spawns `command` (its stdout is taken for the listening line) and waits for the
+    /// address, or panics saying why.
+    pub fn spawn(command: &mut Command) -> BrokerProcess {
+        match Self::try_spawn(command) {
+            Ok(process) => process,
+            Err(mut failure) => {
+                let _ = failure.child.kill();
+                let _ = failure.child.wait();
+                panic!("ringmq did not start: {}", failure.reason);
+            }
+        }
+    }
+
+    /// `spawn`, handing back the process when no address came within `STEP_TIMEOUT`.
+    pub fn try_spawn(command: &mut Command) -> Result<BrokerProcess, StartFailure> {
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn ringmq");
+        match listening_address(&mut child) {
+            Some(addr) => Ok(BrokerProcess { child, addr }),
+            None => Err(StartFailure { child, reason: "no listening line" }),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the broker process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child process by pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in the first line `child` prints, or `None` if it does not come within
+/// `STEP_TIMEOUT` (read on a helper thread, so a stuck broker cannot hang the test).
+fn listening_address(child: &mut Child) -> Option<SocketAddr> {
+    let stdout = child.stdout.take()?;
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    let line = receiver.recv_timeout(STEP_TIMEOUT).ok()?;
+    line.split_whitespace().find_map(|word| word.parse().ok())
+}
