@@ -158,7 +158,7 @@ impl Shard {
     pub(super) fn client_lost(&mut self, key: ClientKey, now: Instant) {
         self.client(key).link = None;
         self.settle_flow_of_leaving_client(key, true, now);
-        let accepting = self.accepting;
+        let accepting = !self.connecting.shutting_down;
         let client = self.client(key);
         let publisher = client.session.client_id().clone();
         let lost = client.lifecycle.connection_lost(accepting, now);

@@ -4,12 +4,18 @@
 
 use super::*;
 
-/// CONNECTs between their arrival and their CONNACK: waiting for the home shard's answer
-/// about the client id, or in an enhanced-authentication exchange.
+/// Accepted sockets, and CONNECTs between their arrival and their CONNACK: waiting for the
+/// home shard's answer about the client id, or in an enhanced-authentication exchange.
 #[derive(Default)]
 pub(super) struct Connecting {
     pub(super) pending: HashMap<ConnId, PendingConnect>,
     pub(super) authenticating: HashMap<ConnId, Authenticating>,
+    /// Sockets accepted so far (numbers each connection's `ConnId`).
+    pub(super) accepted: u64,
+    /// Accepted sockets that have not finished CONNECT yet.
+    pub(super) half_open: usize,
+    /// Once set, new CONNECTs get "server unavailable" and wills are not sent.
+    pub(super) shutting_down: bool,
 }
 
 /// How far a CONNECT got: the IO layer waits for the CONNACK, feeds AUTH packets to
@@ -45,6 +51,31 @@ pub(super) struct PendingConnect {
 }
 
 impl Shard {
+    /// A new link for an accepted socket.
+    pub fn new_link(&mut self) -> Rc<Link> {
+        self.connecting.accepted += 1;
+        self.counters.connections_accepted += 1;
+        self.connecting.half_open += 1;
+        Rc::new(Link::new(ConnId::new(self.id, self.connecting.accepted)))
+    }
+
+    /// Whether a newly accepted socket must be closed at once: this shard already holds
+    /// `--half-open-connections-max` sockets that have not finished CONNECT (slowloris).
+    pub fn refuses_half_open(&mut self) -> bool {
+        let full = self.connecting.half_open >= self.limits.half_open_connections_max;
+        if full {
+            self.counters.half_open_connections_refused += 1;
+        }
+        full
+    }
+
+    /// `link` opened, or ended before it did: it no longer counts as half-open.
+    pub(super) fn link_left_half_open(&mut self, link: &Link) {
+        if link.leave_half_open() {
+            self.connecting.half_open -= 1;
+        }
+    }
+
     /// `authenticated`: an enhanced-authentication method has vouched for the client, which
     /// takes the place of the user name and password check. `credentials`: that check,
     /// when the IO layer has already made it off this thread (password hashing is slow).
@@ -54,7 +85,7 @@ impl Shard {
         authenticated: bool,
         credentials: Option<Result<(), ConnectRefusal>>,
     ) -> Result<(), ConnectRefusal> {
-        if !self.accepting {
+        if self.connecting.shutting_down {
             return Err(ConnectRefusal::ServerUnavailable);
         }
         if !authenticated {

@@ -105,7 +105,7 @@ pub struct Shard {
     barriers: Barriers<HeldAnswer>,
     /// Client ids this shard is home for, and sessions leaving it (`takeover.rs`).
     registry: Registry,
-    /// CONNECTs between arrival and CONNACK (`connect.rs`).
+    /// Accepted sockets and CONNECTs between arrival and CONNACK (`connect.rs`).
     connecting: Connecting,
     /// What waits for each peer shard (`outbox.rs`).
     outboxes: Outboxes,
@@ -113,13 +113,8 @@ pub struct Shard {
     streams: Streams,
     /// Buffers reused across publishes so the fan-out path does not allocate.
     scratch: Scratch,
-    /// Numbers the connections this shard accepts (`ConnId`).
-    next_conn_sequence: u64,
-    /// Accepted sockets that have not finished CONNECT yet.
-    half_open: usize,
+    /// When the timer next publishes the `$SYS` counters.
     next_sys_publish: Option<Instant>,
-    /// False once shutting down: new CONNECTs get "server unavailable".
-    accepting: bool,
     pub counters: Counters,
 }
 
@@ -167,10 +162,7 @@ impl Shard {
             outboxes,
             streams: Streams { sequence: 0, seen: vec![0; shard_count], recent },
             scratch: Scratch { route_targets: vec![false; shard_count], ..Scratch::default() },
-            next_conn_sequence: 0,
-            half_open: 0,
             next_sys_publish,
-            accepting: true,
             counters: Counters::default(),
         }
     }
@@ -181,31 +173,6 @@ impl Shard {
 
     pub fn limits(&self) -> &ShardLimits {
         &self.limits
-    }
-
-    /// A new link for an accepted socket.
-    pub fn new_link(&mut self) -> Rc<Link> {
-        self.next_conn_sequence += 1;
-        self.counters.connections_accepted += 1;
-        self.half_open += 1;
-        Rc::new(Link::new(ConnId::new(self.id, self.next_conn_sequence)))
-    }
-
-    /// Whether a newly accepted socket must be closed at once: this shard already holds
-    /// `--half-open-connections-max` sockets that have not finished CONNECT (slowloris).
-    pub fn refuses_half_open(&mut self) -> bool {
-        let full = self.half_open >= self.limits.half_open_connections_max;
-        if full {
-            self.counters.half_open_connections_refused += 1;
-        }
-        full
-    }
-
-    /// `link` opened, or ended before it did: it no longer counts as half-open.
-    fn link_left_half_open(&mut self, link: &Link) {
-        if link.leave_half_open() {
-            self.half_open -= 1;
-        }
     }
 
     fn send(&mut self, target: ShardId, message: MeshMessage, now: Instant) {

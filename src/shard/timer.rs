@@ -87,7 +87,7 @@ impl Shard {
 
     /// Stop accepting clients and close every connection (5.0 clients hear 0x8B first).
     pub fn begin_shutdown(&mut self) {
-        self.accepting = false;
+        self.connecting.shutting_down = true;
         for (_, client) in self.clients.iter() {
             if let Some(link) = &client.link {
                 close_with_reason(link, client.version, ReasonCode::SERVER_SHUTTING_DOWN);
