@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringmq::auth::Authenticator;
-use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, Publish, QoS, Subscribe, SubscriptionOptions};
 use ringmq::session::SessionLimits;
 use ringmq::shard::ShardLimits;
 use ringmq::shard::link::Link;
@@ -56,29 +56,16 @@ fn counted<T>(work: impl FnOnce() -> T) -> (T, u64) {
 
 fn connect(shard: &mut Shard, id: &str, now: Instant) -> Rc<Link> {
     let link = shard.new_link();
-    let connect = Connect {
-        version: ProtocolVersion::V311,
-        clean_start: true,
-        keep_alive_s: 0,
-        properties: Properties::default(),
-        client_id: Bytes::copy_from_slice(id.as_bytes()),
-        will: None,
-        username: None,
-        password: None,
-    };
+    let connect = Connect { keep_alive_s: 0, ..Connect::v311(Bytes::copy_from_slice(id.as_bytes())) };
     shard.begin_connect(&link, Box::new(connect), now);
     link
 }
 
 fn publish_packet(qos: QoS, id: u16) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: Bytes::from_static(b"fan/out"),
-        packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(id).expect("non-zero")),
-        properties: Properties::default(),
-        payload: Bytes::from_static(&[0x42; 64]),
+    let (topic, payload) = (Bytes::from_static(b"fan/out"), Bytes::from_static(&[0x42; 64]));
+    Packet::Publish(match qos {
+        QoS::AtMostOnce => Publish::at_most_once(topic, payload),
+        qos => Publish::acknowledged(topic, payload, qos, PacketId::new(id).expect("non-zero")),
     })
 }
 

@@ -10,15 +10,7 @@ use common::{Broker, on_cpu};
 use ringmq::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 
 fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, properties: Properties) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: Bytes::from_static(topic.as_bytes()),
-        packet_id: PacketId::new(id),
-        properties,
-        payload: Bytes::from_static(payload),
-    })
+    Packet::Publish(Publish { qos, packet_id: PacketId::new(id), properties, ..Publish::at_most_once(topic.as_bytes(), payload) })
 }
 
 fn alias(n: u16) -> Properties {

@@ -78,15 +78,9 @@ fn exceeding_our_receive_maximum_is_disconnect_0x93() {
     let mut client = broker.raw_v5();
     assert_eq!(client.connect("greedy", true, 60, None).code, 0);
     for id in 1..=3u16 {
-        client.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: Bytes::from_static(b"rm/in"),
-            packet_id: PacketId::new(id),
-            properties: Properties::default(),
-            payload: Bytes::from_static(b"x"),
-        }));
+        let publish =
+            Publish::acknowledged(Bytes::from_static(b"rm/in"), Bytes::from_static(b"x"), QoS::ExactlyOnce, PacketId::new(id).expect("id"));
+        client.send(&Packet::Publish(publish));
     }
     // Two PUBRECs, then the third QoS 2 message without PUBREL breaks the limit.
     assert_eq!(client.disconnect_reason(), ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);

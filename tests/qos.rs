@@ -10,15 +10,8 @@ use common::Broker;
 use ringmq::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 
 fn publish_packet(topic: &str, payload: &[u8], qos: QoS, id: u16, dup: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup,
-        qos,
-        retain: false,
-        topic: Bytes::copy_from_slice(topic.as_bytes()),
-        packet_id: PacketId::new(id),
-        properties: Properties::default(),
-        payload: Bytes::copy_from_slice(payload),
-    })
+    let publish = Publish::at_most_once(Bytes::copy_from_slice(topic.as_bytes()), Bytes::copy_from_slice(payload));
+    Packet::Publish(Publish { dup, qos, packet_id: PacketId::new(id), ..publish })
 }
 
 #[test]

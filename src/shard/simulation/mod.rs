@@ -126,16 +126,7 @@ impl Sim {
 
     fn connect(&mut self, shard: usize, client_id: &str, clean_start: bool) -> Rc<Link> {
         let link = self.shards[shard].new_link();
-        let connect = Connect {
-            version: ProtocolVersion::V311,
-            clean_start,
-            keep_alive_s: 0,
-            properties: Properties::default(),
-            client_id: Bytes::copy_from_slice(client_id.as_bytes()),
-            will: None,
-            username: None,
-            password: None,
-        };
+        let connect = Connect { clean_start, keep_alive_s: 0, ..Connect::v311(Bytes::copy_from_slice(client_id.as_bytes())) };
         if std::env::var("SIM_TRACE").is_ok() {
             eprintln!("connect {client_id} on shard {shard} as {:?}", link.conn_id);
         }
