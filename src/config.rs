@@ -105,6 +105,35 @@ pub struct Config {
     #[arg(long, default_value_t = 1_000_000)]
     pub retained_messages_max: usize,
 
+    /// Topic and payload bytes the retained store may hold (every shard holds a replica,
+    /// so count it once per shard in memory); a retained PUBLISH that would pass it is
+    /// refused like one past --retained-messages-max.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub retained_bytes_max: usize,
+
+    /// Longest topic name or filter accepted, in bytes: longer ones are refused like
+    /// topics deeper than --topic-levels-max.
+    #[arg(long, default_value_t = 65_535)]
+    pub topic_bytes_max: usize,
+
+    /// PUBLISH packets one connection may send per second (0: no limit). Past it the
+    /// broker stops reading that connection until the rate allows, so TCP slows the
+    /// client down; nothing is dropped.
+    #[arg(long, default_value_t = 0)]
+    pub publish_rate_max: u32,
+
+    /// MQTT connections the whole broker holds at once (0: no limit but the open-file
+    /// limit). A CONNECT past it is refused: CONNACK 3 Server unavailable (3.1.1) or
+    /// 0x97 Quota exceeded (5.0).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// New connections accepted per second on each listener (0: no limit), spread evenly
+    /// over the shards. Past it the shards stop accepting for a moment: waiting
+    /// connections stay in the kernel's listen queue, none is refused.
+    #[arg(long, default_value_t = 0)]
+    pub connection_rate_max: u32,
+
     /// QoS 1/2 messages queued per session (behind the window or while offline). An
     /// online session at this bound pauses the publishers feeding it; an offline one
     /// drops by `--queue-full-policy`.
@@ -230,6 +259,9 @@ impl Config {
             topic_levels_max: self.topic_levels_max.max(1),
             subscriptions_per_client_max: self.subscriptions_per_client_max,
             retained_messages_max: self.retained_messages_max,
+            retained_bytes_max: self.retained_bytes_max,
+            topic_bytes_max: self.topic_bytes_max.clamp(1, 65_535),
+            publish_rate_max: (self.publish_rate_max > 0).then_some(self.publish_rate_max),
             session: SessionLimits {
                 inflight_max: self.inflight_max,
                 queued_messages_max: self.queued_messages_max.max(1),

@@ -2,6 +2,7 @@
 //! shard, write what the shard buffered. The only module besides `runtime` that knows
 //! glommio. Everything a connection decides is decided in `shard`.
 
+pub mod rate;
 pub mod split;
 
 use std::cell::RefCell;
@@ -19,6 +20,7 @@ use glommio::timer::sleep;
 use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, Properties, ProtocolVersion, decode};
 use crate::shard::link::Link;
 use crate::shard::{CloseReason, ConnectProgress, Shard};
+use rate::TokenBucket;
 use split::{ReadHalf, WriteHalf};
 
 /// Bytes asked of the kernel per read.
@@ -37,7 +39,10 @@ const FD_LIMIT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from
 /// through a descriptor held in reserve for that and closed at once, so the client learns
 /// promptly instead of hanging unanswered in the listen queue; the warning is logged once
 /// per interval with a count, not once per attempt.
-pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stop: impl Future<Output = ()>) {
+///
+/// `accepts_per_s`: this shard's share of `--connection-rate-max`. Past it the loop waits
+/// before accepting again, so waiting connections stay in the kernel's listen queue.
+pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, accepts_per_s: Option<f64>, stop: impl Future<Output = ()>) {
     // One stop future for the whole loop, not a fresh one (and a fresh waker) per accept:
     // a waker registered per accepted connection once overflowed glommio's 16-bit task
     // reference count after ~32k connections.
@@ -45,7 +50,31 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, stop:
     let mut reserve = std::fs::File::open("/dev/null").ok();
     let mut closed_since_warning = 0u64;
     let mut last_warning: Option<Instant> = None;
+    let mut rate = accepts_per_s.map(|rate| TokenBucket::new(rate, Instant::now()));
     loop {
+        if let Some(rate) = &mut rate {
+            let mut delayed = false;
+            while let Some(wait) = rate.take(Instant::now()) {
+                if !delayed {
+                    shard.borrow_mut().counters.accepts_delayed_by_rate += 1;
+                    delayed = true;
+                }
+                let stopped = or(
+                    async {
+                        sleep(wait).await;
+                        false
+                    },
+                    async {
+                        (&mut stop).await;
+                        true
+                    },
+                )
+                .await;
+                if stopped {
+                    return;
+                }
+            }
+        }
         let accepted = or(async { Some(listener.accept().await) }, async {
             (&mut stop).await;
             None
@@ -278,10 +307,27 @@ async fn check_password_off_shard(shard: &Rc<RefCell<Shard>>, connect: &Connect)
     Some(glommio::executor().spawn_blocking(move || auth.check(username.as_deref(), password.as_deref())).await)
 }
 
+/// `--publish-rate-max`: this PUBLISH (and what follows it) waits unread until the
+/// connection's rate allows it. Counted as waiting to publish, so keep alive is not broken
+/// by the wait.
+async fn wait_for_publish_rate(shard: &Rc<RefCell<Shard>>, link: &Link, rate: &mut TokenBucket) {
+    let Some(mut wait) = rate.take(Instant::now()) else { return };
+    shard.borrow_mut().counters.publishes_delayed_by_rate += 1;
+    link.set_waiting_to_publish(true);
+    loop {
+        sleep(wait).await;
+        match rate.take(Instant::now()) {
+            None => break,
+            Some(more) => wait = more,
+        }
+    }
+    link.set_waiting_to_publish(false);
+}
+
 async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
-    let (max_packet, connect_timeout) = {
+    let (max_packet, connect_timeout, publish_rate_max) = {
         let shard = shard.borrow();
-        (shard.limits().packet_bytes_max, shard.limits().connect_timeout)
+        (shard.limits().packet_bytes_max, shard.limits().connect_timeout, shard.limits().publish_rate_max)
     };
     let mut buf = BytesMut::new();
     // Boxed: connecting happens once, and its state (a whole decoded packet, a timer)
@@ -289,6 +335,8 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
     let Some(version) = Box::pin(establish(shard, link, reader, &mut buf, max_packet, connect_timeout)).await? else {
         return Ok(());
     };
+    // Boxed: only connections under `--publish-rate-max` carry one.
+    let mut publish_rate = publish_rate_max.map(|rate| Box::new(TokenBucket::new(f64::from(rate), Instant::now())));
 
     loop {
         loop {
@@ -297,6 +345,9 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
                     match &packet {
                         // Back-pressure (shard/flow.rs): the PUBLISH, and what follows it, waits.
                         Packet::Publish(publish) => {
+                            if let Some(rate) = &mut publish_rate {
+                                wait_for_publish_rate(shard, link, rate).await;
+                            }
                             let qos = publish.qos;
                             poll_fn(|cx| shard.borrow_mut().poll_publish_allowed(link, qos, cx)).await;
                         }

@@ -76,6 +76,8 @@ pub enum ConnectRefusal {
     WillTopicInvalid,
     /// A will whose Payload Format Indicator says UTF-8 when its payload is not (5.0).
     WillPayloadFormatInvalid,
+    /// The broker holds `--max-connections` connections already.
+    ConnectionLimit,
 }
 
 impl ConnectRefusal {
@@ -85,7 +87,7 @@ impl ConnectRefusal {
         match self {
             ConnectRefusal::UnsupportedProtocolVersion => Some(1),
             ConnectRefusal::ClientIdentifierNotValid => Some(2),
-            ConnectRefusal::ServerUnavailable => Some(3),
+            ConnectRefusal::ServerUnavailable | ConnectRefusal::ConnectionLimit => Some(3),
             ConnectRefusal::BadUserNameOrPassword => Some(4),
             ConnectRefusal::NotAuthorized
             | ConnectRefusal::BadAuthenticationMethod
@@ -100,6 +102,7 @@ impl ConnectRefusal {
             ConnectRefusal::UnsupportedProtocolVersion => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             ConnectRefusal::ClientIdentifierNotValid => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             ConnectRefusal::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+            ConnectRefusal::ConnectionLimit => ReasonCode::QUOTA_EXCEEDED,
             ConnectRefusal::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
             ConnectRefusal::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
             ConnectRefusal::BadAuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
@@ -121,8 +124,9 @@ impl ConnectRefusal {
             ConnectRefusal::BadAuthenticationMethod => "authentication method not supported",
             ConnectRefusal::QosNotSupported => "will QoS above the server's maximum QoS",
             ConnectRefusal::RetainNotSupported => "retained will while retain is not available",
-            ConnectRefusal::WillTopicInvalid => "will topic empty, with a wildcard, too deep, or under $SYS",
+            ConnectRefusal::WillTopicInvalid => "will topic empty, with a wildcard, too deep or long, or under $SYS",
             ConnectRefusal::WillPayloadFormatInvalid => "will payload is not UTF-8 as its format indicator says",
+            ConnectRefusal::ConnectionLimit => "the broker holds --max-connections connections",
         }
     }
 }

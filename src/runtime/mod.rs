@@ -27,7 +27,7 @@ use nudge::Nudger;
 use crate::auth::{Authenticator, PasswordFileError};
 use crate::config::{Config, ConfigError, Steering};
 use crate::net::accept_loop;
-use crate::shard::{Shard, ShardLimits};
+use crate::shard::{ConnectionBudget, Shard, ShardLimits};
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -145,6 +145,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             .spawn(move || nudger.run())
             .map_err(|error| StartError::Executor(error.to_string()))?
     };
+    let budget = (config.max_connections > 0).then(|| ConnectionBudget::new(config.max_connections));
     let mut handles = Vec::with_capacity(shard_count);
     for (index, &cpu) in cpus.iter().enumerate() {
         let nudger = nudger.clone();
@@ -153,6 +154,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let auth = auth.clone();
         let stop = stop.clone();
         let ready = ready_tx.clone();
+        let budget = budget.clone();
+        let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
             .io_memory(io_memory_bytes)
@@ -173,6 +176,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     stop,
                     ready,
                     nudger,
+                    budget,
+                    connection_rate_max,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -212,10 +217,28 @@ struct ShardParams {
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), StartError>>,
     nudger: Arc<Nudger>,
+    /// `--max-connections`, one budget for every shard.
+    budget: Option<Arc<ConnectionBudget>>,
+    /// `--connection-rate-max` for the listener, shared evenly by the shards.
+    connection_rate_max: u32,
 }
 
 async fn shard_main(params: ShardParams) {
-    let ShardParams { index, shard_count, local_addr, limits, listen_backlog, steering, auth, mesh, stop, ready, nudger } = params;
+    let ShardParams {
+        index,
+        shard_count,
+        local_addr,
+        limits,
+        listen_backlog,
+        steering,
+        auth,
+        mesh,
+        stop,
+        ready,
+        nudger,
+        budget,
+        connection_rate_max,
+    } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
     // A stop request ends a join that has not finished, rather than being ignored.
@@ -246,7 +269,11 @@ async fn shard_main(params: ShardParams) {
         let stopping = stopping.clone();
         async move { stopping.wait().await }
     };
-    glommio::spawn_local(accept_loop(shard.clone(), listener, stop_accepting)).detach();
+    if let Some(budget) = budget {
+        shard.borrow_mut().set_connection_budget(budget);
+    }
+    let accepts_per_s = (connection_rate_max > 0).then(|| f64::from(connection_rate_max) / shard_count as f64);
+    glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, stop_accepting)).detach();
     let _ = ready.send(Ok(()));
 
     while !stop.load(Ordering::Relaxed) {

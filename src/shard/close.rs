@@ -89,6 +89,7 @@ impl Shard {
     /// (`error`), or the link was closed by the shard. Idempotent.
     pub fn connection_ended(&mut self, link: &Link, error: Option<&CloseReason>, now: Instant) {
         self.link_left_half_open(link);
+        self.release_connection_slot(link);
         self.connecting.authenticating.remove(&link.conn_id);
         if let Some(error) = error {
             self.counters.protocol_errors += 1;

@@ -16,6 +16,41 @@ pub(super) struct Connecting {
     pub(super) half_open: usize,
     /// Once set, new CONNECTs get "server unavailable" and wills are not sent.
     pub(super) shutting_down: bool,
+    /// `--max-connections`, shared by every shard; `None`: no limit.
+    pub(super) budget: Option<Arc<ConnectionBudget>>,
+}
+
+/// The MQTT connections of the whole broker, for `--max-connections`: one counter shared
+/// by the shards, touched once when a CONNECT is admitted and once when its connection
+/// ends, never per message.
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    open: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionBudget {
+    pub fn new(max: usize) -> Arc<ConnectionBudget> {
+        Arc::new(ConnectionBudget { open: std::sync::atomic::AtomicUsize::new(0), max })
+    }
+
+    /// Connections admitted and not yet ended.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn try_take(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.open.fetch_add(1, Relaxed) >= self.max {
+            self.open.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How far a CONNECT got: the IO layer waits for the CONNACK, feeds AUTH packets to
@@ -69,6 +104,31 @@ impl Shard {
         full
     }
 
+    /// Shares `--max-connections` with the other shards (the runtime gives every shard
+    /// the same budget).
+    pub fn set_connection_budget(&mut self, budget: Arc<ConnectionBudget>) {
+        self.connecting.budget = Some(budget);
+    }
+
+    /// Counts `link` against `--max-connections`; false when the broker is full.
+    fn take_connection_slot(&mut self, link: &Link) -> bool {
+        let Some(budget) = &self.connecting.budget else { return true };
+        if !budget.try_take() {
+            return false;
+        }
+        link.set_holds_connection_slot();
+        true
+    }
+
+    /// `link` ended: its place under `--max-connections` is free.
+    pub(super) fn release_connection_slot(&mut self, link: &Link) {
+        if link.take_connection_slot()
+            && let Some(budget) = &self.connecting.budget
+        {
+            budget.give_back();
+        }
+    }
+
     /// `link` opened, or ended before it did: it no longer counts as half-open.
     pub(super) fn link_left_half_open(&mut self, link: &Link) {
         if link.leave_half_open() {
@@ -107,7 +167,7 @@ impl Shard {
             // MQTT-4.7.3-1 (not empty), 3.1.2.3 (a valid topic name), and what a PUBLISH
             // to it would be refused for.
             if validate_topic_name(&will.topic).is_err()
-                || level_count(&will.topic) > self.limits.topic_levels_max
+                || self.limits.topic_bound_exceeded(&will.topic).is_some()
                 || is_broker_topic(&will.topic)
             {
                 return Err(ConnectRefusal::WillTopicInvalid);
@@ -231,6 +291,10 @@ impl Shard {
         let version = connect.version;
         if let Err(refusal) = self.admit(&connect, authenticated.is_some(), credentials) {
             return self.refuse(link, version, refusal);
+        }
+        if !self.take_connection_slot(link) {
+            self.counters.connections_refused_at_limit += 1;
+            return self.refuse(link, version, ConnectRefusal::ConnectionLimit);
         }
         let client_id_assigned = connect.client_id.is_empty();
         let client_id = if client_id_assigned {

@@ -50,15 +50,21 @@ pub struct Counters {
     pub connections_closed_at_fd_limit: u64,
     /// New subscriptions refused at `--subscriptions-per-client-max`.
     pub subscriptions_refused_quota: u64,
-    /// Retained PUBLISHes to new topics refused at `--retained-messages-max`.
+    /// Retained PUBLISHes refused at `--retained-messages-max` or `--retained-bytes-max`.
     pub retained_refused_quota: u64,
     /// Accepted sockets closed at once: `--half-open-connections-max` were owing CONNECT.
     pub half_open_connections_refused: u64,
+    /// CONNECTs refused because the broker held `--max-connections` (CONNACK 3 / 0x97).
+    pub connections_refused_at_limit: u64,
+    /// Times this shard's accept loop waited for `--connection-rate-max`.
+    pub accepts_delayed_by_rate: u64,
+    /// Times a connection's reading waited for `--publish-rate-max`.
+    pub publishes_delayed_by_rate: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 28] {
+    pub fn fields(&self) -> [(&'static str, u64); 31] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -88,6 +94,9 @@ impl Counters {
             ("subscriptions_refused_quota", self.subscriptions_refused_quota),
             ("retained_refused_quota", self.retained_refused_quota),
             ("half_open_connections_refused", self.half_open_connections_refused),
+            ("connections_refused_at_limit", self.connections_refused_at_limit),
+            ("accepts_delayed_by_rate", self.accepts_delayed_by_rate),
+            ("publishes_delayed_by_rate", self.publishes_delayed_by_rate),
         ]
     }
 }

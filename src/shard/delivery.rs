@@ -26,15 +26,10 @@ pub(super) fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &O
 }
 
 impl Shard {
-    /// Whether a retained message for a new `topic` would pass `--retained-messages-max`
-    /// (replacing a topic's message is always fine).
-    pub(super) fn retained_store_full(&self, topic: &[u8]) -> bool {
-        if self.retained.len() < self.limits.retained_messages_max {
-            return false;
-        }
-        let mut present = false;
-        self.retained.for_each_match(topic, |_| present = true);
-        !present
+    /// Whether a retained message would take the store past `--retained-messages-max`
+    /// or `--retained-bytes-max`.
+    pub(super) fn retained_store_full(&self, topic: &[u8], payload_bytes: usize) -> bool {
+        self.retained.would_exceed(topic, payload_bytes, self.limits.retained_messages_max, self.limits.retained_bytes_max)
     }
 
     pub(super) fn publish_will(&mut self, will: Will, publisher: Bytes, now: Instant) {
@@ -101,11 +96,7 @@ impl Shard {
         now: Instant,
     ) -> bool {
         if message.retain {
-            if message.payload.is_empty() {
-                self.retained.remove(&message.topic);
-            } else {
-                self.retained.insert(&message.topic, message.clone());
-            }
+            self.retained.apply(message);
         }
         if self.shard_count > 1 {
             self.streams.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });

@@ -210,10 +210,6 @@ impl Shard {
     /// A retained message whose expiry passed is no longer its topic's message (unless a
     /// newer one replaced it meanwhile).
     fn forget_expired_retained(&mut self, message: &Arc<crate::session::Message>) {
-        let mut still_stored = false;
-        self.retained.for_each_match(&message.topic, |stored| still_stored |= Arc::ptr_eq(stored, message));
-        if still_stored {
-            self.retained.remove(&message.topic);
-        }
+        self.retained.forget(message);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::protocol::QoS;
 use crate::session::{QueueFullPolicy, SessionLimits};
+use crate::topics::TopicError;
 
 /// Which shards a publish is sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +39,18 @@ pub struct ShardLimits {
     /// Largest packet accepted from a client (announced as Maximum Packet Size).
     pub packet_bytes_max: u32,
     pub topic_levels_max: usize,
+    /// Longest topic name or filter, in bytes (the protocol's own bound is 65,535).
+    pub topic_bytes_max: usize,
     /// Filters one client may hold; a new one past it gets SUBACK 0x97 (3.1.1: 0x80).
     pub subscriptions_per_client_max: usize,
     /// Topics the retained store may hold; a new one past it is refused (5.0 PUBACK 0x97).
     pub retained_messages_max: usize,
+    /// Topic and payload bytes the retained store may hold (each shard holds a replica);
+    /// a retained PUBLISH that would pass it is refused the same way.
+    pub retained_bytes_max: usize,
+    /// PUBLISH packets one connection may send per second; past it, reading it waits.
+    /// `None`: no limit. Enforced by the IO layer (`net`), which reads the packets.
+    pub publish_rate_max: Option<u32>,
     pub session: SessionLimits,
     /// Inbound QoS 2 messages awaiting PUBREL per client (announced as Receive Maximum).
     pub receive_maximum: u16,
@@ -65,6 +74,15 @@ pub struct ShardLimits {
 }
 
 impl ShardLimits {
+    /// Whether a topic name or filter is longer than `topic_bytes_max` or deeper than
+    /// `topic_levels_max`, and which.
+    pub fn topic_bound_exceeded(&self, topic: &[u8]) -> Option<TopicError> {
+        if topic.len() > self.topic_bytes_max {
+            return Some(TopicError::TooLong);
+        }
+        (crate::topics::level_count(topic) > self.topic_levels_max).then_some(TopicError::TooManyLevels)
+    }
+
     /// The limits of a broker started with no flags.
     pub fn defaults() -> ShardLimits {
         ShardLimits {
@@ -72,8 +90,11 @@ impl ShardLimits {
             half_open_connections_max: 10_000,
             packet_bytes_max: 1024 * 1024,
             topic_levels_max: 200,
+            topic_bytes_max: 65_535,
             subscriptions_per_client_max: 100_000,
             retained_messages_max: 1_000_000,
+            retained_bytes_max: 256 * 1024 * 1024,
+            publish_rate_max: None,
             session: SessionLimits { inflight_max: 32, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
             receive_maximum: 1024,
             topic_alias_maximum: 64,

@@ -48,6 +48,8 @@ pub struct Link {
     wants_drained: Cell<bool>,
     /// Counted among the shard's half-open connections (accepted, not yet through CONNECT).
     half_open: Cell<bool>,
+    /// Counted against `--max-connections` (from admission until the connection ends).
+    holds_connection_slot: Cell<bool>,
 }
 
 /// Subscribe/unsubscribe requests one connection may have waiting for peer shards.
@@ -68,6 +70,7 @@ impl Link {
             waiting_to_publish: Cell::new(false),
             wants_drained: Cell::new(false),
             half_open: Cell::new(true),
+            holds_connection_slot: Cell::new(false),
         }
     }
 
@@ -90,6 +93,15 @@ impl Link {
     /// True once, when the link stops being half-open (opened, or ended before that).
     pub(crate) fn leave_half_open(&self) -> bool {
         self.half_open.replace(false)
+    }
+
+    pub(crate) fn set_holds_connection_slot(&self) {
+        self.holds_connection_slot.set(true);
+    }
+
+    /// True once, if the link held a place under `--max-connections`.
+    pub(crate) fn take_connection_slot(&self) -> bool {
+        self.holds_connection_slot.replace(false)
     }
 
     /// A subscriber this connection feeds has a full queue. True if that paused it.

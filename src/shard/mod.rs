@@ -32,6 +32,7 @@ pub mod mesh;
 mod outbox;
 mod packets;
 mod recent;
+mod retained;
 pub mod shared;
 mod subscriptions;
 mod takeover;
@@ -50,8 +51,8 @@ use barrier::{Barriers, RequestId};
 use clients::*;
 pub use close::CloseReason;
 use close::*;
-pub use connect::ConnectProgress;
 use connect::*;
+pub use connect::{ConnectProgress, ConnectionBudget};
 pub use counters::Counters;
 use delivery::*;
 use interest::{Interest, LocalAdd};
@@ -73,10 +74,7 @@ use crate::session::{
     AckOutcome, AliasError, Connection, CopyFor, Due, Lifecycle, Message, Offer, OutboundAliases, Outgoing, Session, SessionExpiry,
     SharedRoute, Subscription, detach, merge_matching,
 };
-use crate::topics::{
-    Filter, RetainedTree, SubscriptionTree, TopicError, filter_matches, is_broker_topic, level_count, validate_topic_filter,
-    validate_topic_name,
-};
+use crate::topics::{Filter, SubscriptionTree, TopicError, filter_matches, is_broker_topic, validate_topic_filter, validate_topic_name};
 pub use limits::{Features, Routing, ShardLimits};
 
 /// Index of a client slot within one shard.
@@ -96,7 +94,7 @@ pub struct Shard {
     /// Filter -> local subscribers, matched for every publish this shard applies.
     subscriptions: SubscriptionTree<ClientKey, Subscription>,
     /// This shard's replica of the retained store (every shard applies every retained publish).
-    retained: RetainedTree<Arc<Message>>,
+    retained: retained::RetainedStore,
     /// Shared-subscription groups and their members on every shard (`shared.rs`).
     shared: SharedGroups,
     /// Which peers want which filters, and which filters this shard announced (`interest.rs`).
@@ -153,7 +151,7 @@ impl Shard {
             auth,
             clients: Clients::default(),
             subscriptions: SubscriptionTree::default(),
-            retained: RetainedTree::default(),
+            retained: retained::RetainedStore::default(),
             shared: SharedGroups::default(),
             interest: Interest::new(shard_count),
             barriers: Barriers::new(shard_count),

@@ -116,13 +116,13 @@ impl Shard {
         let refusal = if publish.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&publish.payload).is_err() {
             // The publisher said UTF-8 and it is not (5.0 3.3.2.3.2).
             Some((ReasonCode::PAYLOAD_FORMAT_INVALID, Some(CloseReason::PayloadFormatInvalid)))
-        } else if level_count(&publish.topic) > self.limits.topic_levels_max {
-            Some((ReasonCode::TOPIC_NAME_INVALID, Some(CloseReason::TopicName(TopicError::TooManyLevels))))
+        } else if let Some(error) = self.limits.topic_bound_exceeded(&publish.topic) {
+            Some((ReasonCode::TOPIC_NAME_INVALID, Some(CloseReason::TopicName(error))))
         } else if is_broker_topic(&publish.topic) {
             // `$SYS/` is the broker's: dropped, as Mosquitto does; 5.0 hears why.
             self.counters.broker_topic_publishes_dropped += 1;
             Some((ReasonCode::NOT_AUTHORIZED, None))
-        } else if publish.retain && !publish.payload.is_empty() && self.retained_store_full(&publish.topic) {
+        } else if publish.retain && !publish.payload.is_empty() && self.retained_store_full(&publish.topic, publish.payload.len()) {
             // A new retained topic past the store's bound: refused, not routed (5.0 0x97).
             // The origin decides, from its replica; every replica applies what it routes.
             self.counters.retained_refused_quota += 1;
@@ -198,7 +198,7 @@ impl Shard {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained: Vec<RetainedCopy> = Vec::new();
         for (filter, options) in subscribe.filters {
-            if validate_topic_filter(&filter).is_err() || level_count(&filter) > self.limits.topic_levels_max {
+            if validate_topic_filter(&filter).is_err() || self.limits.topic_bound_exceeded(&filter).is_some() {
                 codes.push(if version.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;
             }

@@ -24,6 +24,8 @@ pub enum TopicError {
     MisplacedSingleLevelWildcard,
     #[error("more levels than --topic-levels-max")]
     TooManyLevels,
+    #[error("longer than --topic-bytes-max")]
+    TooLong,
 }
 
 /// A topic a message is published to: non-empty, no wildcards (MQTT 4.7.3).
