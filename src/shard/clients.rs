@@ -118,7 +118,6 @@ impl Clients {
     }
 
     /// Sessions held here, live or offline.
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -127,6 +126,11 @@ impl Clients {
 impl Shard {
     pub fn connected_clients(&self) -> usize {
         self.clients.iter().filter(|(_, client)| client.link.is_some()).count()
+    }
+
+    /// Sessions this shard holds, connected or offline.
+    pub fn sessions(&self) -> usize {
+        self.clients.len()
     }
 
     pub(super) fn client(&mut self, key: ClientKey) -> &mut Client {
