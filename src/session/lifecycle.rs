@@ -145,9 +145,14 @@ impl Lifecycle {
     /// A new connection claims the client id. `was_live`: the old connection was still
     /// open (it closes without DISCONNECT, so its will counts). A session that goes on
     /// cancels a will still waiting for its delay and keeps a delayed live will unsent;
-    /// a session that ends sends both (5.0 3.1.3.2.2).
+    /// a session that ends sends both (5.0 3.1.3.2.2). A session that goes on no longer
+    /// expires: the client came back in time, even if moving it to the new connection's
+    /// shard takes until after the expiry.
     pub fn taken_over(&mut self, clean_start: bool, was_live: bool) -> TakenOver {
         let continued = !clean_start && self.expiry != SessionExpiry::WithConnection;
+        if continued {
+            self.ends_at = None;
+        }
         let mut wills_now = Vec::new();
         if let Some(will) = self.will.take()
             && was_live
@@ -287,6 +292,18 @@ mod tests {
         let taken = offline.taken_over(false, false);
         assert!(taken.continued && taken.wills_now.is_empty());
         assert_eq!(offline.due(t0 + s(120)), None);
+    }
+
+    #[test]
+    fn a_continued_takeover_stops_the_expiry_clock() {
+        let t0 = Instant::now();
+        let mut offline = Lifecycle::new(SessionExpiry::After(s(3)), None);
+        offline.connection_lost(true, t0);
+        assert!(offline.taken_over(false, false).continued);
+        assert_eq!(offline.due(t0 + s(10)), None, "the new connection owns the session now");
+        let mut cleaned = Lifecycle::new(SessionExpiry::After(s(3)), None);
+        cleaned.connection_lost(true, t0);
+        assert!(!cleaned.taken_over(true, false).continued);
     }
 
     #[test]

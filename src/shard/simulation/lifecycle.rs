@@ -207,3 +207,43 @@ fn session_expiry_and_will_delay_across_shards_follow_the_clock() {
         run_session_expiry_scenario(seed);
     }
 }
+
+/// Found by the `shard` fuzz target: a client returns (on another shard) to an offline
+/// session just before it expires, and the expiry passes while the session is on its way
+/// to the new shard. The client came back in time: the session must arrive, not expire in
+/// transit (which also broke the "a moving session stays" invariant).
+#[test]
+fn a_session_claimed_in_time_does_not_expire_on_its_way_to_the_new_shard() {
+    let mut sim = Sim::new(2, 7);
+    // The session lives on shard 0 and expires 3 s after its connection goes.
+    let first = sim.shards[0].new_link();
+    let mut connect = Connect { clean_start: true, ..Connect::v5(Bytes::from_static(b"returning")) };
+    connect.properties.session_expiry_interval = Some(3);
+    sim.shards[0].begin_connect(&first, Box::new(connect.clone()), sim.now);
+    sim.pump();
+    sim.settle();
+    sim.packet(0, &first, subscribe_packet("t"));
+    sim.settle();
+    sim.close(0, &first);
+    sim.settle();
+    // Back just before the expiry, on shard 1; the move is still in flight when it passes.
+    sim.now += std::time::Duration::from_millis(2900);
+    let back = sim.shards[1].new_link();
+    let returning = Connect { clean_start: false, ..connect };
+    sim.shards[1].begin_connect(&back, Box::new(returning), sim.now);
+    sim.pump();
+    for _ in 0..3 {
+        // One hop at a time, ticking the old shard past the expiry in between.
+        sim.step();
+        sim.now += std::time::Duration::from_millis(200);
+        sim.shards[0].tick(sim.now);
+        sim.pump();
+    }
+    sim.settle();
+    let connack = read_packets_as(&back, ProtocolVersion::V5).into_iter().find_map(|packet| match packet {
+        Packet::ConnAck(connack) => Some(connack),
+        _ => None,
+    });
+    assert!(connack.is_some_and(|connack| connack.code == 0 && connack.session_present), "the session arrived");
+    assert_eq!(sim.shards.iter().map(Shard::sessions).sum::<usize>(), 1);
+}
