@@ -134,6 +134,13 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub connection_rate_max: u32,
 
+    /// Resident memory the broker keeps under: near it QoS 0 is shed and new connections
+    /// are refused, at it no PUBLISH is read until subscribers drain (README, "Flow
+    /// control"). Bytes (suffixes K, M, G allowed), `auto` (three quarters of the
+    /// machine's or the cgroup's memory, whichever is less) or `off`.
+    #[arg(long, default_value = "auto", value_parser = parse_memory_bound)]
+    pub memory_max_bytes: MemoryBound,
+
     /// QoS 1/2 messages queued per session (behind the window or while offline). An
     /// online session at this bound pauses the publishers feeding it; an offline one
     /// drops by `--queue-full-policy`.
@@ -276,6 +283,11 @@ impl Config {
             recent_publish_bytes_max: self.recent_publish_bytes_max,
             sys_interval: seconds(self.sys_interval_s),
             slow_subscriber_timeout: seconds(self.slow_subscriber_timeout_s),
+            // `auto` needs the machine's memory: the runtime fills it in at start.
+            memory_bytes_max: match self.memory_max_bytes {
+                MemoryBound::Bytes(bytes) => Some(bytes),
+                MemoryBound::Auto | MemoryBound::Off => None,
+            },
             routing: self.routing,
             features: Features {
                 qos_max: QoS::from_bits(self.max_qos).map_err(|_| ConfigError::MaxQos)?,
@@ -307,6 +319,34 @@ fn parse_routing(name: &str) -> Result<Routing, String> {
 }
 
 /// `--queue-full-policy`: the session's `QueueFullPolicy` by its flag name.
+/// `--memory-max-bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBound {
+    /// Three quarters of the memory available (resolved at start by the runtime).
+    Auto,
+    Off,
+    Bytes(u64),
+}
+
+fn parse_memory_bound(text: &str) -> Result<MemoryBound, String> {
+    match text {
+        "auto" => return Ok(MemoryBound::Auto),
+        "off" => return Ok(MemoryBound::Off),
+        _ => {}
+    }
+    let (digits, multiplier) = match text.as_bytes().last() {
+        Some(b'K' | b'k') => (&text[..text.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    let number: u64 = digits.parse().map_err(|_| format!("{text:?}: expected bytes (e.g. 512M, 4G), auto or off"))?;
+    match number.checked_mul(multiplier) {
+        Some(bytes) if bytes > 0 => Ok(MemoryBound::Bytes(bytes)),
+        _ => Err(format!("{text:?}: expected a positive size")),
+    }
+}
+
 fn parse_queue_full_policy(name: &str) -> Result<QueueFullPolicy, String> {
     match name {
         "drop-new" => Ok(QueueFullPolicy::DropNew),
@@ -370,6 +410,20 @@ mod tests {
     #[test]
     fn the_default_flags_give_the_shards_default_limits() {
         assert_eq!(Config::parse_from(["ringmq"]).limits(), Ok(ShardLimits::defaults()));
+    }
+
+    #[test]
+    fn memory_bounds_read_sizes_auto_and_off() {
+        assert_eq!(parse_memory_bound("auto"), Ok(MemoryBound::Auto));
+        assert_eq!(parse_memory_bound("off"), Ok(MemoryBound::Off));
+        assert_eq!(parse_memory_bound("1000"), Ok(MemoryBound::Bytes(1000)));
+        assert_eq!(parse_memory_bound("512M"), Ok(MemoryBound::Bytes(512 << 20)));
+        assert_eq!(parse_memory_bound("4g"), Ok(MemoryBound::Bytes(4 << 30)));
+        assert!(parse_memory_bound("0").is_err());
+        assert!(parse_memory_bound("lots").is_err());
+        assert!(parse_memory_bound("99999999999G").is_err());
+        let config = Config::parse_from(["ringmq", "--memory-max-bytes", "64M"]);
+        assert_eq!(config.limits().map(|limits| limits.memory_bytes_max), Ok(Some(64 << 20)));
     }
 
     #[test]

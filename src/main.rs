@@ -8,14 +8,17 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use clap::Parser;
 use ringmq::config::Config;
+use ringmq::runtime::heap::CountingAllocator;
 
+/// mimalloc, counted for `--memory-max-bytes` (see `runtime::heap`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: CountingAllocator<mimalloc::MiMalloc> = CountingAllocator(mimalloc::MiMalloc);
 
 /// PBKDF2 rounds for new password-file entries (what mosquitto_passwd uses).
 const PASSWORD_HASH_ITERATIONS: u32 = 101;
 
 fn main() -> ExitCode {
+    GLOBAL.installed();
     match run(Config::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -78,6 +78,8 @@ pub enum ConnectRefusal {
     WillPayloadFormatInvalid,
     /// The broker holds `--max-connections` connections already.
     ConnectionLimit,
+    /// The broker is near `--memory-max-bytes`.
+    ServerBusy,
 }
 
 impl ConnectRefusal {
@@ -87,7 +89,7 @@ impl ConnectRefusal {
         match self {
             ConnectRefusal::UnsupportedProtocolVersion => Some(1),
             ConnectRefusal::ClientIdentifierNotValid => Some(2),
-            ConnectRefusal::ServerUnavailable | ConnectRefusal::ConnectionLimit => Some(3),
+            ConnectRefusal::ServerUnavailable | ConnectRefusal::ConnectionLimit | ConnectRefusal::ServerBusy => Some(3),
             ConnectRefusal::BadUserNameOrPassword => Some(4),
             ConnectRefusal::NotAuthorized
             | ConnectRefusal::BadAuthenticationMethod
@@ -103,6 +105,7 @@ impl ConnectRefusal {
             ConnectRefusal::ClientIdentifierNotValid => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             ConnectRefusal::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
             ConnectRefusal::ConnectionLimit => ReasonCode::QUOTA_EXCEEDED,
+            ConnectRefusal::ServerBusy => ReasonCode::SERVER_BUSY,
             ConnectRefusal::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
             ConnectRefusal::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
             ConnectRefusal::BadAuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
@@ -127,6 +130,7 @@ impl ConnectRefusal {
             ConnectRefusal::WillTopicInvalid => "will topic empty, with a wildcard, too deep or long, or under $SYS",
             ConnectRefusal::WillPayloadFormatInvalid => "will payload is not UTF-8 as its format indicator says",
             ConnectRefusal::ConnectionLimit => "the broker holds --max-connections connections",
+            ConnectRefusal::ServerBusy => "the broker is near --memory-max-bytes",
         }
     }
 }

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use glommio::timer::sleep;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
+pub mod heap;
 mod latch;
 mod listen;
+mod memory;
 mod mesh;
 mod nudge;
 
@@ -25,9 +27,11 @@ use mesh::Mesh;
 use nudge::Nudger;
 
 use crate::auth::{Authenticator, PasswordFileError};
+use crate::config::MemoryBound;
 use crate::config::{Config, ConfigError, Steering};
 use crate::net::accept_loop;
 use crate::shard::{ConnectionBudget, Shard, ShardLimits};
+use memory::MemoryGauge;
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -62,6 +66,9 @@ pub struct Broker {
     handles: Vec<ExecutorJoinHandle<()>>,
     nudger: Arc<Nudger>,
     nudging: Option<std::thread::JoinHandle<()>>,
+    /// Samples resident memory for `--memory-max-bytes`.
+    gauge: Arc<MemoryGauge>,
+    sampling: Option<std::thread::JoinHandle<()>>,
     _port_lock: PortLock,
 }
 
@@ -76,6 +83,10 @@ impl Broker {
         self.nudger.finish();
         if let Some(nudging) = self.nudging.take() {
             let _ = nudging.join();
+        }
+        self.gauge.finish();
+        if let Some(sampling) = self.sampling.take() {
+            let _ = sampling.join();
         }
     }
 }
@@ -103,7 +114,14 @@ fn memlock_limit_bytes() -> u64 {
 
 /// Starts every shard and returns once all are listening.
 pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
-    let limits = config.limits()?;
+    let mut limits = config.limits()?;
+    if config.memory_max_bytes == MemoryBound::Auto {
+        limits.memory_bytes_max = memory::available_bytes().map(|available| available / 4 * 3);
+        match limits.memory_bytes_max {
+            Some(bytes) => tracing::info!(memory_max_bytes = bytes, "memory bound: three quarters of the memory available"),
+            None => tracing::warn!("memory bound off: the available memory is unknown (set --memory-max-bytes)"),
+        }
+    }
     let cpus = config.cpus(&allowed_cpus())?;
     let (listen_backlog, steering) = (config.listen_backlog.max(1), config.steer);
     let auth = Arc::new(
@@ -146,6 +164,19 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
             .map_err(|error| StartError::Executor(error.to_string()))?
     };
     let budget = (config.max_connections > 0).then(|| ConnectionBudget::new(config.max_connections));
+    let gauge = MemoryGauge::new();
+    let sampling = match limits.memory_bytes_max {
+        None => None,
+        Some(_) => {
+            let gauge = gauge.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("ringmq-memory".into())
+                    .spawn(move || gauge.run())
+                    .map_err(|error| StartError::Executor(error.to_string()))?,
+            )
+        }
+    };
     let mut handles = Vec::with_capacity(shard_count);
     for (index, &cpu) in cpus.iter().enumerate() {
         let nudger = nudger.clone();
@@ -155,6 +186,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let stop = stop.clone();
         let ready = ready_tx.clone();
         let budget = budget.clone();
+        let gauge = gauge.clone();
         let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
@@ -178,6 +210,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     nudger,
                     budget,
                     connection_rate_max,
+                    gauge,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -199,9 +232,23 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         }
         nudger.finish();
         let _ = nudging.join();
+        gauge.finish();
+        if let Some(sampling) = sampling {
+            let _ = sampling.join();
+        }
         return Err(error);
     }
-    Ok(Broker { local_addr, shard_count, handles, nudger, nudging: Some(nudging), _port_lock: port_lock })
+    Ok(Broker { local_addr, shard_count, handles, nudger, nudging: Some(nudging), gauge, sampling, _port_lock: port_lock })
+}
+
+/// Has the shard read the latest resident-memory sample every `memory::SAMPLE_PERIOD`,
+/// so it notices memory falling while no PUBLISH is read (the shard also reads it after
+/// every 1 MiB of input, since a busy shard's timers run late).
+async fn follow_memory(shard: Rc<RefCell<Shard>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        sleep(memory::SAMPLE_PERIOD).await;
+        shard.borrow_mut().refresh_memory();
+    }
 }
 
 struct ShardParams {
@@ -221,6 +268,7 @@ struct ShardParams {
     budget: Option<Arc<ConnectionBudget>>,
     /// `--connection-rate-max` for the listener, shared evenly by the shards.
     connection_rate_max: u32,
+    gauge: Arc<MemoryGauge>,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -238,6 +286,7 @@ async fn shard_main(params: ShardParams) {
         nudger,
         budget,
         connection_rate_max,
+        gauge,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -274,6 +323,10 @@ async fn shard_main(params: ShardParams) {
     }
     let accepts_per_s = (connection_rate_max > 0).then(|| f64::from(connection_rate_max) / shard_count as f64);
     glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, stop_accepting)).detach();
+    if shard.borrow().limits().memory_bytes_max.is_some() {
+        shard.borrow_mut().set_memory_source(gauge.resident());
+        glommio::spawn_local(follow_memory(shard.clone(), stop.clone())).detach();
+    }
     let _ = ready.send(Ok(()));
 
     while !stop.load(Ordering::Relaxed) {

@@ -292,6 +292,10 @@ impl Shard {
         if let Err(refusal) = self.admit(&connect, authenticated.is_some(), credentials) {
             return self.refuse(link, version, refusal);
         }
+        if self.memory.level() >= MemoryLevel::Shedding {
+            self.counters.connections_refused_memory += 1;
+            return self.refuse(link, version, ConnectRefusal::ServerBusy);
+        }
         if !self.take_connection_slot(link) {
             self.counters.connections_refused_at_limit += 1;
             return self.refuse(link, version, ConnectRefusal::ConnectionLimit);

@@ -60,11 +60,17 @@ pub struct Counters {
     pub accepts_delayed_by_rate: u64,
     /// Times a connection's reading waited for `--publish-rate-max`.
     pub publishes_delayed_by_rate: u64,
+    /// QoS 0 deliveries dropped while memory was near `--memory-max-bytes`.
+    pub qos0_dropped_memory: u64,
+    /// CONNECTs refused while memory was near `--memory-max-bytes` (CONNACK 3 / 0x89).
+    pub connections_refused_memory: u64,
+    /// Times a PUBLISH waited unread because memory reached `--memory-max-bytes`.
+    pub publishes_held_for_memory: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 31] {
+    pub fn fields(&self) -> [(&'static str, u64); 34] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -97,6 +103,9 @@ impl Counters {
             ("connections_refused_at_limit", self.connections_refused_at_limit),
             ("accepts_delayed_by_rate", self.accepts_delayed_by_rate),
             ("publishes_delayed_by_rate", self.publishes_delayed_by_rate),
+            ("qos0_dropped_memory", self.qos0_dropped_memory),
+            ("connections_refused_memory", self.connections_refused_memory),
+            ("publishes_held_for_memory", self.publishes_held_for_memory),
         ]
     }
 }

@@ -265,6 +265,10 @@ impl Shard {
             self.counters.qos0_dropped_slow_subscriber += 1;
             return;
         }
+        if qos == QoS::AtMostOnce && self.memory.level() >= MemoryLevel::Shedding {
+            self.counters.qos0_dropped_memory += 1;
+            return;
+        }
         match client.session.offer(message.clone(), copy, link.is_some()) {
             Offer::Send(outgoing) => {
                 let link = link.expect("offers are sent only when online");

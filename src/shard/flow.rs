@@ -52,9 +52,16 @@ impl Shard {
             return Poll::Ready(());
         }
         let paused = qos != QoS::AtMostOnce && link.is_paused();
-        if !self.congested() && !paused {
+        let memory_critical = self.memory.level() == super::MemoryLevel::Critical;
+        if !self.congested() && !paused && !memory_critical {
             link.set_waiting_to_publish(false);
             return Poll::Ready(());
+        }
+        if memory_critical {
+            if !link.is_waiting_to_publish() {
+                self.counters.publishes_held_for_memory += 1;
+            }
+            self.memory.wait_for_relief(cx.waker());
         }
         if self.congested() {
             if !link.is_waiting_to_publish() {

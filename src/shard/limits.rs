@@ -69,6 +69,8 @@ pub struct ShardLimits {
     pub sys_interval: Option<Duration>,
     /// A subscriber whose queue stays full this long is disconnected; `None`: never.
     pub slow_subscriber_timeout: Option<Duration>,
+    /// The process's resident memory the broker keeps under (see `memory.rs`); `None`: none.
+    pub memory_bytes_max: Option<u64>,
     pub routing: Routing,
     pub features: Features,
 }
@@ -105,6 +107,7 @@ impl ShardLimits {
             recent_publish_bytes_max: 8 * 1024 * 1024,
             sys_interval: Some(Duration::from_secs(10)),
             slow_subscriber_timeout: Some(Duration::from_secs(30)),
+            memory_bytes_max: None,
             routing: Routing::Interest,
             features: Features {
                 qos_max: QoS::ExactlyOnce,

@@ -28,6 +28,7 @@ mod interest;
 mod layouts;
 mod limits;
 pub mod link;
+mod memory;
 pub mod mesh;
 mod outbox;
 mod packets;
@@ -76,6 +77,7 @@ use crate::session::{
 };
 use crate::topics::{Filter, SubscriptionTree, TopicError, filter_matches, is_broker_topic, validate_topic_filter, validate_topic_name};
 pub use limits::{Features, Routing, ShardLimits};
+pub use memory::{MemoryInUse, MemoryLevel};
 
 /// Index of a client slot within one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +113,8 @@ pub struct Shard {
     streams: Streams,
     /// Buffers reused across publishes so the fan-out path does not allocate.
     scratch: Scratch,
+    /// Where the process stands against `--memory-max-bytes` (`memory.rs`).
+    memory: memory::MemoryGuard,
     /// When the timer next publishes the `$SYS` counters.
     next_sys_publish: Option<Instant>,
     pub counters: Counters,
@@ -144,6 +148,7 @@ impl Shard {
         let next_sys_publish = limits.sys_interval.map(|interval| now + interval);
         let outboxes = Outboxes::new(shard_count, limits.mesh_outbox_messages_max);
         let recent = RecentPublishes::new(shard_count, limits.recent_publishes_max, limits.recent_publish_bytes_max);
+        let memory = memory::MemoryGuard::new(limits.memory_bytes_max);
         Shard {
             id,
             shard_count,
@@ -159,6 +164,7 @@ impl Shard {
             connecting: Connecting::default(),
             outboxes,
             streams: Streams { sequence: 0, seen: vec![0; shard_count], recent },
+            memory,
             scratch: Scratch { route_targets: vec![false; shard_count], ..Scratch::default() },
             next_sys_publish,
             counters: Counters::default(),

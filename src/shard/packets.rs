@@ -110,6 +110,7 @@ impl Shard {
             return Err(CloseReason::SubscriptionIdentifierFromClient);
         }
         self.counters.publishes_received += 1;
+        self.memory_input(publish.topic.len() + publish.payload.len());
         let version = self.client(key).version;
         // Refusals that leave the connection open where the protocol can say so: a 5.0
         // QoS 1/2 PUBLISH gets the reason in its PUBACK/PUBREC.
