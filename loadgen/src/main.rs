@@ -31,6 +31,10 @@ struct Cli {
     /// Subscribers (fanout, fanin).
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
+    /// More subscribers to the same filter (fanout, fanin) that read nothing once
+    /// subscribed: a stuck client among healthy ones. Not counted in the deliveries.
+    #[arg(long, default_value_t = 0)]
+    stalled_subscribers: usize,
     /// Connections to open (conn-storm).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -142,6 +146,7 @@ fn main_inner() -> anyhow::Result<bool> {
         scenario: cli.scenario,
         publishers,
         subscribers,
+        stalled_subscribers: cli.stalled_subscribers,
         connections: cli.connections,
         qos_pub: qos(cli.qos_pub),
         qos_sub: qos(cli.qos_sub),

@@ -45,6 +45,8 @@ pub struct Report {
     pub payload_bytes: usize,
     pub publishers: usize,
     pub subscribers: usize,
+    /// Subscribers that read nothing after subscribing (`--stalled-subscribers`).
+    pub stalled_subscribers: usize,
     pub client_cores: usize,
     pub rate_per_s: Option<f64>,
     pub shared_group: Option<String>,
@@ -109,6 +111,7 @@ pub fn build(config: &RunConfig, outcome: &RunOutcome) -> (Report, Histogram<u64
         payload_bytes: config.payload_bytes,
         publishers: if storm { 0 } else { config.publishers },
         subscribers: if storm { 0 } else { config.subscribers },
+        stalled_subscribers: if storm { 0 } else { config.stalled_subscribers },
         client_cores: config.cpus.len(),
         rate_per_s: config.rate_per_s,
         shared_group: config.shared_group.clone(),
@@ -146,6 +149,9 @@ impl Report {
             }
         } else {
             line(&mut out, "publishers/subscribers", format!("{}/{}", self.publishers, self.subscribers));
+            if self.stalled_subscribers > 0 {
+                line(&mut out, "stalled subscribers", format!("{} (not counted below)", self.stalled_subscribers));
+            }
             line(&mut out, "published", format!("{} in {:.2} s", self.published, self.publish_seconds));
             let c = &self.counts;
             line(&mut out, "deliveries", format!("{} expected, {} delivered, {} unique", c.expected, c.delivered, c.unique));

@@ -35,6 +35,8 @@ pub struct RunConfig {
     pub scenario: Scenario,
     pub publishers: usize,
     pub subscribers: usize,
+    /// Extra subscribers that stop reading once subscribed (see `stalled_subscriber`).
+    pub stalled_subscribers: usize,
     pub connections: usize,
     pub qos_pub: QoS,
     pub qos_sub: QoS,
@@ -208,6 +210,9 @@ async fn executor_main(index: usize, cores: usize, config: Arc<RunConfig>, plan:
             tasks.push(glommio::spawn_local(storm_connection(connection, config.clone(), shared.clone(), result.clone())));
         }
     } else {
+        for stalled in (index..config.stalled_subscribers).step_by(cores) {
+            tasks.push(glommio::spawn_local(stalled_subscriber(stalled, config.clone(), plan.clone(), shared.clone(), result.clone())));
+        }
         // Subscribers, then publishers, dealt round-robin over executors.
         let subscribers = plan.subscribers.len();
         for slot in (index..subscribers + plan.publishers.len()).step_by(cores) {
@@ -223,6 +228,40 @@ async fn executor_main(index: usize, cores: usize, config: Arc<RunConfig>, plan:
         task.await;
     }
     Rc::try_unwrap(result).ok().expect("all tasks finished").into_inner()
+}
+
+/// A subscriber that subscribes like the first ordinary one, then reads nothing more: its
+/// socket fills, the broker's queue for it fills, and the broker's flow control decides
+/// what becomes of it (pause the publisher, then disconnect it after
+/// `--slow-subscriber-timeout-s`). Held until publishing and the drain are over.
+async fn stalled_subscriber(
+    index: usize,
+    config: Arc<RunConfig>,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    result: Rc<RefCell<ExecutorResult>>,
+) {
+    let mut connection = match Connection::open(config.broker, &client_id("stalled", index), true, config.version).await {
+        Ok(connection) => connection,
+        Err(error) => return fail(&result, &shared, format!("stalled subscriber {index}: {error}")),
+    };
+    let filter = Bytes::from(plan.subscribers[0].clone());
+    connection.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("non-zero"),
+        properties: Properties::default(),
+        filters: vec![(filter, SubscriptionOptions::with_qos(config.qos_sub))],
+    }));
+    match connection.reader.next().await {
+        Ok(Packet::SubAck(suback)) if suback.codes.iter().all(|code| !code.is_error()) => {}
+        Ok(other) => return fail(&result, &shared, format!("stalled subscriber {index}: expected SUBACK, got {}", other.name())),
+        Err(error) => return fail(&result, &shared, format!("stalled subscriber {index}: {error}")),
+    }
+    shared.subscribers_ready.fetch_add(1, Ordering::SeqCst);
+    while shared.publishers_done.load(Ordering::SeqCst) < plan.publishers.len() && !shared.abort.load(Ordering::Relaxed) {
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(config.drain).await;
+    drop(connection);
 }
 
 fn fail(result: &RefCell<ExecutorResult>, shared: &Shared, what: String) {
@@ -356,7 +395,8 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
             return finish(&shared, 0);
         }
     };
-    while shared.subscribers_ready.load(Ordering::SeqCst) < plan.subscribers.len() && !shared.abort.load(Ordering::Relaxed) {
+    let ready_needed = plan.subscribers.len() + config.stalled_subscribers;
+    while shared.subscribers_ready.load(Ordering::SeqCst) < ready_needed && !shared.abort.load(Ordering::Relaxed) {
         sleep(Duration::from_millis(1)).await;
     }
     // The first publisher to get here fixes a common start a little ahead.

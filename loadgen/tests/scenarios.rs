@@ -33,7 +33,15 @@ use launcher::BrokerProcess as Broker;
 /// The broker on its defaults, on two shards: bursts beyond a subscriber's 1000-message
 /// queue pause the publisher instead of dropping, so the counts below are exact on them.
 fn start_broker() -> Broker {
-    Broker::spawn(Command::new(ringmq_binary()).args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "warn", "--sys-interval-s", "0"]))
+    start_broker_with(&[])
+}
+
+fn start_broker_with(extra: &[&str]) -> Broker {
+    Broker::spawn(
+        Command::new(ringmq_binary())
+            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "warn", "--sys-interval-s", "0"])
+            .args(extra),
+    )
 }
 
 /// Runs loadgen with `args` plus --json against `broker`; returns (exit success, report).
@@ -277,4 +285,39 @@ fn writes_the_percentile_distribution_and_plot_and_reports_its_own_cpu() {
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "an SVG with a latency curve");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stalled_subscriber_among_healthy_ones_costs_them_nothing_once_it_is_disconnected() {
+    // One subscriber reads nothing after subscribing. Its queue fills, the publisher is
+    // paused (nothing dropped), and after the slow-subscriber timeout it is disconnected;
+    // the 20 healthy subscribers then get every message, exactly once and in order.
+    let broker = start_broker_with(&["--slow-subscriber-timeout-s", "1", "--queued-messages-max", "100"]);
+    let (ok, report) = loadgen(
+        &broker,
+        &[
+            "--scenario",
+            "fanout",
+            "--subscribers",
+            "20",
+            "--stalled-subscribers",
+            "1",
+            "--qos-pub",
+            "1",
+            "--qos-sub",
+            "1",
+            "--payload-bytes",
+            "1024",
+            "--messages",
+            "3000",
+            "--duration-s",
+            "30",
+            "--cores",
+            "2",
+        ],
+    );
+    assert!(ok, "{report}");
+    assert_eq!(report["stalled_subscribers"], 1);
+    assert_eq!(report["published"], 3000);
+    assert_exact(&report, 3000 * 20);
 }
