@@ -49,7 +49,7 @@ pub struct Config {
     pub max_packet_size_bytes: u32,
 
     /// Unacknowledged QoS 1/2 messages in flight to one client.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     pub inflight_max: u16,
 
     /// Inbound QoS 2 messages a client may have awaiting PUBREL (5.0 Receive Maximum,
