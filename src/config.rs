@@ -182,6 +182,12 @@ pub struct Config {
     #[arg(long)]
     pub password_file: Option<PathBuf>,
 
+    /// ACL file in Mosquitto's format (`user`, `topic [read|write|readwrite|deny] FILTER`,
+    /// `pattern` with %c and %u; see README). With one, what it does not allow is denied.
+    /// Reloaded, like the password file, on SIGHUP.
+    #[arg(long)]
+    pub acl_file: Option<PathBuf>,
+
     /// With a password file: also let clients without a user name in.
     #[arg(long, default_value_t = false)]
     pub allow_anonymous: bool,

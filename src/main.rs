@@ -43,18 +43,35 @@ fn run(config: Config) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    // SIGHUP means "reload" to operators and to systemd's ExecReload; until reloading
-    // exists it is logged and otherwise ignored, never the default (which ends the process).
+    // SIGHUP means "reload" to operators and to systemd's ExecReload: the password file and
+    // the ACL file are read again (never the default action, which ends the process). The
+    // handler is installed before the broker starts; a SIGHUP before it has started is
+    // logged and otherwise ignored.
     let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).context("installing the SIGHUP handler")?;
-    std::thread::Builder::new()
-        .name("ringmq-signals".into())
-        .spawn(move || {
-            for _ in hangups.forever() {
-                tracing::warn!("SIGHUP received: configuration reload is not supported yet; nothing changed");
-            }
-        })
-        .context("starting the signal thread")?;
+    let reloading: Arc<std::sync::OnceLock<Arc<ringmq::runtime::reload::AuthSlot>>> = Arc::default();
+    {
+        let (reloading, config) = (reloading.clone(), config.clone());
+        std::thread::Builder::new()
+            .name("ringmq-signals".into())
+            .spawn(move || {
+                for _ in hangups.forever() {
+                    match reloading.get().map(|slot| slot.reload(&config)) {
+                        None => tracing::warn!("SIGHUP before the broker started: nothing reloaded"),
+                        Some(Ok(())) => tracing::info!(
+                            password_file = ?config.password_file,
+                            acl_file = ?config.acl_file,
+                            "SIGHUP: password file and ACL reloaded; new connections and deliveries use them"
+                        ),
+                        Some(Err(error)) => {
+                            tracing::error!(error = %format!("{:#}", anyhow::Error::from(error)), "SIGHUP: reload failed; the running configuration stays")
+                        }
+                    }
+                }
+            })
+            .context("starting the signal thread")?;
+    }
     let broker = ringmq::runtime::start(&config, stop)?;
+    let _ = reloading.set(broker.auth_slot());
     // Tests and scripts read this line to find the port when --listen asks for port 0.
     println!("ringmq listening on {} with {} shards", broker.local_addr, broker.shard_count);
     std::io::stdout().flush()?;

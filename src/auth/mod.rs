@@ -1,10 +1,11 @@
-//! Client authentication and authorization: who may connect, and which filters may not
-//! be subscribed to. Owns the password file (the format
+//! Client authentication and authorization: who may connect, what each client may publish,
+//! subscribe to and receive (the ACL file, `acl.rs`; `--deny-subscribe`). Owns the password file (the format
 //! `mosquitto_passwd` writes: `user:$7$iterations$salt$hash`, PBKDF2-HMAC-SHA512, base64),
 //! the anonymous rule, and the enhanced-authentication methods (MQTT 5.0 4.12): the
 //! `AuthExchange` hook and the one method built in, SCRAM-SHA-512 (`scram.rs`). Pure: the
 //! file is parsed once at start-up.
 
+mod acl;
 mod scram;
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use bytes::Bytes;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::Sha512;
+
+pub use acl::{Acl, AclError, ClientAcl, ClientAuthorization};
 
 use crate::protocol::ConnectRefusal;
 
@@ -80,12 +83,25 @@ pub struct Authenticator {
     decoy: Option<PasswordHash>,
     allow_anonymous: bool,
     denied_filters: Vec<Vec<u8>>,
+    /// `--acl-file`: with one, what it does not allow is denied.
+    acl: Option<Arc<Acl>>,
 }
 
 impl Authenticator {
     /// Anyone may connect, with or without credentials.
     pub fn anonymous() -> Authenticator {
-        Authenticator { users: None, decoy: None, allow_anonymous: true, denied_filters: Vec::new() }
+        Authenticator { users: None, decoy: None, allow_anonymous: true, denied_filters: Vec::new(), acl: None }
+    }
+
+    /// Authorizes every client by `acl` (see `acl.rs`).
+    pub fn with_acl(mut self, acl: Acl) -> Authenticator {
+        self.acl = Some(Arc::new(acl));
+        self
+    }
+
+    /// The rules for one client, if there is an ACL file.
+    pub fn authorization_for(&self, client_id: &[u8], username: Option<&[u8]>) -> Option<ClientAuthorization> {
+        self.acl.as_ref().map(|acl| ClientAuthorization::new(acl.for_client(client_id, username)))
     }
 
     /// Refuses SUBSCRIBE to any filter a pattern here matches when the requested filter is
@@ -134,7 +150,7 @@ impl Authenticator {
         }
         let iterations = users.values().map(|hash| hash.iterations).max().unwrap_or(1);
         let decoy = PasswordHash { iterations, salt: vec![0; 12], hash: vec![0; HASH_LEN_BYTES] };
-        Ok(Authenticator { users: Some(Arc::new(users)), decoy: Some(decoy), allow_anonymous, denied_filters: Vec::new() })
+        Ok(Authenticator { users: Some(Arc::new(users)), decoy: Some(decoy), allow_anonymous, denied_filters: Vec::new(), acl: None })
     }
 
     /// The Authentication Methods this broker offers: SCRAM-SHA-512 over the password

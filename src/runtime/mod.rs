@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,18 +19,20 @@ mod listen;
 mod memory;
 mod mesh;
 mod nudge;
+pub mod reload;
 
 use latch::Latch;
 use listen::{PortLock, listen, reserve_address};
 use mesh::Mesh;
 use nudge::Nudger;
 
-use crate::auth::{Authenticator, PasswordFileError};
+use crate::auth::Authenticator;
 use crate::config::MemoryBound;
 use crate::config::{Config, ConfigError, Steering};
 use crate::net::accept_loop;
 use crate::shard::{ConnectionBudget, Shard, ShardLimits};
 use memory::MemoryGauge;
+use reload::AuthSlot;
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -44,10 +45,8 @@ const GLOMMIO_MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot read password file {path}")]
-    PasswordFileRead { path: PathBuf, source: std::io::Error },
-    #[error("password file: {0}")]
-    PasswordFile(#[from] PasswordFileError),
+    #[error(transparent)]
+    Auth(#[from] reload::AuthLoadError),
     #[error(
         "locked-memory limit is {limit_kib} KiB; io_uring needs at least {needed_kib} KiB. \
          Raise it with `ulimit -l {needed_kib}` (or `ulimit -l unlimited`), or LimitMEMLOCK= in a systemd unit"
@@ -69,10 +68,17 @@ pub struct Broker {
     /// Samples resident memory for `--memory-max-bytes`.
     gauge: Arc<MemoryGauge>,
     sampling: Option<std::thread::JoinHandle<()>>,
+    /// What SIGHUP reloads (`reload.rs`).
+    auth_slot: Arc<AuthSlot>,
     _port_lock: PortLock,
 }
 
 impl Broker {
+    /// Where a reload (SIGHUP) puts the new password file and ACL for the shards.
+    pub fn auth_slot(&self) -> Arc<AuthSlot> {
+        self.auth_slot.clone()
+    }
+
     /// Blocks until every shard has stopped.
     pub fn wait(mut self) {
         for handle in std::mem::take(&mut self.handles) {
@@ -124,17 +130,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     }
     let cpus = config.cpus(&allowed_cpus())?;
     let (listen_backlog, steering) = (config.listen_backlog.max(1), config.steer);
-    let auth = Arc::new(
-        match &config.password_file {
-            Some(path) => {
-                let contents =
-                    std::fs::read_to_string(path).map_err(|source| StartError::PasswordFileRead { path: path.clone(), source })?;
-                Authenticator::from_password_file(&contents, config.allow_anonymous)?
-            }
-            None => Authenticator::anonymous(),
-        }
-        .deny_subscriptions(config.deny_subscribe.iter().cloned()),
-    );
+    let auth = Arc::new(reload::load_authenticator(config)?);
+    let auth_slot = AuthSlot::new(auth.clone());
 
     let memlock = memlock_limit_bytes();
     if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {
@@ -187,6 +184,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let ready = ready_tx.clone();
         let budget = budget.clone();
         let gauge = gauge.clone();
+        let auth_slot = auth_slot.clone();
         let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
@@ -211,6 +209,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     budget,
                     connection_rate_max,
                     gauge,
+                    auth_slot,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -238,7 +237,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         }
         return Err(error);
     }
-    Ok(Broker { local_addr, shard_count, handles, nudger, nudging: Some(nudging), gauge, sampling, _port_lock: port_lock })
+    Ok(Broker { local_addr, shard_count, handles, nudger, nudging: Some(nudging), gauge, sampling, auth_slot, _port_lock: port_lock })
 }
 
 /// Has the shard read the latest resident-memory sample every `memory::SAMPLE_PERIOD`,
@@ -269,6 +268,7 @@ struct ShardParams {
     /// `--connection-rate-max` for the listener, shared evenly by the shards.
     connection_rate_max: u32,
     gauge: Arc<MemoryGauge>,
+    auth_slot: Arc<AuthSlot>,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -287,6 +287,7 @@ async fn shard_main(params: ShardParams) {
         budget,
         connection_rate_max,
         gauge,
+        auth_slot,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -329,8 +330,13 @@ async fn shard_main(params: ShardParams) {
     }
     let _ = ready.send(Ok(()));
 
+    let mut auth_generation = auth_slot.generation();
     while !stop.load(Ordering::Relaxed) {
         sleep(TICK).await;
+        if auth_slot.generation() != auth_generation {
+            auth_generation = auth_slot.generation();
+            shard.borrow_mut().replace_authenticator(auth_slot.current());
+        }
         shard.borrow_mut().tick(Instant::now());
     }
     stopping.set();

@@ -27,6 +27,10 @@ pub(super) struct Client {
     /// most clients have none (8 bytes in every client slot instead of 32).
     #[allow(clippy::box_collection)]
     pub(super) retained_backlog: Option<Box<std::collections::VecDeque<RetainedCopy>>>,
+    /// What the ACL file lets this client do (`None`: no ACL file); boxed, with its memo.
+    pub(super) authorization: Option<Box<crate::auth::ClientAuthorization>>,
+    /// The user name it connected with (for the ACL's `user` sections and `%u`).
+    pub(super) username: Option<Bytes>,
 }
 
 /// The client slots of one shard (reused through a free list, so a `ClientKey` stays
@@ -124,6 +128,18 @@ impl Clients {
 }
 
 impl Shard {
+    /// A reload (SIGHUP) brought a new password file and ACL: new connections use them at
+    /// once, and every client here is authorized by the new ACL from now on.
+    pub fn replace_authenticator(&mut self, auth: Arc<Authenticator>) {
+        self.auth = auth;
+        let keys: Vec<ClientKey> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let client = self.clients.get(key);
+            let authorization = self.auth.authorization_for(client.session.client_id(), client.username.as_deref()).map(Box::new);
+            self.clients.get_mut(key).authorization = authorization;
+        }
+    }
+
     pub fn connected_clients(&self) -> usize {
         self.clients.iter().filter(|(_, client)| client.link.is_some()).count()
     }

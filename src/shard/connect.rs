@@ -364,6 +364,7 @@ impl Shard {
         let outbound_alias_max = if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 };
         let auth_method = authenticated.as_ref().map(|authenticated| authenticated.method.clone());
         let expiry = SessionExpiry::from_connect(&connect);
+        let authorization = self.auth.authorization_for(&client_id, connect.username.as_deref()).map(Box::new);
         let will = connect.will.map(|will| {
             Box::new(Will {
                 topic: detach(&will.topic),
@@ -385,6 +386,8 @@ impl Shard {
                 stalled_since: None,
                 paused_publishers: HashSet::new(),
                 retained_backlog: None,
+                authorization,
+                username: connect.username.as_deref().map(Bytes::copy_from_slice),
             },
             now,
         );

@@ -40,7 +40,7 @@ pub struct Counters {
     pub late_matches_sent: u64,
     /// Client PUBLISHes to `$SYS/...` (the broker's own topics), dropped.
     pub broker_topic_publishes_dropped: u64,
-    /// Deliveries withheld because `--deny-subscribe` covers the topic.
+    /// Deliveries withheld because `--deny-subscribe` or the ACL file covers the topic.
     pub deliveries_denied: u64,
     /// Times a publisher was paused because a subscriber it feeds has a full queue.
     pub publishers_paused: u64,
@@ -66,11 +66,15 @@ pub struct Counters {
     pub connections_refused_memory: u64,
     /// Times a PUBLISH waited unread because memory reached `--memory-max-bytes`.
     pub publishes_held_for_memory: u64,
+    /// PUBLISHes the ACL file does not allow the client (dropped; 5.0 0x87).
+    pub publishes_denied_acl: u64,
+    /// Subscriptions the ACL file does not allow (SUBACK 0x80 / 0x87).
+    pub subscriptions_denied_acl: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 34] {
+    pub fn fields(&self) -> [(&'static str, u64); 36] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -106,6 +110,8 @@ impl Counters {
             ("qos0_dropped_memory", self.qos0_dropped_memory),
             ("connections_refused_memory", self.connections_refused_memory),
             ("publishes_held_for_memory", self.publishes_held_for_memory),
+            ("publishes_denied_acl", self.publishes_denied_acl),
+            ("subscriptions_denied_acl", self.subscriptions_denied_acl),
         ]
     }
 }

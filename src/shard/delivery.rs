@@ -231,6 +231,14 @@ impl Shard {
         }
         let outbound_limit = self.limits.outbound_buffer_bytes_max;
         let client = self.clients.get_mut(key);
+        if let Some(authorization) = client.authorization.as_mut()
+            && !authorization.may_read(&message.topic)
+        {
+            // The ACL file does not let this client read the topic, whichever of its
+            // filters matched (retained deliveries included).
+            self.counters.deliveries_denied += 1;
+            return;
+        }
         if let (Some(skip), Some((source, sequence))) = (&client.skip_until, origin)
             && sequence <= skip[source.0]
         {
