@@ -14,8 +14,9 @@ use crate::shard::{Features, Routing, ShardLimits};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringmq", version, about = "A thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring")]
 pub struct Config {
-    /// Address to listen on; every shard binds it with SO_REUSEPORT.
-    #[arg(long, default_value = "0.0.0.0:1883")]
+    /// Address to listen on; every shard binds it with SO_REUSEPORT. Loopback by default:
+    /// a non-loopback address needs --password-file, --acl-file or --allow-anonymous.
+    #[arg(long, default_value = "127.0.0.1:1883")]
     pub listen: SocketAddr,
 
     /// Pending-connection queue per shard's listener (the kernel caps it at net.core.somaxconn).
@@ -188,7 +189,8 @@ pub struct Config {
     #[arg(long)]
     pub acl_file: Option<PathBuf>,
 
-    /// With a password file: also let clients without a user name in.
+    /// Let clients without a user name in: with a password file, beside its users; without
+    /// one, on a non-loopback --listen address (which is refused otherwise).
     #[arg(long, default_value_t = false)]
     pub allow_anonymous: bool,
 
@@ -234,6 +236,11 @@ pub enum ConfigError {
     MeshChannel,
     #[error("--ring-depth must be a power of two between 8 and 32768")]
     RingDepth,
+    #[error(
+        "--listen {0} is not a loopback address, and anyone could connect: give --password-file or \
+         --acl-file, or say --allow-anonymous to accept anonymous clients there"
+    )]
+    OpenListener(SocketAddr),
 }
 
 /// Most shards one broker runs: a shard records which peers it sent each recent publish to
@@ -248,6 +255,16 @@ pub enum Steering {
 }
 
 impl Config {
+    /// Safe defaults, as Mosquitto 2: a listener beyond loopback needs authentication or an
+    /// explicit --allow-anonymous.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let protected = self.password_file.is_some() || self.acl_file.is_some() || self.allow_anonymous;
+        if self.listen.ip().is_loopback() || protected {
+            return Ok(());
+        }
+        Err(ConfigError::OpenListener(self.listen))
+    }
+
     pub fn limits(&self) -> Result<ShardLimits, ConfigError> {
         if !(16..=268_435_460).contains(&self.max_packet_size_bytes) {
             return Err(ConfigError::MaxPacketSize);
@@ -430,6 +447,18 @@ mod tests {
         assert!(parse_memory_bound("99999999999G").is_err());
         let config = Config::parse_from(["ringmq", "--memory-max-bytes", "64M"]);
         assert_eq!(config.limits().map(|limits| limits.memory_bytes_max), Ok(Some(64 << 20)));
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_needs_authentication_or_an_explicit_anonymous() {
+        assert_eq!(Config::parse_from(["ringmq"]).check_exposure(), Ok(()), "the default is loopback");
+        assert_eq!(Config::parse_from(["ringmq", "--listen", "[::1]:1883"]).check_exposure(), Ok(()));
+        let open = Config::parse_from(["ringmq", "--listen", "0.0.0.0:1883"]);
+        assert!(matches!(open.check_exposure(), Err(ConfigError::OpenListener(_))));
+        for protection in [&["--allow-anonymous"][..], &["--password-file", "p"], &["--acl-file", "a"]] {
+            let config = Config::parse_from(["ringmq", "--listen", "0.0.0.0:1883"].iter().chain(protection));
+            assert_eq!(config.check_exposure(), Ok(()), "{protection:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The ACL file (Mosquitto's format): each rule kind against the real binary, retained
-//! deliveries filtered, reload on SIGHUP (a bad file keeps the old rules), and a clear
-//! error naming the file at start.
+//! deliveries filtered, reload on SIGHUP (a bad file keeps the old rules; the password
+//! file is reloaded too), and a clear error naming the file at start.
 
 mod common;
 
@@ -162,4 +162,30 @@ fn a_bad_acl_file_at_start_is_an_error_naming_the_file_and_line() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(file.path()) && stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn sighup_reloads_the_password_file() {
+    let line = |password: &str| ringmq::auth::hash_password_line("alice", password.as_bytes(), b"0123456789ab", 101);
+    let file = AclFile::new(&line("old"));
+    let broker = Broker::start(&["--password-file", file.path()]);
+    let connack = |password: &str| {
+        let mut client = RawClient::open(broker.addr, ProtocolVersion::V311);
+        let connect = Connect {
+            username: Some(Bytes::from_static(b"alice")),
+            password: Some(Bytes::copy_from_slice(password.as_bytes())),
+            ..Connect::v311(Bytes::from_static(b"alice-client"))
+        };
+        client.connect_sending(Packet::Connect(Box::new(connect))).code
+    };
+    assert_eq!(connack("old"), 0);
+    assert_eq!(connack("new"), 4);
+    std::fs::write(&file.0, line("new")).expect("rewrite");
+    broker.signal(libc::SIGHUP);
+    let deadline = Instant::now() + common::WAIT;
+    while connack("new") != 0 {
+        assert!(Instant::now() < deadline, "the new password file was never used");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(connack("old"), 4, "the old password is gone");
 }

@@ -38,11 +38,21 @@ fn a_second_broker_on_the_same_address_refuses_to_start() {
     assert!(stderr.contains("Address already in use"), "{stderr}");
     assert_eq!(stderr.matches("Address already in use").count(), 1, "the cause is printed once: {stderr}");
     let wildcard = format!("0.0.0.0:{}", first.addr.port());
-    assert!(!ringmq(&["--listen", &wildcard, "--cores", "1"], "").status.success(), "nor on the wildcard address");
+    let on_wildcard = ringmq(&["--listen", &wildcard, "--cores", "1", "--allow-anonymous"], "");
+    assert!(!on_wildcard.status.success(), "nor on the wildcard address");
+    assert!(String::from_utf8_lossy(&on_wildcard.stderr).contains("Address already in use"));
     // The first one goes on serving.
     let mut client = first.client("still-here", true);
     client.send(&ringmq::protocol::Packet::PingReq);
     assert_eq!(client.recv(), ringmq::protocol::Packet::PingResp);
+}
+
+#[test]
+fn a_listener_beyond_loopback_without_authentication_refuses_to_start_and_says_why() {
+    let refused = ringmq(&["--listen", "0.0.0.0:0", "--cores", "1"], "");
+    assert!(!refused.status.success(), "anonymous clients on every interface need saying so");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not a loopback address") && stderr.contains("--allow-anonymous"), "{stderr}");
 }
 
 #[test]

@@ -27,7 +27,7 @@ const HASH_LEN_BYTES: usize = 64;
 pub enum PasswordFileError {
     #[error("line {line}: expected `user:$7$iterations$salt$hash`")]
     Format { line: usize },
-    #[error("line {line}: unsupported hash type (only $7$ PBKDF2-SHA512 is supported)")]
+    #[error("line {line}: unsupported hash type ($7$ PBKDF2-SHA512 and $6$ salted SHA-512 are)")]
     UnsupportedHash { line: usize },
     #[error("line {line}: bad base64 or iteration count")]
     Encoding { line: usize },
@@ -51,8 +51,19 @@ pub enum AuthStep {
     Fail(ConnectRefusal),
 }
 
+/// How a password-file entry was hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HashScheme {
+    /// `$7$iterations$salt$hash`: PBKDF2-HMAC-SHA512 (mosquitto_passwd's default).
+    Pbkdf2,
+    /// `$6$salt$hash`: SHA-512 of the password then the salt (Mosquitto before 2.0, and
+    /// `mosquitto_passwd -H sha512`). Weaker; accepted so existing files keep working.
+    Sha512,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PasswordHash {
+    scheme: HashScheme,
     iterations: u32,
     salt: Vec<u8>,
     hash: Vec<u8>,
@@ -61,7 +72,16 @@ struct PasswordHash {
 impl PasswordHash {
     fn verify(&self, password: &[u8]) -> bool {
         let mut computed = [0u8; HASH_LEN_BYTES];
-        pbkdf2::pbkdf2_hmac::<Sha512>(password, &self.salt, self.iterations, &mut computed);
+        match self.scheme {
+            HashScheme::Pbkdf2 => pbkdf2::pbkdf2_hmac::<Sha512>(password, &self.salt, self.iterations, &mut computed),
+            HashScheme::Sha512 => {
+                use sha2::Digest;
+                let mut digest = Sha512::new();
+                digest.update(password);
+                digest.update(&self.salt);
+                computed.copy_from_slice(&digest.finalize());
+            }
+        }
         // Compare without an early exit so timing does not reveal the matching prefix.
         self.hash.len() == HASH_LEN_BYTES && computed.iter().zip(&self.hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
@@ -131,25 +151,28 @@ impl Authenticator {
             }
             let (user, encoded) = raw.split_once(':').ok_or(PasswordFileError::Format { line })?;
             let parts: Vec<&str> = encoded.split('$').collect();
-            let [empty, kind, iterations, salt, hash] = parts[..] else {
-                return Err(PasswordFileError::Format { line });
+            let entry = match parts[..] {
+                ["", "7", iterations, salt, hash] => {
+                    let iterations: u32 = iterations.parse().map_err(|_| PasswordFileError::Encoding { line })?;
+                    if iterations == 0 {
+                        return Err(PasswordFileError::Encoding { line });
+                    }
+                    (HashScheme::Pbkdf2, iterations, salt, hash)
+                }
+                ["", "6", salt, hash] => (HashScheme::Sha512, 1, salt, hash),
+                ["", _, ..] if parts.len() >= 4 => return Err(PasswordFileError::UnsupportedHash { line }),
+                _ => return Err(PasswordFileError::Format { line }),
             };
-            if !empty.is_empty() {
-                return Err(PasswordFileError::Format { line });
-            }
-            if kind != "7" {
-                return Err(PasswordFileError::UnsupportedHash { line });
-            }
-            let iterations: u32 = iterations.parse().map_err(|_| PasswordFileError::Encoding { line })?;
+            let (scheme, iterations, salt, hash) = entry;
             let salt = BASE64.decode(salt).map_err(|_| PasswordFileError::Encoding { line })?;
             let hash = BASE64.decode(hash).map_err(|_| PasswordFileError::Encoding { line })?;
-            if iterations == 0 || hash.len() != HASH_LEN_BYTES {
+            if hash.len() != HASH_LEN_BYTES {
                 return Err(PasswordFileError::Encoding { line });
             }
-            users.insert(user.to_string(), PasswordHash { iterations, salt, hash });
+            users.insert(user.to_string(), PasswordHash { scheme, iterations, salt, hash });
         }
-        let iterations = users.values().map(|hash| hash.iterations).max().unwrap_or(1);
-        let decoy = PasswordHash { iterations, salt: vec![0; 12], hash: vec![0; HASH_LEN_BYTES] };
+        let iterations = users.values().filter(|hash| hash.scheme == HashScheme::Pbkdf2).map(|hash| hash.iterations).max().unwrap_or(1);
+        let decoy = PasswordHash { scheme: HashScheme::Pbkdf2, iterations, salt: vec![0; 12], hash: vec![0; HASH_LEN_BYTES] };
         Ok(Authenticator { users: Some(Arc::new(users)), decoy: Some(decoy), allow_anonymous, denied_filters: Vec::new(), acl: None })
     }
 
@@ -239,10 +262,20 @@ mod tests {
     #[test]
     fn malformed_lines_are_reported_with_their_number() {
         assert!(matches!(Authenticator::from_password_file("alice", false), Err(PasswordFileError::Format { line: 1 })));
-        assert!(matches!(Authenticator::from_password_file("\nalice:$6$abc$def", false), Err(PasswordFileError::Format { line: 2 })));
+        assert!(matches!(Authenticator::from_password_file("\nalice:$6$abc", false), Err(PasswordFileError::Format { line: 2 })));
+        assert!(matches!(Authenticator::from_password_file("alice:$6$abc$def", false), Err(PasswordFileError::Encoding { line: 1 })));
         assert!(matches!(
-            Authenticator::from_password_file("alice:$6$1$abc$def", false),
+            Authenticator::from_password_file("alice:$5$1$abc$def", false),
             Err(PasswordFileError::UnsupportedHash { line: 1 })
         ));
+    }
+
+    #[test]
+    fn salted_sha512_entries_from_older_mosquitto_files_are_accepted() {
+        // Written by `mosquitto_passwd -c -H sha512 -b file carol s3cret` (Mosquitto 2.0.11).
+        let file = "carol:$6$XIptSvLJCJhwBWlW$sQfjfh/Pq/U4pBynXZtcUeGMPr4qS3uqhZgeww/DJCZqvdlxZunMR8MURaYELs0+CnDvVyI/D96I+/0VlolTfg==";
+        let auth = Authenticator::from_password_file(file, false).unwrap();
+        assert_eq!(auth.check(Some(b"carol"), Some(b"s3cret")), Ok(()));
+        assert_eq!(auth.check(Some(b"carol"), Some(b"s3cret!")), Err(ConnectRefusal::BadUserNameOrPassword));
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha512};
 
-use super::{AuthExchange, AuthStep, PasswordHash};
+use super::{AuthExchange, AuthStep, HashScheme, PasswordHash};
 use crate::protocol::ConnectRefusal;
 
 pub const METHOD: &str = "SCRAM-SHA-512";
@@ -90,8 +90,10 @@ impl ScramExchange {
         let server_nonce = BASE64.encode(rand::random::<[u8; 18]>());
         let nonce = format!("{client_nonce}{server_nonce}");
         let (salt, iterations, salted_password) = match self.users.get(&username) {
-            Some(entry) => (entry.salt.clone(), entry.iterations, Some(entry.hash.clone())),
-            None => (rand::random::<[u8; 12]>().to_vec(), DECOY_ITERATIONS, None),
+            // SCRAM needs the PBKDF2 salted password ($7$); a $6$ entry cannot do it and is
+            // refused like an unknown user.
+            Some(entry) if entry.scheme == HashScheme::Pbkdf2 => (entry.salt.clone(), entry.iterations, Some(entry.hash.clone())),
+            _ => (rand::random::<[u8; 12]>().to_vec(), DECOY_ITERATIONS, None),
         };
         let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(salt));
         Ok(Challenge { gs2_header: format!("{flag},,"), client_first_bare: bare.to_string(), server_first, nonce, salted_password })

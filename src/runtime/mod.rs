@@ -120,6 +120,7 @@ fn memlock_limit_bytes() -> u64 {
 
 /// Starts every shard and returns once all are listening.
 pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
+    config.check_exposure()?;
     let mut limits = config.limits()?;
     if config.memory_max_bytes == MemoryBound::Auto {
         limits.memory_bytes_max = memory::available_bytes().map(|available| available / 4 * 3);
