@@ -169,25 +169,44 @@ impl ClientAcl {
     }
 }
 
-/// Delivery decisions remembered per client before the memo is cleared (a client reading
-/// more distinct topics than this pays the rule scan again, never unbounded memory).
+/// Decisions remembered per client and direction before the memo is cleared (a client
+/// using more distinct topics than this pays the rule scan again, never unbounded memory).
 const READ_MEMO_TOPICS_MAX: usize = 4096;
 
-/// One client's rules and a memo of its delivery decisions by topic: with a file of a
-/// thousand rules, a delivery costs one hash lookup, not a thousand filter matches.
+/// One client's rules and a memo of its decisions by topic, for reading and for writing:
+/// with a file of a thousand rules, a delivery or a PUBLISH costs one hash lookup, not a
+/// thousand filter matches.
 #[derive(Debug, Clone, Default)]
 pub struct ClientAuthorization {
     acl: ClientAcl,
+    /// The last delivery's topic and decision: a client fed one topic over and over (the
+    /// fan-out case) is answered by one comparison, before any hashing.
+    last_read: Option<(bytes::Bytes, bool)>,
     readable: HashMap<bytes::Bytes, bool>,
+    writable: HashMap<bytes::Bytes, bool>,
+}
+
+fn remembered(memo: &mut HashMap<bytes::Bytes, bool>, topic: &bytes::Bytes, decide: impl FnOnce() -> bool) -> bool {
+    if let Some(&allowed) = memo.get(topic) {
+        return allowed;
+    }
+    let allowed = decide();
+    if memo.len() >= READ_MEMO_TOPICS_MAX {
+        memo.clear();
+    }
+    memo.insert(crate::session::detach(topic), allowed);
+    allowed
 }
 
 impl ClientAuthorization {
     pub fn new(acl: ClientAcl) -> ClientAuthorization {
-        ClientAuthorization { acl, readable: HashMap::new() }
+        ClientAuthorization { acl, last_read: None, readable: HashMap::new(), writable: HashMap::new() }
     }
 
-    pub fn may_publish(&self, topic: &[u8]) -> bool {
-        self.acl.may_publish(topic)
+    /// Whether this client may PUBLISH to `topic`, remembered per topic.
+    pub fn may_publish(&mut self, topic: &bytes::Bytes) -> bool {
+        let acl = &self.acl;
+        remembered(&mut self.writable, topic, || acl.may_publish(topic))
     }
 
     pub fn may_subscribe(&self, filter: &[u8]) -> bool {
@@ -196,14 +215,16 @@ impl ClientAuthorization {
 
     /// Whether a message on `topic` may be delivered, remembered per topic.
     pub fn may_read(&mut self, topic: &bytes::Bytes) -> bool {
-        if let Some(&allowed) = self.readable.get(topic) {
-            return allowed;
+        if let Some((last, allowed)) = &self.last_read
+            && last == topic
+        {
+            return *allowed;
         }
-        let allowed = self.acl.may_read(topic);
-        if self.readable.len() >= READ_MEMO_TOPICS_MAX {
-            self.readable.clear();
-        }
-        self.readable.insert(crate::session::detach(topic), allowed);
+        let acl = &self.acl;
+        let allowed = remembered(&mut self.readable, topic, || acl.may_read(topic));
+        // The memo's own copy of the topic, not the message's: that one may be a slice of
+        // a publisher's whole read block, which this must not keep alive.
+        self.last_read = self.readable.get_key_value(topic).map(|(topic, &allowed)| (topic.clone(), allowed));
         allowed
     }
 }

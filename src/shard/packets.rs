@@ -123,7 +123,7 @@ impl Shard {
             // `$SYS/` is the broker's: dropped, as Mosquitto does; 5.0 hears why.
             self.counters.broker_topic_publishes_dropped += 1;
             Some((ReasonCode::NOT_AUTHORIZED, None))
-        } else if self.clients.get(key).authorization.as_ref().is_some_and(|authorization| !authorization.may_publish(&publish.topic)) {
+        } else if self.clients.get_mut(key).authorization.as_mut().is_some_and(|authorization| !authorization.may_publish(&publish.topic)) {
             // The ACL file does not let this client write here: dropped (3.1.1 cannot say
             // why, as in Mosquitto), 5.0 hears 0x87.
             self.counters.publishes_denied_acl += 1;
