@@ -189,3 +189,26 @@ fn sighup_reloads_the_password_file() {
     }
     assert_eq!(connack("old"), 4, "the old password is gone");
 }
+
+#[test]
+fn a_will_the_client_could_not_publish_refuses_the_connect() {
+    let file = AclFile::new(ACL);
+    let broker = Broker::start(&["--acl-file", file.path()]);
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let mut client = RawClient::open(broker.addr, version);
+        let connect = Connect {
+            username: Some(Bytes::from_static(b"alice")),
+            will: Some(common::will("alarms/fire", b"help", QoS::AtMostOnce, true)),
+            ..Connect::new(version, Bytes::from_static(b"alice-will"))
+        };
+        let expected = if version.is_v5() { ReasonCode::NOT_AUTHORIZED.0 } else { 5 };
+        assert_eq!(client.connect_sending(Packet::Connect(Box::new(connect))).code, expected, "{version:?}");
+    }
+    let mut allowed = RawClient::open(broker.addr, ProtocolVersion::V5);
+    let connect = Connect {
+        username: Some(Bytes::from_static(b"alice")),
+        will: Some(common::will("alice/gone", b"bye", QoS::AtMostOnce, false)),
+        ..Connect::v5(Bytes::from_static(b"alice-will-ok"))
+    };
+    assert_eq!(allowed.connect_sending(Packet::Connect(Box::new(connect))).code, 0);
+}

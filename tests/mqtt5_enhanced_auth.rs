@@ -61,10 +61,16 @@ fn expect_auth(client: &mut RawClient, reason: ReasonCode) -> String {
 
 /// Runs the SCRAM exchange from CONNECT; returns the CONNACK code and final data.
 fn scram_connect(client: &mut RawClient, user: &str, password: &str) -> (u8, Option<String>, String) {
+    scram_connect_as(client, user, password, None)
+}
+
+/// `scram_connect` with a User Name in the CONNECT too.
+fn scram_connect_as(client: &mut RawClient, user: &str, password: &str, username: Option<&str>) -> (u8, Option<String>, String) {
     let bare = format!("n={user},r={CLIENT_NONCE}");
     let mut connect = client.connect_packet("scram-client", true, 60, None);
     let Packet::Connect(inner) = &mut connect else { unreachable!() };
     inner.properties = auth_properties(&format!("n,,{bare}"));
+    inner.username = username.map(|name| bytes::Bytes::copy_from_slice(name.as_bytes()));
     client.send(&connect);
     let server_first = expect_auth(client, ReasonCode::CONTINUE_AUTHENTICATION);
     assert!(attribute(&server_first, "r").starts_with(CLIENT_NONCE));
@@ -146,5 +152,19 @@ fn scram_refusals_and_protocol_errors() {
     assert_eq!(client.connect_sending(connect).code, 0);
     client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties("n,,n=alice,r=x") }));
     assert_eq!(client.disconnect_reason(), ReasonCode::PROTOCOL_ERROR);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_connect_whose_user_name_differs_from_the_scram_user_is_refused() {
+    // SCRAM proves alice; a User Name of someone else in the same CONNECT would otherwise
+    // decide which ACL rules apply.
+    let (broker, dir) = broker_with_password_file("identity");
+    let mut client = broker.raw_v5();
+    let (code, _, _) = scram_connect_as(&mut client, "alice", "s3cret", Some("admin"));
+    assert_eq!(code, ReasonCode::NOT_AUTHORIZED.0);
+    let mut client = broker.raw_v5();
+    let (code, _, _) = scram_connect_as(&mut client, "alice", "s3cret", Some("alice"));
+    assert_eq!(code, 0, "the same name is fine");
     let _ = std::fs::remove_dir_all(dir);
 }

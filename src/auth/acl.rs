@@ -101,8 +101,16 @@ impl Acl {
             Some(name) => self.users.get(name.as_ref()).cloned().unwrap_or_default(),
             None => self.anonymous.clone(),
         };
+        // A client id or user name with a wildcard would widen a pattern (`devices/#/status`
+        // for the client id `#`): patterns naming it do not apply to that client.
+        let wild = |name: &str| name.contains(['+', '#']);
+        let client_id_wild = wild(&client_id);
+        let username_wild = username.as_deref().is_some_and(wild);
         for pattern in &self.patterns {
-            if pattern.filter.contains("%u") && username.is_none() {
+            if pattern.filter.contains("%u") && (username.is_none() || username_wild) {
+                continue;
+            }
+            if pattern.filter.contains("%c") && client_id_wild {
                 continue;
             }
             let mut filter = pattern.filter.replace("%c", &client_id);
@@ -275,6 +283,17 @@ pattern read users/%u/#
         assert!(bob.may_publish(b"inbox/alice") && !bob.may_read(b"inbox/alice"));
         let stranger = acl.for_client(b"x", Some(b"mallory"));
         assert!(!stranger.may_read(b"alice/x") && !stranger.may_publish(b"public/x"), "what nothing allows is denied");
+    }
+
+    #[test]
+    fn a_client_id_or_user_name_with_a_wildcard_does_not_widen_a_pattern() {
+        let acl = Acl::parse(FILE).unwrap();
+        for id in [&b"#"[..], b"+", b"a+b"] {
+            let client = acl.for_client(id, None);
+            assert!(!client.may_publish(b"devices/dev1/status"), "{id:?}");
+        }
+        let wild_user = acl.for_client(b"phone", Some(b"#"));
+        assert!(!wild_user.may_read(b"users/alice/inbox"));
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub enum PasswordFileError {
 /// re-authentication, then from each AUTH 0x18) and sends what it answers.
 pub trait AuthExchange {
     fn step(&mut self, client_data: &[u8]) -> AuthStep;
+
+    /// After `Success`: the user the exchange proved the client to be, if the method has
+    /// users. The broker authorizes the client as that user (and refuses a CONNECT whose
+    /// User Name says otherwise).
+    fn identity(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

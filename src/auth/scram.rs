@@ -25,6 +25,8 @@ const DECOY_ITERATIONS: u32 = 101;
 pub struct ScramExchange {
     users: Arc<HashMap<String, PasswordHash>>,
     state: State,
+    /// The user whose proof checked out.
+    proven: Option<String>,
 }
 
 enum State {
@@ -40,6 +42,8 @@ struct Challenge {
     nonce: String,
     /// `None` for an unknown user: the exchange runs to the end and then fails.
     salted_password: Option<Vec<u8>>,
+    /// The user the client claims to be (`n=`), proven once its proof checks out.
+    username: String,
 }
 
 fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
@@ -72,7 +76,7 @@ fn attribute(message: &str, key: char) -> Option<&str> {
 
 impl ScramExchange {
     pub(super) fn new(users: Arc<HashMap<String, PasswordHash>>) -> ScramExchange {
-        ScramExchange { users, state: State::AwaitingClientFirst }
+        ScramExchange { users, state: State::AwaitingClientFirst, proven: None }
     }
 
     fn client_first(&self, message: &str) -> Result<Challenge, ConnectRefusal> {
@@ -96,7 +100,14 @@ impl ScramExchange {
             _ => (rand::random::<[u8; 12]>().to_vec(), DECOY_ITERATIONS, None),
         };
         let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(salt));
-        Ok(Challenge { gs2_header: format!("{flag},,"), client_first_bare: bare.to_string(), server_first, nonce, salted_password })
+        Ok(Challenge {
+            gs2_header: format!("{flag},,"),
+            client_first_bare: bare.to_string(),
+            server_first,
+            nonce,
+            salted_password,
+            username,
+        })
     }
 
     fn client_final(challenge: &Challenge, message: &str) -> Result<Bytes, ConnectRefusal> {
@@ -141,11 +152,18 @@ impl AuthExchange for ScramExchange {
                 Err(refusal) => AuthStep::Fail(refusal),
             },
             State::AwaitingClientFinal(challenge) => match Self::client_final(&challenge, message) {
-                Ok(server_final) => AuthStep::Success(Some(server_final)),
+                Ok(server_final) => {
+                    self.proven = Some(challenge.username);
+                    AuthStep::Success(Some(server_final))
+                }
                 Err(refusal) => AuthStep::Fail(refusal),
             },
             State::Finished => AuthStep::Fail(ConnectRefusal::NotAuthorized),
         }
+    }
+
+    fn identity(&self) -> Option<&str> {
+        self.proven.as_deref()
     }
 }
 

@@ -315,7 +315,21 @@ async fn wait_for_publish_rate(shard: &Rc<RefCell<Shard>>, link: &Link, rate: &m
     shard.borrow_mut().counters.publishes_delayed_by_rate += 1;
     link.set_waiting_to_publish(true);
     loop {
-        sleep(wait).await;
+        // A connection closing meanwhile (taken over, shut down) stops waiting at once.
+        let closing = or(
+            async {
+                sleep(wait).await;
+                false
+            },
+            async {
+                link.wait_closing().await;
+                true
+            },
+        )
+        .await;
+        if closing {
+            break;
+        }
         match rate.take(Instant::now()) {
             None => break,
             Some(more) => wait = more,
@@ -350,6 +364,10 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Rea
                             }
                             let qos = publish.qos;
                             poll_fn(|cx| shard.borrow_mut().poll_publish_allowed(link, qos, cx)).await;
+                            if link.is_closing() {
+                                // Closed while the PUBLISH waited: it goes nowhere.
+                                return Ok(());
+                            }
                         }
                         // One SUBSCRIBE's retained messages at a time (shard/flow.rs).
                         Packet::Subscribe(_) => link.wait_for_retained_sent().await,

@@ -132,6 +132,12 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let cpus = config.cpus(&allowed_cpus())?;
     let (listen_backlog, steering) = (config.listen_backlog.max(1), config.steer);
     let auth = Arc::new(reload::load_authenticator(config)?);
+    if config.acl_file.is_some() && config.password_file.is_none() {
+        tracing::warn!(
+            "--acl-file without --password-file: user names are not verified, so a client can claim any user's rules; \
+             only the anonymous section and patterns on client ids are meaningful"
+        );
+    }
     let auth_slot = AuthSlot::new(auth.clone());
 
     let memlock = memlock_limit_bytes();

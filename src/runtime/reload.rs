@@ -17,11 +17,11 @@ use crate::config::Config;
 pub enum AuthLoadError {
     #[error("cannot read password file {path}")]
     PasswordFileRead { path: PathBuf, source: std::io::Error },
-    #[error("password file {path}: {source}")]
+    #[error("password file {path}")]
     PasswordFile { path: PathBuf, source: PasswordFileError },
     #[error("cannot read ACL file {path}")]
     AclFileRead { path: PathBuf, source: std::io::Error },
-    #[error("ACL file {path}: {source}")]
+    #[error("ACL file {path}")]
     AclFile { path: PathBuf, source: AclError },
 }
 

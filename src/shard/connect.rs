@@ -273,8 +273,17 @@ impl Shard {
                 ConnectProgress::Authenticating
             }
             AuthStep::Success(data) => {
+                let mut connect = authenticating.connect;
+                if let Some(identity) = authenticating.exchange.identity() {
+                    // Authorized as the user the exchange proved, whatever the CONNECT's User
+                    // Name said; a different User Name is refused rather than trusted.
+                    if connect.username.as_deref().is_some_and(|name| name != identity.as_bytes()) {
+                        return self.refuse(link, version, ConnectRefusal::NotAuthorized);
+                    }
+                    connect.username = Some(Bytes::copy_from_slice(identity.as_bytes()));
+                }
                 let authenticated = Authenticated { method: authenticating.method, data };
-                self.claim(link, authenticating.connect, Some(authenticated), None, now)
+                self.claim(link, connect, Some(authenticated), None, now)
             }
             AuthStep::Fail(refusal) => self.refuse(link, version, refusal),
         }
@@ -292,9 +301,19 @@ impl Shard {
         if let Err(refusal) = self.admit(&connect, authenticated.is_some(), credentials) {
             return self.refuse(link, version, refusal);
         }
-        if self.memory.level() >= MemoryLevel::Shedding {
+        // Near the memory bound, new sessions are refused; a client resuming its session
+        // is let in, since it is what drains the queue kept for it.
+        if self.memory.level() >= MemoryLevel::Shedding && connect.clean_start {
             self.counters.connections_refused_memory += 1;
             return self.refuse(link, version, ConnectRefusal::ServerBusy);
+        }
+        if let Some(will) = &connect.will
+            && let Some(mut authorization) = self.auth.authorization_for(&connect.client_id, connect.username.as_deref())
+            && !authorization.may_publish(&will.topic)
+        {
+            // A will the client could not publish itself (as Mosquitto 2 refuses it).
+            self.counters.publishes_denied_acl += 1;
+            return self.refuse(link, version, ConnectRefusal::NotAuthorized);
         }
         if !self.take_connection_slot(link) {
             self.counters.connections_refused_at_limit += 1;

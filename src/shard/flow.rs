@@ -52,7 +52,10 @@ impl Shard {
             return Poll::Ready(());
         }
         let paused = qos != QoS::AtMostOnce && link.is_paused();
-        let memory_critical = self.memory.level() == super::MemoryLevel::Critical;
+        // A client owed acknowledgements for messages sent to it is not held: its PUBACKs
+        // are queued behind this PUBLISH, and they are what frees memory.
+        let memory_critical = self.memory.level() == super::MemoryLevel::Critical
+            && self.client_of(link).is_none_or(|key| self.clients.get(key).session.inflight_len() == 0);
         if !self.congested() && !paused && !memory_critical {
             link.set_waiting_to_publish(false);
             return Poll::Ready(());
