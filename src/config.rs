@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub publish_rate_max: u32,
 
+    /// Every connection starts with a PROXY protocol header (HAProxy's v1 or v2, as a load
+    /// balancer such as HAProxy or AWS NLB sends); the client address it carries is the
+    /// one logged. A connection without a valid header is closed.
+    #[arg(long, default_value_t = false)]
+    pub proxy_protocol: bool,
+
     /// MQTT connections the whole broker holds at once (0: no limit but the open-file
     /// limit). A CONNECT past it is refused: CONNACK 3 Server unavailable (3.1.1) or
     /// 0x97 Quota exceeded (5.0).

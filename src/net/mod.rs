@@ -2,6 +2,7 @@
 //! shard, write what the shard buffered. The only module besides `runtime` that knows
 //! glommio. Everything a connection decides is decided in `shard`.
 
+pub mod proxy;
 pub mod rate;
 pub mod split;
 
@@ -42,7 +43,15 @@ const FD_LIMIT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from
 ///
 /// `accepts_per_s`: this shard's share of `--connection-rate-max`. Past it the loop waits
 /// before accepting again, so waiting connections stay in the kernel's listen queue.
-pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, accepts_per_s: Option<f64>, stop: impl Future<Output = ()>) {
+///
+/// `proxy_protocol`: every connection starts with a PROXY protocol header (`proxy.rs`).
+pub async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    listener: TcpListener,
+    accepts_per_s: Option<f64>,
+    proxy_protocol: bool,
+    stop: impl Future<Output = ()>,
+) {
     // One stop future for the whole loop, not a fresh one (and a fresh waker) per accept:
     // a waker registered per accepted connection once overflowed glommio's 16-bit task
     // reference count after ~32k connections.
@@ -84,7 +93,7 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, accep
             None => return,
             Some(Ok(stream)) => {
                 let shard = shard.clone();
-                glommio::spawn_local(serve_connection(shard, stream)).detach();
+                glommio::spawn_local(serve_connection(shard, stream, proxy_protocol)).detach();
             }
             Some(Err(error)) if is_out_of_descriptors(&error) => {
                 // Free the reserve, take the waiting connection with it, close both.
@@ -126,17 +135,20 @@ fn is_out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
     matches!(os_error, Some(libc::EMFILE | libc::ENFILE))
 }
 
-async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
+async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream, proxy_protocol: bool) {
     if shard.borrow_mut().refuses_half_open() {
         // Too many sockets here still owe their CONNECT: close this one now (dropped).
         return;
     }
     let _ = stream.set_nodelay(true);
     let link = shard.borrow_mut().new_link();
+    if let Ok(peer) = stream.peer_addr() {
+        link.set_peer(peer);
+    }
     let stream = Rc::new(RefCell::new(stream));
     let writer = glommio::spawn_local(write_loop(shard.clone(), link.clone(), WriteHalf::new(stream.clone())));
     let mut reader = ReadHalf::new(stream);
-    let outcome = read_loop(&shard, &link, &mut reader).await;
+    let outcome = read_loop(&shard, &link, &mut reader, proxy_protocol).await;
     shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
     writer.await;
     // Boxed like the connect phase: only closing connections need its timer.
@@ -338,12 +350,48 @@ async fn wait_for_publish_rate(shard: &Rc<RefCell<Shard>>, link: &Link, rate: &m
     link.set_waiting_to_publish(false);
 }
 
-async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf) -> Result<(), CloseReason> {
+/// Reads the PROXY protocol header (within `deadline`) and takes the client's address from
+/// it; what follows it stays in `buf`. False: missing, malformed or too slow (close).
+async fn read_proxy_header(reader: &mut ReadHalf, buf: &mut BytesMut, link: &Link, deadline: Instant) -> bool {
+    let header = or(
+        async {
+            loop {
+                match proxy::parse(buf) {
+                    Ok(Some(header)) => return Some(header),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "closing a connection without a valid PROXY header");
+                        return None;
+                    }
+                }
+                if let ReadOutcome::Closed = read_more(reader, buf, link).await {
+                    return None;
+                }
+            }
+        },
+        async {
+            sleep(deadline.saturating_duration_since(Instant::now())).await;
+            None
+        },
+    )
+    .await;
+    let Some(header) = header else { return false };
+    let _ = buf.split_to(header.length);
+    if let Some(source) = header.source {
+        link.set_peer(source);
+    }
+    true
+}
+
+async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut ReadHalf, proxy_protocol: bool) -> Result<(), CloseReason> {
     let (max_packet, connect_timeout, publish_rate_max) = {
         let shard = shard.borrow();
         (shard.limits().packet_bytes_max, shard.limits().connect_timeout, shard.limits().publish_rate_max)
     };
     let mut buf = BytesMut::new();
+    if proxy_protocol && !Box::pin(read_proxy_header(reader, &mut buf, link, Instant::now() + connect_timeout)).await {
+        return Ok(());
+    }
     // Boxed: connecting happens once, and its state (a whole decoded packet, a timer)
     // would otherwise be part of every idle connection's task for its whole life.
     let Some(version) = Box::pin(establish(shard, link, reader, &mut buf, max_packet, connect_timeout)).await? else {

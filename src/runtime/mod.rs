@@ -193,6 +193,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let gauge = gauge.clone();
         let auth_slot = auth_slot.clone();
         let connection_rate_max = config.connection_rate_max;
+        let proxy_protocol = config.proxy_protocol;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
             .io_memory(io_memory_bytes)
@@ -215,6 +216,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     nudger,
                     budget,
                     connection_rate_max,
+                    proxy_protocol,
                     gauge,
                     auth_slot,
                 })
@@ -274,6 +276,8 @@ struct ShardParams {
     budget: Option<Arc<ConnectionBudget>>,
     /// `--connection-rate-max` for the listener, shared evenly by the shards.
     connection_rate_max: u32,
+    /// Every connection starts with a PROXY protocol header.
+    proxy_protocol: bool,
     gauge: Arc<MemoryGauge>,
     auth_slot: Arc<AuthSlot>,
 }
@@ -293,6 +297,7 @@ async fn shard_main(params: ShardParams) {
         nudger,
         budget,
         connection_rate_max,
+        proxy_protocol,
         gauge,
         auth_slot,
     } = params;
@@ -330,7 +335,7 @@ async fn shard_main(params: ShardParams) {
         shard.borrow_mut().set_connection_budget(budget);
     }
     let accepts_per_s = (connection_rate_max > 0).then(|| f64::from(connection_rate_max) / shard_count as f64);
-    glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, stop_accepting)).detach();
+    glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, proxy_protocol, stop_accepting)).detach();
     if shard.borrow().limits().memory_bytes_max.is_some() {
         shard.borrow_mut().set_memory_source(gauge.resident());
         glommio::spawn_local(follow_memory(shard.clone(), stop.clone())).detach();

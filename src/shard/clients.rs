@@ -175,8 +175,15 @@ impl Shard {
 
     /// The connection of `key` is gone (or was never opened): publish the will, and end
     /// the session if it lives only as long as its connection.
-    pub(super) fn client_lost(&mut self, key: ClientKey, now: Instant) {
-        self.client(key).link = None;
+    pub(super) fn client_lost(&mut self, key: ClientKey, reason: &str, now: Instant) {
+        if let Some(link) = self.client(key).link.take() {
+            tracing::info!(
+                client_id = %String::from_utf8_lossy(self.clients.get(key).session.client_id()),
+                address = %link.peer().map_or_else(|| "unknown".to_string(), |peer| peer.to_string()),
+                reason,
+                "client disconnected"
+            );
+        }
         self.settle_flow_of_leaving_client(key, true, now);
         let accepting = !self.connecting.shutting_down;
         let client = self.client(key);

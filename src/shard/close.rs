@@ -103,7 +103,8 @@ impl Shard {
         if let Some(key) = self.client_of(link)
             && self.client(key).link.is_some()
         {
-            self.client_lost(key, now);
+            let reason = error.map_or_else(|| "connection closed".to_string(), ToString::to_string);
+            self.client_lost(key, &reason, now);
         }
     }
 }

@@ -445,6 +445,14 @@ impl Shard {
         } else {
             link.open();
             self.link_left_half_open(&link);
+            tracing::info!(
+                client_id = %String::from_utf8_lossy(&client_id),
+                address = %link.peer().map_or_else(|| "unknown".to_string(), |peer| peer.to_string()),
+                ?version,
+                session_present,
+                shard = self.id.0,
+                "client connected"
+            );
             let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
             let client = self.client(key);
             client.session.resume(now, &mut outgoing);
@@ -457,7 +465,7 @@ impl Shard {
             self.catch_up(key, cut, now);
         }
         if !link_alive {
-            self.client_lost(key, now);
+            self.client_lost(key, "closed before its CONNACK", now);
         }
         if let Some((next, clean_start)) = deferred_eviction {
             self.on_evict(client_id, conn, next, clean_start, now);

@@ -146,7 +146,7 @@ impl Shard {
         if let Some(link) = client.link.clone() {
             close_with_reason(&link, client.version, ReasonCode::QUOTA_EXCEEDED);
         }
-        self.client_lost(key, now);
+        self.client_lost(key, "queue stayed full (--slow-subscriber-timeout-s)", now);
     }
 
     /// The client left (went offline, or its session left this shard): its queue keeps to

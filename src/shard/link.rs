@@ -50,6 +50,8 @@ pub struct Link {
     half_open: Cell<bool>,
     /// Counted against `--max-connections` (from admission until the connection ends).
     holds_connection_slot: Cell<bool>,
+    /// The client's address: the socket's peer, or the one a PROXY protocol header gave.
+    peer: Cell<Option<std::net::SocketAddr>>,
 }
 
 /// Subscribe/unsubscribe requests one connection may have waiting for peer shards.
@@ -71,6 +73,7 @@ impl Link {
             wants_drained: Cell::new(false),
             half_open: Cell::new(true),
             holds_connection_slot: Cell::new(false),
+            peer: Cell::new(None),
         }
     }
 
@@ -93,6 +96,15 @@ impl Link {
     /// True once, when the link stops being half-open (opened, or ended before that).
     pub(crate) fn leave_half_open(&self) -> bool {
         self.half_open.replace(false)
+    }
+
+    pub fn set_peer(&self, peer: std::net::SocketAddr) {
+        self.peer.set(Some(peer));
+    }
+
+    /// The client's address, if the IO layer knows it (for logs).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer.get()
     }
 
     pub(crate) fn set_holds_connection_slot(&self) {

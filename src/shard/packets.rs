@@ -59,7 +59,7 @@ impl Shard {
                     client.lifecycle.discard_will();
                 }
                 link.close();
-                self.client_lost(key, now);
+                self.client_lost(key, "DISCONNECT", now);
             }
             Packet::Connect(_) => return Err(CloseReason::SecondConnect),
             Packet::Auth(auth) => self.reauthenticate(key, link, auth)?,

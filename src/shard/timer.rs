@@ -41,7 +41,7 @@ impl Shard {
                     if let Some(link) = client.link.clone() {
                         close_with_reason(&link, client.version, ReasonCode::KEEP_ALIVE_TIMEOUT);
                     }
-                    self.client_lost(key, now);
+                    self.client_lost(key, "keep alive timeout", now);
                 }
                 TimerEvent::Lifecycle(Due::SessionExpired) => {
                     // Ending the session also sends a will still waiting for its delay.
