@@ -14,10 +14,17 @@ use crate::shard::{Features, Routing, ShardLimits};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringmq", version, about = "A thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring")]
 pub struct Config {
-    /// Address to listen on; every shard binds it with SO_REUSEPORT. Loopback by default:
-    /// a non-loopback address needs --password-file, --acl-file or --allow-anonymous.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub listen: SocketAddr,
+    /// Address to listen on for MQTT over TCP; every shard binds it with SO_REUSEPORT.
+    /// Without it or --listener: 127.0.0.1:1883. A non-loopback address needs
+    /// --password-file, --acl-file or --allow-anonymous.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+
+    /// A listener as a URL (repeatable, beside --listen): `mqtt://HOST:PORT`, with
+    /// `?proxy=true` for PROXY protocol headers on it. (`mqtts://`, `ws://` and `wss://`
+    /// are not built yet.)
+    #[arg(long = "listener", value_name = "URL", value_parser = parse_listener)]
+    pub listeners: Vec<ListenerSpec>,
 
     /// Pending-connection queue per shard's listener (the kernel caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 4096)]
@@ -123,9 +130,10 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub publish_rate_max: u32,
 
-    /// Every connection starts with a PROXY protocol header (HAProxy's v1 or v2, as a load
-    /// balancer such as HAProxy or AWS NLB sends); the client address it carries is the
-    /// one logged. A connection without a valid header is closed.
+    /// Connections to --listen (or the default listener) start with a PROXY protocol
+    /// header (HAProxy's v1 or v2, as a load balancer such as HAProxy or AWS NLB sends);
+    /// the client address it carries is the one logged. A connection without a valid
+    /// header is closed. For a --listener, add `?proxy=true` to its URL.
     #[arg(long, default_value_t = false)]
     pub proxy_protocol: bool,
 
@@ -261,14 +269,26 @@ pub enum Steering {
 }
 
 impl Config {
+    /// Every listener: --listen (with --proxy-protocol), then each --listener; with neither,
+    /// 127.0.0.1:1883.
+    pub fn all_listeners(&self) -> Vec<ListenerSpec> {
+        let mut all: Vec<ListenerSpec> =
+            self.listen.map(|addr| ListenerSpec { addr, proxy_protocol: self.proxy_protocol }).into_iter().collect();
+        all.extend(self.listeners.iter().cloned());
+        if all.is_empty() {
+            all.push(ListenerSpec { addr: SocketAddr::from(([127, 0, 0, 1], 1883)), proxy_protocol: self.proxy_protocol });
+        }
+        all
+    }
+
     /// Safe defaults, as Mosquitto 2: a listener beyond loopback needs authentication or an
     /// explicit --allow-anonymous.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
         let protected = self.password_file.is_some() || self.acl_file.is_some() || self.allow_anonymous;
-        if self.listen.ip().is_loopback() || protected {
-            return Ok(());
+        match self.all_listeners().into_iter().find(|listener| !listener.addr.ip().is_loopback()) {
+            Some(open) if !protected => Err(ConfigError::OpenListener(open.addr)),
+            _ => Ok(()),
         }
-        Err(ConfigError::OpenListener(self.listen))
     }
 
     pub fn limits(&self) -> Result<ShardLimits, ConfigError> {
@@ -348,6 +368,35 @@ fn parse_routing(name: &str) -> Result<Routing, String> {
 }
 
 /// `--queue-full-policy`: the session's `QueueFullPolicy` by its flag name.
+/// One listener from `--listener` (or `--listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
+fn parse_listener(url: &str) -> Result<ListenerSpec, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?}: expected mqtt://HOST:PORT"))?;
+    match scheme {
+        "mqtt" => {}
+        "mqtts" | "ws" | "wss" => return Err(format!("{url:?}: {scheme}:// listeners are not built yet (only mqtt://)")),
+        other => return Err(format!("{url:?}: unknown scheme {other:?} (mqtt://)")),
+    }
+    let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let addr: SocketAddr =
+        address.trim_end_matches('/').parse().map_err(|_| format!("{url:?}: expected mqtt://HOST:PORT with an IP address"))?;
+    let mut proxy_protocol = false;
+    for option in query.split('&').filter(|option| !option.is_empty()) {
+        match option {
+            "proxy=true" => proxy_protocol = true,
+            "proxy=false" => proxy_protocol = false,
+            other => return Err(format!("{url:?}: unknown option {other:?} (proxy=true)")),
+        }
+    }
+    Ok(ListenerSpec { addr, proxy_protocol })
+}
+
 /// `--memory-max-bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryBound {
@@ -456,11 +505,36 @@ mod tests {
     }
 
     #[test]
+    fn listeners_come_from_listen_and_listener_urls() {
+        assert_eq!(
+            Config::parse_from(["ringmq"]).all_listeners(),
+            vec![ListenerSpec { addr: "127.0.0.1:1883".parse().unwrap(), proxy_protocol: false }]
+        );
+        let both = Config::parse_from([
+            "ringmq",
+            "--listen",
+            "127.0.0.1:1",
+            "--listener",
+            "mqtt://[::1]:2?proxy=true",
+            "--listener",
+            "mqtt://127.0.0.1:3",
+        ]);
+        let addresses: Vec<(String, bool)> = both.all_listeners().iter().map(|l| (l.addr.to_string(), l.proxy_protocol)).collect();
+        assert_eq!(addresses, [("127.0.0.1:1".into(), false), ("[::1]:2".into(), true), ("127.0.0.1:3".into(), false)]);
+        assert!(parse_listener("mqtts://0.0.0.0:8883").unwrap_err().contains("not built yet"));
+        assert!(parse_listener("http://0.0.0.0:1").is_err());
+        assert!(parse_listener("mqtt://localhost:1883").is_err(), "an IP address");
+        assert!(parse_listener("mqtt://127.0.0.1:1?tls=yes").is_err());
+    }
+
+    #[test]
     fn a_listener_beyond_loopback_needs_authentication_or_an_explicit_anonymous() {
         assert_eq!(Config::parse_from(["ringmq"]).check_exposure(), Ok(()), "the default is loopback");
         assert_eq!(Config::parse_from(["ringmq", "--listen", "[::1]:1883"]).check_exposure(), Ok(()));
         let open = Config::parse_from(["ringmq", "--listen", "0.0.0.0:1883"]);
         assert!(matches!(open.check_exposure(), Err(ConfigError::OpenListener(_))));
+        let second = Config::parse_from(["ringmq", "--listener", "mqtt://127.0.0.1:1", "--listener", "mqtt://0.0.0.0:2"]);
+        assert!(matches!(second.check_exposure(), Err(ConfigError::OpenListener(_))), "every listener is checked");
         for protection in [&["--allow-anonymous"][..], &["--password-file", "p"], &["--acl-file", "a"]] {
             let config = Config::parse_from(["ringmq", "--listen", "0.0.0.0:1883"].iter().chain(protection));
             assert_eq!(config.check_exposure(), Ok(()), "{protection:?}");

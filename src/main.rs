@@ -73,7 +73,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let broker = ringmq::runtime::start(&config, stop)?;
     let _ = reloading.set(broker.auth_slot());
     // Tests and scripts read this line to find the port when --listen asks for port 0.
-    println!("ringmq listening on {} with {} shards", broker.local_addr, broker.shard_count);
+    let addresses: Vec<String> = broker.local_addrs.iter().map(ToString::to_string).collect();
+    println!("ringmq listening on {} with {} shards", addresses.join(" "), broker.shard_count);
     std::io::stdout().flush()?;
     broker.wait();
     tracing::info!("stopped");

@@ -99,3 +99,33 @@ fn a_connection_without_a_valid_header_is_closed_and_nobody_else_notices() {
     healthy.send(&ringmq::protocol::Packet::PingReq);
     assert_eq!(healthy.recv(), ringmq::protocol::Packet::PingResp);
 }
+
+#[test]
+fn several_listeners_serve_the_same_broker_each_with_its_own_options() {
+    let broker = BrokerProcess::spawn(Command::new(env!("CARGO_BIN_EXE_ringmq")).args([
+        "--listener",
+        "mqtt://127.0.0.1:0",
+        "--listener",
+        "mqtt://127.0.0.1:0?proxy=true",
+        "--cores",
+        "2",
+        "--log",
+        "warn",
+    ]));
+    assert_eq!(broker.addrs.len(), 2, "both listeners on the listening line");
+    let (plain, proxied) = (broker.addrs[0], broker.addrs[1]);
+    assert_ne!(plain, proxied);
+    let mut subscriber = RawClient::open(plain, ProtocolVersion::V311);
+    assert_eq!(subscriber.connect("on-plain", true, 60, None).code, 0);
+    subscriber.subscribe(&[("across/listeners", ringmq::protocol::QoS::AtMostOnce)]);
+    let mut publisher = RawClient::open(proxied, ProtocolVersion::V311);
+    publisher.send_bytes(b"PROXY TCP4 203.0.113.5 127.0.0.1 1000 1883\r\n");
+    assert_eq!(publisher.connect("on-proxied", true, 60, None).code, 0);
+    publisher.publish("across/listeners", b"hello", ringmq::protocol::QoS::AtMostOnce, false, 1);
+    assert_eq!(&subscriber.recv_publish().payload[..], b"hello");
+    // The proxied listener wants its header; the plain one does not.
+    let mut headerless = RawClient::open(proxied, ProtocolVersion::V311);
+    let connect = headerless.connect_packet("no-header", true, 60, None);
+    headerless.send(&connect);
+    headerless.assert_closed();
+}

@@ -60,7 +60,10 @@ pub enum StartError {
 
 /// A running broker. Dropping it does not stop it; set the stop flag and `wait`.
 pub struct Broker {
+    /// The first listener's address.
     pub local_addr: SocketAddr,
+    /// Every listener's address, in the order given.
+    pub local_addrs: Vec<SocketAddr>,
     pub shard_count: usize,
     handles: Vec<ExecutorJoinHandle<()>>,
     nudger: Arc<Nudger>,
@@ -70,7 +73,7 @@ pub struct Broker {
     sampling: Option<std::thread::JoinHandle<()>>,
     /// What SIGHUP reloads (`reload.rs`).
     auth_slot: Arc<AuthSlot>,
-    _port_lock: PortLock,
+    _port_locks: Vec<PortLock>,
 }
 
 impl Broker {
@@ -155,7 +158,15 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         );
     }
 
-    let (port_lock, local_addr) = reserve_address(config.listen)?;
+    // Each listener's address is proved free and locked before any shard binds it.
+    let mut port_locks = Vec::new();
+    let mut listeners: Vec<(SocketAddr, bool)> = Vec::new();
+    for spec in config.all_listeners() {
+        let (lock, addr) = reserve_address(spec.addr)?;
+        port_locks.push(lock);
+        listeners.push((addr, spec.proxy_protocol));
+    }
+    let local_addrs: Vec<SocketAddr> = listeners.iter().map(|(addr, _)| *addr).collect();
     let shard_count = cpus.len();
     let mesh = mesh::new_mesh(shard_count, config.mesh_channel_batches);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -190,10 +201,10 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let stop = stop.clone();
         let ready = ready_tx.clone();
         let budget = budget.clone();
+        let listeners = listeners.clone();
         let gauge = gauge.clone();
         let auth_slot = auth_slot.clone();
         let connection_rate_max = config.connection_rate_max;
-        let proxy_protocol = config.proxy_protocol;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
             .io_memory(io_memory_bytes)
@@ -205,7 +216,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                 shard_main(ShardParams {
                     index,
                     shard_count,
-                    local_addr,
+                    listeners,
                     limits,
                     listen_backlog,
                     steering,
@@ -216,7 +227,6 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     nudger,
                     budget,
                     connection_rate_max,
-                    proxy_protocol,
                     gauge,
                     auth_slot,
                 })
@@ -246,7 +256,18 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         }
         return Err(error);
     }
-    Ok(Broker { local_addr, shard_count, handles, nudger, nudging: Some(nudging), gauge, sampling, auth_slot, _port_lock: port_lock })
+    Ok(Broker {
+        local_addr: local_addrs[0],
+        local_addrs,
+        shard_count,
+        handles,
+        nudger,
+        nudging: Some(nudging),
+        gauge,
+        sampling,
+        auth_slot,
+        _port_locks: port_locks,
+    })
 }
 
 /// Has the shard read the latest resident-memory sample every `memory::SAMPLE_PERIOD`,
@@ -263,7 +284,8 @@ struct ShardParams {
     /// This executor's place in the start order (the mesh numbers shards its own way).
     index: usize,
     shard_count: usize,
-    local_addr: SocketAddr,
+    /// Every listener: its address and whether connections start with a PROXY header.
+    listeners: Vec<(SocketAddr, bool)>,
     limits: ShardLimits,
     listen_backlog: i32,
     steering: Steering,
@@ -276,8 +298,6 @@ struct ShardParams {
     budget: Option<Arc<ConnectionBudget>>,
     /// `--connection-rate-max` for the listener, shared evenly by the shards.
     connection_rate_max: u32,
-    /// Every connection starts with a PROXY protocol header.
-    proxy_protocol: bool,
     gauge: Arc<MemoryGauge>,
     auth_slot: Arc<AuthSlot>,
 }
@@ -286,7 +306,7 @@ async fn shard_main(params: ShardParams) {
     let ShardParams {
         index,
         shard_count,
-        local_addr,
+        listeners,
         limits,
         listen_backlog,
         steering,
@@ -297,7 +317,6 @@ async fn shard_main(params: ShardParams) {
         nudger,
         budget,
         connection_rate_max,
-        proxy_protocol,
         gauge,
         auth_slot,
     } = params;
@@ -316,26 +335,31 @@ async fn shard_main(params: ShardParams) {
         return;
     };
     let id = joined.shard_id();
-    let listener = match listen(local_addr, listen_backlog, steering, shard_count) {
-        Ok(listener) => listener,
-        Err(source) => {
-            let _ = ready.send(Err(StartError::Bind { addr: local_addr, source }));
-            return;
+    let mut bound = Vec::with_capacity(listeners.len());
+    for &(addr, proxy_protocol) in &listeners {
+        match listen(addr, listen_backlog, steering, shard_count) {
+            Ok(listener) => bound.push((listener, proxy_protocol)),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind { addr, source }));
+                return;
+            }
         }
-    };
+    }
     let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, limits, auth, Instant::now())));
 
     joined.serve(&shard, shard_count);
     let stopping = Rc::new(Latch::default());
-    let stop_accepting = {
-        let stopping = stopping.clone();
-        async move { stopping.wait().await }
-    };
     if let Some(budget) = budget {
         shard.borrow_mut().set_connection_budget(budget);
     }
     let accepts_per_s = (connection_rate_max > 0).then(|| f64::from(connection_rate_max) / shard_count as f64);
-    glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, proxy_protocol, stop_accepting)).detach();
+    for (listener, proxy_protocol) in bound {
+        let stop_accepting = {
+            let stopping = stopping.clone();
+            async move { stopping.wait().await }
+        };
+        glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, proxy_protocol, stop_accepting)).detach();
+    }
     if shard.borrow().limits().memory_bytes_max.is_some() {
         shard.borrow_mut().set_memory_source(gauge.resident());
         glommio::spawn_local(follow_memory(shard.clone(), stop.clone())).detach();

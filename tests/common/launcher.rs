@@ -16,7 +16,10 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running broker process.
 pub struct BrokerProcess {
     child: Child,
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, as the listening line gives them.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// Why a broker did not come up.
@@ -44,9 +47,9 @@ impl BrokerProcess {
     /// `spawn`, handing back the process when no address came within `STEP_TIMEOUT`.
     pub fn try_spawn(command: &mut Command) -> Result<BrokerProcess, StartFailure> {
         let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn ringmq");
-        match listening_address(&mut child) {
-            Some(addr) => Ok(BrokerProcess { child, addr }),
-            None => Err(StartFailure { child, reason: "no listening line" }),
+        match listening_addresses(&mut child) {
+            Some(addrs) if !addrs.is_empty() => Ok(BrokerProcess { child, addr: addrs[0], addrs }),
+            _ => Err(StartFailure { child, reason: "no listening line" }),
         }
     }
 
@@ -87,9 +90,9 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// The address in the first line `child` prints, or `None` if it does not come within
+/// The addresses in the first line `child` prints, or `None` if it does not come within
 /// `STEP_TIMEOUT` (read on a helper thread, so a stuck broker cannot hang the test).
-fn listening_address(child: &mut Child) -> Option<SocketAddr> {
+fn listening_addresses(child: &mut Child) -> Option<Vec<SocketAddr>> {
     let stdout = child.stdout.take()?;
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
@@ -98,5 +101,5 @@ fn listening_address(child: &mut Child) -> Option<SocketAddr> {
         let _ = sender.send(line);
     });
     let line = receiver.recv_timeout(STEP_TIMEOUT).ok()?;
-    line.split_whitespace().find_map(|word| word.parse().ok())
+    Some(line.split_whitespace().filter_map(|word| word.parse().ok()).collect())
 }
