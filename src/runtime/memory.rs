@@ -22,7 +22,8 @@ pub struct MemoryGauge {
 
 impl MemoryGauge {
     pub fn new() -> Arc<MemoryGauge> {
-        let gauge = Arc::new(MemoryGauge::default());
+        let gauge =
+            Arc::new(MemoryGauge { resident: Arc::new(MemoryInUse::with_live(super::heap::heap_bytes)), finished: AtomicBool::new(false) });
         gauge.sample();
         gauge
     }

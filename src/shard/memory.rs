@@ -1,9 +1,10 @@
-//! The global memory bound (`--memory-max-bytes`) as one shard sees it. The runtime
-//! samples the memory the process uses (heap bytes in use, see `runtime/heap.rs`) every
-//! 10 ms into a `MemoryInUse` all shards share. Each shard reads it on a timer and after every 1 MiB of PUBLISH input (a busy
-//! shard's timers can run late, and a flood must not outrun the bound for that long), and
-//! turns it into a level, with hysteresis so it does not flap, that it acts on for its
-//! own clients. The delivery path reads only that level.
+//! The global memory bound (`--memory-max-bytes`) as one shard sees it. `MemoryInUse`
+//! gives the memory the process uses: heap bytes in use, live from the counting allocator
+//! (`runtime/heap.rs`), or a resident-memory sample without it. Each shard reads it on a
+//! timer and after every 1 MiB of PUBLISH input (a busy shard's timers can run late, and a
+//! flood must not outrun the bound for that long), and turns it into a level, with
+//! hysteresis so it does not flap, that it acts on for its own clients. The delivery path
+//! reads only that level.
 //!
 //! What happens, in order, as memory grows (percent of the bound):
 //! 1. At 90 % (`Shedding`, left below 80 %): QoS 0 messages are no longer delivered
@@ -28,18 +29,29 @@ use super::link::register_waker;
 /// PUBLISH bytes (topic and payload) a shard takes in between two looks at the sample.
 const REFRESH_INPUT_BYTES: u64 = 1 << 20;
 
-/// The latest sample of the memory the process uses, written by the runtime's sampler,
-/// read by every shard now and then (see the module comment).
+/// The memory the process uses: the live heap count where there is one, else the latest
+/// sample written by the runtime's sampler; read by every shard now and then (see the
+/// module comment).
 #[derive(Debug, Default)]
-pub struct MemoryInUse(AtomicU64);
+pub struct MemoryInUse {
+    sampled: AtomicU64,
+    /// A live count to read instead of the sample, when there is one (the binary's counting
+    /// allocator): a starved sampler thread then cannot leave a flood unnoticed.
+    live: Option<fn() -> Option<u64>>,
+}
 
 impl MemoryInUse {
+    /// Read through `live` (falling back to the sample when it has nothing).
+    pub fn with_live(live: fn() -> Option<u64>) -> MemoryInUse {
+        MemoryInUse { sampled: AtomicU64::new(0), live: Some(live) }
+    }
+
     pub fn set(&self, bytes: u64) {
-        self.0.store(bytes, Ordering::Relaxed);
+        self.sampled.store(bytes, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.live.and_then(|live| live()).unwrap_or_else(|| self.sampled.load(Ordering::Relaxed))
     }
 }
 
