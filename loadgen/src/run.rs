@@ -241,27 +241,31 @@ async fn stalled_subscriber(
     shared: Arc<Shared>,
     result: Rc<RefCell<ExecutorResult>>,
 ) {
-    let mut connection = match Connection::open(config.broker, &client_id("stalled", index), true, config.version).await {
+    let connection = match subscribed(&config, &client_id("stalled", index), true, &plan.subscribers[0]).await {
         Ok(connection) => connection,
         Err(error) => return fail(&result, &shared, format!("stalled subscriber {index}: {error}")),
     };
-    let filter = Bytes::from(plan.subscribers[0].clone());
-    connection.send(&Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).expect("non-zero"),
-        properties: Properties::default(),
-        filters: vec![(filter, SubscriptionOptions::with_qos(config.qos_sub))],
-    }));
-    match connection.reader.next().await {
-        Ok(Packet::SubAck(suback)) if suback.codes.iter().all(|code| !code.is_error()) => {}
-        Ok(other) => return fail(&result, &shared, format!("stalled subscriber {index}: expected SUBACK, got {}", other.name())),
-        Err(error) => return fail(&result, &shared, format!("stalled subscriber {index}: {error}")),
-    }
     shared.subscribers_ready.fetch_add(1, Ordering::SeqCst);
     while shared.publishers_done.load(Ordering::SeqCst) < plan.publishers.len() && !shared.abort.load(Ordering::Relaxed) {
         sleep(Duration::from_millis(50)).await;
     }
     sleep(config.drain).await;
     drop(connection);
+}
+
+/// A connection subscribed to `filter` at the run's subscriber QoS, its SUBACK read.
+async fn subscribed(config: &RunConfig, client_id: &str, clean: bool, filter: &str) -> Result<Connection, String> {
+    let mut connection = Connection::open(config.broker, client_id, clean, config.version).await.map_err(|error| error.to_string())?;
+    connection.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("non-zero"),
+        properties: Properties::default(),
+        filters: vec![(Bytes::copy_from_slice(filter.as_bytes()), SubscriptionOptions::with_qos(config.qos_sub))],
+    }));
+    match connection.reader.next().await {
+        Ok(Packet::SubAck(suback)) if suback.codes.iter().all(|code| !code.is_error()) => Ok(connection),
+        Ok(other) => Err(format!("expected SUBACK, got {}", other.name())),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 fn fail(result: &RefCell<ExecutorResult>, shared: &Shared, what: String) {
@@ -272,21 +276,10 @@ fn fail(result: &RefCell<ExecutorResult>, shared: &Shared, what: String) {
 async fn subscriber(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared: Arc<Shared>, result: Rc<RefCell<ExecutorResult>>) {
     let heard = plan.publishers_heard_by(index);
     let in_group = config.shared_group.is_some();
-    let mut connection = match Connection::open(config.broker, &client_id("sub", index), !config.persistent, config.version).await {
+    let mut connection = match subscribed(&config, &client_id("sub", index), !config.persistent, &plan.subscribers[index]).await {
         Ok(connection) => connection,
         Err(error) => return fail(&result, &shared, format!("subscriber {index}: {error}")),
     };
-    let filter = Bytes::from(plan.subscribers[index].clone());
-    connection.send(&Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).expect("non-zero"),
-        properties: Properties::default(),
-        filters: vec![(filter, SubscriptionOptions::with_qos(config.qos_sub))],
-    }));
-    match connection.reader.next().await {
-        Ok(Packet::SubAck(suback)) if suback.codes.iter().all(|code| !code.is_error()) => {}
-        Ok(other) => return fail(&result, &shared, format!("subscriber {index}: expected SUBACK, got {}", other.name())),
-        Err(error) => return fail(&result, &shared, format!("subscriber {index}: {error}")),
-    }
     shared.subscribers_ready.fetch_add(1, Ordering::SeqCst);
 
     let warmup_ns = config.warmup.as_nanos() as u64;

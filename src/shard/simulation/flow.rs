@@ -93,10 +93,7 @@ fn run_back_pressure_scenario(seed: u64) -> u64 {
 
 #[test]
 fn back_pressure_across_shards_loses_nothing_and_always_resumes() {
-    let seeds = match std::env::var("SIM_SEED") {
-        Ok(seed) => seed.parse().expect("SIM_SEED")..=seed.parse().expect("SIM_SEED"),
-        Err(_) => 1..=300,
-    };
+    let seeds = seeds_or(1..=300);
     let runs = seeds.clone().count() as u64;
     let paused_runs = seeds.filter(|&seed| run_back_pressure_scenario(seed) > 0).count() as u64;
     assert!(runs < 10 || paused_runs * 2 > runs, "most runs exercise the pause: {paused_runs} of {runs}");

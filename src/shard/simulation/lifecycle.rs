@@ -73,10 +73,7 @@ fn run_will_and_shared_scenario(seed: u64) {
 
 #[test]
 fn wills_and_shared_groups_across_shards_deliver_exactly_once() {
-    let seeds = match std::env::var("SIM_SEED") {
-        Ok(seed) => seed.parse().expect("SIM_SEED")..=seed.parse().expect("SIM_SEED"),
-        Err(_) => 1..=200,
-    };
+    let seeds = seeds_or(1..=200);
     for seed in seeds {
         run_will_and_shared_scenario(seed);
     }
@@ -199,10 +196,7 @@ fn run_session_expiry_scenario(seed: u64) {
 
 #[test]
 fn session_expiry_and_will_delay_across_shards_follow_the_clock() {
-    let seeds = match std::env::var("SIM_SEED") {
-        Ok(seed) => seed.parse().expect("SIM_SEED")..=seed.parse().expect("SIM_SEED"),
-        Err(_) => 1..=200,
-    };
+    let seeds = seeds_or(1..=200);
     for seed in seeds {
         run_session_expiry_scenario(seed);
     }

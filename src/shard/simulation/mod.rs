@@ -36,6 +36,17 @@ impl Rng {
     }
 }
 
+/// The seeds a scenario runs: `default`, or just `SIM_SEED` when it is set (to replay one).
+fn seeds_or(default: std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+    match std::env::var("SIM_SEED") {
+        Ok(seed) => {
+            let seed: u64 = seed.parse().expect("SIM_SEED is a number");
+            seed..=seed
+        }
+        Err(_) => default,
+    }
+}
+
 struct Sim {
     shards: Vec<Shard>,
     wires: HashMap<(usize, usize), VecDeque<Vec<MeshMessage>>>,

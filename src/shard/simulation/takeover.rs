@@ -129,10 +129,7 @@ fn run_takeover_scenario(seed: u64) {
 
 #[test]
 fn session_takeover_across_shards_loses_nothing_and_keeps_order() {
-    let seeds = match std::env::var("SIM_SEED") {
-        Ok(seed) => seed.parse().expect("SIM_SEED")..=seed.parse().expect("SIM_SEED"),
-        Err(_) => 1..=500,
-    };
+    let seeds = seeds_or(1..=500);
     for seed in seeds {
         run_takeover_scenario(seed);
     }
