@@ -81,6 +81,8 @@ pub(super) struct PendingConnect {
     pub(super) client_id: Bytes,
     pub(super) client_id_assigned: bool,
     pub(super) authenticated: Option<Authenticated>,
+    /// The client's ACL rules (`None`: no ACL file), built when it was admitted.
+    pub(super) authorization: Option<Box<crate::auth::ClientAuthorization>>,
     /// Home asked to evict this connection before its own claim was answered.
     pub(super) deferred_eviction: Option<(ConnId, bool)>,
 }
@@ -307,8 +309,17 @@ impl Shard {
             self.counters.connections_refused_memory += 1;
             return self.refuse(link, version, ConnectRefusal::ServerBusy);
         }
-        if let Some(will) = &connect.will
-            && let Some(mut authorization) = self.auth.authorization_for(&connect.client_id, connect.username.as_deref())
+        let client_id_assigned = connect.client_id.is_empty();
+        let client_id = if client_id_assigned {
+            // Unguessable and unique (MQTT-3.1.3-6): not derived from anything a client
+            // could predict or another connection could share.
+            Bytes::from(format!("ringmq-{:032x}", rand::random::<u128>()))
+        } else {
+            detach(&connect.client_id)
+        };
+        // The client's ACL rules, built once here: for its will now, its session later.
+        let mut authorization = self.auth.authorization_for(&client_id, connect.username.as_deref()).map(Box::new);
+        if let (Some(will), Some(authorization)) = (&connect.will, authorization.as_mut())
             && !authorization.may_publish(&will.topic)
         {
             // A will the client could not publish itself (as Mosquitto 2 refuses it).
@@ -319,14 +330,6 @@ impl Shard {
             self.counters.connections_refused_at_limit += 1;
             return self.refuse(link, version, ConnectRefusal::ConnectionLimit);
         }
-        let client_id_assigned = connect.client_id.is_empty();
-        let client_id = if client_id_assigned {
-            // Unguessable and unique (MQTT-3.1.3-6): not derived from anything a client
-            // could predict or another connection could share.
-            Bytes::from(format!("ringmq-{:032x}", rand::random::<u128>()))
-        } else {
-            detach(&connect.client_id)
-        };
         let clean_start = connect.clean_start;
         let conn = link.conn_id;
         self.connecting.pending.insert(
@@ -337,6 +340,7 @@ impl Shard {
                 client_id: client_id.clone(),
                 client_id_assigned,
                 authenticated,
+                authorization,
                 deferred_eviction: None,
             },
         );
@@ -360,7 +364,7 @@ impl Shard {
             debug_assert!(false, "every claim is answered exactly once");
             return;
         };
-        let PendingConnect { link, connect, client_id, client_id_assigned, authenticated, deferred_eviction } = pending;
+        let PendingConnect { link, connect, client_id, client_id_assigned, authenticated, authorization, deferred_eviction } = pending;
         let version = connect.version;
         let session_present = handed.is_some();
         let mut session = match handed {
@@ -383,7 +387,6 @@ impl Shard {
         let outbound_alias_max = if version.is_v5() { connect.properties.topic_alias_maximum.unwrap_or(0) } else { 0 };
         let auth_method = authenticated.as_ref().map(|authenticated| authenticated.method.clone());
         let expiry = SessionExpiry::from_connect(&connect);
-        let authorization = self.auth.authorization_for(&client_id, connect.username.as_deref()).map(Box::new);
         let will = connect.will.map(|will| {
             Box::new(Will {
                 topic: detach(&will.topic),
@@ -447,7 +450,7 @@ impl Shard {
             self.link_left_half_open(&link);
             tracing::info!(
                 client_id = %String::from_utf8_lossy(&client_id),
-                address = %link.peer().map_or_else(|| "unknown".to_string(), |peer| peer.to_string()),
+                address = %link.peer_label(),
                 ?version,
                 session_present,
                 shard = self.id.0,
