@@ -1,7 +1,7 @@
-//! The memory the broker uses, sampled by a small thread every `SAMPLE_PERIOD` into a
-//! `MemoryInUse` every shard reads (see `shard/memory.rs` for what a shard does with it):
-//! heap bytes in use when the binary's counting allocator is installed (`heap.rs`),
-//! resident memory from `/proc/self/statm` otherwise. And the automatic default of
+//! The memory the broker uses, as a `MemoryInUse` every shard reads (see `shard/memory.rs`
+//! for what a shard does with it): heap bytes in use, read live, when the binary's
+//! counting allocator is installed (`heap.rs`); otherwise resident memory from
+//! `/proc/self/statm`, sampled by a small thread every `SAMPLE_PERIOD`. And the automatic default of
 //! `--memory-max-bytes`: three quarters of the machine's or the cgroup's memory,
 //! whichever is smaller.
 
@@ -13,7 +13,7 @@ use crate::shard::MemoryInUse;
 
 pub(super) const SAMPLE_PERIOD: Duration = Duration::from_millis(10);
 
-/// The sampler: writes the memory in use into a `MemoryInUse` the shards read.
+/// The memory in use the shards read, and the fallback sampler that feeds it.
 #[derive(Debug, Default)]
 pub struct MemoryGauge {
     resident: Arc<MemoryInUse>,
@@ -33,10 +33,15 @@ impl MemoryGauge {
         self.resident.clone()
     }
 
-    /// Heap bytes in use when the counting allocator is installed (the binary), resident
-    /// memory otherwise (see `heap.rs` for why heap bytes are the better measure).
+    /// Whether the shards need the sampling thread: only without the live heap count
+    /// (the library embedded in a binary without the counting allocator).
+    pub fn needs_sampling(&self) -> bool {
+        super::heap::heap_bytes().is_none()
+    }
+
+    /// Resident memory, the fallback measure (see `heap.rs` for why heap bytes are better).
     fn sample(&self) {
-        if let Some(bytes) = super::heap::heap_bytes().or_else(resident_bytes) {
+        if let Some(bytes) = resident_bytes() {
             self.resident.set(bytes);
         }
     }

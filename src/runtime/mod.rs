@@ -181,8 +181,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let budget = (config.max_connections > 0).then(|| ConnectionBudget::new(config.max_connections));
     let gauge = MemoryGauge::new();
     let sampling = match limits.memory_bytes_max {
-        None => None,
-        Some(_) => {
+        Some(_) if gauge.needs_sampling() => {
             let gauge = gauge.clone();
             Some(
                 std::thread::Builder::new()
@@ -191,6 +190,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     .map_err(|error| StartError::Executor(error.to_string()))?,
             )
         }
+        _ => None,
     };
     let mut handles = Vec::with_capacity(shard_count);
     for (index, &cpu) in cpus.iter().enumerate() {

@@ -179,7 +179,7 @@ impl Shard {
         if let Some(link) = self.client(key).link.take() {
             tracing::info!(
                 client_id = %String::from_utf8_lossy(self.clients.get(key).session.client_id()),
-                address = %link.peer().map_or_else(|| "unknown".to_string(), |peer| peer.to_string()),
+                address = %link.peer_label(),
                 reason,
                 "client disconnected"
             );

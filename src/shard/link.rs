@@ -102,9 +102,14 @@ impl Link {
         self.peer.set(Some(peer));
     }
 
-    /// The client's address, if the IO layer knows it (for logs).
+    /// The client's address, if the IO layer knows it.
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
         self.peer.get()
+    }
+
+    /// The client's address for a log line ("unknown" when there is none).
+    pub fn peer_label(&self) -> String {
+        self.peer.get().map_or_else(|| "unknown".to_string(), |peer| peer.to_string())
     }
 
     pub(crate) fn set_holds_connection_slot(&self) {
