@@ -129,7 +129,13 @@ fn deny_wins_on_delivery_too_and_retained_messages_are_filtered() {
 #[test]
 fn sighup_reloads_the_acl_and_a_bad_file_keeps_the_old_rules() {
     let file = AclFile::new("user alice\ntopic readwrite alice/#\n");
-    let broker = Broker::start(&["--acl-file", file.path()]);
+    // Its log goes to a file: the failed reload is an event to wait for, not a pause.
+    let log = AclFile::new("");
+    let mut broker = common::launcher::BrokerProcess::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "warn", "--acl-file", file.path()])
+            .stderr(std::fs::File::create(&log.0).expect("log file")),
+    );
     let mut alice = client(&broker, ProtocolVersion::V5, "alice-phone", Some("alice"));
     assert_eq!(puback_reason(&mut alice, "news/today", false, 1), ReasonCode::NOT_AUTHORIZED);
 
@@ -146,9 +152,13 @@ fn sighup_reloads_the_acl_and_a_bad_file_keeps_the_old_rules() {
 
     std::fs::write(&file.0, "user alice\nnonsense here\n").expect("break the file");
     broker.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    // A failed reload changes nothing, so once it is logged the old rules are final.
+    let deadline = Instant::now() + common::WAIT;
+    while !std::fs::read_to_string(&log.0).unwrap_or_default().contains("reload failed") {
+        assert!(Instant::now() < deadline, "the failed reload was never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(puback_reason(&mut alice, "news/today", false, 100), ReasonCode::NO_MATCHING_SUBSCRIBERS, "the old rules stay");
-    let mut broker = broker;
     assert!(broker.is_running(), "SIGHUP never stops the broker");
 }
 

@@ -75,10 +75,21 @@ fn a_broker_restarts_at_once_on_the_port_it_left() {
 
 #[test]
 fn sighup_is_logged_and_never_stops_the_broker() {
-    let mut broker = Broker::start(&[]);
+    let log = std::env::temp_dir().join(format!("ringmq-hup-{}-{}", std::process::id(), common::rand_suffix()));
+    let mut broker = common::launcher::BrokerProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--listen", "127.0.0.1:0", "--cores", "2", "--log", "info"])
+            .stderr(std::fs::File::create(&log).expect("log file")),
+    );
     let mut client = broker.client("across-hup", true);
     broker.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for the broker to say it handled the signal, rather than for a while.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("SIGHUP: password file and ACL reloaded") {
+        assert!(std::time::Instant::now() < deadline, "the SIGHUP was never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&log);
     assert!(broker.is_running(), "SIGHUP must not end the broker");
     client.send(&ringmq::protocol::Packet::PingReq);
     assert_eq!(client.recv(), ringmq::protocol::Packet::PingResp);
