@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -10,6 +11,8 @@ use clap::Parser;
 use crate::protocol::QoS;
 use crate::session::{QueueFullPolicy, SessionLimits};
 use crate::shard::{Features, Routing, ShardLimits};
+use crate::transport::TransportKind;
+use crate::transport::tls::{TlsOptions, UsernameFrom};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringmq", version, about = "A thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring")]
@@ -20,9 +23,10 @@ pub struct Config {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
 
-    /// A listener as a URL (repeatable, beside --listen): `mqtt://HOST:PORT`, with
-    /// `?proxy=true` for PROXY protocol headers on it. (`mqtts://`, `ws://` and `wss://`
-    /// are not built yet.)
+    /// A listener as a URL (repeatable, beside --listen): `mqtt://HOST:PORT` (TCP),
+    /// `mqtts://HOST:PORT` (TLS), `ws://HOST:PORT/PATH` and `wss://HOST:PORT/PATH` (MQTT over
+    /// WebSocket; PATH defaults to /mqtt). Add `?proxy=true` for PROXY protocol headers.
+    /// TLS listeners need --tls-cert and --tls-key.
     #[arg(long = "listener", value_name = "URL", value_parser = parse_listener)]
     pub listeners: Vec<ListenerSpec>,
 
@@ -193,6 +197,32 @@ pub struct Config {
     #[arg(long, default_value_t = 256)]
     pub mesh_channel_batches: usize,
 
+    /// TLS certificate chain (PEM, leaf first) for mqtts:// and wss:// listeners. Reloaded
+    /// on SIGHUP and when the file changes; live connections keep the one they started with.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Verify client certificates against these CAs (PEM): mutual TLS.
+    #[arg(long, value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: `required` refuses a client without a valid certificate at the
+    /// handshake; `optional` lets it in to authenticate as a plain client would (one that
+    /// does present a certificate must present a valid one).
+    #[arg(long, value_enum, default_value = "required")]
+    pub tls_client_certificate: ClientCertificate,
+
+    /// With --tls-client-ca: the MQTT user name comes from the verified client certificate
+    /// (`cn`: subject Common Name, `san`: first DNS/e-mail/URI Subject Alternative Name)
+    /// instead of the CONNECT, and no password is asked. `off`: the CONNECT's credentials
+    /// count as on any listener.
+    #[arg(long, value_enum, default_value = "off")]
+    pub tls_username_from: UsernameFrom,
+
     /// Password file in mosquitto_passwd's format (`user:$7$...`). Without it anyone may connect.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
@@ -255,6 +285,17 @@ pub enum ConfigError {
          --acl-file, or say --allow-anonymous to accept anonymous clients there"
     )]
     OpenListener(SocketAddr),
+    #[error("the TLS listener {0} needs --tls-cert and --tls-key")]
+    TlsWithoutCertificate(String),
+    #[error("--tls-client-ca and --tls-username-from need --tls-cert and --tls-key")]
+    TlsOptionsWithoutCertificate,
+}
+
+/// `--tls-client-certificate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientCertificate {
+    Required,
+    Optional,
 }
 
 /// Most shards one broker runs: a shard records which peers it sent each recent publish to
@@ -272,13 +313,33 @@ impl Config {
     /// Every listener: --listen (with --proxy-protocol), then each --listener; with neither,
     /// 127.0.0.1:1883.
     pub fn all_listeners(&self) -> Vec<ListenerSpec> {
-        let mut all: Vec<ListenerSpec> =
-            self.listen.map(|addr| ListenerSpec { addr, proxy_protocol: self.proxy_protocol }).into_iter().collect();
+        let tcp = |addr| ListenerSpec { addr, proxy_protocol: self.proxy_protocol, transport: TransportKind::Tcp };
+        let mut all: Vec<ListenerSpec> = self.listen.map(tcp).into_iter().collect();
         all.extend(self.listeners.iter().cloned());
         if all.is_empty() {
-            all.push(ListenerSpec { addr: SocketAddr::from(([127, 0, 0, 1], 1883)), proxy_protocol: self.proxy_protocol });
+            all.push(tcp(SocketAddr::from(([127, 0, 0, 1], 1883))));
         }
         all
+    }
+
+    /// The certificate set-up, when --tls-cert and --tls-key are given.
+    pub fn tls_options(&self) -> Result<Option<TlsOptions>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if let Some(listener) = self.all_listeners().iter().find(|listener| listener.transport.is_tls()) {
+                return Err(ConfigError::TlsWithoutCertificate(listener.url()));
+            }
+            if self.tls_client_ca.is_some() || self.tls_username_from != UsernameFrom::Off || self.tls_cert.is_some() {
+                return Err(ConfigError::TlsOptionsWithoutCertificate);
+            }
+            return Ok(None);
+        };
+        Ok(Some(TlsOptions {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            client_certificate_optional: self.tls_client_certificate == ClientCertificate::Optional,
+            username_from: self.tls_username_from,
+        }))
     }
 
     /// Safe defaults, as Mosquitto 2: a listener beyond loopback needs authentication or an
@@ -374,18 +435,49 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    pub transport: TransportKind,
 }
 
-fn parse_listener(url: &str) -> Result<ListenerSpec, String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?}: expected mqtt://HOST:PORT"))?;
-    match scheme {
-        "mqtt" => {}
-        "mqtts" | "ws" | "wss" => return Err(format!("{url:?}: {scheme}:// listeners are not built yet (only mqtt://)")),
-        other => return Err(format!("{url:?}: unknown scheme {other:?} (mqtt://)")),
+impl ListenerSpec {
+    /// The listener as a URL, as `--listener` takes it.
+    pub fn url(&self) -> String {
+        let path = match &self.transport {
+            TransportKind::WebSocket { path } | TransportKind::WebSocketTls { path } => path,
+            TransportKind::Tcp | TransportKind::Tls => "",
+        };
+        let proxy = if self.proxy_protocol { "?proxy=true" } else { "" };
+        format!("{}://{}{path}{proxy}", self.transport.scheme(), self.addr)
     }
-    let (address, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let addr: SocketAddr =
-        address.trim_end_matches('/').parse().map_err(|_| format!("{url:?}: expected mqtt://HOST:PORT with an IP address"))?;
+}
+
+/// WebSocket listeners' path when the URL names none (what MQTT.js and Mosquitto use).
+const WEBSOCKET_PATH_DEFAULT: &str = "/mqtt";
+
+fn parse_listener(url: &str) -> Result<ListenerSpec, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?}: expected SCHEME://HOST:PORT"))?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (address, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    let websocket_path = || -> Result<Arc<str>, String> {
+        if path.is_empty() {
+            Ok(WEBSOCKET_PATH_DEFAULT.into())
+        } else if path.bytes().all(|byte| byte.is_ascii_graphic()) {
+            Ok(path.into())
+        } else {
+            Err(format!("{url:?}: the path must be printable ASCII without spaces"))
+        }
+    };
+    let transport = match scheme {
+        "mqtt" | "mqtts" if !path.is_empty() && path != "/" => return Err(format!("{url:?}: {scheme}:// takes no path")),
+        "mqtt" => TransportKind::Tcp,
+        "mqtts" => TransportKind::Tls,
+        "ws" => TransportKind::WebSocket { path: websocket_path()? },
+        "wss" => TransportKind::WebSocketTls { path: websocket_path()? },
+        other => return Err(format!("{url:?}: unknown scheme {other:?} (mqtt, mqtts, ws or wss)")),
+    };
+    let addr: SocketAddr = address.parse().map_err(|_| format!("{url:?}: expected {scheme}://HOST:PORT with an IP address"))?;
     let mut proxy_protocol = false;
     for option in query.split('&').filter(|option| !option.is_empty()) {
         match option {
@@ -394,7 +486,7 @@ fn parse_listener(url: &str) -> Result<ListenerSpec, String> {
             other => return Err(format!("{url:?}: unknown option {other:?} (proxy=true)")),
         }
     }
-    Ok(ListenerSpec { addr, proxy_protocol })
+    Ok(ListenerSpec { addr, proxy_protocol, transport })
 }
 
 /// `--memory-max-bytes`.
@@ -508,7 +600,7 @@ mod tests {
     fn listeners_come_from_listen_and_listener_urls() {
         assert_eq!(
             Config::parse_from(["ringmq"]).all_listeners(),
-            vec![ListenerSpec { addr: "127.0.0.1:1883".parse().unwrap(), proxy_protocol: false }]
+            vec![ListenerSpec { addr: "127.0.0.1:1883".parse().unwrap(), proxy_protocol: false, transport: TransportKind::Tcp }]
         );
         let both = Config::parse_from([
             "ringmq",
@@ -521,7 +613,17 @@ mod tests {
         ]);
         let addresses: Vec<(String, bool)> = both.all_listeners().iter().map(|l| (l.addr.to_string(), l.proxy_protocol)).collect();
         assert_eq!(addresses, [("127.0.0.1:1".into(), false), ("[::1]:2".into(), true), ("127.0.0.1:3".into(), false)]);
-        assert!(parse_listener("mqtts://0.0.0.0:8883").unwrap_err().contains("not built yet"));
+        let urls = ["mqtts://0.0.0.0:8883", "ws://[::1]:8080/mqtt", "wss://127.0.0.1:8443/a/b?proxy=true", "mqtt://127.0.0.1:1"];
+        for url in urls {
+            assert_eq!(parse_listener(url).unwrap().url(), url, "a listener prints as it was given");
+        }
+        assert_eq!(parse_listener("ws://127.0.0.1:8080").unwrap().url(), "ws://127.0.0.1:8080/mqtt", "the default path");
+        assert!(parse_listener("mqtts://127.0.0.1:1/path").is_err(), "only WebSocket listeners have paths");
+        let tls_without_certificate = Config::parse_from(["ringmq", "--listener", "wss://127.0.0.1:1"]);
+        assert!(matches!(tls_without_certificate.tls_options(), Err(ConfigError::TlsWithoutCertificate(_))));
+        let tls = Config::parse_from(["ringmq", "--listener", "mqtts://127.0.0.1:1", "--tls-cert", "c", "--tls-key", "k"]);
+        assert!(tls.tls_options().unwrap().is_some());
+        assert!(Config::parse_from(["ringmq", "--tls-client-ca", "ca"]).tls_options().is_err(), "mTLS without a certificate");
         assert!(parse_listener("http://0.0.0.0:1").is_err());
         assert!(parse_listener("mqtt://localhost:1883").is_err(), "an IP address");
         assert!(parse_listener("mqtt://127.0.0.1:1?tls=yes").is_err());

@@ -11,6 +11,8 @@
 //! - [`shard`]: the per-core service. Owns its clients, its trie, its retained replica and
 //!   its part of the client-id registry; talks to other shards only through `MeshMessage`.
 //!   Pure: it takes packets, mesh batches and `now`, and writes into `Link`s and outboxes.
+//! - [`transport`]: sans-IO layers between a socket and the codec: TLS (rustls) and
+//!   WebSocket (tungstenite's framing), alone or stacked.
 //! - [`net`]: thin glommio glue: accept, read/decode, one write per wake-up.
 //! - [`runtime`]: pinned executors, the shard mesh, SO_REUSEPORT listeners, start/stop.
 //! - [`config`] and [`auth`]: flags with named limits, and who may connect.
@@ -23,3 +25,4 @@ pub mod runtime;
 pub mod session;
 pub mod shard;
 pub mod topics;
+pub mod transport;

@@ -48,30 +48,23 @@ fn run(config: Config) -> anyhow::Result<()> {
     // handler is installed before the broker starts; a SIGHUP before it has started is
     // logged and otherwise ignored.
     let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).context("installing the SIGHUP handler")?;
-    let reloading: Arc<std::sync::OnceLock<Arc<ringmq::runtime::reload::AuthSlot>>> = Arc::default();
+    let reloading: Arc<std::sync::OnceLock<ringmq::runtime::reload::Reloadable>> = Arc::default();
     {
         let (reloading, config) = (reloading.clone(), config.clone());
         std::thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {
                 for _ in hangups.forever() {
-                    match reloading.get().map(|slot| slot.reload(&config)) {
+                    match reloading.get() {
                         None => tracing::warn!("SIGHUP before the broker started: nothing reloaded"),
-                        Some(Ok(())) => tracing::info!(
-                            password_file = ?config.password_file,
-                            acl_file = ?config.acl_file,
-                            "SIGHUP: password file and ACL reloaded; new connections and deliveries use them"
-                        ),
-                        Some(Err(error)) => {
-                            tracing::error!(error = %format!("{:#}", anyhow::Error::from(error)), "SIGHUP: reload failed; the running configuration stays")
-                        }
+                        Some(reloadable) => reloadable.reload(&config),
                     }
                 }
             })
             .context("starting the signal thread")?;
     }
     let broker = ringmq::runtime::start(&config, stop)?;
-    let _ = reloading.set(broker.auth_slot());
+    let _ = reloading.set(broker.reloadable());
     // Tests and scripts read this line to find the port when --listen asks for port 0.
     let addresses: Vec<String> = broker.local_addrs.iter().map(ToString::to_string).collect();
     println!("ringmq listening on {} with {} shards", addresses.join(" "), broker.shard_count);

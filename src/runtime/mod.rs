@@ -28,11 +28,11 @@ use nudge::Nudger;
 
 use crate::auth::Authenticator;
 use crate::config::MemoryBound;
-use crate::config::{Config, ConfigError, Steering};
-use crate::net::accept_loop;
+use crate::config::{Config, ConfigError, ListenerSpec, Steering};
+use crate::net::{ListenerContext, TlsSource, accept_loop};
 use crate::shard::{ConnectionBudget, Shard, ShardLimits};
 use memory::MemoryGauge;
-use reload::AuthSlot;
+use reload::{AuthSlot, Reloadable, TlsSlot};
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -47,6 +47,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Auth(#[from] reload::AuthLoadError),
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsLoadError),
     #[error(
         "locked-memory limit is {limit_kib} KiB; io_uring needs at least {needed_kib} KiB. \
          Raise it with `ulimit -l {needed_kib}` (or `ulimit -l unlimited`), or LimitMEMLOCK= in a systemd unit"
@@ -72,14 +74,16 @@ pub struct Broker {
     gauge: Arc<MemoryGauge>,
     sampling: Option<std::thread::JoinHandle<()>>,
     /// What SIGHUP reloads (`reload.rs`).
-    auth_slot: Arc<AuthSlot>,
+    reloadable: Reloadable,
+    /// Reloads the certificate when its files change.
+    tls_watch: Option<std::thread::JoinHandle<()>>,
     _port_locks: Vec<PortLock>,
 }
 
 impl Broker {
-    /// Where a reload (SIGHUP) puts the new password file and ACL for the shards.
-    pub fn auth_slot(&self) -> Arc<AuthSlot> {
-        self.auth_slot.clone()
+    /// What a reload (SIGHUP) rereads: password file, ACL, TLS certificate.
+    pub fn reloadable(&self) -> Reloadable {
+        self.reloadable.clone()
     }
 
     /// Blocks until every shard has stopped.
@@ -96,6 +100,9 @@ impl Broker {
         self.gauge.finish();
         if let Some(sampling) = self.sampling.take() {
             let _ = sampling.join();
+        }
+        if let Some(watch) = self.tls_watch.take() {
+            let _ = watch.join();
         }
     }
 }
@@ -135,13 +142,15 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let cpus = config.cpus(&allowed_cpus())?;
     let (listen_backlog, steering) = (config.listen_backlog.max(1), config.steer);
     let auth = Arc::new(reload::load_authenticator(config)?);
-    if config.acl_file.is_some() && config.password_file.is_none() {
+    let certificates_name_users = config.tls_username_from != crate::transport::tls::UsernameFrom::Off;
+    if config.acl_file.is_some() && config.password_file.is_none() && !certificates_name_users {
         tracing::warn!(
             "--acl-file without --password-file: user names are not verified, so a client can claim any user's rules; \
              only the anonymous section and patterns on client ids are meaningful"
         );
     }
     let auth_slot = AuthSlot::new(auth.clone());
+    let tls_slot = TlsSlot::load(config.tls_options()?)?;
 
     let memlock = memlock_limit_bytes();
     if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {
@@ -160,13 +169,14 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
 
     // Each listener's address is proved free and locked before any shard binds it.
     let mut port_locks = Vec::new();
-    let mut listeners: Vec<(SocketAddr, bool)> = Vec::new();
-    for spec in config.all_listeners() {
+    let mut listeners: Vec<ListenerSpec> = Vec::new();
+    for mut spec in config.all_listeners() {
         let (lock, addr) = reserve_address(spec.addr)?;
         port_locks.push(lock);
-        listeners.push((addr, spec.proxy_protocol));
+        spec.addr = addr;
+        listeners.push(spec);
     }
-    let local_addrs: Vec<SocketAddr> = listeners.iter().map(|(addr, _)| *addr).collect();
+    let local_addrs: Vec<SocketAddr> = listeners.iter().map(|spec| spec.addr).collect();
     let shard_count = cpus.len();
     let mesh = mesh::new_mesh(shard_count, config.mesh_channel_batches);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -204,6 +214,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let listeners = listeners.clone();
         let gauge = gauge.clone();
         let auth_slot = auth_slot.clone();
+        let tls_slot = tls_slot.clone();
         let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
@@ -229,6 +240,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     connection_rate_max,
                     gauge,
                     auth_slot,
+                    tls_slot,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -256,6 +268,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         }
         return Err(error);
     }
+    let tls_watch = tls_slot.clone().watch(stop.clone()).map_err(|error| StartError::Executor(error.to_string()))?;
     Ok(Broker {
         local_addr: local_addrs[0],
         local_addrs,
@@ -265,7 +278,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         nudging: Some(nudging),
         gauge,
         sampling,
-        auth_slot,
+        reloadable: Reloadable { auth: auth_slot, tls: tls_slot },
+        tls_watch,
         _port_locks: port_locks,
     })
 }
@@ -284,8 +298,8 @@ struct ShardParams {
     /// This executor's place in the start order (the mesh numbers shards its own way).
     index: usize,
     shard_count: usize,
-    /// Every listener: its address and whether connections start with a PROXY header.
-    listeners: Vec<(SocketAddr, bool)>,
+    /// Every listener, its port resolved.
+    listeners: Vec<ListenerSpec>,
     limits: ShardLimits,
     listen_backlog: i32,
     steering: Steering,
@@ -300,6 +314,7 @@ struct ShardParams {
     connection_rate_max: u32,
     gauge: Arc<MemoryGauge>,
     auth_slot: Arc<AuthSlot>,
+    tls_slot: Arc<TlsSlot>,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -319,6 +334,7 @@ async fn shard_main(params: ShardParams) {
         connection_rate_max,
         gauge,
         auth_slot,
+        tls_slot,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -336,11 +352,11 @@ async fn shard_main(params: ShardParams) {
     };
     let id = joined.shard_id();
     let mut bound = Vec::with_capacity(listeners.len());
-    for &(addr, proxy_protocol) in &listeners {
-        match listen(addr, listen_backlog, steering, shard_count) {
-            Ok(listener) => bound.push((listener, proxy_protocol)),
+    for spec in listeners {
+        match listen(spec.addr, listen_backlog, steering, shard_count) {
+            Ok(listener) => bound.push((listener, spec)),
             Err(source) => {
-                let _ = ready.send(Err(StartError::Bind { addr, source }));
+                let _ = ready.send(Err(StartError::Bind { addr: spec.addr, source }));
                 return;
             }
         }
@@ -353,12 +369,14 @@ async fn shard_main(params: ShardParams) {
         shard.borrow_mut().set_connection_budget(budget);
     }
     let accepts_per_s = (connection_rate_max > 0).then(|| f64::from(connection_rate_max) / shard_count as f64);
-    for (listener, proxy_protocol) in bound {
+    for (listener, spec) in bound {
         let stop_accepting = {
             let stopping = stopping.clone();
             async move { stopping.wait().await }
         };
-        glommio::spawn_local(accept_loop(shard.clone(), listener, accepts_per_s, proxy_protocol, stop_accepting)).detach();
+        let tls = spec.transport.is_tls().then(|| TlsSource(tls_slot.clone()));
+        let context = ListenerContext { transport: spec.transport, proxy_protocol: spec.proxy_protocol, tls };
+        glommio::spawn_local(accept_loop(shard.clone(), listener, context, accepts_per_s, stop_accepting)).detach();
     }
     if shard.borrow().limits().memory_bytes_max.is_some() {
         shard.borrow_mut().set_memory_source(gauge.resident());

@@ -44,6 +44,9 @@ pub enum CloseReason {
     SubscriptionIdentifierFromClient,
     #[error("invalid topic filter: {0}")]
     TopicFilter(TopicError),
+    /// TLS or WebSocket failed under the MQTT stream (`transport`).
+    #[error("{0}")]
+    Transport(String),
 }
 
 impl CloseReason {
@@ -66,7 +69,8 @@ impl CloseReason {
             | CloseReason::NotAuthWhileAuthenticating
             | CloseReason::UnknownTopicAlias
             | CloseReason::NoLocalOnSharedSubscription
-            | CloseReason::SessionExpiryOnDisconnect => ReasonCode::PROTOCOL_ERROR,
+            | CloseReason::SessionExpiryOnDisconnect
+            | CloseReason::Transport(_) => ReasonCode::PROTOCOL_ERROR,
         }
     }
 }

@@ -48,6 +48,16 @@ pub struct Counters {
     pub slow_subscriber_disconnects: u64,
     /// Connections accepted and closed at once because the open-file limit was reached.
     pub connections_closed_at_fd_limit: u64,
+    /// TLS handshakes completed (counted when the CONNECT behind them arrives).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed: a refused or missing client certificate, no common
+    /// protocol version or cipher, garbage where a handshake should be.
+    pub tls_handshake_failures: u64,
+    /// WebSocket upgrades completed (counted when the CONNECT behind them arrives).
+    pub websocket_upgrades: u64,
+    /// Established TLS or WebSocket connections closed for a transport error (a bad
+    /// record, a text frame, an oversize frame).
+    pub transport_errors: u64,
     /// New subscriptions refused at `--subscriptions-per-client-max`.
     pub subscriptions_refused_quota: u64,
     /// Retained PUBLISHes refused at `--retained-messages-max` or `--retained-bytes-max`.
@@ -74,7 +84,7 @@ pub struct Counters {
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 36] {
+    pub fn fields(&self) -> [(&'static str, u64); 40] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -101,6 +111,10 @@ impl Counters {
             ("publishers_paused", self.publishers_paused),
             ("slow_subscriber_disconnects", self.slow_subscriber_disconnects),
             ("connections_closed_at_fd_limit", self.connections_closed_at_fd_limit),
+            ("tls_handshakes", self.tls_handshakes),
+            ("tls_handshake_failures", self.tls_handshake_failures),
+            ("websocket_upgrades", self.websocket_upgrades),
+            ("transport_errors", self.transport_errors),
             ("subscriptions_refused_quota", self.subscriptions_refused_quota),
             ("retained_refused_quota", self.retained_refused_quota),
             ("half_open_connections_refused", self.half_open_connections_refused),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod launcher;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -129,7 +130,7 @@ impl Counters {
 }
 
 pub struct RawClient {
-    stream: TcpStream,
+    stream: transport::ClientStream,
     buf: BytesMut,
     /// Packets read while waiting for a specific one (e.g. PUBREL), returned first.
     pending: std::collections::VecDeque<Packet>,
@@ -140,6 +141,11 @@ impl RawClient {
     pub fn open(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect to broker");
         stream.set_nodelay(true).expect("nodelay");
+        Self::over(transport::ClientStream::Tcp(stream), version)
+    }
+
+    /// A client on a stream already set up (TLS, WebSocket).
+    pub fn over(stream: transport::ClientStream, version: ProtocolVersion) -> RawClient {
         RawClient { stream, buf: BytesMut::new(), pending: Default::default(), version }
     }
 
@@ -147,11 +153,19 @@ impl RawClient {
     /// read from it but not yet decoded.
     pub fn into_stream(self) -> (TcpStream, BytesMut) {
         assert!(self.pending.is_empty(), "no decoded packet left behind");
-        (self.stream, self.buf)
+        match self.stream {
+            transport::ClientStream::Tcp(stream) => (stream, self.buf),
+            _ => panic!("into_stream is for plain TCP clients"),
+        }
+    }
+
+    /// The stream, for bytes no MQTT client would send.
+    pub fn stream(&mut self) -> &mut transport::ClientStream {
+        &mut self.stream
     }
 
     pub fn local_port(&self) -> u16 {
-        self.stream.local_addr().expect("local addr").port()
+        self.stream.socket().local_addr().expect("local addr").port()
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
@@ -180,7 +194,7 @@ impl RawClient {
             }
             // Always attempt one read, so a zero timeout still polls the socket.
             let left = deadline.saturating_duration_since(Instant::now());
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
+            self.stream.socket().set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
@@ -212,7 +226,7 @@ impl RawClient {
                 seen.push(packet);
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
+            self.stream.socket().set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return true,
@@ -353,14 +367,14 @@ impl RawClient {
     /// Sends DISCONNECT and closes the socket.
     pub fn disconnect(mut self) {
         self.send_bytes(&[0xE0, 0x00]);
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.stream.socket().shutdown(std::net::Shutdown::Write);
         let mut seen = Vec::new();
         self.closed_within(WAIT, &mut seen);
     }
 
     /// Closes the socket without DISCONNECT.
     pub fn drop_abruptly(self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.stream.socket().shutdown(std::net::Shutdown::Both);
     }
 
     /// Nothing arrives within `quiet`.
