@@ -23,6 +23,13 @@ struct Cli {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Connect over TLS (rustls; TLS 1.2 or 1.3, the broker's choice), trusting the CA in
+    /// --tls-ca. The certificate must name the --host address (an IP SAN).
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// PEM file with the CA (or the self-signed certificate) the broker's certificate chains to.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "fanout")]
     scenario: Scenario,
     /// Publishers (fanout, fanin); for p2p, the number of pairs.
@@ -99,6 +106,21 @@ struct Cli {
     plot: Option<PathBuf>,
 }
 
+/// A rustls client configuration trusting the certificates in `ca`.
+fn tls_client_config(ca: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca).with_context(|| format!("--tls-ca {}", ca.display()))? {
+        roots.add(certificate.with_context(|| format!("--tls-ca {}", ca.display()))?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 fn qos(level: u8) -> QoS {
     QoS::from_bits(level).expect("clap keeps it in 0..=2")
 }
@@ -141,8 +163,13 @@ fn main_inner() -> anyhow::Result<bool> {
         Scenario::P2p => (cli.publishers, cli.publishers),
         _ => (cli.publishers, cli.subscribers),
     };
+    let tls = match (&cli.tls, &cli.tls_ca) {
+        (true, Some(ca)) => Some(tls_client_config(ca)?),
+        _ => None,
+    };
     let config = RunConfig {
         broker,
+        tls,
         scenario: cli.scenario,
         publishers,
         subscribers,

@@ -46,8 +46,13 @@ fn start_broker_with(extra: &[&str]) -> Broker {
 
 /// Runs loadgen with `args` plus --json against `broker`; returns (exit success, report).
 fn loadgen(broker: &Broker, args: &[&str]) -> (bool, Value) {
+    loadgen_at(broker.addr.port(), args)
+}
+
+/// `loadgen` against the listener on `port`.
+fn loadgen_at(port: u16, args: &[&str]) -> (bool, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--host", "127.0.0.1", "--port", &broker.addr.port().to_string(), "--json", "--warmup-s", "0"])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--json", "--warmup-s", "0"])
         .args(args)
         .output()
         .expect("run loadgen");
@@ -320,4 +325,65 @@ fn a_stalled_subscriber_among_healthy_ones_costs_them_nothing_once_it_is_disconn
     assert_eq!(report["stalled_subscribers"], 1);
     assert_eq!(report["published"], 3000);
     assert_exact(&report, 3000 * 20);
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: (ca, cert, key).
+fn tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let key = KeyPair::generate().expect("key");
+    let certificate = params.signed_by(&key, &ca).expect("sign");
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).expect("write");
+    std::fs::write(&paths.1, certificate.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
+}
+
+#[test]
+fn over_tls_fanout_delivers_exactly_and_the_storm_completes_handshakes() {
+    let dir = std::env::temp_dir().join(format!("loadgen-tls-{}", std::process::id()));
+    let (ca, cert, key) = tls_files(&dir);
+    let broker =
+        start_broker_with(&["--listener", "mqtts://127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let tls_port = broker.addrs[1].port();
+    let with_tls = |args: &[&str]| {
+        let mut all = vec!["--tls", "--tls-ca", ca.to_str().unwrap()];
+        all.extend_from_slice(args);
+        loadgen_at(tls_port, &all)
+    };
+    let (ok, report) = with_tls(&[
+        "--scenario",
+        "fanout",
+        "--subscribers",
+        "20",
+        "--qos-pub",
+        "1",
+        "--qos-sub",
+        "1",
+        "--messages",
+        "300",
+        "--duration-s",
+        "30",
+        "--payload-bytes",
+        "20000",
+        "--cores",
+        "2",
+    ]);
+    assert!(ok, "{report}");
+    assert_exact(&report, 300 * 20);
+    let (ok, report) = with_tls(&["--scenario", "conn-storm", "--connections", "100", "--hold-s", "0.2", "--cores", "2"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["connections_ok"], 100);
+    // Without trusting the broker's CA, nothing connects.
+    let other = tls_files(&dir.join("other"));
+    let untrusting = ["--tls", "--tls-ca", other.0.to_str().unwrap(), "--scenario", "conn-storm", "--connections", "3", "--cores", "1"];
+    let (ok, report) = loadgen_at(tls_port, &untrusting);
+    assert!(!ok && report["connections_ok"] == 0, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
