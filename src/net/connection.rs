@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::AsyncRead;
 use futures_lite::future::or;
 use glommio::net::TcpStream;
 use glommio::timer::sleep;
@@ -62,7 +61,7 @@ pub(super) async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStrea
     shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
     writer.await;
     // Boxed like the connect phase: only closing connections need its timer.
-    Box::pin(linger(reader.raw())).await;
+    Box::pin(linger(&mut reader)).await;
 }
 
 /// The layers a connection on this listener needs; `None` for plain TCP.
@@ -82,16 +81,8 @@ fn new_transport(shard: &Rc<RefCell<Shard>>, listener: &ListenerContext) -> Resu
 }
 
 /// Discards what the client still sends until it closes too, or `LINGER` passes.
-async fn linger(reader: &mut ReadHalf) {
-    let drain = async {
-        let mut scratch = [0u8; 512];
-        loop {
-            let read = poll_fn(|cx| std::pin::Pin::new(&mut *reader).poll_read(cx, &mut scratch)).await;
-            if !matches!(read, Ok(count) if count > 0) {
-                return;
-            }
-        }
-    };
+async fn linger(reader: &mut WireReader) {
+    let drain = async { while reader.discard().await {} };
     or(drain, sleep(LINGER)).await;
 }
 

@@ -83,77 +83,56 @@ impl WireReader {
     /// Waits for the socket and appends what it brings to `mqtt`, through the transport.
     /// `Data` may have added nothing (a TLS handshake record, say).
     pub async fn read(&mut self, mqtt: &mut BytesMut) -> ReadOutcome {
-        let half = &mut self.half;
         let transport = self.transport.as_deref();
-        poll_fn(|cx| {
-            READ_SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                match Pin::new(&mut *half).poll_read(cx, &mut scratch[..]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Closed),
-                    Poll::Ready(Ok(count)) => Poll::Ready(match transport {
-                        None => {
-                            mqtt.extend_from_slice(&scratch[..count]);
-                            ReadOutcome::Data
-                        }
-                        Some(shared) => {
-                            let received = shared.with(|transport| transport.receive(&scratch[..count], mqtt));
-                            shared.wake_writer_if_output();
-                            match received {
-                                Ok(true) => ReadOutcome::Data,
-                                Ok(false) => ReadOutcome::Closed,
-                                Err(error) => ReadOutcome::Failed(error),
-                            }
-                        }
-                    }),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-        })
-        .await
+        read_socket(&mut self.half, |bytes| through(transport, bytes, mqtt)).await
     }
 
     /// Reads bytes as they come from the socket, past any transport (a PROXY protocol
     /// header precedes TLS and WebSocket).
     pub async fn read_raw(&mut self, raw: &mut BytesMut) -> ReadOutcome {
-        let half = &mut self.half;
-        poll_fn(|cx| {
-            READ_SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                match Pin::new(&mut *half).poll_read(cx, &mut scratch[..]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Closed),
-                    Poll::Ready(Ok(count)) => {
-                        raw.extend_from_slice(&scratch[..count]);
-                        Poll::Ready(ReadOutcome::Data)
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-        })
-        .await
+        read_socket(&mut self.half, |bytes| through(None, bytes, raw)).await
     }
 
     /// Bytes that arrived raw (behind a PROXY header) go through the transport now.
     pub fn receive_raw(&mut self, raw: &[u8], mqtt: &mut BytesMut) -> ReadOutcome {
-        match &self.transport {
-            None => {
-                mqtt.extend_from_slice(raw);
-                ReadOutcome::Data
-            }
-            Some(shared) => {
-                let received = shared.with(|transport| transport.receive(raw, mqtt));
-                shared.wake_writer_if_output();
-                match received {
-                    Ok(true) => ReadOutcome::Data,
-                    Ok(false) => ReadOutcome::Closed,
-                    Err(error) => ReadOutcome::Failed(error),
-                }
-            }
-        }
+        through(self.transport.as_deref(), raw, mqtt)
     }
 
-    /// The raw half, for discarding what a closing peer still sends.
-    pub fn raw(&mut self) -> &mut ReadHalf {
-        &mut self.half
+    /// Reads and drops what the socket brings. False at its end.
+    pub async fn discard(&mut self) -> bool {
+        matches!(read_socket(&mut self.half, |_| ReadOutcome::Data).await, ReadOutcome::Data)
+    }
+}
+
+/// One read from the socket, its bytes handed to `take` while they are in the shard's
+/// scratch block.
+async fn read_socket(half: &mut ReadHalf, mut take: impl FnMut(&[u8]) -> ReadOutcome) -> ReadOutcome {
+    poll_fn(|cx| {
+        READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match Pin::new(&mut *half).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Closed),
+                Poll::Ready(Ok(count)) => Poll::Ready(take(&scratch[..count])),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
+
+/// Socket bytes to MQTT bytes in `mqtt`: through the transport if there is one, waking
+/// the writer for whatever that left to send.
+fn through(transport: Option<&SharedTransport>, bytes: &[u8], mqtt: &mut BytesMut) -> ReadOutcome {
+    let Some(shared) = transport else {
+        mqtt.extend_from_slice(bytes);
+        return ReadOutcome::Data;
+    };
+    let received = shared.with(|transport| transport.receive(bytes, mqtt));
+    shared.wake_writer_if_output();
+    match received {
+        Ok(true) => ReadOutcome::Data,
+        Ok(false) => ReadOutcome::Closed,
+        Err(error) => ReadOutcome::Failed(error),
     }
 }
 

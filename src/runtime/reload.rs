@@ -117,10 +117,6 @@ impl TlsSlot {
         Ok(Arc::new(TlsSlot { options, current: Mutex::new(configs), stamps: Mutex::new(stamps) }))
     }
 
-    pub fn is_configured(&self) -> bool {
-        self.options.is_some()
-    }
-
     /// What a new TLS connection starts with.
     pub fn current(&self) -> Option<TlsConfigs> {
         self.current.lock().map(|current| current.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())

@@ -75,7 +75,8 @@ impl WsLayer {
         WsLayer { state: State::Upgrading { request: BytesMut::new() }, path, message_bytes_max }
     }
 
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
     }
 
