@@ -173,3 +173,55 @@ fn bad_upgrades_get_an_http_answer_and_bad_frames_close_only_that_connection() {
     bystander.publish("t", b"unaffected", QoS::AtLeastOnce, false, 1);
     assert_eq!(&bystander.recv_publish().payload[..], b"unaffected");
 }
+
+#[test]
+fn a_client_pinging_without_reading_the_pongs_is_closed_before_they_pile_up() {
+    let pki = Pki::new("ws-pings");
+    let broker = ws_broker(&pki);
+    let mut bystander = ws_client(&broker, ProtocolVersion::V311);
+    assert_eq!(bystander.connect("bystander", true, 60, None).code, 0);
+    bystander.subscribe(&[("t", QoS::AtLeastOnce)]);
+
+    // A tiny receive window, so the pongs back up in the broker almost at once.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&broker.addrs[1].into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(
+            b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        response.push(byte[0]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"));
+    // Masked pings with 125-byte payloads, never reading a pong. Without a bound the
+    // broker would queue every pong for as long as pings come; with it, it closes once
+    // 256 KiB wait on top of what the kernel buffers hold (and, like every close, drains
+    // what still arrives for a second before the socket goes).
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1024).collect();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    let mut sent = 0usize;
+    let started = std::time::Instant::now();
+    let closed = loop {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            break false;
+        }
+        match stream.write_all(&burst) {
+            Ok(()) => sent += burst.len(),
+            // A write that times out means the broker stopped reading without closing.
+            Err(error) => break !matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    };
+    assert!(closed, "the broker kept reading {sent} bytes of pings whose pongs nobody read");
+    broker.wait_for_counters("the closing counted", |counters| counters.total("transport_errors") >= 1);
+    bystander.publish("t", b"unaffected", QoS::AtLeastOnce, false, 1);
+    assert_eq!(&bystander.recv_publish().payload[..], b"unaffected");
+}

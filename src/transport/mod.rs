@@ -17,6 +17,12 @@ use bytes::{Bytes, BytesMut};
 use tls::TlsLayer;
 use ws::WsLayer;
 
+/// Bytes that reading may leave for the writer before the peer counts as not reading:
+/// replies to its own frames (pongs, TLS records) pile up only while the socket will not
+/// take them, and a client that keeps pinging without reading must not grow them for ever.
+/// Far above any handshake flight (a certificate chain is a few KiB).
+const REPLIES_PENDING_BYTES_MAX: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("TLS: {0}")]
@@ -25,6 +31,8 @@ pub enum TransportError {
     WebSocket(String),
     #[error("socket: {0}")]
     Io(String),
+    #[error("{0} bytes of replies to the peer's own frames wait unread")]
+    PeerNotReading(usize),
 }
 
 /// What a listener speaks above TCP.
@@ -76,6 +84,14 @@ impl Transport {
     /// Bytes the socket read; MQTT bytes appended to `mqtt`. `Ok(false)`: the peer closed
     /// at the TLS or WebSocket level (as good as the end of the stream).
     pub fn receive(&mut self, wire: &[u8], mqtt: &mut BytesMut) -> Result<bool, TransportError> {
+        let open = self.receive_through_layers(wire, mqtt)?;
+        if self.output.len() > REPLIES_PENDING_BYTES_MAX {
+            return Err(TransportError::PeerNotReading(self.output.len()));
+        }
+        Ok(open)
+    }
+
+    fn receive_through_layers(&mut self, wire: &[u8], mqtt: &mut BytesMut) -> Result<bool, TransportError> {
         match (&mut self.tls, &mut self.ws) {
             (None, None) => {
                 mqtt.extend_from_slice(wire);
@@ -141,11 +157,6 @@ impl Transport {
     pub fn swap_output(&mut self, spare: &mut Vec<u8>) {
         debug_assert!(spare.is_empty());
         std::mem::swap(&mut self.output, spare);
-    }
-
-    /// True once TLS (if any) finished its handshake and the WebSocket (if any) upgraded.
-    pub fn is_established(&self) -> bool {
-        self.tls.as_ref().is_none_or(|tls| !tls.is_handshaking()) && self.ws.as_ref().is_none_or(WsLayer::is_open)
     }
 
     pub fn is_websocket(&self) -> bool {
