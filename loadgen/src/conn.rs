@@ -1,7 +1,6 @@
 //! One MQTT client connection on a glommio executor: an outbox drained by a writer task
 //! (so acknowledgements and publishes never interleave mid-packet), and a packet reader;
-//! over TCP or TLS (rustls, handshake first, then one `ClientConnection` shared by the
-//! reader and the writer).
+//! over TCP, TLS, WebSocket or WebSocket over TLS (the layers are in `wire`).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -10,13 +9,12 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringmq::net::split::{ReadHalf, WriteHalf};
 use ringmq::protocol::{Connect, Packet, Properties, ProtocolVersion, decode};
-use rustls::{ClientConfig, ClientConnection};
-use std::io::{Read, Write};
-use std::sync::Arc;
+
+use crate::wire::{ClientTransport, SharedLayers, establish};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -34,66 +32,8 @@ pub enum ConnError {
     Unexpected { expected: &'static str, got: &'static str },
     #[error("TLS: {0}")]
     Tls(String),
-}
-
-/// The TLS state both tasks of a connection use (never borrowed across an await).
-type SharedTls = Rc<RefCell<ClientConnection>>;
-
-fn tls_error(error: impl std::fmt::Display) -> ConnError {
-    ConnError::Tls(error.to_string())
-}
-
-/// Encrypts `plain` (if any) and moves every pending record into `out`.
-fn seal(tls: &SharedTls, plain: &[u8], out: &mut Vec<u8>) -> Result<(), ConnError> {
-    let mut tls = tls.borrow_mut();
-    if !plain.is_empty() {
-        tls.writer().write_all(plain).map_err(tls_error)?;
-    }
-    while tls.wants_write() {
-        tls.write_tls(out).map_err(tls_error)?;
-    }
-    Ok(())
-}
-
-/// Feeds received records to `tls` and appends the plaintext to `buf`. False: closed.
-fn open_records(tls: &SharedTls, mut records: &[u8], buf: &mut BytesMut) -> Result<bool, ConnError> {
-    let mut tls = tls.borrow_mut();
-    let mut chunk = [0u8; 16 * 1024];
-    while !records.is_empty() {
-        tls.read_tls(&mut records).map_err(tls_error)?;
-        tls.process_new_packets().map_err(tls_error)?;
-        loop {
-            match tls.reader().read(&mut chunk) {
-                Ok(0) => return Ok(false),
-                Ok(count) => buf.extend_from_slice(&chunk[..count]),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => return Ok(false),
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// The TLS handshake on `stream`, before the reader and writer split it.
-async fn handshake(stream: &Rc<RefCell<TcpStream>>, tls: &SharedTls) -> Result<(), ConnError> {
-    let (mut read, mut write) = (ReadHalf::new(stream.clone()), WriteHalf::new(stream.clone()));
-    let mut out = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut early = BytesMut::new();
-    loop {
-        out.clear();
-        seal(tls, &[], &mut out)?;
-        if !out.is_empty() {
-            write.write_all(&out).await.map_err(tls_error)?;
-        }
-        if !tls.borrow().is_handshaking() {
-            return Ok(());
-        }
-        let count = read.read(&mut chunk).await.map_err(tls_error)?;
-        if count == 0 || !open_records(tls, &chunk[..count], &mut early)? {
-            return Err(ConnError::Closed);
-        }
-    }
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
 }
 
 /// A wake-up slot shared by two tasks on one executor.
@@ -165,7 +105,7 @@ pub struct Reader {
     half: ReadHalf,
     buf: BytesMut,
     version: ProtocolVersion,
-    tls: Option<SharedTls>,
+    layers: Option<SharedLayers>,
 }
 
 impl Reader {
@@ -192,16 +132,16 @@ impl Reader {
         thread_local! {
             static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
         }
-        let (half, buf, tls) = (&mut self.half, &mut self.buf, &self.tls);
+        let (half, buf, layers) = (&mut self.half, &mut self.buf, &self.layers);
         poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|chunk| match std::pin::Pin::new(&mut *half).poll_read(cx, chunk) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(ConnError::Closed)),
-                Poll::Ready(Ok(count)) => Poll::Ready(match tls {
+                Poll::Ready(Ok(count)) => Poll::Ready(match layers {
                     None => {
                         buf.extend_from_slice(&chunk[..count]);
                         Ok(())
                     }
-                    Some(tls) => match open_records(tls, &chunk[..count], buf) {
+                    Some(layers) => match layers.borrow_mut().open(&chunk[..count], buf) {
                         Ok(true) => Ok(()),
                         Ok(false) => Err(ConnError::Closed),
                         Err(error) => Err(error),
@@ -223,10 +163,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// TCP connect (and the TLS handshake with `tls`), CONNECT, and wait for a successful CONNACK.
+    /// TCP connect (then the TLS handshake and the WebSocket upgrade, as `transport`
+    /// says), CONNECT, and wait for a successful CONNACK.
     pub async fn open(
         addr: SocketAddr,
-        tls: Option<&Arc<ClientConfig>>,
+        transport: &ClientTransport,
         client_id: &str,
         clean: bool,
         version: ProtocolVersion,
@@ -234,31 +175,25 @@ impl Connection {
         let stream = TcpStream::connect(addr).await.map_err(|error| ConnError::Connect { addr, message: error.to_string() })?;
         let _ = stream.set_nodelay(true);
         let stream = Rc::new(RefCell::new(stream));
-        let tls = match tls {
-            None => None,
-            Some(config) => {
-                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-                let mut connection = ClientConnection::new(config.clone(), name).map_err(tls_error)?;
-                // The outbox hands over whole batches (megabytes at times): all of it is sealed
-                // at once, and written out before the next batch.
-                connection.set_buffer_limit(None);
-                let tls = Rc::new(RefCell::new(connection));
-                handshake(&stream, &tls).await?;
-                Some(tls)
-            }
+        let mut read_half = ReadHalf::new(stream.clone());
+        let mut write_half = WriteHalf::new(stream);
+        let (layers, early) = if transport.is_plain() {
+            (None, BytesMut::new())
+        } else {
+            let (layers, early) = establish(&mut read_half, &mut write_half, transport, addr).await?;
+            (Some(layers), early)
         };
         let outbox = Rc::new(Outbox::default());
-        let mut write_half = WriteHalf::new(stream.clone());
         let writer_outbox = outbox.clone();
-        let writer_tls = tls.clone();
+        let writer_layers = layers.clone();
         let writer = glommio::spawn_local(async move {
             let mut sealed = Vec::new();
             while let Some(bytes) = writer_outbox.next().await {
-                let written = match &writer_tls {
+                let written = match &writer_layers {
                     None => write_half.write_all(&bytes).await,
-                    Some(tls) => {
+                    Some(layers) => {
                         sealed.clear();
-                        if seal(tls, &bytes, &mut sealed).is_err() {
+                        if layers.borrow_mut().seal(bytes, &mut sealed).is_err() {
                             break;
                         }
                         write_half.write_all(&sealed).await
@@ -272,7 +207,7 @@ impl Connection {
             write_half.shutdown();
         })
         .detach();
-        let reader = Reader { half: ReadHalf::new(stream), buf: BytesMut::new(), version, tls };
+        let reader = Reader { half: read_half, buf: early, version, layers };
         let mut connection = Connection { reader, outbox, version, writer };
         let connect = Connect {
             version,

@@ -4,7 +4,8 @@
 //! Pure parts: `plan` (who publishes where, who must hear whom), `stamp` (what every
 //! payload carries), `tracker` (loss, duplication and order per publisher and
 //! subscriber), `schedule` (open-loop due times), `report` (numbers and outputs).
-//! IO: `conn` (one client connection on glommio) and `run` (executors, phases);
+//! IO: `conn` (one client connection on glommio) over `wire` (its TLS and WebSocket
+//! layers), and `run` (executors, phases);
 //! `subscribe_storm` (one client's many subscriptions against a probe's round trip).
 
 pub mod conn;
@@ -15,3 +16,4 @@ pub mod schedule;
 pub mod stamp;
 pub mod subscribe_storm;
 pub mod tracker;
+pub mod wire;

@@ -24,12 +24,20 @@ struct Cli {
     #[arg(long, default_value_t = 1883)]
     port: u16,
     /// Connect over TLS (rustls; TLS 1.2 or 1.3, the broker's choice), trusting the CA in
-    /// --tls-ca. The certificate must name the --host address (an IP SAN).
-    #[arg(long, requires = "tls_ca")]
+    /// --tls-ca (the certificate must then name the --host address, an IP SAN), or any
+    /// certificate with --tls-insecure.
+    #[arg(long)]
     tls: bool,
     /// PEM file with the CA (or the self-signed certificate) the broker's certificate chains to.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", conflicts_with = "tls_insecure")]
     tls_ca: Option<PathBuf>,
+    /// Accept any broker certificate (test set-ups with self-signed certificates).
+    #[arg(long)]
+    tls_insecure: bool,
+    /// MQTT over WebSocket: ws://HOST:PORT/PATH, or wss://... (TLS, with --tls-ca or
+    /// --tls-insecure). Replaces --host and --port.
+    #[arg(long, value_name = "URL")]
+    ws: Option<String>,
     #[arg(long, value_enum, default_value = "fanout")]
     scenario: Scenario,
     /// Publishers (fanout, fanin); for p2p, the number of pairs.
@@ -121,6 +129,36 @@ fn tls_client_config(ca: &std::path::Path) -> anyhow::Result<std::sync::Arc<rust
     Ok(std::sync::Arc::new(config))
 }
 
+/// A rustls client configuration that accepts any certificate (`--tls-insecure`).
+fn tls_insecure_config() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(loadgen::wire::AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// `--ws URL`: whether it is wss, the HOST:PORT, and the path.
+fn parse_ws_url(url: &str) -> anyhow::Result<(bool, String, String)> {
+    let (secure, rest) = if let Some(rest) = url.strip_prefix("ws://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        (true, rest)
+    } else {
+        bail!("--ws {url}: the URL must start with ws:// or wss://");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/mqtt"),
+    };
+    if !authority.contains(':') {
+        bail!("--ws {url}: name the port (ws://HOST:PORT/PATH)");
+    }
+    Ok((secure, authority.to_string(), path.to_string()))
+}
+
 fn qos(level: u8) -> QoS {
     QoS::from_bits(level).expect("clap keeps it in 0..=2")
 }
@@ -138,14 +176,30 @@ fn main() -> ExitCode {
 
 fn main_inner() -> anyhow::Result<bool> {
     let cli = Cli::parse();
-    let broker =
-        (cli.host.as_str(), cli.port).to_socket_addrs().context("resolving --host")?.next().context("--host resolves to no address")?;
+    let ws = cli.ws.as_deref().map(parse_ws_url).transpose()?;
+    let broker = match &ws {
+        None => (cli.host.as_str(), cli.port).to_socket_addrs().context("resolving --host")?.next(),
+        Some((_, authority, _)) => authority.to_socket_addrs().context("resolving the --ws address")?.next(),
+    }
+    .context("the broker's address resolves to nothing")?;
+    let wants_tls = cli.tls || ws.as_ref().is_some_and(|(secure, _, _)| *secure);
+    let tls = match (wants_tls, &cli.tls_ca, cli.tls_insecure) {
+        (false, None, false) => None,
+        (false, _, _) => bail!("--tls-ca and --tls-insecure need --tls or a wss:// URL"),
+        (true, Some(ca), _) => Some(tls_client_config(ca)?),
+        (true, None, true) => Some(tls_insecure_config()?),
+        (true, None, false) => bail!("TLS needs --tls-ca PEM or --tls-insecure"),
+    };
+    let transport = loadgen::wire::ClientTransport { tls, ws_path: ws.map(|(_, _, path)| path) };
     let version = match cli.mqtt {
         3 | 4 => ProtocolVersion::V311,
         5 => ProtocolVersion::V5,
         other => bail!("--mqtt must be 3 or 5, not {other}"),
     };
     if cli.scenario == Scenario::SubscribeStorm {
+        if !transport.is_plain() {
+            bail!("subscribe-storm runs over plain TCP only");
+        }
         let storm = loadgen::subscribe_storm::StormConfig {
             broker,
             version,
@@ -163,13 +217,9 @@ fn main_inner() -> anyhow::Result<bool> {
         Scenario::P2p => (cli.publishers, cli.publishers),
         _ => (cli.publishers, cli.subscribers),
     };
-    let tls = match (&cli.tls, &cli.tls_ca) {
-        (true, Some(ca)) => Some(tls_client_config(ca)?),
-        _ => None,
-    };
     let config = RunConfig {
         broker,
-        tls,
+        transport,
         scenario: cli.scenario,
         publishers,
         subscribers,

@@ -32,8 +32,8 @@ const QOS0_OUTBOX_MAX_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub broker: SocketAddr,
-    /// Connect over TLS with this configuration (`--tls`).
-    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// TLS and/or WebSocket under MQTT (`--tls`, `--ws`).
+    pub transport: crate::wire::ClientTransport,
     pub scenario: Scenario,
     pub publishers: usize,
     pub subscribers: usize,
@@ -258,7 +258,7 @@ async fn stalled_subscriber(
 /// A connection subscribed to `filter` at the run's subscriber QoS, its SUBACK read.
 async fn subscribed(config: &RunConfig, client_id: &str, clean: bool, filter: &str) -> Result<Connection, String> {
     let mut connection =
-        Connection::open(config.broker, config.tls.as_ref(), client_id, clean, config.version).await.map_err(|error| error.to_string())?;
+        Connection::open(config.broker, &config.transport, client_id, clean, config.version).await.map_err(|error| error.to_string())?;
     connection.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
         properties: Properties::default(),
@@ -384,7 +384,7 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
             shared.publish_end_ns.store(shared.now_ns(), Ordering::SeqCst);
         }
     };
-    let connection = match Connection::open(config.broker, config.tls.as_ref(), &client_id("pub", index), true, config.version).await {
+    let connection = match Connection::open(config.broker, &config.transport, &client_id("pub", index), true, config.version).await {
         Ok(connection) => connection,
         Err(error) => {
             fail(&result, &shared, format!("publisher {index}: {error}"));
@@ -503,7 +503,7 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
 
 async fn storm_connection(index: usize, config: Arc<RunConfig>, shared: Arc<Shared>, result: Rc<RefCell<ExecutorResult>>) {
     let started = Instant::now();
-    match Connection::open(config.broker, config.tls.as_ref(), &client_id("storm", index), !config.persistent, config.version).await {
+    match Connection::open(config.broker, &config.transport, &client_id("storm", index), !config.persistent, config.version).await {
         Ok(connection) => {
             let micros = started.elapsed().as_micros() as u64;
             {

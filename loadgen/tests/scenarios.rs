@@ -387,3 +387,80 @@ fn over_tls_fanout_delivers_exactly_and_the_storm_completes_handshakes() {
     assert!(!ok && report["connections_ok"] == 0, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn over_websocket_and_websocket_over_tls_deliveries_are_exact() {
+    let dir = std::env::temp_dir().join(format!("loadgen-ws-{}", std::process::id()));
+    let (_ca, cert, key) = tls_files(&dir);
+    let broker = start_broker_with(&[
+        "--listener",
+        "ws://127.0.0.1:0/mqtt",
+        "--listener",
+        "wss://127.0.0.1:0/custom",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let ws = format!("ws://{}/mqtt", broker.addrs[1]);
+    let wss = format!("wss://{}/custom", broker.addrs[2]);
+    // Payloads larger than one frame: packets span frames and frames carry several packets.
+    let (ok, report) = loadgen_at(
+        0,
+        &[
+            "--ws",
+            &ws,
+            "--scenario",
+            "fanout",
+            "--subscribers",
+            "20",
+            "--qos-pub",
+            "1",
+            "--qos-sub",
+            "1",
+            "--messages",
+            "300",
+            "--duration-s",
+            "30",
+            "--payload-bytes",
+            "20000",
+            "--cores",
+            "2",
+        ],
+    );
+    assert!(ok, "{report}");
+    assert_exact(&report, 300 * 20);
+    // wss with a certificate nobody vouches for: --tls-insecure accepts it.
+    let (ok, report) = loadgen_at(
+        0,
+        &[
+            "--ws",
+            &wss,
+            "--tls-insecure",
+            "--mqtt",
+            "5",
+            "--scenario",
+            "p2p",
+            "--publishers",
+            "10",
+            "--qos-pub",
+            "2",
+            "--qos-sub",
+            "2",
+            "--messages",
+            "200",
+            "--duration-s",
+            "30",
+        ],
+    );
+    assert!(ok, "{report}");
+    assert_exact(&report, 10 * 200);
+    let (ok, report) = loadgen_at(0, &["--ws", &wss, "--tls-insecure", "--scenario", "conn-storm", "--connections", "50", "--cores", "2"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["connections_ok"], 50);
+    // A path the listener does not serve: the upgrade is refused, nothing connects.
+    let wrong = format!("ws://{}/other", broker.addrs[1]);
+    let (ok, report) = loadgen_at(0, &["--ws", &wrong, "--scenario", "conn-storm", "--connections", "3", "--cores", "1"]);
+    assert!(!ok && report["connections_ok"] == 0, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
