@@ -443,13 +443,33 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
             None => sequence + 1,
         };
         while sequence < due {
-            if config.qos_pub == QoS::AtMostOnce {
-                outbox.drained.wait_until(|| outbox.len() < QOS0_OUTBOX_MAX_BYTES).await;
+            // A broker that stops reading must not hold the run past its duration.
+            let time_left = Duration::from_nanos(end_ns.saturating_sub(shared.now_ns()));
+            let out_of_time = async {
+                sleep(time_left).await;
+                false
+            };
+            let room = if config.qos_pub == QoS::AtMostOnce {
+                or(
+                    async {
+                        outbox.drained.wait_until(|| outbox.len() < QOS0_OUTBOX_MAX_BYTES).await;
+                        true
+                    },
+                    out_of_time,
+                )
+                .await
             } else {
-                acknowledged.wait_until(|| in_flight.get() < window || reader_done.get()).await;
-                if reader_done.get() {
-                    break 'publishing;
-                }
+                or(
+                    async {
+                        acknowledged.wait_until(|| in_flight.get() < window || reader_done.get()).await;
+                        !reader_done.get()
+                    },
+                    out_of_time,
+                )
+                .await
+            };
+            if !room {
+                break 'publishing;
             }
             let sent_ns = match &schedule {
                 Some(schedule) => schedule.due_ns(sequence),
@@ -498,7 +518,14 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
     finish(&shared, sequence);
     outbox.push(&Packet::Disconnect(ringmq::protocol::Disconnect::new(ringmq::protocol::ReasonCode::SUCCESS)), version);
     outbox.close();
-    let _ = ack_task.await;
+    // The broker closes after the DISCONNECT, unless it never reads that far.
+    or(
+        async {
+            let _ = ack_task.await;
+        },
+        sleep(config.drain),
+    )
+    .await;
 }
 
 async fn storm_connection(index: usize, config: Arc<RunConfig>, shared: Arc<Shared>, result: Rc<RefCell<ExecutorResult>>) {
