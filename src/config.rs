@@ -233,6 +233,17 @@ pub struct Config {
     #[arg(long)]
     pub acl_file: Option<PathBuf>,
 
+    /// Keep what must outlive a restart in this directory (created if missing; one broker
+    /// per directory, enforced by a lock file). Today: retained messages. Without it,
+    /// everything is in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// With --data-dir: how often what changed is written and fsynced. A crash loses at most
+    /// the changes of this last interval; a clean stop (SIGINT/SIGTERM) loses nothing.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub fsync_interval_ms: u64,
+
     /// Let clients without a user name in: with a password file, beside its users; without
     /// one, on a non-loopback --listen address (which is refused otherwise).
     #[arg(long, default_value_t = false)]

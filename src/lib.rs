@@ -14,12 +14,15 @@
 //! - [`transport`]: sans-IO layers between a socket and the codec: TLS (rustls) and
 //!   WebSocket (tungstenite's framing), alone or stacked.
 //! - [`net`]: thin glommio glue: accept, read/decode, one write per wake-up.
+//! - [`persist`]: what outlives the process under `--data-dir`: the log format (pure),
+//!   what records hold (pure), and the append-only log file on io_uring.
 //! - [`runtime`]: pinned executors, the shard mesh, SO_REUSEPORT listeners, start/stop.
 //! - [`config`] and [`auth`]: flags with named limits, and who may connect.
 
 pub mod auth;
 pub mod config;
 pub mod net;
+pub mod persist;
 pub mod protocol;
 pub mod runtime;
 pub mod session;

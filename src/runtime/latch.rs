@@ -21,6 +21,10 @@ impl Latch {
         }
     }
 
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
     /// Resolves once set. A task polled again while waiting keeps one registered waker,
     /// not one per poll: glommio counts a task's wakers in an `i16`, and an accept loop
     /// that polls this once per connection overflowed it after ~32k connections.

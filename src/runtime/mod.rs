@@ -19,6 +19,7 @@ mod listen;
 mod memory;
 mod mesh;
 mod nudge;
+mod persistence;
 pub mod reload;
 
 use latch::Latch;
@@ -56,6 +57,8 @@ pub enum StartError {
     MemLock { limit_kib: u64, needed_kib: u64 },
     #[error("cannot bind {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Persist(#[from] crate::persist::PersistError),
     #[error("cannot start shard executor: {0}")]
     Executor(String),
 }
@@ -78,6 +81,8 @@ pub struct Broker {
     /// Reloads the certificate when its files change.
     tls_watch: Option<std::thread::JoinHandle<()>>,
     _port_locks: Vec<PortLock>,
+    /// Held while the broker runs: one broker per `--data-dir`.
+    _data_dir: Option<crate::persist::DataDir>,
 }
 
 impl Broker {
@@ -151,6 +156,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     }
     let auth_slot = AuthSlot::new(auth.clone());
     let tls_slot = TlsSlot::load(config.tls_options()?)?;
+    let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.fsync_interval_ms)?;
 
     let memlock = memlock_limit_bytes();
     if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {
@@ -215,6 +221,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let gauge = gauge.clone();
         let auth_slot = auth_slot.clone();
         let tls_slot = tls_slot.clone();
+        let persist_plan = persist_plan.clone();
         let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
@@ -241,6 +248,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     gauge,
                     auth_slot,
                     tls_slot,
+                    persist_plan,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -281,6 +289,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         reloadable: Reloadable { auth: auth_slot, tls: tls_slot },
         tls_watch,
         _port_locks: port_locks,
+        _data_dir: data_dir,
     })
 }
 
@@ -315,6 +324,7 @@ struct ShardParams {
     gauge: Arc<MemoryGauge>,
     auth_slot: Arc<AuthSlot>,
     tls_slot: Arc<TlsSlot>,
+    persist_plan: persistence::PersistPlan,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -335,6 +345,7 @@ async fn shard_main(params: ShardParams) {
         gauge,
         auth_slot,
         tls_slot,
+        persist_plan,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -362,6 +373,13 @@ async fn shard_main(params: ShardParams) {
         }
     }
     let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, limits, auth, Instant::now())));
+    shard.borrow_mut().restore_retained(&persist_plan.retained);
+    // Every shard holds the retained store; shard 0 writes it.
+    let persisting = persist_plan.retained_log.filter(|_| id.0 == 0).map(|plan| {
+        shard.borrow_mut().keep_retained_journal();
+        let finish = Rc::new(Latch::default());
+        (glommio::spawn_local(persistence::write_retained(shard.clone(), plan, finish.clone())), finish)
+    });
 
     joined.serve(&shard, shard_count);
     let stopping = Rc::new(Latch::default());
@@ -396,6 +414,10 @@ async fn shard_main(params: ShardParams) {
     stopping.set();
     shard.borrow_mut().begin_shutdown();
     sleep(SHUTDOWN_GRACE).await;
+    if let Some((writer, finish)) = persisting {
+        finish.set();
+        writer.await;
+    }
     let counters = shard.borrow().counters.clone();
     tracing::info!(shard = id.0, ?counters, "shard stopped");
 }

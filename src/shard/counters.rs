@@ -62,6 +62,10 @@ pub struct Counters {
     pub subscriptions_refused_quota: u64,
     /// Retained PUBLISHes refused at `--retained-messages-max` or `--retained-bytes-max`.
     pub retained_refused_quota: u64,
+    /// Batches of retained changes written and fsynced to `--data-dir` (shard 0).
+    pub persist_commits: u64,
+    /// Writes to `--data-dir` that failed (disk full, IO error); each is logged.
+    pub persist_write_failures: u64,
     /// Accepted sockets closed at once: `--half-open-connections-max` were owing CONNECT.
     pub half_open_connections_refused: u64,
     /// CONNECTs refused because the broker held `--max-connections` (CONNACK 3 / 0x97).
@@ -84,7 +88,7 @@ pub struct Counters {
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 40] {
+    pub fn fields(&self) -> [(&'static str, u64); 42] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -117,6 +121,8 @@ impl Counters {
             ("transport_errors", self.transport_errors),
             ("subscriptions_refused_quota", self.subscriptions_refused_quota),
             ("retained_refused_quota", self.retained_refused_quota),
+            ("persist_commits", self.persist_commits),
+            ("persist_write_failures", self.persist_write_failures),
             ("half_open_connections_refused", self.half_open_connections_refused),
             ("connections_refused_at_limit", self.connections_refused_at_limit),
             ("accepts_delayed_by_rate", self.accepts_delayed_by_rate),

@@ -34,6 +34,7 @@ mod outbox;
 mod packets;
 mod recent;
 mod retained;
+pub use retained::RetainedJournal;
 pub mod shared;
 mod subscriptions;
 mod takeover;

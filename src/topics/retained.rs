@@ -152,6 +152,11 @@ impl<V> RetainedTree<V> {
         }
     }
 
+    /// Calls `visit` for every retained message, `$` topics included.
+    pub fn for_each(&self, mut visit: impl FnMut(&V)) {
+        Self::visit_all(&self.root, &mut visit);
+    }
+
     fn visit_all(node: &Node<V>, visit: &mut impl FnMut(&V)) {
         let mut pending = vec![node];
         while let Some(node) = pending.pop() {
