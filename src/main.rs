@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use clap::Parser;
-use ringmq::config::Config;
+use ringmq::config::{Config, layers};
 use ringmq::runtime::heap::CountingAllocator;
 
 /// mimalloc, counted for `--memory-max-bytes` (see `runtime::heap`).
@@ -19,7 +18,26 @@ const PASSWORD_HASH_ITERATIONS: u32 = 101;
 
 fn main() -> ExitCode {
     GLOBAL.installed();
-    match run(Config::parse()) {
+    // Defaults < -c FILE < RINGMQ_* variables < flags (see `config::layers`).
+    let environment = std::env::vars().filter(|(name, _)| name.starts_with(layers::ENV_PREFIX)).collect();
+    let layered = match layers::load(std::env::args_os().collect(), &environment) {
+        Ok(layered) => layered,
+        Err(error) => error.exit(),
+    };
+    if layered.config.check_config {
+        print!("{}", layers::describe(&layered));
+        return match ringmq::runtime::check(&layered.config) {
+            Ok(()) => {
+                println!("# configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("ringmq: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(layered.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ringmq: {error:#}");

@@ -134,6 +134,17 @@ fn memlock_limit_bytes() -> u64 {
 }
 
 /// Starts every shard and returns once all are listening.
+/// `--check-config`: every check `start` makes before it binds or locks anything (values
+/// and how they relate, the CPUs, the password and ACL files, the TLS certificate).
+pub fn check(config: &Config) -> Result<(), StartError> {
+    config.check_exposure()?;
+    config.limits()?;
+    config.cpus(&allowed_cpus())?;
+    reload::load_authenticator(config)?;
+    TlsSlot::load(config.tls_options()?)?;
+    Ok(())
+}
+
 pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
     config.check_exposure()?;
     let mut limits = config.limits()?;

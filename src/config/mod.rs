@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub mod layers;
+
 use crate::protocol::QoS;
 use crate::session::{QueueFullPolicy, SessionLimits};
 use crate::shard::{Features, Routing, ShardLimits};
@@ -265,6 +267,18 @@ pub struct Config {
     /// io_uring submission queue depth per shard.
     #[arg(long, default_value_t = 128)]
     pub ring_depth: usize,
+
+    /// Read settings from this TOML file: keys are the long flag names with `_`
+    /// (`inflight_max = 64`), repeatable flags take arrays, listeners are `[[listener]]`
+    /// tables with a `url`. `RINGMQ_*` environment variables (`RINGMQ_INFLIGHT_MAX=64`)
+    /// override the file, and flags override both. Example: tuning/ringmq.toml.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (file, environment and flags: values, files they name,
+    /// certificates), print the effective settings with where each came from, and exit.
+    #[arg(long)]
+    pub check_config: bool,
 
     /// Print a password-file line for USER (password read from standard input) and exit.
     #[arg(long, value_name = "USER")]
