@@ -6,8 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use ringmq::config::{Config, layers};
+use std::collections::BTreeMap;
+
+use ringmq::config::{Config, LogFormat, layers};
 use ringmq::runtime::heap::CountingAllocator;
+use ringmq::runtime::reload::Reloadable;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc, counted for `--memory-max-bytes` (see `runtime::heap`).
 #[global_allocator]
@@ -19,8 +25,8 @@ const PASSWORD_HASH_ITERATIONS: u32 = 101;
 fn main() -> ExitCode {
     GLOBAL.installed();
     // Defaults < -c FILE < RINGMQ_* variables < flags (see `config::layers`).
-    let environment = std::env::vars().filter(|(name, _)| name.starts_with(layers::ENV_PREFIX)).collect();
-    let layered = match layers::load(std::env::args_os().collect(), &environment) {
+    let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let layered = match layers::load(command_line.clone(), &ringmq_environment()) {
         Ok(layered) => layered,
         Err(error) => error.exit(),
     };
@@ -37,7 +43,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(layered.config) {
+    match run(layered, command_line) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ringmq: {error:#}");
@@ -46,36 +52,80 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// The process's `RINGMQ_*` variables.
+fn ringmq_environment() -> BTreeMap<String, String> {
+    std::env::vars().filter(|(name, _)| name.starts_with(layers::ENV_PREFIX)).collect()
+}
+
+type LogFilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs go to stderr through a non-blocking writer: a shard that logs never waits for the
+/// terminal, pipe or journal (past its buffer, lines are dropped, not waited for). The
+/// filter can be replaced on SIGHUP.
+fn start_logging(config: &Config) -> anyhow::Result<(LogFilterHandle, tracing_appender::non_blocking::WorkerGuard)> {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::try_new(&config.log).context("--log")?);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Colour only for a person watching a terminal, never into a file or journal.
+    let ansi = std::io::stderr().is_terminal();
+    let (text, json) = match config.log_format {
+        LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi)), None),
+        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json().with_writer(writer))),
+    };
+    tracing_subscriber::registry().with(filter).with(text).with(json).init();
+    Ok((handle, guard))
+}
+
+/// SIGHUP: the configuration is read again (file and environment, with the same flags);
+/// the log filter, password file, ACL file and certificate files take effect at once,
+/// and any other setting that changed is named as needing a restart.
+fn reload(running: &layers::Layered, command_line: &[std::ffi::OsString], reloadable: &Reloadable, log_filter: &LogFilterHandle) {
+    let fresh = match layers::load(command_line.to_vec(), &ringmq_environment()) {
+        Ok(fresh) => fresh,
+        Err(error) => {
+            let message = error.render().to_string();
+            tracing::error!(error = message.lines().next().unwrap_or(""), "SIGHUP: the configuration does not load; nothing changed");
+            return;
+        }
+    };
+    match EnvFilter::try_new(&fresh.config.log) {
+        Ok(filter) => match log_filter.reload(filter) {
+            Ok(()) => tracing::info!(log = %fresh.config.log, "SIGHUP: log filter applied"),
+            Err(error) => tracing::error!(%error, "SIGHUP: the log filter could not be replaced"),
+        },
+        Err(error) => tracing::error!(log = %fresh.config.log, %error, "SIGHUP: bad log filter; the previous one stays"),
+    }
+    reloadable.reload(&fresh.config);
+    let restart = layers::needing_restart(running, &fresh);
+    if !restart.is_empty() {
+        tracing::warn!(settings = %restart.join(", "), "SIGHUP: these settings changed and take effect only after a restart");
+    }
+}
+
+fn run(layered: layers::Layered, command_line: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    let config = layered.config.clone();
     if let Some(user) = &config.hash_password {
         return print_password_line(user);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        // Colour only for a person watching a terminal, never into a file or journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let (log_filter, _log_flush) = start_logging(&config)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    // SIGHUP means "reload" to operators and to systemd's ExecReload: the password file and
-    // the ACL file are read again (never the default action, which ends the process). The
-    // handler is installed before the broker starts; a SIGHUP before it has started is
-    // logged and otherwise ignored.
+    // SIGHUP means "reload" to operators and to systemd's ExecReload (never the default
+    // action, which ends the process). The handler is installed before the broker starts;
+    // a SIGHUP before it has started is logged and otherwise ignored.
     let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).context("installing the SIGHUP handler")?;
-    let reloading: Arc<std::sync::OnceLock<ringmq::runtime::reload::Reloadable>> = Arc::default();
+    let reloading: Arc<std::sync::OnceLock<Reloadable>> = Arc::default();
     {
-        let (reloading, config) = (reloading.clone(), config.clone());
+        let reloading = reloading.clone();
         std::thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {
                 for _ in hangups.forever() {
                     match reloading.get() {
                         None => tracing::warn!("SIGHUP before the broker started: nothing reloaded"),
-                        Some(reloadable) => reloadable.reload(&config),
+                        Some(reloadable) => reload(&layered, &command_line, reloadable, &log_filter),
                     }
                 }
             })

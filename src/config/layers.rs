@@ -245,6 +245,39 @@ fn load_matched(
     Ok(Layered { config, origins, arguments })
 }
 
+/// Settings SIGHUP applies to a running broker; a change to any other needs a restart.
+pub const RELOADABLE: &[&str] = &["log", "password-file", "acl-file"];
+
+/// Every setting's values (defaults included), by long flag name.
+pub fn settings(layered: &Layered) -> BTreeMap<String, Vec<String>> {
+    let command = Config::command();
+    let Ok(matches) = command.clone().try_get_matches_from(&layered.arguments) else {
+        return BTreeMap::new();
+    };
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let values = matches
+                .get_raw(arg.get_id().as_str())
+                .map(|raw| raw.map(|value| value.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            (!COMMAND_LINE_ONLY.contains(&long)).then(|| (long.to_string(), values))
+        })
+        .collect()
+}
+
+/// The settings whose values differ between `running` and `fresh` and that SIGHUP
+/// cannot apply, as file keys.
+pub fn needing_restart(running: &Layered, fresh: &Layered) -> Vec<String> {
+    let (before, after) = (settings(running), settings(fresh));
+    after
+        .iter()
+        .filter(|(long, values)| !RELOADABLE.contains(&long.as_str()) && before.get(*long) != Some(values))
+        .map(|(long, _)| key_of(long))
+        .collect()
+}
+
 /// `--check-config`: every setting as a TOML line, with where it came from.
 pub fn describe(layered: &Layered) -> String {
     let command = Config::command();

@@ -130,3 +130,13 @@ fn the_example_file_covers_every_flag_with_a_valid_value() {
         }
     }
 }
+
+#[test]
+fn a_changed_file_names_the_settings_a_restart_needs() {
+    let file = file_with("reload.toml", "inflight_max = 10\nlog = \"info\"\n");
+    let running = load(args(&["-c", file.to_str().unwrap()]), &env(&[])).unwrap();
+    std::fs::write(&file, "inflight_max = 20\nlog = \"debug\"\npassword_file = \"/p\"\nmax_qos = 1\n").unwrap();
+    let fresh = load(args(&["-c", file.to_str().unwrap()]), &env(&[])).unwrap();
+    assert_eq!(needing_restart(&running, &fresh), vec!["inflight_max", "max_qos"], "log and password_file apply live");
+    assert!(needing_restart(&running, &running).is_empty());
+}

@@ -284,9 +284,20 @@ pub struct Config {
     #[arg(long, value_name = "USER")]
     pub hash_password: Option<String>,
 
-    /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug".
+    /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug". Reloaded on
+    /// SIGHUP from the configuration file.
     #[arg(long, default_value = "info")]
     pub log: String,
+
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -184,6 +184,7 @@ impl Shard {
     /// CONNACK with the refusal's code, then close.
     pub(super) fn refuse(&mut self, link: &Link, version: ProtocolVersion, refusal: ConnectRefusal) -> ConnectProgress {
         self.counters.connections_refused += 1;
+        tracing::info!(address = %link.peer_label(), reason = refusal.describe(), shard = self.id.0, "connect refused");
         let code = if version.is_v5() { Some(refusal.reason_code_v5().0) } else { refusal.return_code_v311() };
         let Some(code) = code else {
             link.close();
@@ -450,8 +451,11 @@ impl Shard {
             self.link_left_half_open(&link);
             tracing::info!(
                 client_id = %String::from_utf8_lossy(&client_id),
+                user = connect.username.as_deref().map(String::from_utf8_lossy).as_deref().unwrap_or(""),
                 address = %link.peer_label(),
-                ?version,
+                protocol = if version.is_v5() { "5.0" } else { "3.1.1" },
+                keep_alive_s,
+                clean_start = connect.clean_start,
                 session_present,
                 shard = self.id.0,
                 "client connected"

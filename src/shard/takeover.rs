@@ -71,6 +71,14 @@ impl Shard {
         let taken = client.lifecycle.taken_over(clean_start, link.is_some());
         let continued = taken.continued;
         if let Some(link) = link {
+            tracing::info!(
+                client_id = %String::from_utf8_lossy(&client_id),
+                address = %link.peer_label(),
+                shard = self.id.0,
+                new_shard = next.shard().0,
+                session_continues = continued,
+                "client taken over by a new connection with its client id"
+            );
             close_with_reason(&link, version, ReasonCode::SESSION_TAKEN_OVER);
         }
         for will in taken.wills_now {
