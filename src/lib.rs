@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod persist;
 pub mod protocol;

@@ -135,7 +135,10 @@ fn run(layered: layers::Layered, command_line: Vec<std::ffi::OsString>) -> anyho
     let _ = reloading.set(broker.reloadable());
     // Tests and scripts read this line to find the port when --listen asks for port 0.
     let addresses: Vec<String> = broker.local_addrs.iter().map(ToString::to_string).collect();
-    println!("ringmq listening on {} with {} shards", addresses.join(" "), broker.shard_count);
+    match broker.metrics_addr {
+        None => println!("ringmq listening on {} with {} shards", addresses.join(" "), broker.shard_count),
+        Some(metrics) => println!("ringmq listening on {} with {} shards; metrics on {metrics}", addresses.join(" "), broker.shard_count),
+    }
     std::io::stdout().flush()?;
     broker.wait();
     tracing::info!("stopped");

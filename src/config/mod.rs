@@ -284,6 +284,12 @@ pub struct Config {
     #[arg(long, value_name = "USER")]
     pub hash_password: Option<String>,
 
+    /// Serve Prometheus metrics (`GET /metrics`: every counter and gauge per shard, and the
+    /// process's) on this address, e.g. 127.0.0.1:9883. Off without it. Anyone who can
+    /// reach it can read them: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug". Reloaded on
     /// SIGHUP from the configuration file.
     #[arg(long, default_value = "info")]

@@ -83,6 +83,9 @@ pub struct Broker {
     _port_locks: Vec<PortLock>,
     /// Held while the broker runs: one broker per `--data-dir`.
     _data_dir: Option<crate::persist::DataDir>,
+    /// Where `--metrics-listen` serves, and its thread.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Broker {
@@ -108,6 +111,9 @@ impl Broker {
         }
         if let Some(watch) = self.tls_watch.take() {
             let _ = watch.join();
+        }
+        if let Some(metrics) = self.metrics_thread.take() {
+            let _ = metrics.join();
         }
     }
 }
@@ -195,6 +201,15 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     }
     let local_addrs: Vec<SocketAddr> = listeners.iter().map(|spec| spec.addr).collect();
     let shard_count = cpus.len();
+    let metrics_board = config.metrics_listen.map(|_| crate::metrics::SnapshotBoard::new(shard_count));
+    let (metrics_addr, metrics_thread) = match (config.metrics_listen, &metrics_board) {
+        (Some(addr), Some(board)) => {
+            let (bound, thread) =
+                crate::metrics::server::serve(addr, board.clone(), stop.clone()).map_err(|source| StartError::Bind { addr, source })?;
+            (Some(bound), Some(thread))
+        }
+        _ => (None, None),
+    };
     let mesh = mesh::new_mesh(shard_count, config.mesh_channel_batches);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
     let nudger = Nudger::new(shard_count);
@@ -233,6 +248,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let auth_slot = auth_slot.clone();
         let tls_slot = tls_slot.clone();
         let persist_plan = persist_plan.clone();
+        let metrics_board = metrics_board.clone();
         let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
@@ -260,6 +276,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     auth_slot,
                     tls_slot,
                     persist_plan,
+                    metrics_board,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -301,6 +318,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         tls_watch,
         _port_locks: port_locks,
         _data_dir: data_dir,
+        metrics_addr,
+        metrics_thread,
     })
 }
 
@@ -336,6 +355,8 @@ struct ShardParams {
     auth_slot: Arc<AuthSlot>,
     tls_slot: Arc<TlsSlot>,
     persist_plan: persistence::PersistPlan,
+    /// Where the shard leaves its metrics snapshot (`--metrics-listen`).
+    metrics_board: Option<Arc<crate::metrics::SnapshotBoard>>,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -357,6 +378,7 @@ async fn shard_main(params: ShardParams) {
         auth_slot,
         tls_slot,
         persist_plan,
+        metrics_board,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -414,8 +436,19 @@ async fn shard_main(params: ShardParams) {
     let _ = ready.send(Ok(()));
 
     let mut auth_generation = auth_slot.generation();
+    let take_snapshot = |shard: &Shard| {
+        if let Some(board) = &metrics_board {
+            board.store(id.0, crate::metrics::ShardSnapshot { counters: shard.counters.clone(), gauges: shard.gauges() });
+        }
+    };
+    take_snapshot(&shard.borrow());
+    let mut next_snapshot = Instant::now() + crate::metrics::SNAPSHOT_PERIOD;
     while !stop.load(Ordering::Relaxed) {
         sleep(TICK).await;
+        if metrics_board.is_some() && Instant::now() >= next_snapshot {
+            next_snapshot += crate::metrics::SNAPSHOT_PERIOD;
+            take_snapshot(&shard.borrow());
+        }
         if auth_slot.generation() != auth_generation {
             auth_generation = auth_slot.generation();
             shard.borrow_mut().replace_authenticator(auth_slot.current());

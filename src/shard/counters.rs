@@ -135,3 +135,54 @@ impl Counters {
         ]
     }
 }
+
+/// What this shard holds right now (the counters say what happened so far): read when
+/// the metrics snapshot is taken, walking the clients once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub connections: u64,
+    /// Sessions held here, connected or offline.
+    pub sessions: u64,
+    /// Filters in this shard's subscription trie.
+    pub subscriptions: u64,
+    /// This shard's replica of the retained store.
+    pub retained_messages: u64,
+    /// QoS 1/2 messages waiting in this shard's sessions (behind the window or offline).
+    pub queued_messages: u64,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight_messages: u64,
+    /// Messages waiting for the shard-to-shard channels.
+    pub mesh_outbox_messages: u64,
+}
+
+impl Gauges {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 7] {
+        [
+            ("connections", "Connected clients", self.connections),
+            ("sessions", "Sessions held, connected or offline", self.sessions),
+            ("subscriptions", "Filters in the subscription trie", self.subscriptions),
+            ("retained_messages", "Retained messages (every shard holds a replica)", self.retained_messages),
+            ("queued_messages", "QoS 1/2 messages queued in sessions", self.queued_messages),
+            ("inflight_messages", "QoS 1/2 messages sent and not yet acknowledged", self.inflight_messages),
+            ("mesh_outbox_messages", "Messages waiting for the shard-to-shard channels", self.mesh_outbox_messages),
+        ]
+    }
+}
+
+impl super::Shard {
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            subscriptions: self.subscriptions.len() as u64,
+            retained_messages: self.retained.len() as u64,
+            mesh_outbox_messages: self.outboxes.depth() as u64,
+            ..Gauges::default()
+        };
+        for (_, client) in self.clients.iter() {
+            gauges.sessions += 1;
+            gauges.connections += u64::from(client.link.is_some());
+            gauges.queued_messages += client.session.queued_len() as u64;
+            gauges.inflight_messages += client.session.inflight_len() as u64;
+        }
+        gauges
+    }
+}

@@ -55,7 +55,7 @@ pub use close::CloseReason;
 use close::*;
 use connect::*;
 pub use connect::{ConnectProgress, ConnectionBudget};
-pub use counters::Counters;
+pub use counters::{Counters, Gauges};
 use delivery::*;
 use interest::{Interest, LocalAdd};
 use link::{Link, LinkState};

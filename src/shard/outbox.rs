@@ -52,6 +52,11 @@ impl Outboxes {
         Poll::Ready(batch)
     }
 
+    /// Messages waiting for the forwarders, over every peer.
+    pub fn depth(&self) -> usize {
+        self.queues.iter().map(Vec::len).sum()
+    }
+
     /// True while some peer's outbox is at its bound.
     pub fn congested(&self) -> bool {
         self.queues.iter().any(|queue| queue.len() >= self.messages_max)

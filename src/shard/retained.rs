@@ -75,6 +75,10 @@ impl RetainedStore {
         }
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.tree.len()
+    }
+
     /// Starts journaling changes for the persistence writer.
     pub(super) fn keep_journal(&mut self) {
         self.journal.get_or_insert_with(Vec::new);
