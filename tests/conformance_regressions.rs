@@ -77,7 +77,7 @@ fn generated_client_ids_are_unique_for_simultaneous_empty_id_connects() {
 #[test]
 fn clients_cannot_publish_to_the_brokers_sys_topics() {
     let broker = Broker::start(&[]);
-    let topic = "$SYS/ringmq/shard/0/clients_connected";
+    let topic = "$SYS/broker/shards/0/clients_connected";
     let mut forger = broker.client("forger", true);
     forger.publish(topic, b"999999", QoS::AtLeastOnce, true, 1);
     let mut forger5 = broker.client_v5("forger5");

@@ -16,7 +16,7 @@ fn connections_past_the_broker_wide_bound_are_refused_with_a_clear_code() {
     // Spread over both shards: the bound is the broker's, not each shard's.
     let mut held: Vec<RawClient> = (0..3).map(|i| on_cpu(i, || broker.client(&format!("held-{i}"), true))).collect();
     // One of them watches the counter: a separate watcher would need a place of its own.
-    held[0].subscribe(&[("$SYS/ringmq/shard/+/connections_refused_at_limit", QoS::AtMostOnce)]);
+    held[0].subscribe(&[("$SYS/broker/shards/+/connections_refused_at_limit", QoS::AtMostOnce)]);
     let mut v311 = on_cpu(1, || broker.raw());
     assert_eq!(v311.connect("one-too-many", true, 60, None).code, 3, "3.1.1: server unavailable");
     v311.assert_closed();

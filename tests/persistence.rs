@@ -106,7 +106,7 @@ fn retained_messages_survive_kill_9_and_a_restart_on_fewer_cores() {
     assert_eq!(fleet.len(), 20, "{fleet:?}");
     assert_eq!(fleet["fleet/7"].0, b"state 7");
     // The broker's own $SYS status is not persisted: a 1-shard broker has no shard 1 to report.
-    assert!(retained_on(&broker, "$SYS/ringmq/shard/1/#").is_empty(), "the old run's $SYS came back");
+    assert!(retained_on(&broker, "$SYS/broker/shards/1/#").is_empty(), "the old run's $SYS came back");
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }

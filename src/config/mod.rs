@@ -256,7 +256,7 @@ pub struct Config {
     #[arg(long, value_name = "FILTER")]
     pub deny_subscribe: Vec<String>,
 
-    /// Publish per-shard counters under `$SYS/ringmq/shard/<n>/` every this many seconds (0: never).
+    /// Publish per-shard counters under `$SYS/broker/shards/<n>/` every this many seconds (0: never).
     #[arg(long, default_value_t = 10)]
     pub sys_interval_s: u64,
 

@@ -6,6 +6,7 @@
 
 mod process;
 pub mod server;
+pub mod sys;
 
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +47,8 @@ impl SnapshotBoard {
         }
     }
 
-    fn read(&self) -> Vec<ShardSnapshot> {
+    /// Every shard's latest snapshot, in shard order.
+    pub fn read(&self) -> Vec<ShardSnapshot> {
         self.shards.iter().map(|slot| slot.lock().map_or_else(|poisoned| poisoned.into_inner().clone(), |slot| slot.clone())).collect()
     }
 }

@@ -90,11 +90,18 @@ async fn linger(reader: &mut WireReader) {
 /// link closes; then ends the transport and shuts our sending side.
 async fn write_loop(shard: Rc<RefCell<Shard>>, link: Rc<Link>, mut writer: WireWriter) {
     while let Some(outgoing) = writer.next(link.next_output()).await {
-        let was_mqtt = matches!(outgoing, Outgoing::Mqtt(_));
+        let mqtt_bytes = match &outgoing {
+            Outgoing::Mqtt(bytes) => Some(bytes.len() as u64),
+            _ => None,
+        };
+        let was_mqtt = mqtt_bytes.is_some();
         if let Err(error) = writer.write(outgoing).await {
             tracing::debug!(%error, "write failed");
             link.close();
             break;
+        }
+        if let Some(count) = mqtt_bytes {
+            shard.borrow_mut().counters.bytes_sent += count;
         }
         if was_mqtt && link.wants_drained() && link.buffered_bytes() == 0 {
             // Room again: the shard streams more of what waits for it (retained messages).
@@ -349,8 +356,9 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Wir
             // up to 16 KiB for every idle connection.
             buf = BytesMut::new();
         }
+        let buffered = buf.len();
         match read_more(reader, &mut buf, link).await {
-            ReadOutcome::Data => {}
+            ReadOutcome::Data => shard.borrow_mut().counters.bytes_received += (buf.len() - buffered) as u64,
             ReadOutcome::Closed => return Ok(()),
             ReadOutcome::Failed(error) => return Err(CloseReason::Transport(error.to_string())),
         }

@@ -201,7 +201,9 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     }
     let local_addrs: Vec<SocketAddr> = listeners.iter().map(|spec| spec.addr).collect();
     let shard_count = cpus.len();
-    let metrics_board = config.metrics_listen.map(|_| crate::metrics::SnapshotBoard::new(shard_count));
+    // The board feeds the metrics endpoint and shard 0's `$SYS/broker` totals.
+    let metrics_board =
+        (config.metrics_listen.is_some() || config.sys_interval_s > 0).then(|| crate::metrics::SnapshotBoard::new(shard_count));
     let (metrics_addr, metrics_thread) = match (config.metrics_listen, &metrics_board) {
         (Some(addr), Some(board)) => {
             let (bound, thread) =
@@ -443,11 +445,23 @@ async fn shard_main(params: ShardParams) {
     };
     take_snapshot(&shard.borrow());
     let mut next_snapshot = Instant::now() + crate::metrics::SNAPSHOT_PERIOD;
+    // Shard 0 publishes the broker-wide `$SYS/broker/...` totals from every shard's snapshot.
+    let sys_interval = shard.borrow().limits().sys_interval.filter(|_| id.0 == 0);
+    let mut broker_status = crate::metrics::sys::BrokerStatus::new(Instant::now());
+    let mut next_status = sys_interval.map(|interval| Instant::now() + interval);
     while !stop.load(Ordering::Relaxed) {
         sleep(TICK).await;
-        if metrics_board.is_some() && Instant::now() >= next_snapshot {
+        let now = Instant::now();
+        if metrics_board.is_some() && now >= next_snapshot {
             next_snapshot += crate::metrics::SNAPSHOT_PERIOD;
             take_snapshot(&shard.borrow());
+        }
+        if let (Some(due), Some(interval), Some(board)) = (next_status, sys_interval, &metrics_board)
+            && now >= due
+        {
+            next_status = Some(now + interval);
+            let topics = broker_status.report(&board.read(), now);
+            shard.borrow_mut().publish_broker_status(&topics, now);
         }
         if auth_slot.generation() != auth_generation {
             auth_generation = auth_slot.generation();

@@ -1,5 +1,5 @@
 //! Per-shard counters: every bound the shard enforces has one, so an operator can see
-//! what was shed and why. Published under `$SYS/ringmq/shard/<n>/`.
+//! what was shed and why. Published under `$SYS/broker/shards/<n>/`.
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -12,6 +12,9 @@ pub struct Counters {
     pub sessions_moved_in: u64,
     pub publishes_received: u64,
     pub messages_delivered: u64,
+    /// MQTT bytes read from clients and written to them (inside TLS and WebSocket).
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
     /// QoS 0 messages not written because the subscriber's output buffer was full.
     pub qos0_dropped_slow_subscriber: u64,
     /// QoS 0 to offline sessions and QoS 1/2 beyond a session's queue bound.
@@ -88,7 +91,7 @@ pub struct Counters {
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 42] {
+    pub fn fields(&self) -> [(&'static str, u64); 44] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -98,6 +101,8 @@ impl Counters {
             ("sessions_moved_in", self.sessions_moved_in),
             ("publishes_received", self.publishes_received),
             ("messages_delivered", self.messages_delivered),
+            ("bytes_received", self.bytes_received),
+            ("bytes_sent", self.bytes_sent),
             ("qos0_dropped_slow_subscriber", self.qos0_dropped_slow_subscriber),
             ("session_queue_drops", self.session_queue_drops),
             ("publishes_held_for_mesh", self.publishes_held_for_mesh),

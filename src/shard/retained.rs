@@ -213,7 +213,7 @@ mod tests {
         store.apply(&message("a", "1"));
         store.apply(&message("$other/b", "2"));
         store.apply(&message("a", ""));
-        store.apply(&message("$SYS/ringmq/shard/0/x", "1"));
+        store.apply(&message("$SYS/broker/shards/0/x", "1"));
         let journal = store.take_journal();
         let topics: Vec<&[u8]> = journal.changes.iter().map(|m| &m.topic[..]).collect();
         assert_eq!(topics, vec![&b"a"[..], &b"$other/b"[..], &b"a"[..]], "the broker's own $SYS status is not persisted");

@@ -73,8 +73,25 @@ impl Shard {
         fields.push(("clients_connected", connected));
         for (name, value) in fields {
             let message = Message {
-                topic: Bytes::from(format!("$SYS/ringmq/shard/{}/{}", self.id.0, name)),
+                topic: Bytes::from(format!("$SYS/broker/shards/{}/{}", self.id.0, name)),
                 payload: Bytes::from(value.to_string()),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Default::default(),
+                publisher: None,
+                expires_at: None,
+            };
+            self.route(Arc::new(message), now);
+        }
+    }
+
+    /// The broker-wide `$SYS/broker/<topic>` values (`metrics::sys`), as retained
+    /// messages, routed like the per-shard ones.
+    pub fn publish_broker_status(&mut self, topics: &[(String, String)], now: Instant) {
+        for (topic, value) in topics {
+            let message = Message {
+                topic: Bytes::from(format!("$SYS/broker/{topic}")),
+                payload: Bytes::from(value.clone()),
                 qos: QoS::AtMostOnce,
                 retain: true,
                 properties: Default::default(),

@@ -62,11 +62,11 @@ impl Broker {
         client
     }
 
-    /// Latest per-shard counters from `$SYS/ringmq/shard/<n>/<name>`, once `ready` holds
+    /// Latest per-shard counters from `$SYS/broker/shards/<n>/<name>`, once `ready` holds
     /// (polled as the broker republishes them every second), or panics after a while.
     pub fn wait_for_counters(&self, what: &str, ready: impl Fn(&Counters) -> bool) -> Counters {
         let mut watcher = self.client(&format!("sys-watcher-{}", rand_suffix()), true);
-        watcher.subscribe(&[("$SYS/ringmq/shard/+/+", QoS::AtMostOnce)]);
+        watcher.subscribe(&[("$SYS/broker/shards/+/+", QoS::AtMostOnce)]);
         let mut counters = Counters::default();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
