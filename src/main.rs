@@ -125,7 +125,11 @@ fn run(layered: layers::Layered, command_line: Vec<std::ffi::OsString>) -> anyho
                 for _ in hangups.forever() {
                     match reloading.get() {
                         None => tracing::warn!("SIGHUP before the broker started: nothing reloaded"),
-                        Some(reloadable) => reload(&layered, &command_line, reloadable, &log_filter),
+                        Some(reloadable) => {
+                            notify_service_manager(sd_notify::NotifyState::Reloading);
+                            reload(&layered, &command_line, reloadable, &log_filter);
+                            notify_service_manager(sd_notify::NotifyState::Ready);
+                        }
                     }
                 }
             })
@@ -140,9 +144,19 @@ fn run(layered: layers::Layered, command_line: Vec<std::ffi::OsString>) -> anyho
         Some(metrics) => println!("ringmq listening on {} with {} shards; metrics on {metrics}", addresses.join(" "), broker.shard_count),
     }
     std::io::stdout().flush()?;
+    // Under systemd (Type=notify): ready once every shard listens. Without NOTIFY_SOCKET
+    // this does nothing.
+    notify_service_manager(sd_notify::NotifyState::Ready);
     broker.wait();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (or any service manager speaking its notify protocol) where we stand.
+fn notify_service_manager(state: sd_notify::NotifyState) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "could not notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 /// `--hash-password USER`: reads the password (without echo from a terminal) and prints

@@ -107,4 +107,26 @@ mod tests {
         assert!(text.contains("ringmq_process_resident_memory_bytes"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
+
+    /// Every metric the Grafana dashboard in tuning/ queries is one the endpoint serves.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/grafana-dashboard.json");
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+        let exposition = render(&SnapshotBoard::new(1));
+        let served: std::collections::HashSet<&str> =
+            exposition.lines().filter(|line| !line.starts_with('#')).filter_map(|line| line.split(['{', ' ']).next()).collect();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for (at, _) in expr.match_indices("ringmq_") {
+                    let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    assert!(served.contains(name.as_str()), "the dashboard queries {name}, which /metrics does not serve");
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried > 20, "{queried}");
+    }
 }
