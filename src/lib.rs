@@ -19,6 +19,7 @@
 //! - [`runtime`]: pinned executors, the shard mesh, SO_REUSEPORT listeners, start/stop.
 //! - [`config`] and [`auth`]: flags with named limits, and who may connect.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod metrics;

@@ -290,6 +290,12 @@ pub struct Config {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// The admin API on the --metrics-listen listener (`/api/clients`, `/api/retained`; see
+    /// README) asks for `Authorization: Bearer TOKEN`. Without it, only loopback peers may
+    /// use the API.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug". Reloaded on
     /// SIGHUP from the configuration file.
     #[arg(long, default_value = "info")]

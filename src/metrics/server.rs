@@ -9,6 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{SnapshotBoard, render};
+use crate::admin::AdminDesk;
+
+/// The admin API beside the metrics: its desk, and the token it asks for (`None`:
+/// loopback peers only).
+#[derive(Clone)]
+pub struct AdminAccess {
+    pub desk: Arc<AdminDesk>,
+    pub token: Option<String>,
+}
 
 /// A scraper that has not sent its request by then is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,6 +29,7 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 pub fn serve(
     addr: SocketAddr,
     board: Arc<SnapshotBoard>,
+    admin: AdminAccess,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)?;
@@ -28,8 +38,8 @@ pub fn serve(
     let thread = std::thread::Builder::new().name("ringmq-metrics".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((stream, _)) => {
-                    if let Err(error) = answer(stream, &board) {
+                Ok((stream, peer)) => {
+                    if let Err(error) = answer(stream, peer, &board, &admin) {
                         tracing::debug!(%error, "metrics request failed");
                     }
                 }
@@ -44,13 +54,14 @@ pub fn serve(
     Ok((bound, thread))
 }
 
-fn answer(mut stream: TcpStream, board: &SnapshotBoard) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, peer: SocketAddr, board: &SnapshotBoard, admin: &AdminAccess) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
-    let path = loop {
+    // (method, path, may use the admin API)
+    let parsed = loop {
         let count = stream.read(&mut chunk)?;
         if count == 0 {
             return Ok(());
@@ -59,21 +70,33 @@ fn answer(mut stream: TcpStream, board: &SnapshotBoard) -> std::io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&request) {
-            Ok(httparse::Status::Complete(_)) => break (parsed.method == Some("GET")).then(|| parsed.path.unwrap_or("").to_string()),
+            Ok(httparse::Status::Complete(_)) => {
+                let authorization =
+                    parsed.headers.iter().find(|header| header.name.eq_ignore_ascii_case("authorization")).map(|header| header.value);
+                let allowed = crate::admin::allowed(peer, admin.token.as_deref(), authorization);
+                break Some((parsed.method.unwrap_or("").to_string(), parsed.path.unwrap_or("").to_string(), allowed));
+            }
             Ok(httparse::Status::Partial) if request.len() < REQUEST_BYTES_MAX => continue,
             _ => break None,
         }
     };
-    let response = match path.as_deref().map(|path| path.split('?').next().unwrap_or("")) {
-        Some("/metrics") => {
-            let body = render(board);
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
+    let (status, content_type, body) = match parsed {
+        None => ("400 Bad Request", "text/plain", String::new()),
+        Some((method, path, _)) if method == "GET" && path.split('?').next() == Some("/metrics") => {
+            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(board))
         }
-        Some(_) => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
-        None => "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+        Some((_, path, false)) if path.starts_with("/api/") => (
+            "403 Forbidden",
+            "application/json",
+            "{\"error\":\"the admin API needs --admin-token's bearer token, or a loopback peer without one\"}".to_string(),
+        ),
+        Some((method, path, true)) if path.starts_with("/api/") => {
+            let reply = crate::admin::handle(&admin.desk, &method, &path["/api".len()..]);
+            (reply.status, "application/json", reply.body)
+        }
+        Some(_) => ("404 Not Found", "text/plain", String::new()),
     };
-    stream.write_all(response.as_bytes())
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
 }

@@ -204,10 +204,12 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     // The board feeds the metrics endpoint and shard 0's `$SYS/broker` totals.
     let metrics_board =
         (config.metrics_listen.is_some() || config.sys_interval_s > 0).then(|| crate::metrics::SnapshotBoard::new(shard_count));
-    let (metrics_addr, metrics_thread) = match (config.metrics_listen, &metrics_board) {
-        (Some(addr), Some(board)) => {
-            let (bound, thread) =
-                crate::metrics::server::serve(addr, board.clone(), stop.clone()).map_err(|source| StartError::Bind { addr, source })?;
+    let admin_desk = config.metrics_listen.map(|_| crate::admin::AdminDesk::new(shard_count));
+    let (metrics_addr, metrics_thread) = match (config.metrics_listen, &metrics_board, &admin_desk) {
+        (Some(addr), Some(board), Some(desk)) => {
+            let admin = crate::metrics::server::AdminAccess { desk: desk.clone(), token: config.admin_token.clone() };
+            let (bound, thread) = crate::metrics::server::serve(addr, board.clone(), admin, stop.clone())
+                .map_err(|source| StartError::Bind { addr, source })?;
             (Some(bound), Some(thread))
         }
         _ => (None, None),
@@ -251,6 +253,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let tls_slot = tls_slot.clone();
         let persist_plan = persist_plan.clone();
         let metrics_board = metrics_board.clone();
+        let admin_desk = admin_desk.clone();
         let connection_rate_max = config.connection_rate_max;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
@@ -279,6 +282,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     tls_slot,
                     persist_plan,
                     metrics_board,
+                    admin_desk,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
@@ -359,6 +363,8 @@ struct ShardParams {
     persist_plan: persistence::PersistPlan,
     /// Where the shard leaves its metrics snapshot (`--metrics-listen`).
     metrics_board: Option<Arc<crate::metrics::SnapshotBoard>>,
+    /// Where the admin API leaves queries for this shard.
+    admin_desk: Option<Arc<crate::admin::AdminDesk>>,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -381,6 +387,7 @@ async fn shard_main(params: ShardParams) {
         tls_slot,
         persist_plan,
         metrics_board,
+        admin_desk,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -455,6 +462,11 @@ async fn shard_main(params: ShardParams) {
         if metrics_board.is_some() && now >= next_snapshot {
             next_snapshot += crate::metrics::SNAPSHOT_PERIOD;
             take_snapshot(&shard.borrow());
+        }
+        if let Some(desk) = &admin_desk {
+            for (query, answer) in desk.take(id.0) {
+                let _ = answer.send(shard.borrow_mut().admin(&query, now));
+            }
         }
         if let (Some(due), Some(interval), Some(board)) = (next_status, sys_interval, &metrics_board)
             && now >= due

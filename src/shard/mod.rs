@@ -16,6 +16,7 @@
 //! id. A CONNECT claims the id at home; home either grants it or tells the previous owner
 //! to evict and hand the session to the new connection's shard (see `takeover.rs`).
 
+pub mod admin;
 mod announce;
 mod barrier;
 mod clients;
