@@ -26,6 +26,9 @@ fn main() -> ExitCode {
     GLOBAL.installed();
     // Defaults < -c FILE < RINGMQ_* variables < flags (see `config::layers`).
     let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if command_line.get(1).is_some_and(|word| word == "ctl") {
+        return ctl(&command_line[1..]);
+    }
     let layered = match layers::load(command_line.clone(), &ringmq_environment()) {
         Ok(layered) => layered,
         Err(error) => error.exit(),
@@ -47,6 +50,27 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ringmq: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringmq ctl ...`: one admin API request, its JSON answer printed; exit 1 unless 2xx.
+fn ctl(arguments: &[std::ffi::OsString]) -> ExitCode {
+    use clap::Parser;
+    let ctl = ringmq::admin::ctl::Ctl::parse_from(arguments);
+    match ctl.run() {
+        Ok((status, body)) => {
+            println!("{body}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("ringmq ctl: HTTP {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("ringmq ctl: {error:#}");
             ExitCode::FAILURE
         }
     }

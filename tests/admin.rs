@@ -88,3 +88,32 @@ fn with_a_token_the_api_needs_it() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"));
 }
+
+#[test]
+fn ringmq_ctl_asks_the_api() {
+    let broker = Broker::start(&["--metrics-listen", "127.0.0.1:0", "--admin-token", "t0ken"]);
+    let api = broker.addrs.last().unwrap().to_string();
+    let mut client = broker.client("ctl/client 1", true);
+    client.publish("ctl/r", b"v", QoS::AtMostOnce, true, 0);
+    let ctl = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["ctl", "--api", &api, "--token", "t0ken"])
+            .args(args)
+            .output()
+            .expect("run ringmq ctl");
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (ok, listed) = ctl(&["clients", "--prefix", "ctl/"]);
+    assert!(ok, "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["client_id"], "ctl/client 1", "ids with / and spaces travel percent-encoded");
+    let (ok, shown) = ctl(&["client", "ctl/client 1"]);
+    assert!(ok && shown.contains("\"protocol\": \"3.1.1\""), "{shown}");
+    let (ok, retained) = ctl(&["retained", "--filter", "ctl/#"]);
+    assert!(ok && retained.contains("\"topic\": \"ctl/r\""), "{retained}");
+    assert!(ctl(&["clear-retained", "ctl/r"]).0);
+    assert!(!ctl(&["clear-retained", "ctl/r"]).0, "a second clear finds nothing: exit 1");
+    assert!(ctl(&["kick", "ctl/client 1"]).0);
+    client.assert_closed();
+    assert!(!ctl(&["client", "nobody"]).0);
+}

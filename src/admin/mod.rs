@@ -13,6 +13,7 @@
 //!
 //! Client ids and topics in paths are percent-encoded (`/` as `%2F` in a client id).
 
+pub mod ctl;
 pub mod desk;
 
 use std::net::SocketAddr;
