@@ -90,3 +90,27 @@ fn check_config_prints_the_effective_settings_or_the_error_and_starts_nothing() 
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&exposed);
 }
+
+#[test]
+fn sighup_changes_a_live_limit_for_connected_clients() {
+    let file = config_file("subscriptions_per_client_max = 1\n");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+    command.args(["-c", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--cores", "1", "--log", "warn"]).stderr(Stdio::inherit());
+    let broker = BrokerProcess::spawn(&mut command);
+    let mut client = RawClient::open(broker.addr, ProtocolVersion::V5);
+    assert_eq!(client.connect("limited", true, 30, None).code, 0);
+    let granted = |client: &mut RawClient, filter: &str| client.subscribe(&[(filter, ringmq::protocol::QoS::AtMostOnce)]).codes[0].0;
+    assert_eq!(granted(&mut client, "a"), 0);
+    assert_eq!(granted(&mut client, "b"), 0x97, "one filter per client");
+    std::fs::write(&file, "subscriptions_per_client_max = 3\n").unwrap();
+    broker.signal(libc::SIGHUP);
+    // Shards take new limits at their next tick (100 ms).
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while granted(&mut client, "b") != 0 {
+        assert!(std::time::Instant::now() < deadline, "the new limit never applied");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(granted(&mut client, "c"), 0);
+    assert_eq!(granted(&mut client, "d"), 0x97, "three now, on the same connection");
+    let _ = std::fs::remove_file(&file);
+}

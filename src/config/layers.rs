@@ -246,7 +246,17 @@ fn load_matched(
 }
 
 /// Settings SIGHUP applies to a running broker; a change to any other needs a restart.
-pub const RELOADABLE: &[&str] = &["log", "password-file", "acl-file"];
+pub const RELOADABLE: &[&str] = &[
+    "log",
+    "password-file",
+    "acl-file",
+    "retained-messages-max",
+    "retained-bytes-max",
+    "subscriptions-per-client-max",
+    "slow-subscriber-timeout-s",
+    "topic-levels-max",
+    "topic-bytes-max",
+];
 
 /// Every setting's values (defaults included), by long flag name.
 pub fn settings(layered: &Layered) -> BTreeMap<String, Vec<String>> {

@@ -33,7 +33,7 @@ use crate::config::{Config, ConfigError, ListenerSpec, Steering};
 use crate::net::{ListenerContext, TlsSource, accept_loop};
 use crate::shard::{ConnectionBudget, Shard, ShardLimits};
 use memory::MemoryGauge;
-use reload::{AuthSlot, Reloadable, TlsSlot};
+use reload::{AuthSlot, LimitsSlot, Reloadable, TlsSlot};
 
 /// The coarse timer's period: keep-alive checks, `$SYS`, and noticing a stop request.
 const TICK: Duration = Duration::from_millis(100);
@@ -172,6 +172,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         );
     }
     let auth_slot = AuthSlot::new(auth.clone());
+    let limits_slot = LimitsSlot::new(limits.clone());
     let tls_slot = TlsSlot::load(config.tls_options()?)?;
     let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.fsync_interval_ms)?;
 
@@ -251,6 +252,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let gauge = gauge.clone();
         let auth_slot = auth_slot.clone();
         let tls_slot = tls_slot.clone();
+        let limits_slot = limits_slot.clone();
         let persist_plan = persist_plan.clone();
         let metrics_board = metrics_board.clone();
         let admin_desk = admin_desk.clone();
@@ -280,6 +282,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     gauge,
                     auth_slot,
                     tls_slot,
+                    limits_slot,
                     persist_plan,
                     metrics_board,
                     admin_desk,
@@ -320,7 +323,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         nudging: Some(nudging),
         gauge,
         sampling,
-        reloadable: Reloadable { auth: auth_slot, tls: tls_slot },
+        reloadable: Reloadable { auth: auth_slot, tls: tls_slot, limits: limits_slot },
         tls_watch,
         _port_locks: port_locks,
         _data_dir: data_dir,
@@ -360,6 +363,8 @@ struct ShardParams {
     gauge: Arc<MemoryGauge>,
     auth_slot: Arc<AuthSlot>,
     tls_slot: Arc<TlsSlot>,
+    /// Limits SIGHUP changes live.
+    limits_slot: Arc<LimitsSlot>,
     persist_plan: persistence::PersistPlan,
     /// Where the shard leaves its metrics snapshot (`--metrics-listen`).
     metrics_board: Option<Arc<crate::metrics::SnapshotBoard>>,
@@ -385,6 +390,7 @@ async fn shard_main(params: ShardParams) {
         gauge,
         auth_slot,
         tls_slot,
+        limits_slot,
         persist_plan,
         metrics_board,
         admin_desk,
@@ -445,6 +451,7 @@ async fn shard_main(params: ShardParams) {
     let _ = ready.send(Ok(()));
 
     let mut auth_generation = auth_slot.generation();
+    let mut limits_generation = limits_slot.generation();
     let take_snapshot = |shard: &Shard| {
         if let Some(board) = &metrics_board {
             board.store(id.0, crate::metrics::ShardSnapshot { counters: shard.counters.clone(), gauges: shard.gauges() });
@@ -478,6 +485,10 @@ async fn shard_main(params: ShardParams) {
         if auth_slot.generation() != auth_generation {
             auth_generation = auth_slot.generation();
             shard.borrow_mut().replace_authenticator(auth_slot.current());
+        }
+        if limits_slot.generation() != limits_generation {
+            limits_generation = limits_slot.generation();
+            shard.borrow_mut().take_live_limits(&limits_slot.current());
         }
         shard.borrow_mut().tick(Instant::now());
     }

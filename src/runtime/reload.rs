@@ -181,11 +181,43 @@ impl TlsSlot {
     }
 }
 
+/// The limits SIGHUP may change while the broker runs (`ShardLimits::take_live`), handed
+/// to the shards like the authenticator: a slot and a generation each shard checks at its
+/// tick.
+#[derive(Debug)]
+pub struct LimitsSlot {
+    generation: AtomicU64,
+    current: Mutex<crate::shard::ShardLimits>,
+}
+
+impl LimitsSlot {
+    pub fn new(limits: crate::shard::ShardLimits) -> Arc<LimitsSlot> {
+        Arc::new(LimitsSlot { generation: AtomicU64::new(0), current: Mutex::new(limits) })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> crate::shard::ShardLimits {
+        self.current.lock().map(|limits| limits.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    pub fn replace(&self, limits: crate::shard::ShardLimits) {
+        match self.current.lock() {
+            Ok(mut current) => *current = limits,
+            Err(poisoned) => *poisoned.into_inner() = limits,
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// Everything SIGHUP reloads.
 #[derive(Clone)]
 pub struct Reloadable {
     pub auth: Arc<AuthSlot>,
     pub tls: Arc<TlsSlot>,
+    pub limits: Arc<LimitsSlot>,
 }
 
 impl Reloadable {
@@ -199,6 +231,21 @@ impl Reloadable {
                 "SIGHUP: password file and ACL reloaded; new connections and deliveries use them"
             ),
             Err(error) => tracing::error!(error = %error_chain(&error), "SIGHUP: reload failed; the running configuration stays"),
+        }
+        match config.limits() {
+            Ok(limits) => {
+                self.limits.replace(limits);
+                tracing::info!(
+                    retained_messages_max = config.retained_messages_max,
+                    retained_bytes_max = config.retained_bytes_max,
+                    subscriptions_per_client_max = config.subscriptions_per_client_max,
+                    slow_subscriber_timeout_s = config.slow_subscriber_timeout_s,
+                    topic_levels_max = config.topic_levels_max,
+                    topic_bytes_max = config.topic_bytes_max,
+                    "SIGHUP: live limits applied"
+                );
+            }
+            Err(error) => tracing::error!(%error, "SIGHUP: the limits do not check out; the running ones stay"),
         }
         match self.tls.reload() {
             Ok(false) => {}

@@ -86,6 +86,17 @@ impl ShardLimits {
     }
 
     /// The limits of a broker started with no flags.
+    /// Takes from `fresh` the limits that may change while clients are connected (each is
+    /// read where it is enforced, so the next check uses it); the others need a restart.
+    pub fn take_live(&mut self, fresh: &ShardLimits) {
+        self.retained_messages_max = fresh.retained_messages_max;
+        self.retained_bytes_max = fresh.retained_bytes_max;
+        self.subscriptions_per_client_max = fresh.subscriptions_per_client_max;
+        self.slow_subscriber_timeout = fresh.slow_subscriber_timeout;
+        self.topic_levels_max = fresh.topic_levels_max;
+        self.topic_bytes_max = fresh.topic_bytes_max;
+    }
+
     pub fn defaults() -> ShardLimits {
         ShardLimits {
             connect_timeout: Duration::from_secs(10),

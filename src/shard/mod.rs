@@ -177,6 +177,11 @@ impl Shard {
         self.id
     }
 
+    /// SIGHUP: the limits that may change live (`ShardLimits::take_live`).
+    pub fn take_live_limits(&mut self, fresh: &ShardLimits) {
+        self.limits.take_live(fresh);
+    }
+
     pub fn limits(&self) -> &ShardLimits {
         &self.limits
     }
