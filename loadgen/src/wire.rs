@@ -17,6 +17,7 @@ use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::conn::ConnError;
 use ringmq::net::split::{ReadHalf, WriteHalf};
+use ringmq::transport::ws::Buffers;
 
 /// The longest upgrade response we wait for.
 const UPGRADE_RESPONSE_BYTES_MAX: usize = 8 * 1024;
@@ -49,34 +50,6 @@ pub struct Layers {
 struct WsClient {
     context: WebSocketContext,
     input: BytesMut,
-}
-
-/// tungstenite reads and writes a stream; this one is two buffers.
-struct Buffers<'a> {
-    input: &'a mut BytesMut,
-    output: &'a mut Vec<u8>,
-}
-
-impl Read for Buffers<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let count = buf.len().min(self.input.len());
-        buf[..count].copy_from_slice(&self.input.split_to(count));
-        Ok(count)
-    }
-}
-
-impl Write for Buffers<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn tls_error(error: impl std::fmt::Display) -> ConnError {

@@ -72,16 +72,7 @@ impl Shard {
         let mut fields: Vec<(&'static str, u64)> = self.counters.fields().to_vec();
         fields.push(("clients_connected", connected));
         for (name, value) in fields {
-            let message = Message {
-                topic: Bytes::from(format!("$SYS/broker/shards/{}/{}", self.id.0, name)),
-                payload: Bytes::from(value.to_string()),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Default::default(),
-                publisher: None,
-                expires_at: None,
-            };
-            self.route(Arc::new(message), now);
+            self.publish_status(format!("$SYS/broker/shards/{}/{}", self.id.0, name), value.to_string(), now);
         }
     }
 
@@ -89,17 +80,22 @@ impl Shard {
     /// messages, routed like the per-shard ones.
     pub fn publish_broker_status(&mut self, topics: &[(String, String)], now: Instant) {
         for (topic, value) in topics {
-            let message = Message {
-                topic: Bytes::from(format!("$SYS/broker/{topic}")),
-                payload: Bytes::from(value.clone()),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Default::default(),
-                publisher: None,
-                expires_at: None,
-            };
-            self.route(Arc::new(message), now);
+            self.publish_status(format!("$SYS/broker/{topic}"), value.clone(), now);
         }
+    }
+
+    /// One of the broker's own status values, retained, from no client.
+    fn publish_status(&mut self, topic: String, value: String, now: Instant) {
+        let message = Message {
+            topic: Bytes::from(topic),
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        };
+        self.route(Arc::new(message), now);
     }
 
     /// Stop accepting clients and close every connection (5.0 clients hear 0x8B first).

@@ -41,10 +41,12 @@ enum State {
     Closed,
 }
 
-/// tungstenite reads and writes a stream; this one is two buffers.
-struct Buffers<'a> {
-    input: &'a mut BytesMut,
-    output: &'a mut Vec<u8>,
+/// tungstenite reads and writes a stream; this one is two buffers: reads take from
+/// `input` (WouldBlock when it is empty), writes append to `output`. loadgen's client
+/// side uses it too.
+pub struct Buffers<'a> {
+    pub input: &'a mut BytesMut,
+    pub output: &'a mut Vec<u8>,
 }
 
 impl Read for Buffers<'_> {
