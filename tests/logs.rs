@@ -106,3 +106,35 @@ fn connects_refusals_takeovers_and_disconnects_are_logged_as_json_and_sighup_rel
     assert!(broker.terminate().is_some_and(|status| status.success()), "SIGHUP left it running; SIGTERM stops it");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The overload actions an operator must be able to find afterwards: a publisher paused
+/// for a stuck subscriber, and that subscriber disconnected once its timeout passes.
+#[test]
+fn a_slow_subscriber_disconnect_is_logged() {
+    let dir = std::env::temp_dir().join(format!("ringmq-logs-slow-{}-{}", std::process::id(), common::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("ringmq.log");
+    let broker = BrokerProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--listen", "127.0.0.1:0", "--cores", "1", "--log-format", "json"])
+            .args(["--slow-subscriber-timeout-s", "1", "--queued-messages-max", "10"])
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap())),
+    );
+    let mut stuck = RawClient::open(broker.addr, ProtocolVersion::V5);
+    assert_eq!(stuck.connect("stuck-subscriber", true, 60, None).code, 0);
+    stuck.subscribe(&[("slow", ringmq::protocol::QoS::AtLeastOnce)]);
+    // It never reads or acknowledges again; a publisher fills its queue and is paused.
+    let mut publisher = RawClient::open(broker.addr, ProtocolVersion::V311);
+    assert_eq!(publisher.connect("slow-publisher", true, 60, None).code, 0);
+    let deadline = Instant::now() + common::WAIT;
+    let mut sequence = 0u16;
+    while find(&read_lines(&log), "disconnecting a subscriber whose queue stayed full").is_empty() {
+        assert!(Instant::now() < deadline, "no slow-subscriber line:\n{:#?}", read_lines(&log));
+        sequence = sequence % 60_000 + 1;
+        publisher.publish("slow", b"m", ringmq::protocol::QoS::AtLeastOnce, false, sequence);
+    }
+    let lines = read_lines(&log);
+    let line = find(&lines, "disconnecting a subscriber whose queue stayed full")[0];
+    assert_eq!(line["fields"]["client_id"], "stuck-subscriber");
+    let _ = std::fs::remove_dir_all(&dir);
+}
