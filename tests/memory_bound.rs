@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -27,16 +28,15 @@ fn resident_bytes(pid: u32) -> u64 {
 
 #[test]
 fn a_flood_into_a_stalled_subscriber_stays_near_the_bound_and_recovers_without_loss() {
-    let broker = Broker::start(&[
-        "--cores",
-        "1",
-        "--memory-max-bytes",
-        &BOUND_BYTES.to_string(),
-        "--queued-messages-max",
-        "1000000",
-        "--slow-subscriber-timeout-s",
-        "0",
-    ]);
+    // Its log goes to a file: reaching the bound is an overload action an operator must find.
+    let log = std::env::temp_dir().join(format!("ringmq-memory-bound-{}-{}.log", std::process::id(), common::rand_suffix()));
+    let broker = Broker::spawn(
+        Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--listen", "127.0.0.1:0", "--sys-interval-s", "1", "--log", "warn", "--cores", "1"])
+            .args(["--memory-max-bytes", &BOUND_BYTES.to_string(), "--queued-messages-max", "1000000"])
+            .args(["--slow-subscriber-timeout-s", "0"])
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("create the log file"))),
+    );
     let mut stalled = broker.client("stalled", true);
     stalled.subscribe(&[("flood/#", QoS::AtLeastOnce)]);
 
@@ -90,6 +90,8 @@ fn a_flood_into_a_stalled_subscriber_stays_near_the_bound_and_recovers_without_l
     assert_eq!(v5.connect("latecomer", true, 60, None).code, ReasonCode::SERVER_BUSY.0);
     let mut v311 = RawClient::open(broker.addr, ProtocolVersion::V311);
     assert_eq!(v311.connect("latecomer-311", true, 60, None).code, 3);
+    let logged = std::fs::read_to_string(&log).expect("read the log");
+    assert!(logged.contains("--memory-max-bytes reached"), "the overload is logged:\n{logged}");
 
     // The subscriber wakes up and drains: everything arrives, in order, and the publisher
     // finishes.
@@ -120,4 +122,5 @@ fn a_flood_into_a_stalled_subscriber_stays_near_the_bound_and_recovers_without_l
     broker.wait_for_counters("memory actions counted", |c| {
         c.total("publishes_held_for_memory") > 0 && c.total("connections_refused_memory") >= 2
     });
+    let _ = std::fs::remove_file(&log);
 }

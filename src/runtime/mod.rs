@@ -21,6 +21,7 @@ mod mesh;
 mod nudge;
 mod persistence;
 pub mod reload;
+mod uring_probe;
 
 use latch::Latch;
 use listen::{PortLock, listen, reserve_address};
@@ -61,6 +62,8 @@ pub enum StartError {
     Persist(#[from] crate::persist::PersistError),
     #[error("cannot start shard executor: {0}")]
     Executor(String),
+    #[error(transparent)]
+    Uring(#[from] uring_probe::UringUnavailable),
 }
 
 /// A running broker. Dropping it does not stop it; set the stop flag and `wait`.
@@ -176,6 +179,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let tls_slot = TlsSlot::load(config.tls_options()?)?;
     let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.fsync_interval_ms)?;
 
+    uring_probe::check()?;
     let memlock = memlock_limit_bytes();
     if memlock < GLOMMIO_MIN_MEMLOCK_BYTES {
         return Err(StartError::MemLock { limit_kib: memlock / 1024, needed_kib: GLOMMIO_MIN_MEMLOCK_BYTES / 1024 });
