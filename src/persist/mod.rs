@@ -4,13 +4,14 @@
 //! file: they hand over what changed through narrow calls (`Shard::take_retained_journal`),
 //! and the runtime's writer task (`runtime/persistence.rs`) commits it.
 //!
-//! Today: retained messages, in `retained.log` written by shard 0 (every shard holds a
-//! replica; one copy on disk is enough), fsynced every `--fsync-interval-ms`. Persistent
-//! sessions are not persisted yet (README, "Not yet").
+//! Retained messages are in `retained.log`, written by shard 0 (every shard holds a
+//! replica; one copy on disk is enough); persistent sessions in one log per shard
+//! (`session`), each written by its shard. Both are fsynced every `--fsync-interval-ms`.
 
 pub mod log;
 pub mod record;
 pub mod retained;
+pub mod session;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -36,6 +37,8 @@ pub enum PersistError {
     NotALog { file: PathBuf, source: record::NotALog },
     #[error("{file}: {source} (the record's checksum is good: this is a ringmq bug, please report it; the file is left as it is)")]
     Record { file: PathBuf, source: retained::RetainedRecordError },
+    #[error("{file}: {source} (the record's checksum is good: this is a ringmq bug, please report it; the file is left as it is)")]
+    SessionRecord { file: PathBuf, source: session::SessionRecordError },
 }
 
 /// The locked data directory. The lock is released when this is dropped (or the process

@@ -16,12 +16,23 @@ pub const HEADER_BYTES: usize = 4 + 4 + 1;
 pub enum Kind {
     /// A retained message (an empty payload clears its topic), see `persist::retained`.
     Retained = 1,
+    /// The records of a session log, see `persist::session`.
+    SessionOpen = 2,
+    SessionState = 3,
+    SessionEvents = 4,
+    SessionMessage = 5,
+    SessionEnd = 6,
 }
 
 impl Kind {
     fn from_byte(byte: u8) -> Option<Kind> {
         match byte {
             1 => Some(Kind::Retained),
+            2 => Some(Kind::SessionOpen),
+            3 => Some(Kind::SessionState),
+            4 => Some(Kind::SessionEvents),
+            5 => Some(Kind::SessionMessage),
+            6 => Some(Kind::SessionEnd),
             _ => None,
         }
     }

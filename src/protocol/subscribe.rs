@@ -30,6 +30,16 @@ impl SubscriptionOptions {
         SubscriptionOptions { qos, no_local: false, retain_as_published: false, retain_handling: RetainHandling::SendOnSubscribe }
     }
 
+    /// The options as the 5.0 wire byte (every option kept), for the session log.
+    pub fn to_byte(self) -> u8 {
+        self.encode(ProtocolVersion::V5)
+    }
+
+    /// The inverse of `to_byte`.
+    pub fn from_byte(byte: u8) -> Result<SubscriptionOptions, DecodeError> {
+        Self::decode(byte, ProtocolVersion::V5)
+    }
+
     fn decode(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
         let reserved_mask = if version.is_v5() { 0b1100_0000 } else { 0b1111_1100 };
         if byte & reserved_mask != 0 {

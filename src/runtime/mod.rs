@@ -177,7 +177,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let auth_slot = AuthSlot::new(auth.clone());
     let limits_slot = LimitsSlot::new(limits.clone());
     let tls_slot = TlsSlot::load(config.tls_options()?)?;
-    let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.fsync_interval_ms)?;
+    let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.fsync_interval_ms, limits.session, cpus.len())?;
 
     uring_probe::check()?;
     let memlock = memlock_limit_bytes();
@@ -426,6 +426,17 @@ async fn shard_main(params: ShardParams) {
     }
     let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, limits, auth, Instant::now())));
     shard.borrow_mut().restore_retained(&persist_plan.retained);
+    // Sessions go in before the mesh serves or a listener accepts: every shard knows every
+    // restored subscription before any publish is taken.
+    let writing_sessions = persist_plan.session_logs.clone().map(|plan| {
+        let mut shard_mut = shard.borrow_mut();
+        shard_mut.keep_session_log(plan.epochs.clone());
+        shard_mut.restore_sessions(&persist_plan.sessions, Instant::now());
+        drop(shard_mut);
+        let finish = Rc::new(Latch::default());
+        (glommio::spawn_local(persistence::write_sessions(shard.clone(), id.0, plan, finish.clone())), finish)
+    });
+    let persist_plan = persistence::PersistPlan { sessions: Arc::default(), ..persist_plan };
     // Every shard holds the retained store; shard 0 writes it.
     let persisting = persist_plan.retained_log.filter(|_| id.0 == 0).map(|plan| {
         shard.borrow_mut().keep_retained_journal();
@@ -499,7 +510,7 @@ async fn shard_main(params: ShardParams) {
     stopping.set();
     shard.borrow_mut().begin_shutdown();
     sleep(SHUTDOWN_GRACE).await;
-    if let Some((writer, finish)) = persisting {
+    for (writer, finish) in persisting.into_iter().chain(writing_sessions) {
         finish.set();
         writer.await;
     }

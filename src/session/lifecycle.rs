@@ -92,6 +92,44 @@ impl Lifecycle {
         self.expiry
     }
 
+    /// The live connection's will (sent if it ends other than by DISCONNECT 0x00).
+    pub fn live_will(&self) -> Option<&Will> {
+        self.will.as_deref()
+    }
+
+    /// While offline: the will waiting for its delay, and when it is due.
+    pub fn pending_will(&self) -> Option<(Instant, &Will)> {
+        self.pending_will.as_ref().map(|(at, will)| (*at, &**will))
+    }
+
+    /// While offline with an expiry: when the session ends.
+    pub fn ends_at(&self) -> Option<Instant> {
+        self.ends_at
+    }
+
+    /// A session read back from the session log at start-up. One that had a live
+    /// connection when the broker stopped lost it then, unannounced: its will counts, and
+    /// its expiry and will delay run from `now` (the moment of the crash is unknown, and
+    /// counting from now never ends a session early). Deadlines already past are due at
+    /// the first tick, which ends the session and sends the will as usual.
+    pub fn restored(
+        expiry: SessionExpiry,
+        online: bool,
+        live_will: Option<Box<Will>>,
+        pending_will: Option<(Instant, Box<Will>)>,
+        ends_at: Option<Instant>,
+        now: Instant,
+    ) -> Lifecycle {
+        let mut lifecycle = Lifecycle { expiry, will: live_will, pending_will, ends_at };
+        if online {
+            let lost = lifecycle.connection_lost(true, now);
+            if let Some(will) = lost.will_now {
+                lifecycle.pending_will = Some((now, will));
+            }
+        }
+        lifecycle
+    }
+
     /// DISCONNECT (5.0) may change the Session Expiry Interval, but not from 0 to more
     /// (3.14.2.2.2): that is a protocol error.
     pub fn set_expiry_on_disconnect(&mut self, seconds: u32) -> Result<(), ExpiryRaisedFromZero> {

@@ -6,6 +6,9 @@
 //! `Send`, so a session can move to the shard its client reconnects on.
 
 mod connection;
+mod journal;
+#[cfg(test)]
+mod journal_tests;
 mod lifecycle;
 mod message;
 #[cfg(test)]
@@ -20,6 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use connection::{AliasError, Connection, OutboundAliases};
+pub use journal::{Mismatch, SessionEvent};
 pub use lifecycle::{ConnectionLost, Due, ExpiryRaisedFromZero, Lifecycle, SessionExpiry, TakenOver, will_delay};
 pub use message::{Message, detach};
 
@@ -212,6 +216,8 @@ pub struct Session {
     pub dropped_count: u64,
     /// Queued messages whose expiry passed before delivery could start.
     pub expired_count: u64,
+    /// Changes not yet taken for the session log; `None` unless the session is persistent.
+    journal: Option<Vec<SessionEvent>>,
 }
 
 impl Session {
@@ -227,6 +233,7 @@ impl Session {
             next_packet_id: PacketId::new(1).expect("1 is non-zero"),
             dropped_count: 0,
             expired_count: 0,
+            journal: None,
         }
     }
 
@@ -243,12 +250,16 @@ impl Session {
     /// Adds or replaces the subscription to `filter`; true if it replaced one. The shard
     /// keeps its trie and interest summary in step (`Shard::add_subscription`).
     pub fn subscribe(&mut self, filter: Filter, subscription: Subscription) -> bool {
-        self.subscriptions.insert(filter.text(), (filter, subscription)).is_some()
+        let text = filter.text();
+        self.record(|| SessionEvent::Subscribed { filter: text.clone(), subscription });
+        self.subscriptions.insert(text, (filter, subscription)).is_some()
     }
 
     /// Removes the subscription to the filter the client wrote as `text`, if any.
     pub fn unsubscribe(&mut self, text: &[u8]) -> Option<Filter> {
-        self.subscriptions.remove(text).map(|(filter, _)| filter)
+        let (filter, _) = self.subscriptions.remove(text)?;
+        self.record(|| SessionEvent::Unsubscribed { filter: Bytes::copy_from_slice(text) });
+        Some(filter)
     }
 
     /// The subscription to the filter the client wrote as `text`.
@@ -300,7 +311,13 @@ impl Session {
             message: message.clone(),
         };
         self.inflight.push_back(Inflight { packet_id, copy, message, stage });
+        self.record(|| SessionEvent::Sent(packet_id));
         outgoing
+    }
+
+    fn push_queued(&mut self, copy: CopyFor, message: Arc<Message>) {
+        self.record(|| SessionEvent::Enqueued { message: message.clone(), copy: copy.clone() });
+        self.queued.push_back(Queued { copy, message });
     }
 
     /// Offers a message as `copy` says. QoS 1/2 order is kept: no QoS 1/2 message
@@ -316,6 +333,7 @@ impl Session {
             return Offer::Dropped;
         }
         if online && self.queued.is_empty() && self.window_open() {
+            self.record(|| SessionEvent::Enqueued { message: message.clone(), copy: copy.clone() });
             return Offer::Send(self.start_inflight(copy, message));
         }
         if online {
@@ -323,11 +341,11 @@ impl Session {
                 self.dropped_count += 1;
                 return Offer::Dropped;
             }
-            self.queued.push_back(Queued { copy, message });
+            self.push_queued(copy, message);
             return if self.queued.len() >= self.limits.queued_messages_max { Offer::QueuedFull } else { Offer::Queued };
         }
         if self.queued.len() < self.limits.queued_messages_max {
-            self.queued.push_back(Queued { copy, message });
+            self.push_queued(copy, message);
             return Offer::Queued;
         }
         self.dropped_count += 1;
@@ -335,7 +353,8 @@ impl Session {
             QueueFullPolicy::DropNew => Offer::Dropped,
             QueueFullPolicy::DropOldest => {
                 self.queued.pop_front();
-                self.queued.push_back(Queued { copy, message });
+                self.record(|| SessionEvent::DroppedFront);
+                self.push_queued(copy, message);
                 Offer::QueuedDroppingOldest
             }
         }
@@ -358,9 +377,15 @@ impl Session {
         let excess = self.queued.len().saturating_sub(self.limits.queued_messages_max);
         for _ in 0..excess {
             match self.limits.queue_full_policy {
-                QueueFullPolicy::DropNew => self.queued.pop_back(),
-                QueueFullPolicy::DropOldest => self.queued.pop_front(),
-            };
+                QueueFullPolicy::DropNew => {
+                    self.queued.pop_back();
+                    self.record(|| SessionEvent::DroppedBack);
+                }
+                QueueFullPolicy::DropOldest => {
+                    self.queued.pop_front();
+                    self.record(|| SessionEvent::DroppedFront);
+                }
+            }
         }
         self.dropped_count += excess as u64;
         excess
@@ -371,6 +396,9 @@ impl Session {
     /// acknowledged with PUBACK/PUBREC), to go to another member (MQTT 5.0 4.8.2).
     pub fn take_unfinished_shared(&mut self) -> Vec<(Arc<Message>, QoS, Box<SharedRoute>)> {
         let mut unfinished = Vec::new();
+        if !self.inflight.is_empty() || !self.queued.is_empty() {
+            self.record(|| SessionEvent::Cleared);
+        }
         for entry in std::mem::take(&mut self.inflight) {
             if let (Some(route), AckStage::AwaitingPubAck | AckStage::AwaitingPubRec) = (entry.copy.shared, entry.stage) {
                 unfinished.push((entry.message, entry.copy.qos, route));
@@ -390,6 +418,7 @@ impl Session {
             let Some(next) = self.queued.pop_front() else { break };
             if next.message.is_expired(now) {
                 self.expired_count += 1;
+                self.record(|| SessionEvent::ExpiredFront);
                 continue;
             }
             out.push(self.start_inflight(next.copy, next.message));
@@ -440,9 +469,13 @@ impl Session {
 
     /// PUBACK for a QoS 1 message.
     pub fn on_puback(&mut self, packet_id: PacketId) -> AckOutcome {
-        self.acknowledge(packet_id, AckStage::AwaitingPubAck, None, |session, index| {
-            session.inflight.remove(index);
-        })
+        self.acknowledge(packet_id, AckStage::AwaitingPubAck, None, |session, index| session.finish(index))
+    }
+
+    fn finish(&mut self, index: usize) {
+        if let Some(entry) = self.inflight.remove(index) {
+            self.record(|| SessionEvent::Finished(entry.packet_id));
+        }
     }
 
     /// PUBREC for a QoS 2 message: the message is now the client's; answer with PUBREL.
@@ -451,31 +484,38 @@ impl Session {
     /// (MQTT 5.0 4.3.3).
     pub fn on_pubrec(&mut self, packet_id: PacketId, refused: bool) -> AckOutcome {
         if refused {
-            return self.acknowledge(packet_id, AckStage::AwaitingPubRec, None, |session, index| {
-                session.inflight.remove(index);
-            });
+            return self.acknowledge(packet_id, AckStage::AwaitingPubRec, None, |session, index| session.finish(index));
         }
         self.acknowledge(packet_id, AckStage::AwaitingPubRec, Some(AckStage::AwaitingPubComp), |session, index| {
-            session.inflight[index].stage = AckStage::AwaitingPubComp;
+            if session.inflight[index].stage != AckStage::AwaitingPubComp {
+                session.inflight[index].stage = AckStage::AwaitingPubComp;
+                session.record(|| SessionEvent::Released(packet_id));
+            }
         })
     }
 
     /// PUBCOMP ends a QoS 2 flow.
     pub fn on_pubcomp(&mut self, packet_id: PacketId) -> AckOutcome {
-        self.acknowledge(packet_id, AckStage::AwaitingPubComp, None, |session, index| {
-            session.inflight.remove(index);
-        })
+        self.acknowledge(packet_id, AckStage::AwaitingPubComp, None, |session, index| session.finish(index))
     }
 
     /// An inbound QoS 2 PUBLISH: true the first time this id is seen (route the message),
     /// false for a resend before PUBREL (answer PUBREC again, route nothing).
     pub fn receive_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.incoming_qos2.insert(packet_id)
+        let first = self.incoming_qos2.insert(packet_id);
+        if first {
+            self.record(|| SessionEvent::InboundQos2 { packet_id, pending: true });
+        }
+        first
     }
 
     /// An inbound PUBREL: releases the id. False if it was not pending.
     pub fn release_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+        let pending = self.incoming_qos2.remove(&packet_id);
+        if pending {
+            self.record(|| SessionEvent::InboundQos2 { packet_id, pending: false });
+        }
+        pending
     }
 
     pub fn incoming_qos2_len(&self) -> usize {

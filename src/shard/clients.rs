@@ -91,7 +91,7 @@ impl Clients {
         self.by_conn.get(&conn).copied()
     }
 
-    fn insert(&mut self, client: Client) -> ClientKey {
+    pub(super) fn insert(&mut self, client: Client) -> ClientKey {
         let client_id = client.session.client_id().clone();
         let key = match self.free.pop() {
             Some(key) => {
@@ -115,6 +115,10 @@ impl Clients {
         self.by_conn.remove(&client.conn_id);
         self.free.push(key);
         client
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (ClientKey, &mut Client)> {
+        self.slots.iter_mut().enumerate().filter_map(|(index, slot)| slot.as_mut().map(|client| (ClientKey(index as u32), client)))
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (ClientKey, &Client)> {
@@ -158,6 +162,7 @@ impl Shard {
         let request = self.barriers.new_request();
         let key = self.clients.insert(client);
         self.index_session(key, request, now);
+        self.session_arrived(key);
         key
     }
 
@@ -194,12 +199,15 @@ impl Shard {
         }
         if lost.session_ends {
             self.end_session(key, now);
+        } else {
+            self.session_state_changed(key);
         }
     }
 
     /// Removes a session whose time is up and tells its home shard.
     pub(super) fn end_session(&mut self, key: ClientKey, now: Instant) {
         let mut client = self.remove_client(key, now);
+        self.session_ended(&mut client.session);
         self.hand_shared_to_other_members(&mut client.session, now);
         let conn = client.conn_id;
         let client_id = client.session.client_id().clone();

@@ -72,6 +72,13 @@ impl Interest {
         self.local.insert(filter, LocalFilter { subscribers: 1, announced_by: request });
     }
 
+    /// A local subscription restored at start-up: every peer learned it directly (see
+    /// `Shard::restore_sessions`), so it counts as announced by `request`, which nobody
+    /// waits for.
+    pub fn restore_local(&mut self, filter: &Bytes, request: RequestId) {
+        self.local.entry(filter.clone()).or_insert(LocalFilter { subscribers: 0, announced_by: request }).subscribers += 1;
+    }
+
     /// A local subscription to `filter` was removed.
     pub fn remove_local(&mut self, filter: &[u8]) {
         if let Some(entry) = self.local.get_mut(filter) {

@@ -24,6 +24,8 @@ mod close;
 mod connect;
 mod counters;
 mod delivery;
+mod durable;
+pub use durable::SessionBatch;
 mod flow;
 mod interest;
 mod layouts;
@@ -119,6 +121,9 @@ pub struct Shard {
     memory: memory::MemoryGuard,
     /// When the timer next publishes the `$SYS` counters.
     next_sys_publish: Option<Instant>,
+    /// Persistent sessions' records waiting for the writer (`durable.rs`); `None` without
+    /// `--data-dir`.
+    session_log: Option<durable::SessionLog>,
     pub counters: Counters,
 }
 
@@ -169,6 +174,7 @@ impl Shard {
             memory,
             scratch: Scratch { route_targets: vec![false; shard_count], ..Scratch::default() },
             next_sys_publish,
+            session_log: None,
             counters: Counters::default(),
         }
     }

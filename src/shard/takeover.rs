@@ -141,6 +141,7 @@ impl Shard {
             handed = Some(Box::new(client.session));
         } else {
             let mut session = client.session;
+            self.session_ended(&mut session);
             self.hand_shared_to_other_members(&mut session, now);
         }
         let handoff = MeshMessage::Handoff { conn: next, session: handed, cut, receive_all_held: held_at.is_some() };

@@ -16,6 +16,7 @@ impl Shard {
     /// The coarse timer: keep-alive expiry (1.5 x keep alive, MQTT 3.1.2.10) and the
     /// periodic `$SYS` counters.
     pub fn tick(&mut self, now: Instant) {
+        self.send_wills_of_expired_sessions(now);
         // One pass decides; the actions follow, since they add and remove clients.
         let mut due = Vec::new();
         let slow_subscriber_timeout = self.limits.slow_subscriber_timeout;
@@ -55,6 +56,7 @@ impl Shard {
                     if let Some(will) = client.lifecycle.take_pending_will() {
                         self.publish_will(*will, publisher, now);
                     }
+                    self.session_state_changed(key);
                 }
             }
         }

@@ -1,0 +1,301 @@
+//! Persistent sessions under `--data-dir` (interval durability): subscriptions with their
+//! options, queued messages, the outbound in-flight window (unacknowledged PUBLISH, owed
+//! PUBREL) and inbound QoS 2 ids survive `kill -9` and a clean stop; restarting with
+//! another `--cores` count re-homes them; expiry counts the time the broker was down; a
+//! client online at a crash leaves its will; a clean start ends the stored session.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Broker, RawClient};
+use ringmq::protocol::{Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, SubscriptionOptions};
+
+/// Commits every 20 ms; tests wait `SETTLE` (many intervals) before a `kill -9`.
+const INTERVAL: &str = "20";
+const SETTLE: Duration = Duration::from_millis(300);
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmq-sessions-{name}-{}-{}", std::process::id(), common::rand_suffix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn start_on(dir: &Path, cores: &str) -> Broker {
+    Broker::start(&["--data-dir", dir.to_str().expect("utf-8 path"), "--fsync-interval-ms", INTERVAL, "--cores", cores])
+}
+
+fn kill_9(mut broker: Broker) {
+    broker.signal(libc::SIGKILL);
+    let deadline = Instant::now() + common::WAIT;
+    while broker.is_running() {
+        assert!(Instant::now() < deadline, "the broker did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn v5_persistent(broker: &Broker, client_id: &str, clean_start: bool) -> (RawClient, bool) {
+    let mut client = broker.raw_v5();
+    let properties = Properties { session_expiry_interval: Some(3600), ..Properties::default() };
+    let connack = client.connect_with_properties(client_id, clean_start, 60, properties);
+    assert_eq!(connack.code, 0);
+    (client, connack.session_present)
+}
+
+fn v311_persistent(broker: &Broker, client_id: &str) -> (RawClient, bool) {
+    let mut client = broker.raw();
+    let connack = client.connect(client_id, false, 60, None);
+    assert_eq!(connack.code, 0);
+    (client, connack.session_present)
+}
+
+/// Every PUBLISH until `count` have come, acknowledged as they arrive.
+fn receive(client: &mut RawClient, count: usize) -> Vec<Publish> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        match client.try_recv(Duration::from_secs(3)) {
+            Some(Packet::Publish(publish)) => {
+                client.ack(&publish);
+                received.push(publish);
+            }
+            Some(_) => {}
+            None => panic!("{} of {count} messages came", received.len()),
+        }
+    }
+    received
+}
+
+#[test]
+fn queued_messages_and_subscription_options_survive_kill_9() {
+    let dir = data_dir("queued");
+    let broker = start_on(&dir, "2");
+    let (mut old, _) = v311_persistent(&broker, "old-sub");
+    old.subscribe(&[("q/+", QoS::AtLeastOnce)]);
+    old.disconnect();
+    let (mut new, _) = v5_persistent(&broker, "new-sub", true);
+    let mut options = SubscriptionOptions::with_qos(QoS::ExactlyOnce);
+    options.no_local = true;
+    let subscribe = ringmq::protocol::Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Properties { subscription_identifiers: vec![42], ..Properties::default() },
+        filters: vec![(Bytes::from_static(b"q/#"), options)],
+    };
+    new.send(&Packet::Subscribe(subscribe));
+    new.expect(|packet| matches!(packet, Packet::SubAck(_)));
+    new.disconnect();
+
+    let mut publisher = broker.client_v5("q-publisher");
+    for n in 0..30u16 {
+        let qos = if n % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        publisher.publish(&format!("q/{n}"), format!("m{n}").as_bytes(), qos, false, n + 1);
+    }
+    std::thread::sleep(SETTLE);
+    kill_9(broker);
+
+    let broker = start_on(&dir, "2");
+    let (mut old, present) = v311_persistent(&broker, "old-sub");
+    assert!(present, "3.1.1 clean session 0: the session is back");
+    let got = receive(&mut old, 30);
+    let payloads: Vec<String> = got.iter().map(|publish| String::from_utf8_lossy(&publish.payload).into_owned()).collect();
+    assert_eq!(payloads, (0..30).map(|n| format!("m{n}")).collect::<Vec<_>>(), "all, in order");
+    assert!(got.iter().all(|publish| publish.qos == QoS::AtLeastOnce), "granted QoS 1 caps the delivery");
+
+    let (mut new, present) = v5_persistent(&broker, "new-sub", false);
+    assert!(present);
+    let got = receive(&mut new, 30);
+    assert!(got.iter().all(|publish| publish.properties.subscription_identifiers == vec![42]), "the identifier came back");
+    assert_eq!(got.iter().filter(|publish| publish.qos == QoS::ExactlyOnce).count(), 15);
+    // The restored subscription keeps its options: no-local holds for its own publishes.
+    new.publish("q/own/x", b"mine", QoS::AtLeastOnce, false, 100);
+    new.assert_silent(Duration::from_millis(300));
+    // And it is live: a new publish reaches both.
+    publisher = broker.client_v5("q-publisher-2");
+    publisher.publish("q/live", b"live", QoS::AtLeastOnce, false, 1);
+    assert_eq!(&receive(&mut old, 1)[0].payload[..], b"live");
+    assert_eq!(&receive(&mut new, 1)[0].payload[..], b"live");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_in_flight_window_and_inbound_qos2_ids_survive_kill_9() {
+    let dir = data_dir("inflight");
+    let broker = start_on(&dir, "2");
+    let (mut subscriber, _) = v5_persistent(&broker, "window-sub", true);
+    subscriber.subscribe(&[("w/#", QoS::ExactlyOnce)]);
+    let (mut publisher, _) = v5_persistent(&broker, "window-pub", true);
+    // A QoS 2 message left unanswered, and one whose PUBREL is owed.
+    publisher.publish("w/unanswered", b"1", QoS::ExactlyOnce, false, 1);
+    let unanswered = subscriber.recv_publish();
+    publisher.publish("w/released", b"2", QoS::ExactlyOnce, false, 2);
+    let released = subscriber.recv_publish();
+    let released_id = released.packet_id.unwrap();
+    subscriber.send(&Packet::PubRec(Ack::new(released_id)));
+    subscriber.expect(|packet| matches!(packet, Packet::PubRel(ack) if ack.packet_id == released_id));
+    // An inbound QoS 2 message PUBREC'd but not released: exactly once across the crash.
+    publisher.send(&Packet::Publish(Publish::acknowledged(
+        Bytes::from_static(b"w/inbound"),
+        Bytes::from_static(b"3"),
+        QoS::ExactlyOnce,
+        PacketId::new(9).unwrap(),
+    )));
+    publisher.expect(|packet| matches!(packet, Packet::PubRec(ack) if ack.packet_id.get() == 9));
+    let inbound = subscriber.recv_publish();
+    assert_eq!(&inbound.payload[..], b"3");
+    std::thread::sleep(SETTLE);
+    kill_9(broker);
+
+    let broker = start_on(&dir, "2");
+    let (mut subscriber, present) = v5_persistent(&broker, "window-sub", false);
+    assert!(present);
+    // Re-sent in order: the unanswered PUBLISH with DUP and its id, the owed PUBREL, and
+    // the inbound message's copy, also unanswered.
+    let mut seen = Vec::new();
+    while let Some(packet) = subscriber.try_recv(Duration::from_millis(500)) {
+        seen.push(packet);
+    }
+    assert!(
+        seen.iter().any(
+            |packet| matches!(packet, Packet::Publish(p) if p.dup && p.packet_id == unanswered.packet_id && p.payload == unanswered.payload)
+        ),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|packet| matches!(packet, Packet::PubRel(ack) if ack.packet_id == released_id)), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|packet| matches!(packet, Packet::Publish(p) if p.dup && p.packet_id == inbound.packet_id && &p.payload[..] == b"3")),
+        "{seen:?}"
+    );
+
+    let (mut publisher, present) = v5_persistent(&broker, "window-pub", false);
+    assert!(present);
+    // The publisher resends its unreleased message: answered, not routed again.
+    let mut again =
+        Publish::acknowledged(Bytes::from_static(b"w/inbound"), Bytes::from_static(b"3"), QoS::ExactlyOnce, PacketId::new(9).unwrap());
+    again.dup = true;
+    publisher.send(&Packet::Publish(again));
+    publisher.expect(|packet| matches!(packet, Packet::PubRec(ack) if ack.packet_id.get() == 9));
+    publisher.send(&Packet::PubRel(Ack::new(PacketId::new(9).unwrap())));
+    publisher.expect(|packet| matches!(packet, Packet::PubComp(ack) if ack.packet_id.get() == 9));
+    let duplicates: Vec<Packet> = std::iter::from_fn(|| subscriber.try_recv(Duration::from_millis(300))).collect();
+    assert!(!duplicates.iter().any(|packet| matches!(packet, Packet::Publish(p) if !p.dup)), "routed twice: {duplicates:?}");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sessions_move_to_their_new_home_when_the_core_count_changes() {
+    let dir = data_dir("cores");
+    let clients: Vec<String> = (0..12).map(|n| format!("roamer-{n}")).collect();
+    let broker = start_on(&dir, "1");
+    for client_id in &clients {
+        let (mut client, _) = v311_persistent(&broker, client_id);
+        client.subscribe(&[(&format!("roam/{client_id}"), QoS::AtLeastOnce), ("roam/all", QoS::AtLeastOnce)]);
+        client.disconnect();
+    }
+    let mut publisher = broker.client("roam-pub", true);
+    publisher.publish("roam/all", b"one", QoS::AtLeastOnce, false, 1);
+    drop(publisher);
+    let mut broker = broker;
+    assert!(broker.terminate().is_some_and(|status| status.success()));
+
+    // One shard to two: a publish taken at once reaches every restored subscriber,
+    // whichever shard it lands on.
+    let broker = start_on(&dir, "2");
+    let mut publisher = broker.client("roam-pub", true);
+    publisher.publish("roam/all", b"two", QoS::AtLeastOnce, false, 1);
+    for client_id in &clients {
+        publisher.publish(&format!("roam/{client_id}"), client_id.as_bytes(), QoS::AtLeastOnce, false, 2);
+    }
+    std::thread::sleep(SETTLE);
+    kill_9(broker);
+
+    // And back to one.
+    let broker = start_on(&dir, "1");
+    for client_id in &clients {
+        let (mut client, present) = v311_persistent(&broker, client_id);
+        assert!(present, "{client_id}");
+        let payloads: Vec<Vec<u8>> = receive(&mut client, 3).into_iter().map(|publish| publish.payload.to_vec()).collect();
+        assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec(), client_id.as_bytes().to_vec()], "{client_id}");
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn expiry_counts_the_time_down_a_crash_sends_the_will_and_a_clean_start_ends_the_session() {
+    let dir = data_dir("expiry");
+    let broker = start_on(&dir, "2");
+    // Expires after 1 s offline.
+    let mut short = broker.raw_v5();
+    let properties = Properties { session_expiry_interval: Some(1), ..Properties::default() };
+    assert_eq!(short.connect_with_properties("short-lived", true, 60, properties).code, 0);
+    short.subscribe(&[("x", QoS::AtLeastOnce)]);
+    short.disconnect();
+    // Will be replaced by a clean start.
+    let (mut replaced, _) = v311_persistent(&broker, "replaced");
+    replaced.subscribe(&[("x", QoS::AtLeastOnce)]);
+    replaced.disconnect();
+    let mut clean = broker.raw();
+    assert_eq!(clean.connect("replaced", true, 60, None).code, 0);
+    clean.disconnect();
+    // A watcher for wills, offline; and a client with a will, online when the broker dies.
+    let (mut watcher, _) = v311_persistent(&broker, "will-watcher");
+    watcher.subscribe(&[("wills/#", QoS::AtLeastOnce)]);
+    watcher.disconnect();
+    let mut dying = broker.raw_v5();
+    let will = common::will("wills/dying", b"gone", QoS::AtLeastOnce, false);
+    let connect = dying.connect_packet("dying", false, 60, Some(will));
+    let connect = match connect {
+        Packet::Connect(mut connect) => {
+            connect.properties.session_expiry_interval = Some(3600);
+            Packet::Connect(connect)
+        }
+        other => other,
+    };
+    assert_eq!(dying.connect_sending(connect).code, 0);
+    std::thread::sleep(SETTLE);
+    kill_9(broker);
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let broker = start_on(&dir, "2");
+    let (_, present) = v5_persistent(&broker, "short-lived", false);
+    assert!(!present, "its second ran out while the broker was down");
+    let (_, present) = v311_persistent(&broker, "replaced");
+    assert!(!present, "the clean start ended it");
+    let (mut watcher, present) = v311_persistent(&broker, "will-watcher");
+    assert!(present);
+    let wills = receive(&mut watcher, 1);
+    assert_eq!((&wills[0].topic[..], &wills[0].payload[..]), (&b"wills/dying"[..], &b"gone"[..]));
+    let (_, present) = v5_persistent(&broker, "dying", false);
+    assert!(present, "its session outlives the lost connection");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn only_the_newest_generation_of_session_logs_is_left() {
+    let dir = data_dir("generations");
+    let mut broker = start_on(&dir, "2");
+    let (mut client, _) = v311_persistent(&broker, "gen");
+    client.subscribe(&[("g", QoS::AtLeastOnce)]);
+    client.disconnect();
+    assert!(broker.terminate().is_some_and(|status| status.success()));
+    let mut broker = start_on(&dir, "1");
+    std::thread::sleep(SETTLE);
+    assert!(broker.terminate().is_some_and(|status| status.success()));
+    let mut logs: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("sessions-"))
+        .collect();
+    logs.sort();
+    assert_eq!(logs, vec!["sessions-2-0.log".to_string()], "the first run's two logs were removed");
+    let broker = start_on(&dir, "2");
+    assert!(v311_persistent(&broker, "gen").1);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = ProtocolVersion::V5;
+}
