@@ -236,13 +236,23 @@ pub struct Config {
     pub acl_file: Option<PathBuf>,
 
     /// Keep what must outlive a restart in this directory (created if missing; one broker
-    /// per directory, enforced by a lock file). Today: retained messages. Without it,
+    /// per directory, enforced by a lock file): persistent sessions (subscriptions, queued
+    /// and in-flight messages, inbound QoS 2 ids, wills) and retained messages. Without it,
     /// everything is in memory only.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// With --data-dir: how often what changed is written and fsynced. A crash loses at most
-    /// the changes of this last interval; a clean stop (SIGINT/SIGTERM) loses nothing.
+    /// With --data-dir: `sync` sends PUBACK/PUBREC, SUBACK, CONNACK and everything else a
+    /// persistent session is told only once what it acknowledges is on disk (group commit:
+    /// one fsync per batch); `interval` writes and fsyncs every --fsync-interval-ms and
+    /// acknowledges at once (a crash loses at most that interval); `off` keeps everything in
+    /// memory (the directory is not read or written).
+    #[arg(long, value_enum, default_value_t = Durability::Sync)]
+    pub durability: Durability,
+
+    /// With --data-dir: how often what changed is written and fsynced under `--durability
+    /// interval` (a crash loses at most this interval), and the longest a change waits under
+    /// `sync` when nobody waits for it. A clean stop (SIGINT/SIGTERM) loses nothing.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub fsync_interval_ms: u64,
 
@@ -349,6 +359,14 @@ pub enum ClientCertificate {
 /// Most shards one broker runs: a shard records which peers it sent each recent publish to
 /// in a 128-bit set (late matches for subscriptions racing a publish rely on it).
 pub const SHARDS_MAX: usize = 128;
+
+/// When an acknowledgement may go out, relative to the disk (see `--durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    Sync,
+    Interval,
+    Off,
+}
 
 /// How a new connection is given to a shard (see `--steer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -177,7 +177,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let auth_slot = AuthSlot::new(auth.clone());
     let limits_slot = LimitsSlot::new(limits.clone());
     let tls_slot = TlsSlot::load(config.tls_options()?)?;
-    let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.fsync_interval_ms, limits.session, cpus.len())?;
+    let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.durability, config.fsync_interval_ms, limits.session, cpus.len())?;
 
     uring_probe::check()?;
     let memlock = memlock_limit_bytes();
@@ -427,22 +427,22 @@ async fn shard_main(params: ShardParams) {
     let shard = Rc::new(RefCell::new(Shard::new(id, shard_count, limits, auth, Instant::now())));
     shard.borrow_mut().restore_retained(&persist_plan.retained);
     // Sessions go in before the mesh serves or a listener accepts: every shard knows every
-    // restored subscription before any publish is taken.
-    let writing_sessions = persist_plan.session_logs.clone().map(|plan| {
+    // restored subscription before any publish is taken. Shard 0 also writes the retained log.
+    let writing = persist_plan.session_logs.clone().map(|sessions| {
         let mut shard_mut = shard.borrow_mut();
-        shard_mut.keep_session_log(plan.epochs.clone());
+        shard_mut.enable_durability(persist_plan.sync);
+        shard_mut.keep_session_log(sessions.epochs.clone());
         shard_mut.restore_sessions(&persist_plan.sessions, Instant::now());
+        let retained = persist_plan.retained_log.clone().filter(|_| id.0 == 0);
+        if retained.is_some() {
+            shard_mut.keep_retained_journal();
+        }
         drop(shard_mut);
         let finish = Rc::new(Latch::default());
-        (glommio::spawn_local(persistence::write_sessions(shard.clone(), id.0, plan, finish.clone())), finish)
+        let plan = persistence::WriterPlan { index: id.0, sessions, retained, sync: persist_plan.sync };
+        (glommio::spawn_local(persistence::write_logs(shard.clone(), plan, finish.clone())), finish)
     });
-    let persist_plan = persistence::PersistPlan { sessions: Arc::default(), ..persist_plan };
-    // Every shard holds the retained store; shard 0 writes it.
-    let persisting = persist_plan.retained_log.filter(|_| id.0 == 0).map(|plan| {
-        shard.borrow_mut().keep_retained_journal();
-        let finish = Rc::new(Latch::default());
-        (glommio::spawn_local(persistence::write_retained(shard.clone(), plan, finish.clone())), finish)
-    });
+    drop(persist_plan);
 
     joined.serve(&shard, shard_count);
     let stopping = Rc::new(Latch::default());
@@ -510,7 +510,7 @@ async fn shard_main(params: ShardParams) {
     stopping.set();
     shard.borrow_mut().begin_shutdown();
     sleep(SHUTDOWN_GRACE).await;
-    for (writer, finish) in persisting.into_iter().chain(writing_sessions) {
+    if let Some((writer, finish)) = writing {
         finish.set();
         writer.await;
     }

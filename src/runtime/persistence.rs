@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 use glommio::timer::sleep;
@@ -23,6 +23,7 @@ use glommio::timer::sleep;
 use super::latch::Latch;
 
 use crate::persist::log::AppendLog;
+use crate::config::Durability;
 use crate::persist::session::{LoggedSession, SessionReplay};
 use crate::persist::{DataDir, PersistError, RETAINED_LOG, record, retained};
 use crate::session::{Message, SessionLimits};
@@ -41,6 +42,8 @@ pub struct PersistPlan {
     /// Every persistent session in the logs; each shard takes those it is home for.
     pub sessions: Arc<Vec<LoggedSession>>,
     pub session_logs: Option<SessionLogsPlan>,
+    /// `--durability sync`.
+    pub sync: bool,
 }
 
 /// Where each shard writes its sessions, and what they share.
@@ -125,6 +128,7 @@ fn recover_sessions(
 /// Locks `--data-dir` and reads what it holds, before the shards start.
 pub fn prepare(
     data_dir: Option<&std::path::Path>,
+    durability: Durability,
     fsync_interval_ms: u64,
     session_limits: SessionLimits,
     shard_count: usize,
@@ -132,6 +136,10 @@ pub fn prepare(
     let Some(path) = data_dir else {
         return Ok((None, PersistPlan::default()));
     };
+    if durability == Durability::Off {
+        tracing::warn!(dir = %path.display(), "--durability off: the data directory is neither read nor written");
+        return Ok((None, PersistPlan::default()));
+    }
     let dir = DataDir::lock(path)?;
     let started = std::time::Instant::now();
     let interval = Duration::from_millis(fsync_interval_ms);
@@ -156,12 +164,13 @@ pub fn prepare(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "data directory recovered"
     );
-    let retained_log = Some(RetainedLogPlan { path: file, valid_bytes: recovered.valid_bytes, interval });
+    let retained_log = Some(RetainedLogPlan { path: file, valid_bytes: recovered.valid_bytes });
     let plan = PersistPlan {
         retained: Arc::new(recovered.messages),
         retained_log,
         sessions: Arc::new(sessions),
         session_logs: Some(session_logs),
+        sync: durability == Durability::Sync,
     };
     Ok((Some(dir), plan))
 }
@@ -171,7 +180,6 @@ pub fn prepare(
 pub struct RetainedLogPlan {
     pub path: PathBuf,
     pub valid_bytes: u64,
-    pub interval: Duration,
 }
 
 fn encode(messages: &[Arc<Message>], out: &mut Vec<u8>) {
@@ -184,117 +192,153 @@ fn encode(messages: &[Arc<Message>], out: &mut Vec<u8>) {
     }
 }
 
-/// The shard must keep its journal from before it serves anyone (`keep_retained_journal`).
-/// Runs until `finish` is set (after the shard has closed its clients), then commits what
-/// is left: a clean stop loses nothing.
-pub async fn write_retained(shard: Rc<RefCell<Shard>>, plan: RetainedLogPlan, finish: Rc<Latch>) {
-    let mut log = match AppendLog::open(&plan.path, plan.valid_bytes).await {
-        Ok(log) => log,
-        Err(error) => {
-            // Checked at start-up already (the directory is ours and writable), so this is rare.
-            tracing::error!(file = %plan.path.display(), %error, "cannot open the retained log: retained messages are kept in memory only");
-            return;
-        }
-    };
-    // What the store took when last written whole: the yardstick for compaction.
-    let mut rewritten_bytes = log.len();
-    loop {
-        let finishing = finish.is_set();
-        let journal = shard.borrow_mut().take_retained_journal();
-        let mut batch = Vec::new();
-        let batch_was_empty = !journal.rewrite_needed && journal.changes.is_empty() && log.len() <= LOG_REWRITE_BYTES_MIN;
-        let outcome = if journal.rewrite_needed || log.len() > LOG_REWRITE_BYTES_MIN.max(rewritten_bytes * LOG_GROWTH_FACTOR) {
-            let messages = shard.borrow().retained_messages();
-            encode(&messages, &mut batch);
-            rewritten_bytes = batch.len() as u64 + record::FILE_MAGIC.len() as u64;
-            log.rewrite(batch).await
-        } else if !journal.changes.is_empty() {
-            encode(&journal.changes, &mut batch);
-            log.append(batch).await
-        } else {
-            Ok(())
-        };
-        match outcome {
-            Ok(()) if !batch_was_empty => shard.borrow_mut().counters.persist_commits += 1,
-            Ok(()) => {}
+/// One log file, and how big it was when last written whole (the yardstick for compaction).
+struct LogFile {
+    log: AppendLog,
+    path: PathBuf,
+    rewritten_bytes: u64,
+}
+
+impl LogFile {
+    async fn open(path: PathBuf, valid_bytes: u64) -> Option<LogFile> {
+        match AppendLog::open(&path, valid_bytes).await {
+            Ok(log) => Some(LogFile { rewritten_bytes: log.len(), log, path }),
             Err(error) => {
-                tracing::error!(
-                    file = %plan.path.display(),
-                    %error,
-                    "writing retained messages failed; the broker keeps serving them from memory and rewrites the log at the next interval"
-                );
-                let mut shard = shard.borrow_mut();
-                shard.require_retained_rewrite();
-                shard.counters.persist_write_failures += 1;
+                tracing::error!(file = %path.display(), %error, "cannot open a log in the data directory: what it would hold is kept in memory only");
+                None
             }
         }
-        if finishing {
-            let _ = log.close().await;
-            return;
-        }
-        or(sleep(plan.interval), finish.wait()).await;
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.log.len() > LOG_REWRITE_BYTES_MIN.max(self.rewritten_bytes * LOG_GROWTH_FACTOR)
+    }
+
+    async fn rewrite(&mut self, records: Vec<u8>) -> std::io::Result<()> {
+        self.rewritten_bytes = records.len() as u64 + record::FILE_MAGIC.len() as u64;
+        self.log.rewrite(records).await
     }
 }
 
-/// Commits shard `shard`'s persistent sessions until `finish` is set (after the shard has
-/// closed its clients), then commits what is left: a clean stop loses nothing.
-pub async fn write_sessions(shard: Rc<RefCell<Shard>>, index: usize, plan: SessionLogsPlan, finish: Rc<Latch>) {
-    let path = plan.path(index);
-    let mut log = match AppendLog::open(&path, 0).await {
-        Ok(log) => log,
-        Err(error) => {
-            tracing::error!(file = %path.display(), %error, "cannot open the session log: sessions are kept in memory only");
-            return;
-        }
+/// What a shard's writer task writes: its session log, and on shard 0 the retained log.
+pub struct WriterPlan {
+    pub index: usize,
+    pub sessions: SessionLogsPlan,
+    pub retained: Option<RetainedLogPlan>,
+    /// `--durability sync`: commit as soon as something waits for it.
+    pub sync: bool,
+}
+
+/// Commits one shard's changes until `finish` is set (after the shard has closed its
+/// clients), then commits what is left: a clean stop loses nothing. The shard must keep
+/// its journals from before it serves anyone (`keep_session_log`, `keep_retained_journal`,
+/// `enable_durability`).
+pub async fn write_logs(shard: Rc<RefCell<Shard>>, plan: WriterPlan, finish: Rc<Latch>) {
+    let sessions_path = plan.sessions.path(plan.index);
+    let Some(mut sessions_log) = LogFile::open(sessions_path, 0).await else { return };
+    let mut retained_log = match &plan.retained {
+        Some(retained) => LogFile::open(retained.path.clone(), retained.valid_bytes).await,
+        None => None,
     };
-    let mut rewritten_bytes = log.len();
+    let durability = shard.borrow().durability_handle();
     let mut first_commit_done = false;
     loop {
         let finishing = finish.is_set();
-        let batch = shard.borrow_mut().take_session_batch();
-        let compact = log.len() > LOG_REWRITE_BYTES_MIN.max(rewritten_bytes * LOG_GROWTH_FACTOR);
-        let wrote = !batch.records.is_empty() || batch.rewrite_needed || compact;
-        let outcome = if batch.rewrite_needed || compact {
+        // Taken together, with no await between: the batch closes on a consistent state.
+        let (commit, retained) = {
+            let mut shard = shard.borrow_mut();
+            let commit = shard.take_commit();
+            let retained = retained_log.as_ref().map(|_| shard.take_retained_journal());
+            (commit, retained)
+        };
+        let mut wrote = false;
+        let mut failure = None;
+        if let (Some(log), Some(journal)) = (retained_log.as_mut(), retained) {
+            let compact = journal.rewrite_needed || log.wants_compaction();
+            let outcome = if compact {
+                let mut records = Vec::new();
+                encode(&shard.borrow().retained_messages(), &mut records);
+                log.rewrite(records).await
+            } else if !journal.changes.is_empty() {
+                let mut records = Vec::new();
+                encode(&journal.changes, &mut records);
+                log.log.append(records).await
+            } else {
+                Ok(())
+            };
+            wrote |= compact || !journal.changes.is_empty();
+            if let Err(error) = outcome {
+                shard.borrow_mut().require_retained_rewrite();
+                failure = Some((log.path.clone(), error));
+            }
+        }
+        let compact = commit.sessions.rewrite_needed || sessions_log.wants_compaction();
+        let outcome = if compact {
             let records = shard.borrow_mut().session_snapshot();
-            rewritten_bytes = records.len() as u64 + record::FILE_MAGIC.len() as u64;
-            log.rewrite(records).await
-        } else if !batch.records.is_empty() {
-            log.append(batch.records).await
+            sessions_log.rewrite(records).await
+        } else if !commit.sessions.records.is_empty() {
+            sessions_log.log.append(commit.sessions.records.clone()).await
         } else {
             Ok(())
         };
-        match outcome {
-            Ok(()) => {
+        wrote |= compact || !commit.sessions.records.is_empty();
+        if let Err(error) = outcome {
+            failure = Some((sessions_log.path.clone(), error));
+        }
+        match failure {
+            None => {
+                let mut shard = shard.borrow_mut();
                 if wrote {
-                    shard.borrow_mut().counters.persist_commits += 1;
+                    shard.counters.persist_commits += 1;
                 }
+                shard.commit_done(&commit, Instant::now());
+                drop(shard);
                 if !first_commit_done {
                     first_commit_done = true;
-                    if plan.first_commits_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        // Every shard's log now holds every session it restored.
-                        for old in plan.old_files.iter() {
-                            if let Err(error) = std::fs::remove_file(old) {
-                                tracing::warn!(file = %old.display(), %error, "cannot remove a session log of an earlier run");
-                            }
-                        }
-                    }
+                    remove_old_session_logs(&plan.sessions);
                 }
             }
-            Err(error) => {
+            Some((file, error)) => {
                 tracing::error!(
-                    file = %path.display(),
+                    file = %file.display(),
                     %error,
-                    "writing sessions failed; the broker keeps serving them from memory and rewrites the log at the next interval"
+                    "writing to the data directory failed; the broker keeps serving from memory, refuses QoS 1/2 publishes \
+                     and rewrites the log at the next attempt"
                 );
                 let mut shard = shard.borrow_mut();
-                shard.require_session_rewrite();
+                shard.commit_failed();
                 shard.counters.persist_write_failures += 1;
             }
         }
         if finishing {
-            let _ = log.close().await;
+            let _ = sessions_log.log.close().await;
+            if let Some(log) = retained_log {
+                let _ = log.log.close().await;
+            }
             return;
         }
-        or(sleep(plan.interval), finish.wait()).await;
+        let interval = plan.sessions.interval;
+        match (&durability, plan.sync) {
+            (Some(durability), true) => {
+                let wanted = std::future::poll_fn(|cx| {
+                    if durability.take_wanted(cx.waker()) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+                });
+                or(or(wanted, sleep(interval)), finish.wait()).await;
+            }
+            _ => or(sleep(interval), finish.wait()).await,
+        }
+    }
+}
+
+/// After a shard's first commit: once every shard has made its first, every restored
+/// session is in the new generation and the earlier logs go.
+fn remove_old_session_logs(plan: &SessionLogsPlan) {
+    if plan.first_commits_left.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    for old in plan.old_files.iter() {
+        if let Err(error) = std::fs::remove_file(old) {
+            tracing::warn!(file = %old.display(), %error, "cannot remove a session log of an earlier run");
+        }
     }
 }

@@ -44,6 +44,10 @@ pub enum CloseReason {
     SubscriptionIdentifierFromClient,
     #[error("invalid topic filter: {0}")]
     TopicFilter(TopicError),
+    /// The data directory cannot be written: a QoS 1/2 PUBLISH cannot be stored, and
+    /// 3.1.1 has no way to refuse it but closing.
+    #[error("the data directory cannot be written; durable publishes are refused")]
+    StorageFailed,
     /// TLS or WebSocket failed under the MQTT stream (`transport`).
     #[error("{0}")]
     Transport(String),
@@ -61,6 +65,7 @@ impl CloseReason {
             CloseReason::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             CloseReason::SubscriptionIdentifiersNotSupported => ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
             CloseReason::TopicFilter(_) => ReasonCode::TOPIC_FILTER_INVALID,
+            CloseReason::StorageFailed => ReasonCode::QUOTA_EXCEEDED,
             CloseReason::SecondConnect
             | CloseReason::WrongAcknowledgement(_)
             | CloseReason::SubscriptionIdentifierFromClient

@@ -93,7 +93,11 @@ impl Shard {
         self.connecting.accepted += 1;
         self.counters.connections_accepted += 1;
         self.connecting.half_open += 1;
-        Rc::new(Link::new(ConnId::new(self.id, self.connecting.accepted)))
+        let link = Rc::new(Link::new(ConnId::new(self.id, self.connecting.accepted)));
+        if let Some(durability) = self.durability.as_ref().filter(|durability| durability.holds_output()) {
+            link.attach_durability(durability.clone());
+        }
+        link
     }
 
     /// Whether a newly accepted socket must be closed at once: this shard already holds

@@ -69,6 +69,8 @@ pub struct Counters {
     pub persist_commits: u64,
     /// Writes to `--data-dir` that failed (disk full, IO error); each is logged.
     pub persist_write_failures: u64,
+    /// QoS 1/2 PUBLISH refused because the data directory could not be written.
+    pub publishes_refused_storage: u64,
     /// Accepted sockets closed at once: `--half-open-connections-max` were owing CONNECT.
     pub half_open_connections_refused: u64,
     /// CONNECTs refused because the broker held `--max-connections` (CONNACK 3 / 0x97).
@@ -91,7 +93,7 @@ pub struct Counters {
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 44] {
+    pub fn fields(&self) -> [(&'static str, u64); 45] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -128,6 +130,7 @@ impl Counters {
             ("retained_refused_quota", self.retained_refused_quota),
             ("persist_commits", self.persist_commits),
             ("persist_write_failures", self.persist_write_failures),
+            ("publishes_refused_storage", self.publishes_refused_storage),
             ("half_open_connections_refused", self.half_open_connections_refused),
             ("connections_refused_at_limit", self.connections_refused_at_limit),
             ("accepts_delayed_by_rate", self.accepts_delayed_by_rate),

@@ -79,6 +79,7 @@ impl Shard {
             sent_to |= 1 << peer;
         }
         self.scratch.route_targets = targets;
+        self.streams.last_routed = (sequence, sent_to);
         subscribed | self.apply_publish(self.id, sequence, &message, &shared, sent_to, now)
     }
 

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::durability::Durability;
 use super::*;
 use crate::persist::retained::Clock;
 use crate::persist::session::{LoggedSession, LoggedWill, SessionEncoder, SessionHeader, instant_of, unix_ms_of};
@@ -26,6 +27,17 @@ pub(super) struct SessionLog {
     scratch: Vec<SessionEvent>,
     /// Wills of sessions that expired while the broker was down, sent at the first tick.
     wills_due: Vec<(Bytes, Box<Will>)>,
+    /// Per peer: the position in its publish stream last reported durable to it.
+    reported: Vec<u64>,
+}
+
+/// What the writer commits next, and what its commit will prove.
+pub struct Commit {
+    /// The `Durability` batch closed for it.
+    pub batch: u64,
+    pub sessions: SessionBatch,
+    /// Every shard's publish stream position applied here when the batch closed.
+    pub seen: Vec<u64>,
 }
 
 /// What the writer commits next.
@@ -70,6 +82,7 @@ impl Shard {
             rewrite_needed: false,
             scratch: Vec::new(),
             wills_due: Vec::new(),
+            reported: vec![0; self.shard_count],
         });
     }
 
@@ -89,6 +102,9 @@ impl Shard {
         }
         client.session.enable_journal();
         client.session.clear_journal();
+        if let Some(link) = &client.link {
+            link.set_persistent(true);
+        }
         let clock = Clock::system();
         let header = header_of(client, clock);
         log.encoder.open(key.0, epoch, client.session.client_id(), &header, clock, &mut log.records);
@@ -166,6 +182,55 @@ impl Shard {
         }
         for (client_id, will) in std::mem::take(&mut log.wills_due) {
             self.publish_will(*will, client_id, now);
+        }
+    }
+
+    /// With `--data-dir`: the shard tracks its commits (and under `sync` holds output for
+    /// them); the writer advances it.
+    pub fn enable_durability(&mut self, holds_output: bool) -> Rc<Durability> {
+        let durability = Rc::new(Durability::new(self.shard_count, holds_output));
+        self.durability = Some(durability.clone());
+        durability
+    }
+
+    pub fn durability_handle(&self) -> Option<Rc<Durability>> {
+        self.durability.clone()
+    }
+
+    /// Writer side: closes the open batch and takes what is in it. Nothing may change
+    /// between this and taking the retained journal (no await in between).
+    pub fn take_commit(&mut self) -> Commit {
+        let batch = self.durability.as_ref().map_or(0, |durability| durability.close_batch());
+        Commit { batch, sessions: self.take_session_batch(), seen: self.streams.seen.clone() }
+    }
+
+    /// Writer side: `commit` is on disk. Output waiting for it goes; each peer whose
+    /// publishes we applied since the last report hears how far they are durable here.
+    pub fn commit_done(&mut self, commit: &Commit, now: Instant) {
+        let Some(durability) = self.durability.clone() else { return };
+        durability.committed(commit.batch);
+        if !durability.holds_output() {
+            return;
+        }
+        let Some(log) = self.session_log.as_mut() else { return };
+        let mut reports = Vec::new();
+        for (peer, (&seen, reported)) in commit.seen.iter().zip(log.reported.iter_mut()).enumerate() {
+            if peer != self.id.0 && seen > *reported {
+                *reported = seen;
+                reports.push((ShardId(peer), seen));
+            }
+        }
+        for (peer, position) in reports {
+            self.send(peer, MeshMessage::Durable { position }, now);
+        }
+    }
+
+    /// Writer side: the commit failed. Held output is dropped (those clients are
+    /// disconnected and send again), QoS 1/2 publishes are refused, until a commit succeeds.
+    pub fn commit_failed(&mut self) {
+        self.require_session_rewrite();
+        if let Some(durability) = &self.durability {
+            durability.failed();
         }
     }
 

@@ -7,11 +7,14 @@
 //! one write.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::task::{Poll, Waker};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
+use super::durability::{Durability, Ticket};
 use super::mesh::ConnId;
 use crate::protocol::{Packet, ProtocolVersion};
 
@@ -52,6 +55,18 @@ pub struct Link {
     holds_connection_slot: Cell<bool>,
     /// The client's address: the socket's peer, or the one a PROXY protocol header gave.
     peer: Cell<Option<std::net::SocketAddr>>,
+    /// `--durability sync`: output held until what it acknowledges is on disk.
+    held: RefCell<Option<Held>>,
+}
+
+/// Output waiting for tickets (`durability.rs`): the bytes from each gate's offset on wait
+/// for its ticket, and for every earlier gate's.
+struct Held {
+    durability: Rc<Durability>,
+    gates: VecDeque<(usize, Ticket)>,
+    /// The client's session is persistent: everything written to it waits for the commit
+    /// of the changes made before it.
+    persistent: bool,
 }
 
 /// Subscribe/unsubscribe requests one connection may have waiting for peer shards.
@@ -74,6 +89,56 @@ impl Link {
             half_open: Cell::new(true),
             holds_connection_slot: Cell::new(false),
             peer: Cell::new(None),
+            held: RefCell::new(None),
+        }
+    }
+
+    /// `--durability sync`: this link's output may be held for `durability`'s tickets.
+    pub(crate) fn attach_durability(&self, durability: Rc<Durability>) {
+        *self.held.borrow_mut() = Some(Held { durability, gates: VecDeque::new(), persistent: false });
+    }
+
+    /// The client's session is persistent (or no longer is): see `Held::persistent`.
+    pub(crate) fn set_persistent(&self, persistent: bool) {
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.persistent = persistent;
+        }
+    }
+
+    /// What is written from now on waits for `ticket` (an acknowledgement of a publish).
+    pub(crate) fn hold_until(&self, ticket: Ticket) {
+        let offset = self.out.borrow().len();
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            push_gate(&mut held.gates, offset, ticket);
+        }
+    }
+
+    /// How much of `out` may be written now. Gates whose tickets are satisfied go; if
+    /// writing failed, the held output is dropped and the link closes (the client sends
+    /// again to a broker that can store it).
+    fn sendable(&self, out: &mut BytesMut, cx: &mut Context<'_>) -> usize {
+        let mut held = self.held.borrow_mut();
+        let Some(held) = held.as_mut() else { return out.len() };
+        while held.gates.front().is_some_and(|(_, ticket)| held.durability.is_satisfied(ticket)) {
+            held.gates.pop_front();
+        }
+        let Some(&(offset, _)) = held.gates.front() else { return out.len() };
+        if held.durability.is_failed() {
+            out.truncate(offset);
+            held.gates.clear();
+            self.state.set(LinkState::Closing);
+            wake(&self.reader_waker);
+            return offset;
+        }
+        held.durability.wait_for_tickets(cx.waker());
+        offset
+    }
+
+    fn taken(&self, count: usize) {
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            for (offset, _) in held.gates.iter_mut() {
+                *offset -= count;
+            }
         }
     }
 
@@ -248,7 +313,12 @@ impl Link {
         if self.state.get() == LinkState::Closing {
             return;
         }
-        encode(&mut self.out.borrow_mut());
+        let mut out = self.out.borrow_mut();
+        if let Some(held) = self.held.borrow_mut().as_mut().filter(|held| held.persistent) {
+            let ticket = held.durability.ticket(None);
+            push_gate(&mut held.gates, out.len(), ticket);
+        }
+        encode(&mut out);
         wake(&self.writer_waker);
     }
 
@@ -273,8 +343,15 @@ impl Link {
     pub async fn next_output(&self) -> Option<Bytes> {
         poll_fn(|cx| {
             let mut out = self.out.borrow_mut();
+            let sendable = self.sendable(&mut out, cx);
+            if sendable > 0 {
+                self.taken(sendable);
+                return Poll::Ready(Some(out.split_to(sendable).freeze()));
+            }
             if !out.is_empty() {
-                return Poll::Ready(Some(out.split().freeze()));
+                // Held for the disk: `sendable` has asked to be woken.
+                self.writer_waker.set(Some(cx.waker().clone()));
+                return Poll::Pending;
             }
             if self.state.get() == LinkState::Closing {
                 return Poll::Ready(None);
@@ -309,6 +386,17 @@ impl Link {
         })
         .await
     }
+}
+
+/// Adds a gate unless the last one already holds for as much (same batch, nothing more).
+fn push_gate(gates: &mut VecDeque<(usize, Ticket)>, offset: usize, ticket: Ticket) {
+    if let Some((_, last)) = gates.back()
+        && ticket.publish.is_none()
+        && last.batch >= ticket.batch
+    {
+        return;
+    }
+    gates.push_back((offset, ticket));
 }
 
 fn wake(slot: &Cell<Option<Waker>>) {

@@ -72,6 +72,9 @@ pub enum MeshMessage {
     /// The receiving shard's request numbered `request` is applied here, when this shard's
     /// own publish sequence stood at `position`.
     Applied { request: RequestId, position: u64 },
+    /// `--durability sync`: what the receiver's publishes did here, up to `position` in its
+    /// stream, is on this shard's disk (see `durability.rs`).
+    Durable { position: u64 },
     /// To the client id's home shard: connection `conn` wants to own `client_id`.
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
     /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.

@@ -25,6 +25,7 @@ mod connect;
 mod counters;
 mod delivery;
 mod durable;
+pub mod durability;
 pub use durable::SessionBatch;
 mod flow;
 mod interest;
@@ -124,6 +125,9 @@ pub struct Shard {
     /// Persistent sessions' records waiting for the writer (`durable.rs`); `None` without
     /// `--data-dir`.
     session_log: Option<durable::SessionLog>,
+    /// With `--data-dir`: whether the disk keeps up, and under `--durability sync` what
+    /// output waits for it (`durability.rs`).
+    durability: Option<Rc<durability::Durability>>,
     pub counters: Counters,
 }
 
@@ -133,6 +137,8 @@ pub struct Shard {
 pub(super) struct Streams {
     pub(super) sequence: u64,
     pub(super) seen: Vec<u64>,
+    /// The last publish this shard routed: its sequence and the peers it went to (a bit each).
+    pub(super) last_routed: (u64, u128),
     pub(super) recent: RecentPublishes,
 }
 
@@ -170,11 +176,12 @@ impl Shard {
             registry: Registry::default(),
             connecting: Connecting::default(),
             outboxes,
-            streams: Streams { sequence: 0, seen: vec![0; shard_count], recent },
+            streams: Streams { sequence: 0, seen: vec![0; shard_count], last_routed: (0, 0), recent },
             memory,
             scratch: Scratch { route_targets: vec![false; shard_count], ..Scratch::default() },
             next_sys_publish,
             session_log: None,
+            durability: None,
             counters: Counters::default(),
         }
     }
@@ -232,6 +239,10 @@ impl Shard {
                 debug_assert!(sequence > self.streams.seen[from.0], "per-pair FIFO keeps sequences rising");
                 self.streams.seen[from.0] = sequence;
                 self.apply_publish(from, sequence, &message, &shared, 0, now);
+                if let Some(durability) = self.durability.as_ref().filter(|durability| durability.holds_output()) {
+                    // Its shard holds the PUBACK until this is on our disk too.
+                    durability.want_commit();
+                }
             }
             MeshMessage::ShareJoin { group, filter, client_id, granted, request } => {
                 self.shared.join(group, filter, from, client_id, granted);
@@ -258,6 +269,11 @@ impl Shard {
             }
             MeshMessage::ReceiveAllDone => self.interest.release_receive_all(from),
             MeshMessage::Applied { request, position } => self.applied(request, from, position, now),
+            MeshMessage::Durable { position } => {
+                if let Some(durability) = &self.durability {
+                    durability.peer_durable(from.0, position);
+                }
+            }
             MeshMessage::SharedRedeliver { target, message, forwarded } => self.deliver_shared(&target, &message, None, !forwarded, now),
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),

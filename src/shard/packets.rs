@@ -128,6 +128,11 @@ impl Shard {
             // why, as in Mosquitto), 5.0 hears 0x87.
             self.counters.publishes_denied_acl += 1;
             Some((ReasonCode::NOT_AUTHORIZED, None))
+        } else if publish.qos != QoS::AtMostOnce && self.durability.as_ref().is_some_and(|durability| durability.is_failed()) {
+            // The data directory cannot be written: refused rather than acknowledged and
+            // lost (5.0 0x97; 3.1.1 can only close).
+            self.counters.publishes_refused_storage += 1;
+            Some((ReasonCode::QUOTA_EXCEEDED, Some(CloseReason::StorageFailed)))
         } else if publish.retain && !publish.payload.is_empty() && self.retained_store_full(&publish.topic, publish.payload.len()) {
             // A new retained topic past the store's bound: refused, not routed (5.0 0x97).
             // The origin decides, from its replica; every replica applies what it routes.
@@ -184,6 +189,13 @@ impl Shard {
             subscribed = self.route(Arc::new(message), now);
         }
         let reason = if subscribed { ReasonCode::SUCCESS } else { ReasonCode::NO_MATCHING_SUBSCRIBERS };
+        if qos != QoS::AtMostOnce
+            && let Some(durability) = self.durability.as_ref().filter(|durability| durability.holds_output())
+        {
+            // The acknowledgement waits until what the message did, here and on every
+            // shard it went to, is on disk. A QoS 2 resend was stored the first time.
+            link.hold_until(durability.ticket(is_new.then_some(self.streams.last_routed)));
+        }
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => write_packet(link, version, &Packet::PubAck(Ack::with_reason(id, reason))),
             (QoS::ExactlyOnce, Some(id)) => write_packet(link, version, &Packet::PubRec(Ack::with_reason(id, reason))),
