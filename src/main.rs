@@ -132,6 +132,13 @@ fn run(layered: layers::Layered, command_line: Vec<std::ffi::OsString>) -> anyho
     }
     let (log_filter, _log_flush) = start_logging(&config)?;
 
+    // A write past the file-size limit (`ulimit -f`) must fail with EFBIG, which the data
+    // directory's writer reports and survives, instead of killing the broker (SIGXFSZ's
+    // default action).
+    // SAFETY: setting a signal's disposition to ignore; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;

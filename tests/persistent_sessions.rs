@@ -299,3 +299,127 @@ fn only_the_newest_generation_of_session_logs_is_left() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = ProtocolVersion::V5;
 }
+
+/// The data directory fills up (a file-size limit stands in for a full disk: the writes
+/// fail with EFBIG): the broker logs it, keeps serving, refuses QoS 1/2 publishes (5.0
+/// PUBACK 0x97, 3.1.1 closed) instead of acknowledging what it cannot store, recovers
+/// when there is room again, and has lost nothing it acknowledged.
+#[test]
+fn a_full_disk_refuses_durable_publishes_keeps_serving_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let dir = data_dir("full");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.with_extension("log");
+    const FILE_BYTES_MAX: u64 = 64 << 10;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--cores", "1", "--log", "warn", "--durability", "sync"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    // SAFETY: only getrlimit/setrlimit between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit);
+            limit.rlim_cur = FILE_BYTES_MAX;
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut broker = Broker::spawn(&mut command);
+
+    let (mut subscriber, _) = v5_persistent(&broker, "full-sub", true);
+    subscriber.subscribe(&[("full/#", QoS::AtLeastOnce)]);
+    subscriber.disconnect();
+    let mut live = broker.client_v5("live-sub");
+    live.subscribe(&[("live/#", QoS::AtMostOnce)]);
+
+    // Publish 1 KiB messages until the broker refuses one; it queues them all for the
+    // offline subscriber, so the session log passes the limit after some 60.
+    let payload = |n: u32| {
+        let mut bytes = format!("{n}:").into_bytes();
+        bytes.resize(1024, b'x');
+        Bytes::from(bytes)
+    };
+    let mut acknowledged = Vec::new();
+    let mut publisher = broker.client_v5("full-pub");
+    let mut refused = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0u32;
+    while !refused {
+        assert!(Instant::now() < deadline, "never refused; {} acknowledged", acknowledged.len());
+        n += 1;
+        let id = PacketId::new((n % 60_000 + 1) as u16).unwrap();
+        publisher.send(&Packet::Publish(Publish::acknowledged(Bytes::from_static(b"full/x"), payload(n), QoS::AtLeastOnce, id)));
+        match publisher.try_recv(Duration::from_secs(2)) {
+            Some(Packet::PubAck(ack)) if ack.reason.0 == 0 => acknowledged.push(n),
+            Some(Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, ringmq::protocol::ReasonCode::QUOTA_EXCEEDED);
+                refused = true;
+            }
+            // Held output dropped when the write failed: the connection closes unanswered.
+            _ => publisher = broker.client_v5("full-pub"),
+        }
+    }
+    assert!(acknowledged.len() > 20, "{} acknowledged before the disk filled", acknowledged.len());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("writing to the data directory failed"), "{logged}");
+    // 3.1.1 cannot be told: its connection closes.
+    let mut old = broker.client("full-pub-311", true);
+    old.publish_raw("full/x", QoS::AtLeastOnce, false);
+    let mut seen = Vec::new();
+    assert!(old.closed_within(common::WAIT, &mut seen), "{seen:?}");
+    // QoS 0 is still served.
+    let mut quick = broker.client_v5("quick-pub");
+    quick.publish("live/x", b"still serving", QoS::AtMostOnce, false, 0);
+    assert_eq!(&live.recv_publish().payload[..], b"still serving");
+
+    // Room again: the next commit rewrites the log and publishes are acknowledged again.
+    // SAFETY: prlimit on our own child process, with a valid rlimit.
+    unsafe {
+        let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::prlimit(broker.pid() as libc::pid_t, libc::RLIMIT_FSIZE, std::ptr::null(), &mut current);
+        let raised = libc::rlimit { rlim_cur: current.rlim_max, ..unlimited };
+        assert_eq!(libc::prlimit(broker.pid() as libc::pid_t, libc::RLIMIT_FSIZE, &raised, std::ptr::null_mut()), 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "never recovered");
+        n += 1;
+        let id = PacketId::new((n % 60_000 + 1) as u16).unwrap();
+        publisher.send(&Packet::Publish(Publish::acknowledged(Bytes::from_static(b"full/x"), payload(n), QoS::AtLeastOnce, id)));
+        match publisher.try_recv(Duration::from_secs(2)) {
+            Some(Packet::PubAck(ack)) if ack.reason.0 == 0 => {
+                acknowledged.push(n);
+                break;
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(50)),
+            None => publisher = broker.client_v5("full-pub"),
+        }
+    }
+    assert!(broker.terminate().is_some_and(|status| status.success()));
+
+    // Everything acknowledged, before the disk filled and after, is there.
+    let broker = start_on(&dir, "1");
+    let (mut subscriber, present) = v5_persistent(&broker, "full-sub", false);
+    assert!(present);
+    let mut got = std::collections::BTreeSet::new();
+    while let Some(packet) = subscriber.try_recv(Duration::from_millis(500)) {
+        if let Packet::Publish(publish) = packet {
+            subscriber.ack(&publish);
+            let text = String::from_utf8_lossy(&publish.payload[..8]).into_owned();
+            got.insert(text.split(':').next().unwrap().parse::<u32>().unwrap());
+        }
+    }
+    let missing: Vec<u32> = acknowledged.iter().copied().filter(|n| !got.contains(n)).collect();
+    assert!(missing.is_empty(), "acknowledged, then lost: {missing:?}");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
+}

@@ -177,7 +177,8 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     let auth_slot = AuthSlot::new(auth.clone());
     let limits_slot = LimitsSlot::new(limits.clone());
     let tls_slot = TlsSlot::load(config.tls_options()?)?;
-    let (data_dir, persist_plan) = persistence::prepare(config.data_dir.as_deref(), config.durability, config.fsync_interval_ms, limits.session, cpus.len())?;
+    let (data_dir, persist_plan) =
+        persistence::prepare(config.data_dir.as_deref(), config.durability, config.fsync_interval_ms, limits.session, cpus.len())?;
 
     uring_probe::check()?;
     let memlock = memlock_limit_bytes();

@@ -22,8 +22,8 @@ use glommio::timer::sleep;
 
 use super::latch::Latch;
 
-use crate::persist::log::AppendLog;
 use crate::config::Durability;
+use crate::persist::log::AppendLog;
 use crate::persist::session::{LoggedSession, SessionReplay};
 use crate::persist::{DataDir, PersistError, RETAINED_LOG, record, retained};
 use crate::session::{Message, SessionLimits};
