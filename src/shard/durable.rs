@@ -301,7 +301,7 @@ impl Shard {
             for (filter, subscription) in subscriptions {
                 match filter {
                     Filter::Plain(text) => {
-                        self.subscriptions.insert(&text, key, subscription);
+                        self.subscriptions.insert_new(&text, key, subscription);
                         let request = self.barriers.new_request();
                         self.interest.restore_local(&text, request);
                     }

@@ -89,7 +89,12 @@ impl Shard {
                 None
             }
             Filter::Plain(text) => {
-                self.subscriptions.insert(text, key, subscription);
+                if new {
+                    // The trie mirrors the sessions: a filter new to the session is new here.
+                    self.subscriptions.insert_new(text, key, subscription);
+                } else {
+                    self.subscriptions.insert(text, key, subscription);
+                }
                 new.then(|| self.add_interest(text, request, late_since, now))
             }
         }

@@ -102,6 +102,27 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
 
     /// Adds or replaces `key`'s subscription to a validated `filter`; returns the old value.
     pub fn insert(&mut self, filter: &[u8], key: K, value: V) -> Option<V> {
+        let subscribers = self.subscribers_mut(filter);
+        if let Some(entry) = subscribers.iter_mut().find(|(k, _)| *k == key) {
+            return Some(std::mem::replace(&mut entry.1, value));
+        }
+        subscribers.push((key, value));
+        self.len += 1;
+        None
+    }
+
+    /// `insert` for a `key` the caller knows holds no subscription to `filter` yet: no
+    /// search of the filter's subscribers, so 100,000 clients subscribing to one topic (or
+    /// restored at start-up) cost linear time, not quadratic.
+    pub fn insert_new(&mut self, filter: &[u8], key: K, value: V) {
+        let subscribers = self.subscribers_mut(filter);
+        debug_assert!(!subscribers.iter().any(|(k, _)| *k == key), "insert_new for a key already subscribed");
+        subscribers.push((key, value));
+        self.len += 1;
+    }
+
+    /// The subscriber list of `filter`'s node, made if missing.
+    fn subscribers_mut(&mut self, filter: &[u8]) -> &mut Vec<(K, V)> {
         let mut node = &mut self.root;
         let mut levels = levels(filter).peekable();
         let mut slot = None;
@@ -117,16 +138,10 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
                 node.children.entry(level.into()).or_default()
             };
         }
-        let subscribers = match slot {
+        match slot {
             Some(slot) => slot,
             None => &mut node.exact,
-        };
-        if let Some(entry) = subscribers.iter_mut().find(|(k, _)| *k == key) {
-            return Some(std::mem::replace(&mut entry.1, value));
         }
-        subscribers.push((key, value));
-        self.len += 1;
-        None
     }
 
     /// Removes `key`'s subscription to `filter`, pruning the nodes that only led to it.
