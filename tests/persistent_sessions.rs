@@ -423,3 +423,50 @@ fn a_full_disk_refuses_durable_publishes_keeps_serving_and_recovers() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
 }
+
+/// A shared-subscription member and a will waiting for its delay come back too: the group
+/// is rebuilt on every shard, and the will goes out when its delay (counted across the
+/// restart) is over, not at once.
+#[test]
+fn shared_membership_and_a_delayed_will_survive_kill_9() {
+    let dir = data_dir("shared-will");
+    let broker = start_on(&dir, "2");
+    let (mut member, _) = v5_persistent(&broker, "shared-member", true);
+    member.subscribe(&[("$share/workers/jobs/+", QoS::AtLeastOnce)]);
+    member.disconnect();
+    let (mut watcher, _) = v311_persistent(&broker, "delayed-watcher");
+    watcher.subscribe(&[("wills/delayed", QoS::AtLeastOnce)]);
+    watcher.disconnect();
+    let mut dying = broker.raw_v5();
+    let mut will = common::will("wills/delayed", b"late", QoS::AtLeastOnce, false);
+    will.properties.will_delay_interval = Some(3);
+    let connect = match dying.connect_packet("delayed", false, 60, Some(will)) {
+        Packet::Connect(mut connect) => {
+            connect.properties.session_expiry_interval = Some(3600);
+            Packet::Connect(connect)
+        }
+        other => other,
+    };
+    assert_eq!(dying.connect_sending(connect).code, 0);
+    // Gone without DISCONNECT: the will waits 3 s.
+    dying.drop_abruptly();
+    let lost_at = Instant::now();
+    std::thread::sleep(SETTLE);
+    kill_9(broker);
+
+    let broker = start_on(&dir, "1");
+    let mut publisher = broker.client("jobs-pub", true);
+    for n in 0..5u16 {
+        publisher.publish(&format!("jobs/{n}"), b"job", QoS::AtLeastOnce, false, n + 1);
+    }
+    let (mut member, present) = v5_persistent(&broker, "shared-member", false);
+    assert!(present);
+    assert_eq!(receive(&mut member, 5).len(), 5, "the group's only member gets every job");
+    let (mut watcher, _) = v311_persistent(&broker, "delayed-watcher");
+    let will = receive(&mut watcher, 1);
+    assert_eq!(&will[0].payload[..], b"late");
+    let after = lost_at.elapsed();
+    assert!(after >= Duration::from_millis(2500), "the will waited for its delay: {after:?}");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
