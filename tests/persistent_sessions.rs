@@ -470,3 +470,45 @@ fn shared_membership_and_a_delayed_will_survive_kill_9() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A session log that grows past its compaction threshold is rewritten whole and goes on
+/// from there; what it holds is the same after a crash.
+#[test]
+fn a_session_log_is_compacted_and_still_recovers() {
+    let dir = data_dir("compact");
+    let broker = start_on(&dir, "1");
+    let (mut online, _) = v5_persistent(&broker, "busy-sub", true);
+    online.subscribe(&[("busy/#", QoS::AtLeastOnce)]);
+    let (mut offline, _) = v311_persistent(&broker, "idle-sub");
+    offline.subscribe(&[("busy/kept", QoS::AtLeastOnce)]);
+    offline.disconnect();
+    let payload = vec![b'p'; 1024];
+    let mut publisher = broker.client_v5("busy-pub");
+    // Some 6 MiB of events and messages for the online subscriber, who acknowledges them.
+    for n in 0..6000u32 {
+        publisher.publish("busy/churn", &payload, QoS::AtLeastOnce, false, (n % 60_000 + 1) as u16);
+        let delivered = online.recv_publish();
+        online.ack(&delivered);
+    }
+    publisher.publish("busy/kept", b"keep me", QoS::AtLeastOnce, false, 1);
+    assert_eq!(&receive(&mut online, 1)[0].payload[..], b"keep me");
+    std::thread::sleep(SETTLE);
+    let log_bytes: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("sessions-"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    assert!(log_bytes < 4 << 20, "compacted: {log_bytes} bytes after ~6 MiB written");
+    kill_9(broker);
+
+    let broker = start_on(&dir, "1");
+    let (mut idle, present) = v311_persistent(&broker, "idle-sub");
+    assert!(present);
+    assert_eq!(&receive(&mut idle, 1)[0].payload[..], b"keep me");
+    let (mut busy, present) = v5_persistent(&broker, "busy-sub", false);
+    assert!(present);
+    busy.assert_silent(Duration::from_millis(300));
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
