@@ -7,12 +7,13 @@
 # Env:   BROKER_CPUS (default 0), CLIENT_CPUS (default 1), RINGMQ_FLAGS,
 #        MATRIX    dev (default: the 2-core matrix), scale (the many-core matrix at max
 #                  rate) or scale-rates (the many-core matrix at fixed offered loads),
-#        BROKERS   default "mosquitto ringmq"; also "ringmq-1" (ringmq with one shard on
-#                  the first broker CPU), "ringmq-broadcast" (every publish to every
+#        BROKERS   default "mosquitto ringmq", plus "flashmq" when tuning/build-flashmq.sh
+#                  has built it (or FLASHMQ names a binary); also "ringmq-1" (ringmq with one
+#                  shard on the first broker CPU), "ringmq-broadcast" (every publish to every
 #                  shard), "ringmq-cpu" (connections steered by CPU) and "rmqtt",
 #        BIN_DIR   prebuilt ringmq and loadgen here instead of `cargo build`,
 #        ONLY      run only the scenarios named here (space-separated),
-#        MOSQUITTO, RMQTTD (binaries), OUT_DIR (keep every loadgen JSON report here).
+#        MOSQUITTO, RMQTTD, FLASHMQ (binaries), OUT_DIR (keep every loadgen JSON report here).
 # Needs: mosquitto (apt-get install -y mosquitto), python3 for the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ SECONDS_PER_RUN=${1:-5}
 BROKER_CPUS=${BROKER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 MATRIX=${MATRIX:-dev}
-BROKERS=${BROKERS:-mosquitto ringmq}
+FLASHMQ=${FLASHMQ:-$(ls .peers/flashmq-*/build/flashmq 2>/dev/null | tail -1)}
+BROKERS=${BROKERS:-mosquitto ${FLASHMQ:+flashmq }ringmq}
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 RMQTTD=${RMQTTD:-rmqttd}
 if ! command -v taskset >/dev/null || [ -n "${PY_TASKSET:-}" ]; then
@@ -70,6 +72,11 @@ start_broker() {
     ringmq-1) start_ringmq "$FIRST_BROKER_CPU" 1 ;;
     mosquitto) printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nmax_inflight_messages 32\n' $PORT $QUEUE >"$WORK/m.conf"
                taskset -c "$BROKER_CPUS" "$MOSQUITTO" -c "$WORK/m.conf" >"$WORK/broker.log" 2>&1 & ;;
+    flashmq) # One worker thread per broker CPU; its per-client QoS 1/2 bounds raised to the
+             # most it takes (its defaults, 512 messages and 64 KiB, drop under a fast publisher).
+             printf 'thread_count %s\nallow_anonymous true\nquiet true\nmax_qos_msg_pending_per_client 65535\nmax_qos_bytes_pending_per_client 1073741824\nlisten {\n  protocol mqtt\n  port %s\n  inet_protocol ip4\n  inet4_bind_address 127.0.0.1\n}\n' \
+               "$SHARDS" $PORT >"$WORK/flashmq.conf"
+             taskset -c "$BROKER_CPUS" "$FLASHMQ" --config-file "$WORK/flashmq.conf" >"$WORK/broker.log" 2>&1 & ;;
     rmqtt) # Same bounds as the others; anonymous; no plugins; log to a file in $WORK.
            printf '[listener.tcp.external]\naddr = "127.0.0.1:%s"\nallow_anonymous = true\nmax_mqueue_len = %s\nmax_inflight = 32\nbacklog = 4096\nmax_handshaking_limit = 100000\n[log]\nto = "console"\nlevel = "warn"\n' \
              $PORT $QUEUE >"$WORK/rmqtt.toml"
@@ -132,8 +139,8 @@ def load(name, broker):
         return json.load(open(f"{work}/{name}.{broker}.json"))
     except Exception:
         return None
-print("| scenario | broker | deliveries/s | lost | dup | p50 us | p99 us | p99.9 us | client CPU | vs mosquitto |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | broker | deliveries/s | lost | dup | p50 us | p99 us | p99.9 us | client CPU | vs mosquitto | vs flashmq |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for entry in entries:
     name = entry.split("|")[0]
     if os.environ.get("ONLY") and name not in os.environ["ONLY"].split():
@@ -141,6 +148,7 @@ for entry in entries:
     only = entry.split("|")[2].split() if entry.count("|") >= 2 else brokers
     rows = {b: load(name, b) for b in brokers if b in only}
     base = rows.get("mosquitto")
+    flash = rows.get("flashmq")
     for broker, r in rows.items():
         if r is None:
             if broker != "ringmq-1" or name.startswith("fanout-1x100-qos0"):
@@ -156,7 +164,14 @@ for entry in entries:
                 ratio = f"{r['deliveries_per_s'] / base['deliveries_per_s']:.2f}x"
         if broker.startswith("ringmq") and broker != "ringmq-1" and rows.get("ringmq-1") and rows["ringmq-1"]["deliveries_per_s"] > 0:
             ratio += f" ({r['deliveries_per_s'] / rows['ringmq-1']['deliveries_per_s']:.2f}x 1 shard)"
+        versus_flash = ""
+        if flash and broker not in ("flashmq", "mosquitto"):
+            if "fixed" in name:
+                f = (flash.get("latency_us") or {}).get("p99")
+                versus_flash = f"p99 {f / lat['p99']:.2f}x lower" if f and lat.get("p99") else ""
+            elif flash["deliveries_per_s"] > 0:
+                versus_flash = f"{r['deliveries_per_s'] / flash['deliveries_per_s']:.2f}x"
         sat = " (saturated)" if r["client_saturated"] else ""
         print(f"| {name} | {broker} | {r['deliveries_per_s']:.0f} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
-              f"{lat.get('p50','')} | {lat.get('p99','')} | {lat.get('p99_9','')} | {100*r['client_cpu_fraction']:.0f}%{sat} | {ratio} |")
+              f"{lat.get('p50','')} | {lat.get('p99','')} | {lat.get('p99_9','')} | {100*r['client_cpu_fraction']:.0f}%{sat} | {ratio} | {versus_flash} |")
 PY

@@ -141,7 +141,8 @@ impl Session {
             SessionEvent::Sent(packet_id) => {
                 let Queued { copy, message } = self.queued.pop_front().ok_or(Mismatch("sent from an empty queue"))?;
                 let stage = if copy.qos == crate::protocol::QoS::AtLeastOnce { AckStage::AwaitingPubAck } else { AckStage::AwaitingPubRec };
-                self.inflight.push_back(Inflight { packet_id, copy, message, stage });
+                // Of unknown age: the window is searched while it is the oldest.
+                self.inflight.push_back(Inflight { packet_id, serial: 0, copy, message, stage });
                 self.next_packet_id = packet_id.next();
             }
             SessionEvent::ExpiredFront | SessionEvent::DroppedFront => {

@@ -146,6 +146,9 @@ impl CopyFor {
 #[derive(Debug, Clone)]
 struct Inflight {
     packet_id: PacketId,
+    /// The session's allocation count when this id was given (see `allocate_packet_id`);
+    /// 0 for an entry read back from the session log, whose age is unknown.
+    serial: u64,
     copy: CopyFor,
     message: Arc<Message>,
     stage: AckStage,
@@ -212,6 +215,8 @@ pub struct Session {
     queued: VecDeque<Queued>,
     incoming_qos2: HashSet<PacketId>,
     next_packet_id: PacketId,
+    /// Packet ids allocated so far (for `allocate_packet_id`'s shortcut).
+    allocated: u64,
     /// Messages this session had to drop (queue full, or QoS 0 while offline).
     pub dropped_count: u64,
     /// Queued messages whose expiry passed before delivery could start.
@@ -231,6 +236,7 @@ impl Session {
             queued: VecDeque::new(),
             incoming_qos2: HashSet::new(),
             next_packet_id: PacketId::new(1).expect("1 is non-zero"),
+            allocated: 0,
             dropped_count: 0,
             expired_count: 0,
             journal: None,
@@ -288,11 +294,18 @@ impl Session {
     }
 
     fn allocate_packet_id(&mut self) -> PacketId {
-        // The window is far below 65535, so a free id is always a few steps away.
+        // Ids are given in sequence and the window keeps them in that order, so the next
+        // id can only be in use if the oldest in-flight message got its id a whole lap of
+        // 65,535 ids ago (it stayed unacknowledged while 65,535 others went). Only then is
+        // the window searched: sending stays O(1) at any window size (a search per send
+        // cost 5% of a QoS 1 fan-out at a window of 64, more at 256).
+        let lapped =
+            self.inflight.front().is_some_and(|oldest| oldest.serial == 0 || self.allocated + 1 - oldest.serial >= u64::from(u16::MAX));
         loop {
             let candidate = self.next_packet_id;
             self.next_packet_id = candidate.next();
-            if !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
+            self.allocated += 1;
+            if !lapped || !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
                 return candidate;
             }
         }
@@ -310,7 +323,8 @@ impl Session {
             subscription_ids: copy.subscription_ids.clone(),
             message: message.clone(),
         };
-        self.inflight.push_back(Inflight { packet_id, copy, message, stage });
+        let serial = self.allocated;
+        self.inflight.push_back(Inflight { packet_id, serial, copy, message, stage });
         self.record(|| SessionEvent::Sent(packet_id));
         outgoing
     }
