@@ -1,9 +1,11 @@
 //! The subscription trie: filter levels as edges, `+` and `#` as dedicated children so a
-//! match walks at most three branches per topic level. Subscribers are kept in small
-//! vectors at the node their filter ends on, because matching (every publish) is far
-//! hotter than subscribing.
+//! match walks at most three branches per topic level. Subscribers are kept in vectors at
+//! the node their filter ends on, because matching (every publish) is far hotter than
+//! subscribing; a long vector also gets an index, so that subscribing and unsubscribing
+//! stay O(1) with 100,000 subscribers of one filter.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use super::is_system_topic;
 
@@ -11,14 +13,82 @@ struct Node<K, V> {
     children: HashMap<Box<[u8]>, Node<K, V>>,
     single_level: Option<Box<Node<K, V>>>,
     /// Subscribers whose filter ends with `#` right below this node.
-    multi_level: Vec<(K, V)>,
+    multi_level: Subscribers<K, V>,
     /// Subscribers whose filter ends exactly at this node.
-    exact: Vec<(K, V)>,
+    exact: Subscribers<K, V>,
 }
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
-        Node { children: HashMap::new(), single_level: None, multi_level: Vec::new(), exact: Vec::new() }
+        Node { children: HashMap::new(), single_level: None, multi_level: Subscribers::default(), exact: Subscribers::default() }
+    }
+}
+
+/// Past this many subscribers, a node's list gets a key -> position index.
+const INDEXED_FROM: usize = 32;
+
+/// One node's subscribers: the vector a match walks, and for long lists an index into it.
+struct Subscribers<K, V> {
+    entries: Vec<(K, V)>,
+    index: Option<HashMap<K, usize>>,
+}
+
+impl<K, V> Default for Subscribers<K, V> {
+    fn default() -> Self {
+        Subscribers { entries: Vec::new(), index: None }
+    }
+}
+
+impl<K, V> Subscribers<K, V> {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, (K, V)> {
+        self.entries.iter()
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Subscribers<K, V> {
+    fn position(&self, key: &K) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.entries.iter().position(|(k, _)| k == key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let at = self.position(key)?;
+        Some(&mut self.entries[at].1)
+    }
+
+    fn push(&mut self, key: K, value: V) {
+        if let Some(index) = self.index.as_mut() {
+            index.insert(key.clone(), self.entries.len());
+        }
+        self.entries.push((key, value));
+        if self.index.is_none() && self.entries.len() > INDEXED_FROM {
+            self.index = Some(self.entries.iter().enumerate().map(|(at, (k, _))| (k.clone(), at)).collect());
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let at = self.position(key)?;
+        let (removed, value) = self.entries.swap_remove(at);
+        if let Some(index) = self.index.as_mut() {
+            index.remove(&removed);
+            if let Some((moved, _)) = self.entries.get(at) {
+                index.insert(moved.clone(), at);
+            }
+            if self.entries.len() < INDEXED_FROM / 2 {
+                self.index = None;
+            }
+        }
+        Some(value)
     }
 }
 
@@ -45,7 +115,7 @@ impl<K, V> Node<K, V> {
         if level == b"+" { self.single_level.take().map(|child| *child) } else { self.children.remove(level) }
     }
 
-    fn subscribers_mut(&mut self, multi_level: bool) -> &mut Vec<(K, V)> {
+    fn subscribers_mut(&mut self, multi_level: bool) -> &mut Subscribers<K, V> {
         if multi_level { &mut self.multi_level } else { &mut self.exact }
     }
 }
@@ -90,7 +160,7 @@ fn path_of(filter: &[u8]) -> (Vec<&[u8]>, bool) {
     (steps, multi_level)
 }
 
-impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
+impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
     /// Number of (filter, subscriber) entries.
     pub fn len(&self) -> usize {
         self.len
@@ -103,26 +173,25 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
     /// Adds or replaces `key`'s subscription to a validated `filter`; returns the old value.
     pub fn insert(&mut self, filter: &[u8], key: K, value: V) -> Option<V> {
         let subscribers = self.subscribers_mut(filter);
-        if let Some(entry) = subscribers.iter_mut().find(|(k, _)| *k == key) {
-            return Some(std::mem::replace(&mut entry.1, value));
+        if let Some(existing) = subscribers.get_mut(&key) {
+            return Some(std::mem::replace(existing, value));
         }
-        subscribers.push((key, value));
+        subscribers.push(key, value);
         self.len += 1;
         None
     }
 
     /// `insert` for a `key` the caller knows holds no subscription to `filter` yet: no
-    /// search of the filter's subscribers, so 100,000 clients subscribing to one topic (or
-    /// restored at start-up) cost linear time, not quadratic.
+    /// lookup of the filter's subscribers (short lists have no index).
     pub fn insert_new(&mut self, filter: &[u8], key: K, value: V) {
         let subscribers = self.subscribers_mut(filter);
-        debug_assert!(!subscribers.iter().any(|(k, _)| *k == key), "insert_new for a key already subscribed");
-        subscribers.push((key, value));
+        debug_assert!(subscribers.position(&key).is_none(), "insert_new for a key already subscribed");
+        subscribers.push(key, value);
         self.len += 1;
     }
 
     /// The subscriber list of `filter`'s node, made if missing.
-    fn subscribers_mut(&mut self, filter: &[u8]) -> &mut Vec<(K, V)> {
+    fn subscribers_mut(&mut self, filter: &[u8]) -> &mut Subscribers<K, V> {
         let mut node = &mut self.root;
         let mut levels = levels(filter).peekable();
         let mut slot = None;
@@ -162,7 +231,7 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
             }
         }
         let subscribers = if multi_level { &node.multi_level } else { &node.exact };
-        subscribers.iter().position(|(k, _)| k == key)?;
+        subscribers.position(key)?;
         let others = if multi_level { &node.exact } else { &node.multi_level };
         if subscribers.len() > 1 || !others.is_empty() || node.edge_count() > 0 {
             prune_at = None;
@@ -178,14 +247,14 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
                 for step in &steps[depth + 1..] {
                     end = end.child_mut(step)?;
                 }
-                take(end.subscribers_mut(multi_level), key)
+                end.subscribers_mut(multi_level).remove(key)
             }
             None => {
                 let mut end = &mut self.root;
                 for step in &steps {
                     end = end.child_mut(step)?;
                 }
-                take(end.subscribers_mut(multi_level), key)
+                end.subscribers_mut(multi_level).remove(key)
             }
         };
         if removed.is_some() {
@@ -209,12 +278,12 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
             let wildcards_allowed = !(depth == 0 && system);
             if wildcards_allowed {
                 // `a/#` matches `a` itself as well as everything below it.
-                for (key, value) in &node.multi_level {
+                for (key, value) in node.multi_level.iter() {
                     visit(key, value);
                 }
             }
             let Some(level) = rest.get(depth) else {
-                for (key, value) in &node.exact {
+                for (key, value) in node.exact.iter() {
                     visit(key, value);
                 }
                 continue;
@@ -227,11 +296,6 @@ impl<K: PartialEq + Clone, V> SubscriptionTree<K, V> {
             }
         }
     }
-}
-
-fn take<K: PartialEq, V>(subscribers: &mut Vec<(K, V)>, key: &K) -> Option<V> {
-    let index = subscribers.iter().position(|(k, _)| k == key)?;
-    Some(subscribers.swap_remove(index).1)
 }
 
 /// The match walk's stack: inline for the depths real topics have, on the heap beyond.
@@ -441,6 +505,28 @@ mod tests {
                     .collect();
                 prop_assert_eq!(matches(&tree, &topic), expected, "topic {}", topic);
             }
+        }
+
+        /// Many subscribers on few filters: lists grow past the index threshold and shrink
+        /// below it again; the tree agrees with a plain set after every step.
+        #[test]
+        fn long_subscriber_lists_agree_with_a_set(ops in proptest::collection::vec((0u32..120, 0usize..3, any::<bool>()), 1..600)) {
+            const FILTERS: [&str; 3] = ["a/b", "a/#", "+/b"];
+            let mut tree = SubscriptionTree::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (key, filter, add) in ops {
+                if add {
+                    let replaced = tree.insert(FILTERS[filter].as_bytes(), key, ()).is_some();
+                    prop_assert_eq!(replaced, !model.insert((filter, key)));
+                } else {
+                    prop_assert_eq!(tree.remove(FILTERS[filter].as_bytes(), &key).is_some(), model.remove(&(filter, key)));
+                }
+                prop_assert_eq!(tree.len(), model.len());
+            }
+            let expected: Vec<u32> = model.iter().map(|&(_, key)| key).collect::<Vec<_>>();
+            let mut expected = expected;
+            expected.sort();
+            prop_assert_eq!(matches(&tree, "a/b"), expected);
         }
     }
 }
