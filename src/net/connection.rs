@@ -320,6 +320,10 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Wir
     let mut publish_rate = publish_rate_max.map(|rate| Box::new(TokenBucket::new(f64::from(rate), Instant::now())));
 
     loop {
+        // One clock read per block of input, not per packet: a fan-out's publisher shard
+        // takes a hundred PUBACKs per PUBLISH, and the shard only needs `now` to the
+        // millisecond (keep alive, expiry). Re-read after anything that may have waited.
+        let mut now = Instant::now();
         loop {
             match decode(&mut buf, version, max_packet) {
                 Ok(Some(packet)) => {
@@ -335,17 +339,25 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Wir
                                 // Closed while the PUBLISH waited: it goes nowhere.
                                 return Ok(());
                             }
+                            now = Instant::now();
                         }
                         // One SUBSCRIBE's retained messages at a time (shard/flow.rs).
-                        Packet::Subscribe(_) => link.wait_for_retained_sent().await,
+                        Packet::Subscribe(_) => {
+                            link.wait_for_retained_sent().await;
+                            now = Instant::now();
+                        }
                         _ => {}
                     }
-                    shard.borrow_mut().handle_packet(link, packet, Instant::now())?;
+                    let subscribing = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                    shard.borrow_mut().handle_packet(link, packet, now)?;
                     if link.is_closing() {
                         return Ok(());
                     }
-                    // Bounded subscribe work per client: its next packets wait their turn.
-                    link.wait_for_held_answers().await;
+                    if subscribing {
+                        // Bounded subscribe work per client: its next packets wait their turn.
+                        link.wait_for_held_answers().await;
+                        now = Instant::now();
+                    }
                 }
                 Ok(None) => break,
                 Err(error) => return Err(CloseReason::Decode(error)),
