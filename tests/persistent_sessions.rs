@@ -512,3 +512,43 @@ fn a_session_log_is_compacted_and_still_recovers() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A session that moved between shards and then ended stays ended after its new shard's
+/// log is compacted: the end is written again by every compaction, because the old
+/// instance is still in the first shard's log.
+#[test]
+fn an_end_survives_compaction_while_an_older_instance_sits_in_another_log() {
+    let dir = data_dir("tombstone");
+    let broker = Broker::start(&["--data-dir", dir.to_str().unwrap(), "--fsync-interval-ms", INTERVAL, "--cores", "2", "--steer", "cpu"]);
+    // Opened on one shard, moved to the other, ended there by a clean start.
+    common::on_cpu(0, || {
+        let (mut ghost, _) = v311_persistent(&broker, "ghost");
+        ghost.subscribe(&[("ghost/t", QoS::AtLeastOnce)]);
+        ghost.disconnect();
+    });
+    common::on_cpu(1, || {
+        let (ghost, present) = v311_persistent(&broker, "ghost");
+        assert!(present);
+        ghost.disconnect();
+        let mut clean = broker.raw();
+        assert_eq!(clean.connect("ghost", true, 60, None).code, 0);
+        clean.disconnect();
+        // Some 6 MiB through the second shard: its log is compacted.
+        let (mut online, _) = v5_persistent(&broker, "churn-sub", true);
+        online.subscribe(&[("churn", QoS::AtLeastOnce)]);
+        let mut publisher = broker.client_v5("churn-pub");
+        let payload = vec![b'p'; 1024];
+        for n in 0..6000u32 {
+            publisher.publish("churn", &payload, QoS::AtLeastOnce, false, (n % 60_000 + 1) as u16);
+            let delivered = online.recv_publish();
+            online.ack(&delivered);
+        }
+    });
+    std::thread::sleep(SETTLE);
+    kill_9(broker);
+    let broker = start_on(&dir, "2");
+    let (_, present) = v311_persistent(&broker, "ghost");
+    assert!(!present, "the ended session came back from the first shard's log");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

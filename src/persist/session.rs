@@ -347,6 +347,18 @@ pub struct LoggedSession {
     pub epoch: u64,
     pub header: SessionHeader,
     pub session: Session,
+    /// Offline past its expiry while the broker was down: not restored (its will is sent).
+    pub expired: bool,
+}
+
+/// What the logs hold once replayed.
+#[derive(Debug)]
+pub struct Replayed {
+    pub sessions: Vec<LoggedSession>,
+    /// Every client id whose session ended, with the epoch it ended at: the next
+    /// generation repeats these, so an older instance in a file that outlives its
+    /// generation (a failed delete) stays ended.
+    pub ended: Vec<(Bytes, u64)>,
 }
 
 /// Replays session logs (any number of files, from any shard count) into the newest
@@ -426,7 +438,7 @@ impl SessionReplay {
 
     /// The newest instance of every client's session that has not ended, its queue's
     /// recorded changes taken (what is restored gets written whole again).
-    pub fn finish(self) -> Vec<LoggedSession> {
+    pub fn finish(self) -> Replayed {
         let mut newest: HashMap<Bytes, LoggedSession> = HashMap::new();
         for ((client_id, epoch), (header, mut session)) in self.sessions {
             if self.ended.get(&client_id).is_some_and(|&ended| ended >= epoch) {
@@ -436,18 +448,23 @@ impl SessionReplay {
                 continue;
             }
             session.clear_journal();
-            newest.insert(client_id.clone(), LoggedSession { client_id, epoch, header, session });
+            let expired = !header.online && header.ends_at_ms != 0 && instant_of(header.ends_at_ms, self.clock).is_none();
+            newest.insert(client_id.clone(), LoggedSession { client_id, epoch, header, session, expired });
         }
         let mut sessions: Vec<LoggedSession> = newest.into_values().collect();
         sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        sessions
+        let mut ended: Vec<(Bytes, u64)> = self.ended.into_iter().collect();
+        ended.sort();
+        Replayed { sessions, ended }
     }
 }
 
 /// Turns a wall-clock deadline into an instant on this process's clock (`None`: passed).
 pub fn instant_of(unix_ms: u64, clock: Clock) -> Option<Instant> {
     let left = unix_ms.checked_sub(clock.unix_ms).filter(|&left| left > 0)?;
-    Some(clock.now + Duration::from_millis(left))
+    // A deadline centuries away (a record can say anything) is as good as never.
+    let left = Duration::from_millis(left).min(Duration::from_secs(100 * 365 * 86_400));
+    Some(clock.now + left)
 }
 
 /// The inverse of `instant_of`.

@@ -89,7 +89,7 @@ fn replay(files: &[&[u8]], clock: Clock) -> Vec<LoggedSession> {
         replay.file(scan.records.iter().copied()).expect("replays");
         assert_eq!(replay.mismatches, 0);
     }
-    replay.finish()
+    replay.finish().sessions
 }
 
 #[test]

@@ -433,7 +433,7 @@ async fn shard_main(params: ShardParams) {
         let mut shard_mut = shard.borrow_mut();
         shard_mut.enable_durability(persist_plan.sync);
         shard_mut.keep_session_log(sessions.epochs.clone());
-        shard_mut.restore_sessions(&persist_plan.sessions, Instant::now());
+        shard_mut.restore_sessions(&persist_plan.sessions, &sessions.ended, Instant::now());
         let retained = persist_plan.retained_log.clone().filter(|_| id.0 == 0);
         if retained.is_some() {
             shard_mut.keep_retained_journal();

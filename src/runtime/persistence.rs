@@ -57,6 +57,9 @@ pub struct SessionLogsPlan {
     /// The logs read at start-up, deleted once no shard still has to commit its first batch.
     pub old_files: Arc<Vec<PathBuf>>,
     pub first_commits_left: Arc<AtomicUsize>,
+    /// The client ids whose sessions ended, and at which epoch (see `Replayed::ended`);
+    /// each shard carries those it is home for into the new generation.
+    pub ended: Arc<Vec<(bytes::Bytes, u64)>>,
 }
 
 impl SessionLogsPlan {
@@ -113,7 +116,8 @@ fn recover_sessions(
     }
     let generation = files.last().map_or(1, |(generation, _)| generation + 1);
     let epochs = Arc::new(AtomicU64::new(replay.max_epoch + 1));
-    let sessions = replay.finish();
+    let replayed = replay.finish();
+    let sessions = replayed.sessions;
     let plan = SessionLogsPlan {
         dir: dir.to_path_buf(),
         generation,
@@ -121,6 +125,7 @@ fn recover_sessions(
         epochs,
         old_files: Arc::new(files.into_iter().map(|(_, path)| path).collect()),
         first_commits_left: Arc::new(AtomicUsize::new(shard_count)),
+        ended: Arc::new(replayed.ended),
     };
     Ok((sessions, plan))
 }
@@ -235,7 +240,18 @@ pub struct WriterPlan {
 /// `enable_durability`).
 pub async fn write_logs(shard: Rc<RefCell<Shard>>, plan: WriterPlan, finish: Rc<Latch>) {
     let sessions_path = plan.sessions.path(plan.index);
-    let Some(mut sessions_log) = LogFile::open(sessions_path, 0).await else { return };
+    // Until the log opens (a full disk at start-up), the shard counts as failed: held
+    // output is dropped and QoS 1/2 publishes refused, instead of waiting forever.
+    let mut sessions_log = loop {
+        if let Some(log) = LogFile::open(sessions_path.clone(), 0).await {
+            break log;
+        }
+        shard.borrow_mut().commit_failed();
+        if finish.is_set() {
+            return;
+        }
+        or(sleep(plan.sessions.interval), finish.wait()).await;
+    };
     let mut retained_log = match &plan.retained {
         Some(retained) => LogFile::open(retained.path.clone(), retained.valid_bytes).await,
         None => None,
@@ -340,5 +356,10 @@ fn remove_old_session_logs(plan: &SessionLogsPlan) {
         if let Err(error) = std::fs::remove_file(old) {
             tracing::warn!(file = %old.display(), %error, "cannot remove a session log of an earlier run");
         }
+    }
+    // The removals are durable too (an old file coming back is harmless: the new
+    // generation repeats every end, and newer epochs win).
+    if let Ok(directory) = std::fs::File::open(&plan.dir) {
+        let _ = directory.sync_all();
     }
 }

@@ -29,6 +29,9 @@ pub(super) struct SessionLog {
     wills_due: Vec<(Bytes, Box<Will>)>,
     /// Per peer: the position in its publish stream last reported durable to it.
     reported: Vec<u64>,
+    /// Every end written in this generation (client id -> epoch), written again by each
+    /// compaction: an older instance of the session may sit in another shard's file.
+    tombstones: HashMap<Bytes, u64>,
 }
 
 /// What the writer commits next, and what its commit will prove.
@@ -83,6 +86,7 @@ impl Shard {
             scratch: Vec::new(),
             wills_due: Vec::new(),
             reported: vec![0; self.shard_count],
+            tombstones: HashMap::new(),
         });
     }
 
@@ -97,6 +101,7 @@ impl Shard {
             if client.session.is_journaled() {
                 client.session.disable_journal();
                 log.encoder.end(epoch, client.session.client_id(), &mut log.records);
+                log.tombstones.insert(client.session.client_id().clone(), epoch);
             }
             return;
         }
@@ -134,6 +139,7 @@ impl Shard {
             session.disable_journal();
             let epoch = log.epochs.fetch_add(1, Ordering::Relaxed);
             log.encoder.end(epoch, session.client_id(), &mut log.records);
+            log.tombstones.insert(session.client_id().clone(), epoch);
         }
     }
 
@@ -161,6 +167,9 @@ impl Shard {
         log.rewrite_needed = false;
         let clock = Clock::system();
         let mut records = Vec::new();
+        for (client_id, &epoch) in &log.tombstones {
+            log.encoder.end(epoch, client_id, &mut records);
+        }
         for (key, client) in self.clients.iter_mut() {
             if !client.session.is_journaled() {
                 continue;
@@ -246,10 +255,27 @@ impl Shard {
     /// the ones whose client id this shard is home for live here, offline; every shard
     /// learns which peer wants which filters, and the shared-group members, directly, so
     /// no publish taken after start-up can miss a restored subscriber.
-    pub fn restore_sessions(&mut self, sessions: &[LoggedSession], now: Instant) {
+    pub fn restore_sessions(&mut self, sessions: &[LoggedSession], ended: &[(Bytes, u64)], now: Instant) {
         let clock = Clock { now, unix_ms: Clock::system().unix_ms };
+        if let Some(log) = self.session_log.as_mut() {
+            for (client_id, epoch) in ended.iter().filter(|(client_id, _)| home_shard(client_id, self.shard_count) == self.id) {
+                log.encoder.end(*epoch, client_id, &mut log.records);
+                log.tombstones.insert(client_id.clone(), *epoch);
+            }
+        }
         for logged in sessions {
             let home = home_shard(&logged.client_id, self.shard_count);
+            if logged.expired {
+                // Expired while the broker was down (decided once, at recovery, so every
+                // shard skips the same sessions): gone, its will (if still waiting) sent.
+                if home == self.id {
+                    self.counters.sessions_expired += 1;
+                    if let (Some(log), Some(logged_will)) = (self.session_log.as_mut(), &logged.header.will) {
+                        log.wills_due.push((logged.client_id.clone(), Box::new(logged_will.will.clone())));
+                    }
+                }
+                continue;
+            }
             if home != self.id {
                 for (filter, subscription) in logged.session.subscriptions() {
                     match filter {
@@ -262,14 +288,6 @@ impl Shard {
                 continue;
             }
             let header = &logged.header;
-            if !header.online && header.ends_at_ms != 0 && instant_of(header.ends_at_ms, clock).is_none() {
-                // It expired while the broker was down: gone, its will (if still waiting) sent.
-                self.counters.sessions_expired += 1;
-                if let (Some(log), Some(logged_will)) = (self.session_log.as_mut(), &header.will) {
-                    log.wills_due.push((logged.client_id.clone(), Box::new(logged_will.will.clone())));
-                }
-                continue;
-            }
             let deadline = |unix_ms: u64| (unix_ms != 0).then(|| instant_of(unix_ms, clock).unwrap_or(now));
             let (live_will, pending_will) = match &header.will {
                 None => (None, None),
