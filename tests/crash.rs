@@ -158,6 +158,24 @@ fn connect_subscriber(broker: &Broker, qos2: bool) -> RawClient {
     }
 }
 
+/// Both persistent subscribers, reconnected, each consuming on its own thread until `stop`.
+fn start_subscribers(
+    broker: &Broker,
+    receivers: &[Arc<Mutex<Receiver>>; 2],
+    seen: &Arc<Mutex<Seen>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    [false, true]
+        .into_iter()
+        .enumerate()
+        .map(|(index, qos2)| {
+            let client = connect_subscriber(broker, qos2);
+            let (receiver, seen, stop) = (receivers[index].clone(), seen.clone(), stop.clone());
+            std::thread::spawn(move || consume(client, receiver, seen, qos2, stop))
+        })
+        .collect()
+}
+
 #[test]
 fn acknowledged_messages_survive_repeated_kill_9() {
     let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(common::rand_suffix) | 1;
@@ -185,12 +203,7 @@ fn acknowledged_messages_survive_repeated_kill_9() {
     for run in 0..kills {
         let mut broker = start(&dir);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (index, qos2) in [false, true].into_iter().enumerate() {
-            let client = connect_subscriber(&broker, qos2);
-            let (receiver, seen, stop) = (receivers[index].clone(), seen.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || consume(client, receiver, seen, qos2, stop)));
-        }
+        let mut threads = start_subscribers(&broker, &receivers, &seen, &stop);
         for (publisher, qos) in [(0u8, QoS::AtLeastOnce), (1u8, QoS::ExactlyOnce)] {
             let client = broker.client(&format!("crash-pub-{publisher}"), true);
             let (acked, stop) = (acked[usize::from(publisher)].clone(), stop.clone());
@@ -226,12 +239,7 @@ fn acknowledged_messages_survive_repeated_kill_9() {
     // A last run with no kill: the subscribers drain what the broker still holds.
     let broker = start(&dir);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for (index, qos2) in [false, true].into_iter().enumerate() {
-        let client = connect_subscriber(&broker, qos2);
-        let (receiver, seen, stop) = (receivers[index].clone(), seen.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || consume(client, receiver, seen, qos2, stop)));
-    }
+    let threads = start_subscribers(&broker, &receivers, &seen, &stop);
     let total_acked: usize = acked.iter().map(|acked| acked.lock().unwrap().len()).sum();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
