@@ -21,6 +21,7 @@ mod mesh;
 mod nudge;
 mod persistence;
 pub mod reload;
+pub mod ring_setup;
 mod uring_probe;
 
 use latch::Latch;
