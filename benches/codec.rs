@@ -19,7 +19,7 @@ fn publish(payload_bytes: usize) -> Publish {
         retain: false,
         topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
         packet_id: PacketId::new(42),
-        properties: Properties::default(),
+        properties: Default::default(),
         payload: Bytes::from(vec![0x5A; payload_bytes]),
     }
 }

@@ -20,7 +20,7 @@ fn publish_packet(topic: &str, qos: QoS, retain: bool, properties: Properties) -
         QoS::AtMostOnce => Publish::at_most_once(topic, Bytes::from_static(b"payload")),
         qos => Publish::acknowledged(topic, Bytes::from_static(b"payload"), qos, PacketId::new(7).expect("non-zero")),
     };
-    Packet::Publish(Publish { retain, properties, ..publish })
+    Packet::Publish(Publish { retain, properties: properties.into(), ..publish })
 }
 
 #[test]

@@ -10,7 +10,12 @@ use common::{Broker, on_cpu};
 use ringmq::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 
 fn publish(topic: &'static str, payload: &'static [u8], qos: QoS, id: u16, properties: Properties) -> Packet {
-    Packet::Publish(Publish { qos, packet_id: PacketId::new(id), properties, ..Publish::at_most_once(topic.as_bytes(), payload) })
+    Packet::Publish(Publish {
+        qos,
+        packet_id: PacketId::new(id),
+        properties: properties.into(),
+        ..Publish::at_most_once(topic.as_bytes(), payload)
+    })
 }
 
 fn alias(n: u16) -> Properties {
@@ -49,7 +54,7 @@ fn user_properties_are_forwarded_unchanged() {
     };
     publisher.send(&publish("up/t", b"hello", QoS::AtLeastOnce, 1, properties.clone()));
     let got = sub.recv_publish();
-    assert_eq!(got.properties, properties);
+    assert_eq!(*got.properties, properties);
 }
 
 #[test]
@@ -109,7 +114,7 @@ fn expired_messages_are_not_delivered_from_a_queue_or_the_retained_store() {
         retain: true,
         topic: Bytes::from_static(b"me/retained"),
         packet_id: None,
-        properties: expiring(1),
+        properties: expiring(1).into(),
         payload: Bytes::from_static(b"stale"),
     }));
     std::thread::sleep(Duration::from_millis(1600));

@@ -35,7 +35,7 @@ fn retained_on(broker: &Broker, filter: &str) -> BTreeMap<String, (Vec<u8>, QoS,
             assert!(publish.retain, "a stored message comes with RETAIN=1");
             subscriber.ack(&publish);
             let topic = String::from_utf8(publish.topic.to_vec()).expect("utf-8 topic");
-            found.insert(topic, (publish.payload.to_vec(), publish.qos, publish.properties));
+            found.insert(topic, (publish.payload.to_vec(), publish.qos, publish.properties.into_inner()));
         }
     }
     found
@@ -48,7 +48,7 @@ fn publish_with(client: &mut RawClient, topic: &str, payload: &[u8], properties:
         retain: true,
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         packet_id: None::<PacketId>,
-        properties,
+        properties: properties.into(),
         payload: Bytes::copy_from_slice(payload),
     }));
 }

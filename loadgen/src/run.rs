@@ -484,7 +484,7 @@ async fn publisher(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared
                     retain: false,
                     topic: topic.clone(),
                     packet_id,
-                    properties: Properties::default(),
+                    properties: Default::default(),
                     payload: Bytes::copy_from_slice(&payload),
                 }),
                 version,

@@ -169,7 +169,7 @@ fn probe(config: &StormConfig, stop: &AtomicBool) -> anyhow::Result<Histogram<u6
             retain: false,
             topic: topic.clone(),
             packet_id: None,
-            properties: Properties::default(),
+            properties: Default::default(),
             payload: Bytes::from_static(b"probe"),
         };
         client.send(&Packet::Publish(publish))?;

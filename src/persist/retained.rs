@@ -53,7 +53,7 @@ pub fn encode(message: &Message, clock: Clock, out: &mut Vec<u8>) {
         topic: message.topic.clone(),
         // Any id: the PUBLISH only carries the message here.
         packet_id: (message.qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero")),
-        properties: (*message.properties).clone(),
+        properties: message.properties.clone(),
         payload: message.payload.clone(),
     };
     let mut packet = BytesMut::new();

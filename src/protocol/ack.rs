@@ -6,23 +6,23 @@ use bytes::{BufMut, BytesMut};
 use super::error::DecodeError;
 use super::packet::{PacketId, ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 use super::reason::ReasonCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     pub packet_id: PacketId,
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 impl Ack {
     pub fn new(packet_id: PacketId) -> Ack {
-        Ack { packet_id, reason: ReasonCode::SUCCESS, properties: Properties::default() }
+        Ack { packet_id, reason: ReasonCode::SUCCESS, properties: PacketProperties::default() }
     }
 
     pub fn with_reason(packet_id: PacketId, reason: ReasonCode) -> Ack {
-        Ack { packet_id, reason, properties: Properties::default() }
+        Ack { packet_id, reason, properties: PacketProperties::default() }
     }
 
     /// `packet_type`: which of the four this is, for the reason codes it may carry.
@@ -40,7 +40,7 @@ impl Ack {
                 return Err(DecodeError::InvalidReasonCode(ack.reason.0));
             }
             if !reader.is_empty() {
-                ack.properties = Properties::decode(reader, PropertyContext::Ack)?;
+                ack.properties = PacketProperties::decode(reader, PropertyContext::Ack)?;
             }
         }
         Ok(ack)

@@ -28,7 +28,7 @@ pub use connect::{Connect, Will};
 pub use disconnect::Disconnect;
 pub use error::DecodeError;
 pub use packet::{Packet, PacketId, ProtocolVersion, QoS, decode, packet_type};
-pub use properties::{Properties, PropertyContext};
+pub use properties::{PacketProperties, Properties, PropertyContext};
 pub use publish::{Publish, PublishHeader, PublishLayout, publish_wire_len, write_publish};
 pub use reason::{ConnectRefusal, ReasonCode};
 pub use suback::SubAck;

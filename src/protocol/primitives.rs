@@ -84,6 +84,11 @@ impl Reader {
         self.body.is_empty()
     }
 
+    /// The next byte, not consumed.
+    pub fn first(&self) -> Option<u8> {
+        self.body.first().copied()
+    }
+
     fn need(&self, count: usize) -> Result<(), DecodeError> {
         if self.body.len() < count {
             return Err(DecodeError::Truncated);

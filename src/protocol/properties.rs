@@ -271,6 +271,67 @@ impl Properties {
     }
 }
 
+/// Properties as the frequent packets (PUBLISH and its acknowledgements) carry them: one
+/// pointer, nothing allocated while empty, which is every 3.1.1 packet and most 5.0 ones.
+/// Inline, the full set is 400 bytes, and moving PUBLISH and PUBACK values through the
+/// decoder and the shard was 7% of a QoS 1 fan-out profile, all of it in memcpy.
+/// Reads see an empty set when there is none; the first write allocates it.
+#[derive(Clone, Default)]
+pub struct PacketProperties(Option<Box<Properties>>);
+
+/// What an absent set reads as.
+static NO_PROPERTIES: std::sync::LazyLock<Properties> = std::sync::LazyLock::new(Properties::default);
+
+impl PacketProperties {
+    /// Decodes a property block (length prefix included); an empty one allocates nothing.
+    pub fn decode(reader: &mut Reader, context: PropertyContext) -> Result<Self, DecodeError> {
+        if reader.first() == Some(0) {
+            reader.u8()?;
+            return Ok(PacketProperties(None));
+        }
+        Properties::decode(reader, context).map(PacketProperties::from)
+    }
+
+    /// The set itself, for a caller that keeps it (an empty one allocates nothing).
+    pub fn into_inner(self) -> Properties {
+        self.0.map(|boxed| *boxed).unwrap_or_default()
+    }
+}
+
+impl From<Properties> for PacketProperties {
+    fn from(properties: Properties) -> Self {
+        PacketProperties((!properties.is_empty()).then(|| Box::new(properties)))
+    }
+}
+
+impl std::ops::Deref for PacketProperties {
+    type Target = Properties;
+
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for PacketProperties {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for PacketProperties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for PacketProperties {}
+
+impl std::fmt::Debug for PacketProperties {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(formatter)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +370,22 @@ mod tests {
         assert_eq!(decode(&[2, 0x0B, 0], PropertyContext::Publish), Err(DecodeError::InvalidPropertyValue(0x0B)));
         assert_eq!(decode(&[1, 0x7F], PropertyContext::Publish), Err(DecodeError::UnknownProperty(0x7F)));
         assert_eq!(decode(&[4, 0x0B, 1, 0x0B, 2], PropertyContext::Subscribe), Err(DecodeError::DuplicateProperty(0x0B)));
+    }
+
+    #[test]
+    fn packet_properties_stay_small_and_read_like_the_set() {
+        assert_eq!(std::mem::size_of::<PacketProperties>(), std::mem::size_of::<usize>());
+        let empty = PacketProperties::decode(&mut Reader::new(Bytes::from_static(&[0])), PropertyContext::Ack).unwrap();
+        assert!(empty.0.is_none() && empty.is_empty() && empty == PacketProperties::default());
+        let mut set = PacketProperties::decode(&mut Reader::new(Bytes::from_static(&[2, 0x01, 1])), PropertyContext::Publish).unwrap();
+        assert_eq!(set.payload_format_indicator, Some(1));
+        assert_ne!(set, empty);
+        set.payload_format_indicator = None;
+        assert_eq!(set, empty, "equal by content, boxed or not");
+        assert!(PacketProperties::from(Properties::default()).0.is_none());
+        // Errors in a block are the set's errors.
+        let error = PacketProperties::decode(&mut Reader::new(Bytes::from_static(&[2, 0x01, 2])), PropertyContext::Publish);
+        assert_eq!(error.unwrap_err(), DecodeError::InvalidPropertyValue(0x01));
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 retain,
                 topic,
                 packet_id: (!at_most_once).then_some(id),
-                properties,
+                properties: properties.into(),
                 payload,
             })
         },
@@ -153,7 +153,7 @@ fn ack(version: ProtocolVersion, allowed: &'static [u8]) -> impl Strategy<Value 
     (packet_id(), reason(version, allowed), properties(PropertyContext::Ack, version)).prop_map(|(packet_id, reason, properties)| Ack {
         packet_id,
         reason,
-        properties,
+        properties: properties.into(),
     })
 }
 

@@ -8,7 +8,7 @@ use super::packet::{PacketId, ProtocolVersion, QoS, packet_len, packet_type, put
 use super::primitives::{Reader, put_string, put_varint, varint_len};
 
 const TOPIC_ALIAS_PROPERTY_ID: u8 = 0x23;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, Properties, PropertyContext};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -18,7 +18,7 @@ pub struct Publish {
     pub topic: Bytes,
     /// Present exactly when `qos` is 1 or 2.
     pub packet_id: Option<PacketId>,
-    pub properties: Properties,
+    pub properties: PacketProperties,
     pub payload: Bytes,
 }
 
@@ -31,7 +31,7 @@ impl Publish {
             retain: false,
             topic: topic.into(),
             packet_id: None,
-            properties: Properties::default(),
+            properties: PacketProperties::default(),
             payload: payload.into(),
         }
     }
@@ -56,7 +56,8 @@ impl Publish {
         }
         let topic = reader.string()?;
         let packet_id = if qos == QoS::AtMostOnce { None } else { Some(PacketId::read(reader)?) };
-        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Publish)? } else { Properties::default() };
+        let properties =
+            if version.is_v5() { PacketProperties::decode(reader, PropertyContext::Publish)? } else { PacketProperties::default() };
         let payload = reader.rest();
         Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
     }

@@ -2,13 +2,11 @@
 //! (`Arc<Message>`) between shards and subscribers; topic and payload are slices of the
 //! publisher's frame.
 
-use std::ops::Deref;
-use std::sync::LazyLock;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::protocol::{Properties, PropertyContext, QoS};
+use crate::protocol::{PacketProperties, Properties, PropertyContext, QoS};
 
 /// A copy of `bytes` in an allocation of its own. Decoded fields are slices of the
 /// connection's read block; anything kept beyond the delivery of one message (client ids,
@@ -16,27 +14,6 @@ use crate::protocol::{Properties, PropertyContext, QoS};
 /// block alive.
 pub fn detach(bytes: &Bytes) -> Bytes {
     Bytes::copy_from_slice(bytes)
-}
-
-static NO_PROPERTIES: LazyLock<Properties> = LazyLock::new(Properties::default);
-
-/// A message's 5.0 properties, boxed and only when there are any: a full property set is
-/// some 400 bytes, and most messages (every 3.1.1 one) have none. Reads as `Properties`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageProperties(Option<Box<Properties>>);
-
-impl From<Properties> for MessageProperties {
-    fn from(properties: Properties) -> MessageProperties {
-        MessageProperties((!properties.is_empty()).then(|| Box::new(properties)))
-    }
-}
-
-impl Deref for MessageProperties {
-    type Target = Properties;
-
-    fn deref(&self) -> &Properties {
-        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +24,8 @@ pub struct Message {
     pub qos: QoS,
     /// The RETAIN flag as published.
     pub retain: bool,
-    pub properties: MessageProperties,
+    /// Boxed and only when there are any (most messages, every 3.1.1 one, have none).
+    pub properties: PacketProperties,
     /// Client id of the publishing connection (for no-local); `None` for the broker's own.
     pub publisher: Option<Bytes>,
     /// From the Message Expiry Interval: past this, no new delivery starts.
