@@ -85,7 +85,7 @@ pub fn decode_record(body: &[u8], clock: Clock) -> Result<(Message, bool), Retai
         payload: publish.payload,
         qos: publish.qos,
         retain: true,
-        properties: publish.properties.into(),
+        properties: publish.properties,
         // Who published it does not outlive the broker (no-local applies to live sessions).
         publisher: None,
         expires_at,

@@ -181,7 +181,7 @@ impl Shard {
                 payload: publish.payload,
                 qos,
                 retain: publish.retain,
-                properties: properties.into(),
+                properties,
                 publisher: Some(publisher),
             };
             // A retained message outlives this delivery: store it detached from the read block.
