@@ -2,15 +2,17 @@
 //! takes for the publisher's PUBLISH, from decode-free packet in to every subscriber's
 //! bytes in its buffer. Reading the buffers and acknowledging is done outside the timing.
 //! Layouts: 3.1.1 QoS 0 and QoS 1, 5.0 QoS 1, at 64 B and 1 KiB payloads.
+//! `*_acks`: the other half of a QoS 1 fan-out, the 1,000 PUBACKs coming back (decoded
+//! from their bytes, as a connection reads them, and handled), timed instead.
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ringmq::auth::Authenticator;
-use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
 use ringmq::session::{QueueFullPolicy, SessionLimits};
 use ringmq::shard::link::Link;
 use ringmq::shard::{Shard, ShardId, ShardLimits};
@@ -27,6 +29,7 @@ struct Fanout {
     /// The id every subscriber's session gives this round's message: sessions number
     /// from 1 and each window holds one message at a time here, so all agree.
     delivered_packet_id: u16,
+    v5: bool,
 }
 
 impl Fanout {
@@ -67,11 +70,13 @@ impl Fanout {
             payload: Bytes::from(vec![0x42; payload_bytes]),
             next_packet_id: 0,
             delivered_packet_id: 0,
+            v5: version == ProtocolVersion::V5,
         }
     }
 
     /// One publish, timed; then every subscriber reads (and acknowledges) it, untimed.
-    fn round(&mut self) -> Duration {
+    /// With `time_acks`, the acknowledgements are what is timed.
+    fn round(&mut self, time_acks: bool) -> Duration {
         self.next_packet_id = self.next_packet_id % 60_000 + 1;
         let packet_id = (self.qos != QoS::AtMostOnce).then(|| PacketId::new(self.next_packet_id).expect("non-zero"));
         let publish = Publish { packet_id, ..Publish::at_most_once(Bytes::from_static(b"fan/out"), self.payload.clone()) };
@@ -83,16 +88,27 @@ impl Fanout {
         drop(self.publisher.take_output());
         self.delivered_packet_id = if self.delivered_packet_id == u16::MAX { 1 } else { self.delivered_packet_id + 1 };
         let ack = PacketId::new(self.delivered_packet_id).expect("non-zero");
+        let version = if self.v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        let mut ack_bytes = BytesMut::new();
+        Packet::PubAck(Ack::new(ack)).encode(version, &mut ack_bytes);
         for link in &self.subscribers {
             let written = link.take_output();
             assert!(written.len() > self.payload.len(), "every subscriber got the message");
-            drop(written);
-            if self.qos == QoS::AtLeastOnce {
-                self.shard.handle_packet(link, Packet::PubAck(Ack::new(ack)), now).expect("puback");
+        }
+        let mut acks_elapsed = Duration::ZERO;
+        if self.qos == QoS::AtLeastOnce {
+            let mut wires: Vec<BytesMut> = self.subscribers.iter().map(|_| ack_bytes.clone()).collect();
+            let started = Instant::now();
+            for (link, wire) in self.subscribers.iter().zip(&mut wires) {
+                let packet = decode(wire, version, u32::MAX).expect("valid").expect("whole");
+                self.shard.handle_packet(link, packet, now).expect("puback");
+            }
+            acks_elapsed = started.elapsed();
+            for link in &self.subscribers {
                 assert!(link.take_output().is_empty(), "the window was empty again, nothing queued");
             }
         }
-        elapsed
+        if time_acks { acks_elapsed } else { elapsed }
     }
 }
 
@@ -105,7 +121,11 @@ fn fanout(c: &mut Criterion) {
         ("v311_qos1_1k", ProtocolVersion::V311, QoS::AtLeastOnce, 1024),
     ] {
         let mut fanout = Fanout::new(version, qos, payload_bytes);
-        group.bench_function(label, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round()).sum()));
+        group.bench_function(label, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(false)).sum()));
+        if qos == QoS::AtLeastOnce && payload_bytes == 64 {
+            let acks = format!("{label}_acks");
+            group.bench_function(acks, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(true)).sum()));
+        }
     }
     group.finish();
 }
