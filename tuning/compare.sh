@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The same loadgen scenarios against several brokers, one broker at a time, the broker
 # pinned to BROKER_CPUS and loadgen to CLIENT_CPUS, and a table with each broker's ratio to
-# Mosquitto measured in the same run.
+# Mosquitto measured in the same run, and deliveries per second of broker CPU time.
 #
 # Usage: tuning/compare.sh [seconds per run]
 # Env:   BROKER_CPUS (default 0), CLIENT_CPUS (default 1), RINGMQ_FLAGS,
@@ -91,6 +91,10 @@ run() { # name broker loadgen-args...
   start_broker "$broker"
   taskset -c "$CLIENT_CPUS" "$LOADGEN" --port $PORT --json --cores "$CLIENT_CORES" \
     --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s 10 "$@" >"$WORK/$name.$broker.json" 2>"$WORK/$name.$broker.err" || true
+  # The broker's CPU time over its whole life (all threads; start-up and the idle drain add
+  # little): deliveries per broker CPU-second compares brokers that a closed loop leaves
+  # below 100% of their core, where deliveries/s alone would measure the loop.
+  awk '{print $14 + $15}' "/proc/$BROKER_PID/stat" >"$WORK/$name.$broker.cpu_ticks" 2>/dev/null || true
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
 }
 
@@ -131,16 +135,24 @@ for entry in "${SCENARIOS[@]}"; do
     run "$name" "$broker" $args
   done
 done
-python3 - "$WORK" "$BROKERS" "${SCENARIOS[@]}" <<'PY'
+python3 - "$WORK" "$BROKERS" "$(getconf CLK_TCK)" "${SCENARIOS[@]}" <<'PY'
 import json, os, sys
-work, brokers, entries = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+work, brokers, ticks_per_s, entries = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4:]
 def load(name, broker):
     try:
-        return json.load(open(f"{work}/{name}.{broker}.json"))
+        report = json.load(open(f"{work}/{name}.{broker}.json"))
     except Exception:
         return None
-print("| scenario | broker | deliveries/s | lost | dup | p50 us | p99 us | p99.9 us | client CPU | vs mosquitto | vs flashmq |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        cpu_s = int(open(f"{work}/{name}.{broker}.cpu_ticks").read()) / ticks_per_s
+        report["per_cpu_s"] = report["counts"]["delivered"] / cpu_s if cpu_s > 0 else None
+    except Exception:
+        report["per_cpu_s"] = None
+    return report
+def per_cpu(r):
+    return f"{r['per_cpu_s'] / 1e6:.2f} M" if r.get("per_cpu_s") else ""
+print("| scenario | broker | deliveries/s | per broker CPU-s | lost | dup | p50 us | p99 us | p99.9 us | client CPU | vs mosquitto | vs flashmq | per CPU-s vs flashmq |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for entry in entries:
     name = entry.split("|")[0]
     if os.environ.get("ONLY") and name not in os.environ["ONLY"].split():
@@ -152,7 +164,7 @@ for entry in entries:
     for broker, r in rows.items():
         if r is None:
             if broker != "ringmq-1" or name.startswith("fanout-1x100-qos0"):
-                print(f"| {name} | {broker} | (no result) | | | | | | | |")
+                print(f"| {name} | {broker} | (no result) | | | | | | | | | | |")
             continue
         lat = r.get("latency_us") or {}
         ratio = ""
@@ -171,7 +183,10 @@ for entry in entries:
                 versus_flash = f"p99 {f / lat['p99']:.2f}x lower" if f and lat.get("p99") else ""
             elif flash["deliveries_per_s"] > 0:
                 versus_flash = f"{r['deliveries_per_s'] / flash['deliveries_per_s']:.2f}x"
+        efficiency = ""
+        if flash and broker not in ("flashmq", "mosquitto") and "fixed" not in name and r.get("per_cpu_s") and flash.get("per_cpu_s"):
+            efficiency = f"{r['per_cpu_s'] / flash['per_cpu_s']:.2f}x"
         sat = " (saturated)" if r["client_saturated"] else ""
-        print(f"| {name} | {broker} | {r['deliveries_per_s']:.0f} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
-              f"{lat.get('p50','')} | {lat.get('p99','')} | {lat.get('p99_9','')} | {100*r['client_cpu_fraction']:.0f}%{sat} | {ratio} | {versus_flash} |")
+        print(f"| {name} | {broker} | {r['deliveries_per_s']:.0f} | {per_cpu(r)} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
+              f"{lat.get('p50','')} | {lat.get('p99','')} | {lat.get('p99_9','')} | {100*r['client_cpu_fraction']:.0f}%{sat} | {ratio} | {versus_flash} | {efficiency} |")
 PY
