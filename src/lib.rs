@@ -17,10 +17,12 @@
 //! - [`persist`]: what outlives the process under `--data-dir`: the log format (pure),
 //!   what records hold (pure), and the append-only log file on io_uring.
 //! - [`runtime`]: pinned executors, the shard mesh, SO_REUSEPORT listeners, start/stop.
+//! - [`cluster`]: several nodes as one broker over NATS (so far: the topic/subject mapping).
 //! - [`config`] and [`auth`]: flags with named limits, and who may connect.
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod net;
