@@ -6,8 +6,7 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ringmq::protocol::{
-    Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, PublishHeader, QoS, Subscribe, SubscriptionOptions, decode,
-    write_publish,
+    Connect, Packet, PacketId, ProtocolVersion, Publish, PublishHeader, QoS, Subscribe, SubscriptionOptions, decode, write_publish,
 };
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
@@ -52,7 +51,7 @@ fn codec(c: &mut Criterion) {
         version: V311,
         clean_start: true,
         keep_alive_s: 60,
-        properties: Properties::default(),
+        properties: Default::default(),
         client_id: Bytes::from_static(b"device-0001-abcdef"),
         will: None,
         username: Some(Bytes::from_static(b"user")),
@@ -61,7 +60,7 @@ fn codec(c: &mut Criterion) {
     bench_decode(c, "connect", encoded(&connect));
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![
             (Bytes::from_static(b"sensors/+/floor-3/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce)),
             (Bytes::from_static(b"alerts/#"), SubscriptionOptions::with_qos(QoS::ExactlyOnce)),

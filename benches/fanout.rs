@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ringmq::auth::Authenticator;
-use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
+use ringmq::protocol::{Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
 use ringmq::session::{QueueFullPolicy, SessionLimits};
 use ringmq::shard::link::Link;
 use ringmq::shard::{Shard, ShardId, ShardLimits};
@@ -56,7 +56,7 @@ impl Fanout {
         for link in &subscribers {
             let subscribe = Subscribe {
                 packet_id: PacketId::new(1).expect("non-zero"),
-                properties: Properties::default(),
+                properties: Default::default(),
                 filters: vec![(Bytes::from_static(b"fan/+"), SubscriptionOptions::with_qos(qos))],
             };
             shard.handle_packet(link, Packet::Subscribe(subscribe), now).expect("subscribe");

@@ -63,7 +63,7 @@ fn generated_client_ids_are_unique_for_simultaneous_empty_id_connects() {
     for client in &mut clients {
         let Packet::ConnAck(connack) = client.recv() else { panic!("expected CONNACK") };
         assert_eq!(connack.code, 0);
-        let id = connack.properties.assigned_client_identifier.expect("an assigned id");
+        let id = connack.properties.into_inner().assigned_client_identifier.expect("an assigned id");
         assert!(id.len() >= 32, "unguessable: {id:?}");
         assert!(assigned.insert(id), "every assigned id is different");
     }
@@ -243,12 +243,12 @@ fn unsubscribe_with_an_invalid_filter_is_refused() {
     let mut v5 = broker.client_v5("unsub-5");
     let filters = vec![Bytes::from_static(b"a/#/b"), Bytes::from_static(b"ok/x")];
     let packet_id = PacketId::new(3).expect("non-zero");
-    v5.send(&Packet::Unsubscribe(Unsubscribe { packet_id, properties: Properties::default(), filters }));
+    v5.send(&Packet::Unsubscribe(Unsubscribe { packet_id, properties: Default::default(), filters }));
     let Packet::UnsubAck(unsuback) = v5.recv() else { panic!("expected UNSUBACK") };
     assert_eq!(unsuback.codes, vec![ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::NO_SUBSCRIPTION_EXISTED]);
 
     let mut v311 = broker.client("unsub-311", true);
     let filters = vec![Bytes::from_static(b"a/#/b")];
-    v311.send(&Packet::Unsubscribe(Unsubscribe { packet_id, properties: Properties::default(), filters }));
+    v311.send(&Packet::Unsubscribe(Unsubscribe { packet_id, properties: Default::default(), filters }));
     v311.assert_closed();
 }

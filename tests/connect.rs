@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Broker, RawClient, WAIT, on_cpu};
-use ringmq::protocol::{Connect, Packet, Properties, ProtocolVersion};
+use ringmq::protocol::{Connect, Packet, ProtocolVersion};
 
 #[test]
 fn session_present_follows_clean_session() {
@@ -83,7 +83,7 @@ fn connect_with(client: &mut RawClient, username: Option<&str>, password: Option
         version: ProtocolVersion::V311,
         clean_start: true,
         keep_alive_s: 60,
-        properties: Properties::default(),
+        properties: Default::default(),
         client_id: Bytes::from_static(b"auth-client"),
         will: None,
         username: username.map(|u| Bytes::copy_from_slice(u.as_bytes())),

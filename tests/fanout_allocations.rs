@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringmq::auth::Authenticator;
-use ringmq::protocol::{Ack, Connect, Packet, PacketId, Properties, Publish, QoS, Subscribe, SubscriptionOptions};
+use ringmq::protocol::{Ack, Connect, Packet, PacketId, Publish, QoS, Subscribe, SubscriptionOptions};
 use ringmq::session::SessionLimits;
 use ringmq::shard::ShardLimits;
 use ringmq::shard::link::Link;
@@ -89,7 +89,7 @@ fn allocations_per_publish(subscribers: usize, qos: QoS) -> u64 {
     for link in &links {
         let subscribe = Subscribe {
             packet_id: PacketId::new(1).expect("id"),
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: vec![(Bytes::from_static(b"fan/+"), SubscriptionOptions::with_qos(qos))],
         };
         shard.handle_packet(link, Packet::Subscribe(subscribe), now).expect("subscribe");

@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Broker, RawClient};
-use ringmq::protocol::{Packet, PacketId, Properties, QoS, ReasonCode, Unsubscribe};
+use ringmq::protocol::{Packet, PacketId, QoS, ReasonCode, Unsubscribe};
 
 fn closed_with(client: &mut RawClient) -> Vec<Packet> {
     let mut seen = Vec::new();
@@ -20,7 +20,7 @@ fn v5_client_gets_an_assigned_client_identifier() {
     let mut client = broker.raw_v5();
     let connack = client.connect("", true, 60, None);
     assert_eq!(connack.code, 0);
-    let assigned = connack.properties.assigned_client_identifier.expect("assigned client id");
+    let assigned = connack.properties.into_inner().assigned_client_identifier.expect("assigned client id");
     assert!(!assigned.is_empty());
 }
 
@@ -33,7 +33,7 @@ fn v5_suback_and_unsuback_reason_codes() {
     assert_eq!(suback.codes, vec![ReasonCode(1), ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::NOT_AUTHORIZED]);
     client.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: PacketId::new(3).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![Bytes::from_static(b"ok/+"), Bytes::from_static(b"never")],
     }));
     match client.recv() {

@@ -53,7 +53,7 @@ fn expect_auth(client: &mut RawClient, reason: ReasonCode) -> String {
         Packet::Auth(auth) => {
             assert_eq!(auth.reason, reason);
             assert_eq!(auth.properties.authentication_method.as_deref(), Some(METHOD));
-            String::from_utf8(auth.properties.authentication_data.map(|d| d.to_vec()).unwrap_or_default()).expect("utf8")
+            String::from_utf8(auth.properties.authentication_data.clone().map(|d| d.to_vec()).unwrap_or_default()).expect("utf8")
         }
         other => panic!("expected AUTH {reason:?}, got {other:?}"),
     }
@@ -75,10 +75,10 @@ fn scram_connect_as(client: &mut RawClient, user: &str, password: &str, username
     let server_first = expect_auth(client, ReasonCode::CONTINUE_AUTHENTICATION);
     assert!(attribute(&server_first, "r").starts_with(CLIENT_NONCE));
     let (final_message, expected_signature) = client_final(password, &bare, &server_first);
-    client.send(&Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: auth_properties(&final_message) }));
+    client.send(&Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: auth_properties(&final_message).into() }));
     match client.recv() {
         Packet::ConnAck(connack) => {
-            let data = connack.properties.authentication_data.map(|d| String::from_utf8(d.to_vec()).expect("utf8"));
+            let data = connack.properties.authentication_data.clone().map(|d| String::from_utf8(d.to_vec()).expect("utf8"));
             (connack.code, data, expected_signature)
         }
         other => panic!("expected CONNACK, got {other:?}"),
@@ -104,19 +104,19 @@ fn scram_exchange_then_connack_with_the_server_signature_then_reauthentication()
 
     // Re-authentication on the open connection: 0x19, 0x18 ... then 0x00.
     let bare = format!("n=alice,r={CLIENT_NONCE}x");
-    client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties(&format!("n,,{bare}")) }));
+    client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties(&format!("n,,{bare}")).into() }));
     let server_first = expect_auth(&mut client, ReasonCode::CONTINUE_AUTHENTICATION);
     let (final_message, expected) = client_final("s3cret", &bare, &server_first);
-    client.send(&Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: auth_properties(&final_message) }));
+    client.send(&Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: auth_properties(&final_message).into() }));
     assert_eq!(expect_auth(&mut client, ReasonCode::SUCCESS), expected);
     client.send(&Packet::PingReq);
     assert!(matches!(client.recv(), Packet::PingResp), "the connection goes on");
 
     // A failed re-authentication ends the connection with 0x87.
-    client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties(&format!("n,,{bare}")) }));
+    client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties(&format!("n,,{bare}")).into() }));
     let server_first = expect_auth(&mut client, ReasonCode::CONTINUE_AUTHENTICATION);
     let (final_message, _) = client_final("wrong", &bare, &server_first);
-    client.send(&Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: auth_properties(&final_message) }));
+    client.send(&Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: auth_properties(&final_message).into() }));
     assert_eq!(client.disconnect_reason(), ReasonCode::NOT_AUTHORIZED);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -150,7 +150,7 @@ fn scram_refusals_and_protocol_errors() {
     inner.username = Some(Bytes::from_static(b"alice"));
     inner.password = Some(Bytes::from_static(b"s3cret"));
     assert_eq!(client.connect_sending(connect).code, 0);
-    client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties("n,,n=alice,r=x") }));
+    client.send(&Packet::Auth(Auth { reason: ReasonCode::REAUTHENTICATE, properties: auth_properties("n,,n=alice,r=x").into() }));
     assert_eq!(client.disconnect_reason(), ReasonCode::PROTOCOL_ERROR);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -212,7 +212,7 @@ fn puback_and_pubrec_say_when_nobody_subscribes_on_any_shard() {
     for subscriber in &mut subscribers {
         subscriber.send(&Packet::Unsubscribe(ringmq::protocol::Unsubscribe {
             packet_id: PacketId::new(9).expect("id"),
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: TOPICS.iter().map(|t| Bytes::from_static(t.as_bytes())).collect(),
         }));
         subscriber.expect(|p| matches!(p, Packet::UnsubAck(_)));

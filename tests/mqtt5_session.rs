@@ -142,7 +142,7 @@ fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
     assert_eq!(client.connect("se-late", true, 60, None).code, 0);
     client.send(&Packet::Disconnect(Disconnect {
         reason: ReasonCode::SUCCESS,
-        properties: Properties { session_expiry_interval: Some(60), ..Properties::default() },
+        properties: Properties { session_expiry_interval: Some(60), ..Properties::default() }.into(),
     }));
     assert_eq!(client.disconnect_reason(), ReasonCode::PROTOCOL_ERROR);
 }
@@ -150,7 +150,7 @@ fn disconnect_cannot_give_expiry_to_a_session_that_had_none() {
 fn subscribe_with_identifier(client: &mut RawClient, filter: &'static str, identifier: u32) {
     client.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(identifier as u16).expect("id"),
-        properties: Properties { subscription_identifiers: vec![identifier], ..Properties::default() },
+        properties: Properties { subscription_identifiers: vec![identifier], ..Properties::default() }.into(),
         filters: vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
     }));
     assert!(matches!(client.recv(), Packet::SubAck(_)));
@@ -219,7 +219,7 @@ fn restricted_server_announces_and_enforces_its_limits() {
     assert_eq!(identified.connect("identified", true, 60, None).code, 0);
     identified.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("id"),
-        properties: Properties { subscription_identifiers: vec![5], ..Properties::default() },
+        properties: Properties { subscription_identifiers: vec![5], ..Properties::default() }.into(),
         filters: vec![(Bytes::from_static(b"r/t"), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
     }));
     assert_eq!(identified.disconnect_reason(), ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED);

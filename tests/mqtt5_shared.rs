@@ -68,7 +68,7 @@ fn a_member_leaving_rebalances_to_the_others() {
     leave.subscribe(&[("$share/g/t", QoS::AtMostOnce)]);
     leave.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: PacketId::new(5).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![Bytes::from_static(b"$share/g/t")],
     }));
     // The UNSUBACK came only after both shards applied the leave.

@@ -79,7 +79,7 @@ fn queued_messages_and_subscription_options_survive_kill_9() {
     options.no_local = true;
     let subscribe = ringmq::protocol::Subscribe {
         packet_id: PacketId::new(1).unwrap(),
-        properties: Properties { subscription_identifiers: vec![42], ..Properties::default() },
+        properties: Properties { subscription_identifiers: vec![42], ..Properties::default() }.into(),
         filters: vec![(Bytes::from_static(b"q/#"), options)],
     };
     new.send(&Packet::Subscribe(subscribe));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Broker;
-use ringmq::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
+use ringmq::protocol::{Ack, Packet, PacketId, Publish, QoS, ReasonCode};
 
 fn publish_packet(topic: &str, payload: &[u8], qos: QoS, id: u16, dup: bool) -> Packet {
     let publish = Publish::at_most_once(Bytes::copy_from_slice(topic.as_bytes()), Bytes::copy_from_slice(payload));
@@ -176,7 +176,7 @@ fn unsubscribe_stops_delivery() {
     sub.subscribe(&[("u/1", QoS::AtMostOnce)]);
     sub.send(&Packet::Unsubscribe(ringmq::protocol::Unsubscribe {
         packet_id: PacketId::new(9).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![Bytes::from_static(b"u/1")],
     }));
     assert!(matches!(sub.recv(), Packet::UnsubAck(ack) if ack.packet_id.get() == 9));

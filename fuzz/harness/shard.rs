@@ -300,7 +300,7 @@ pub fn run(data: &[u8]) {
                 };
                 let subscribe = Subscribe {
                     packet_id: packet_id(arg),
-                    properties: Properties::default(),
+                    properties: Default::default(),
                     filters: vec![(Bytes::from_static(filter.as_bytes()), options)],
                 };
                 world.send(index, Packet::Subscribe(subscribe));
@@ -310,7 +310,7 @@ pub fn run(data: &[u8]) {
                 let filter = FILTERS[usize::from(input.byte().unwrap_or(0)) % FILTERS.len()];
                 let unsubscribe = Unsubscribe {
                     packet_id: packet_id(arg),
-                    properties: Properties::default(),
+                    properties: Default::default(),
                     filters: vec![Bytes::from_static(filter.as_bytes())],
                 };
                 world.send(index, Packet::Unsubscribe(unsubscribe));

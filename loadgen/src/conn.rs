@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringmq::net::split::{ReadHalf, WriteHalf};
-use ringmq::protocol::{Connect, Packet, Properties, ProtocolVersion, decode};
+use ringmq::protocol::{Connect, Packet, ProtocolVersion, decode};
 
 use crate::wire::{ClientTransport, SharedLayers, establish};
 
@@ -213,7 +213,7 @@ impl Connection {
             version,
             clean_start: clean,
             keep_alive_s: 60,
-            properties: Properties::default(),
+            properties: Default::default(),
             client_id: Bytes::copy_from_slice(client_id.as_bytes()),
             will: None,
             username: None,

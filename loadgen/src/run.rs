@@ -15,7 +15,7 @@ use futures_lite::future::or;
 use glommio::timer::sleep;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use ringmq::protocol::{Ack, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use ringmq::protocol::{Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
 
 use crate::conn::{Connection, Signal};
 use crate::plan::{Plan, Scenario};
@@ -261,7 +261,7 @@ async fn subscribed(config: &RunConfig, client_id: &str, clean: bool, filter: &s
         Connection::open(config.broker, &config.transport, client_id, clean, config.version).await.map_err(|error| error.to_string())?;
     connection.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![(Bytes::copy_from_slice(filter.as_bytes()), SubscriptionOptions::with_qos(config.qos_sub))],
     }));
     match connection.reader.next().await {

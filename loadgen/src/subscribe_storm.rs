@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use ringmq::protocol::{Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
+use ringmq::protocol::{Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
 use serde::Serialize;
 
 /// What one storm asks of the broker.
@@ -57,7 +57,7 @@ impl Client {
             version,
             clean_start: true,
             keep_alive_s: 600,
-            properties: Properties::default(),
+            properties: Default::default(),
             client_id: Bytes::copy_from_slice(client_id.as_bytes()),
             will: None,
             username: None,
@@ -117,7 +117,7 @@ pub fn run_storm(config: &StormConfig) -> anyhow::Result<StormReport> {
             .map(|n| (Bytes::from(format!("{}/storm/{n}", config.topic_prefix)), SubscriptionOptions::with_qos(QoS::AtMostOnce)))
             .collect();
         let packet_id = PacketId::new((index % 65_535) as u16 + 1).expect("non-zero");
-        Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters }).encode(config.version, &mut out);
+        Packet::Subscribe(Subscribe { packet_id, properties: Default::default(), filters }).encode(config.version, &mut out);
     }
     let packets = config.filters.div_ceil(per_packet.max(1));
     storm.stream.write_all(&out)?;
@@ -153,7 +153,7 @@ fn probe(config: &StormConfig, stop: &AtomicBool) -> anyhow::Result<Histogram<u6
     let filters = vec![(topic.clone(), SubscriptionOptions::with_qos(QoS::AtMostOnce))];
     client.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters,
     }))?;
     match client.recv(Duration::from_secs(10))? {

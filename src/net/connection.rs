@@ -18,7 +18,7 @@ use super::rate::TokenBucket;
 use super::split::{ReadHalf, WriteHalf};
 use super::wire::{Outgoing, ReadOutcome, SharedTransport, WireReader, WireWriter};
 use super::{ListenerContext, TlsSource};
-use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, Properties, ProtocolVersion, decode};
+use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, ProtocolVersion, decode};
 use crate::shard::link::Link;
 use crate::shard::{CloseReason, ConnectProgress, Shard};
 use crate::transport::tls::TlsLayer;
@@ -177,7 +177,7 @@ async fn establish(
             let code = ConnectRefusal::UnsupportedProtocolVersion.return_code_v311().unwrap_or(1);
             link.write_packet(
                 ProtocolVersion::V311,
-                &Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }),
+                &Packet::ConnAck(ConnAck { session_present: false, code, properties: Default::default() }),
             );
             return Ok(None);
         }

@@ -5,18 +5,18 @@ use bytes::{BufMut, BytesMut};
 use super::error::DecodeError;
 use super::packet::{packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 use super::reason::ReasonCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auth {
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 impl Auth {
     pub(crate) fn decode(reader: &mut Reader) -> Result<Auth, DecodeError> {
-        let mut auth = Auth { reason: ReasonCode::SUCCESS, properties: Properties::default() };
+        let mut auth = Auth { reason: ReasonCode::SUCCESS, properties: PacketProperties::default() };
         if !reader.is_empty() {
             auth.reason = ReasonCode(reader.u8()?);
             // MQTT 5.0 3.15.2.1: success, continue, re-authenticate; nothing else.
@@ -24,7 +24,7 @@ impl Auth {
                 return Err(DecodeError::InvalidReasonCode(auth.reason.0));
             }
             if !reader.is_empty() {
-                auth.properties = Properties::decode(reader, PropertyContext::Auth)?;
+                auth.properties = PacketProperties::decode(reader, PropertyContext::Auth)?;
             }
         }
         Ok(auth)

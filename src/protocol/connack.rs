@@ -6,13 +6,13 @@ use bytes::{BufMut, BytesMut};
 use super::error::DecodeError;
 use super::packet::{ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
     pub session_present: bool,
     pub code: u8,
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 impl ConnAck {
@@ -22,7 +22,8 @@ impl ConnAck {
             return Err(DecodeError::InvalidHeaderFlags { packet_type: packet_type::CONNACK, flags });
         }
         let code = reader.u8()?;
-        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::ConnAck)? } else { Properties::default() };
+        let properties =
+            if version.is_v5() { PacketProperties::decode(reader, PropertyContext::ConnAck)? } else { PacketProperties::default() };
         Ok(ConnAck { session_present: flags & 1 == 1, code, properties })
     }
 
@@ -45,15 +46,15 @@ mod tests {
     #[test]
     fn v311_bytes() {
         let mut out = BytesMut::new();
-        ConnAck { session_present: true, code: 0, properties: Properties::default() }.encode(ProtocolVersion::V311, &mut out);
+        ConnAck { session_present: true, code: 0, properties: PacketProperties::default() }.encode(ProtocolVersion::V311, &mut out);
         assert_eq!(&out[..], &[0x20, 0x02, 0x01, 0x00]);
     }
 
     #[test]
     fn v5_bytes_with_property() {
         let mut out = BytesMut::new();
-        let properties = Properties { receive_maximum: Some(10), ..Properties::default() };
-        ConnAck { session_present: false, code: 0x85, properties }.encode(ProtocolVersion::V5, &mut out);
+        let properties = crate::protocol::Properties { receive_maximum: Some(10), ..Default::default() };
+        ConnAck { session_present: false, code: 0x85, properties: properties.into() }.encode(ProtocolVersion::V5, &mut out);
         assert_eq!(&out[..], &[0x20, 0x06, 0x00, 0x85, 0x03, 0x21, 0x00, 0x0A]);
     }
 }

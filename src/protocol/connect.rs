@@ -43,7 +43,7 @@ impl Connect {
             version,
             clean_start: true,
             keep_alive_s: 60,
-            properties: Properties::default(),
+            properties: Default::default(),
             client_id: client_id.into(),
             will: None,
             username: None,

@@ -6,18 +6,18 @@ use bytes::{BufMut, BytesMut};
 use super::error::DecodeError;
 use super::packet::{ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 use super::reason::ReasonCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub reason: ReasonCode,
-    pub properties: Properties,
+    pub properties: PacketProperties,
 }
 
 impl Disconnect {
     pub fn new(reason: ReasonCode) -> Disconnect {
-        Disconnect { reason, properties: Properties::default() }
+        Disconnect { reason, properties: PacketProperties::default() }
     }
 
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<Disconnect, DecodeError> {
@@ -33,7 +33,7 @@ impl Disconnect {
                 return Err(DecodeError::InvalidReasonCode(disconnect.reason.0));
             }
             if !reader.is_empty() {
-                disconnect.properties = Properties::decode(reader, PropertyContext::Disconnect)?;
+                disconnect.properties = PacketProperties::decode(reader, PropertyContext::Disconnect)?;
             }
         }
         Ok(disconnect)

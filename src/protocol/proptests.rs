@@ -163,7 +163,9 @@ fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         publish(version).boxed(),
         connect(version).boxed(),
         (any::<bool>(), any::<u8>(), properties(PropertyContext::ConnAck, version))
-            .prop_map(|(session_present, code, properties)| Packet::ConnAck(ConnAck { session_present, code, properties }))
+            .prop_map(|(session_present, code, properties)| {
+                Packet::ConnAck(ConnAck { session_present, code, properties: properties.into() })
+            })
             .boxed(),
         ack(version, PUBACK_REASONS).prop_map(Packet::PubAck).boxed(),
         ack(version, PUBACK_REASONS).prop_map(Packet::PubRec).boxed(),
@@ -174,29 +176,31 @@ fn any_packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
             properties(PropertyContext::Subscribe, version),
             proptest::collection::vec((mqtt_string(), subscription_options(version)), 1..4),
         )
-            .prop_map(|(packet_id, properties, filters)| Packet::Subscribe(Subscribe { packet_id, properties, filters }))
+            .prop_map(|(packet_id, properties, filters)| Packet::Subscribe(Subscribe { packet_id, properties: properties.into(), filters }))
             .boxed(),
         (packet_id(), properties(PropertyContext::SubAck, version), codes())
-            .prop_map(|(packet_id, properties, codes)| Packet::SubAck(SubAck { packet_id, properties, codes }))
+            .prop_map(|(packet_id, properties, codes)| Packet::SubAck(SubAck { packet_id, properties: properties.into(), codes }))
             .boxed(),
         (packet_id(), properties(PropertyContext::Unsubscribe, version), proptest::collection::vec(mqtt_string(), 1..4))
-            .prop_map(|(packet_id, properties, filters)| Packet::Unsubscribe(Unsubscribe { packet_id, properties, filters }))
+            .prop_map(|(packet_id, properties, filters)| {
+                Packet::Unsubscribe(Unsubscribe { packet_id, properties: properties.into(), filters })
+            })
             .boxed(),
         (packet_id(), properties(PropertyContext::UnsubAck, version), codes())
             .prop_map(move |(packet_id, properties, codes)| {
-                Packet::UnsubAck(UnsubAck { packet_id, properties, codes: if v5 { codes } else { Vec::new() } })
+                Packet::UnsubAck(UnsubAck { packet_id, properties: properties.into(), codes: if v5 { codes } else { Vec::new() } })
             })
             .boxed(),
         Just(Packet::PingReq).boxed(),
         Just(Packet::PingResp).boxed(),
         (reason(version, DISCONNECT_REASONS), properties(PropertyContext::Disconnect, version))
-            .prop_map(|(reason, properties)| Packet::Disconnect(Disconnect { reason, properties }))
+            .prop_map(|(reason, properties)| Packet::Disconnect(Disconnect { reason, properties: properties.into() }))
             .boxed(),
     ];
     if v5 {
         options.push(
             (reason(version, AUTH_REASONS), properties(PropertyContext::Auth, version))
-                .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties }))
+                .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties: properties.into() }))
                 .boxed(),
         );
     }

@@ -5,13 +5,13 @@ use bytes::{BufMut, BytesMut};
 use super::error::DecodeError;
 use super::packet::{PacketId, ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 use super::reason::ReasonCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: PacketProperties,
     /// Granted QoS (0-2) or a failure code (0x80 in 3.1.1, any 5.0 error code).
     pub codes: Vec<ReasonCode>,
 }
@@ -19,7 +19,8 @@ pub struct SubAck {
 impl SubAck {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<SubAck, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::SubAck)? } else { Properties::default() };
+        let properties =
+            if version.is_v5() { PacketProperties::decode(reader, PropertyContext::SubAck)? } else { PacketProperties::default() };
         let mut codes = Vec::with_capacity(reader.remaining());
         while !reader.is_empty() {
             codes.push(ReasonCode(reader.u8()?));
@@ -53,7 +54,7 @@ mod tests {
         let mut out = BytesMut::new();
         let suback = SubAck {
             packet_id: PacketId::new(5).unwrap(),
-            properties: Properties::default(),
+            properties: PacketProperties::default(),
             codes: vec![ReasonCode(1), ReasonCode(0x80)],
         };
         suback.encode(ProtocolVersion::V311, &mut out);

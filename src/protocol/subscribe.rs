@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::DecodeError;
 use super::packet::{PacketId, ProtocolVersion, QoS, packet_len, packet_type, put_fixed_header};
 use super::primitives::{Reader, put_string};
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 
 /// MQTT 5.0 retain handling option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,14 +73,15 @@ impl SubscriptionOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: PacketProperties,
     pub filters: Vec<(Bytes, SubscriptionOptions)>,
 }
 
 impl Subscribe {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Subscribe)? } else { Properties::default() };
+        let properties =
+            if version.is_v5() { PacketProperties::decode(reader, PropertyContext::Subscribe)? } else { PacketProperties::default() };
         let mut filters = Vec::new();
         while !reader.is_empty() {
             let filter = reader.string()?;

@@ -6,13 +6,13 @@ use bytes::{BufMut, BytesMut};
 use super::error::DecodeError;
 use super::packet::{PacketId, ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 use super::reason::ReasonCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsubAck {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: PacketProperties,
     /// Empty for 3.1.1.
     pub codes: Vec<ReasonCode>,
 }
@@ -20,9 +20,9 @@ pub struct UnsubAck {
 impl UnsubAck {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let mut unsuback = UnsubAck { packet_id, properties: Properties::default(), codes: Vec::new() };
+        let mut unsuback = UnsubAck { packet_id, properties: PacketProperties::default(), codes: Vec::new() };
         if version.is_v5() {
-            unsuback.properties = Properties::decode(reader, PropertyContext::UnsubAck)?;
+            unsuback.properties = PacketProperties::decode(reader, PropertyContext::UnsubAck)?;
             while !reader.is_empty() {
                 unsuback.codes.push(ReasonCode(reader.u8()?));
             }
@@ -52,7 +52,7 @@ mod tests {
     fn v311_has_no_codes_v5_has_them() {
         let unsuback = UnsubAck {
             packet_id: PacketId::new(9).unwrap(),
-            properties: Properties::default(),
+            properties: PacketProperties::default(),
             codes: vec![ReasonCode::NO_SUBSCRIPTION_EXISTED],
         };
         let mut out = BytesMut::new();

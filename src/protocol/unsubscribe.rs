@@ -5,19 +5,20 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::DecodeError;
 use super::packet::{PacketId, ProtocolVersion, packet_len, packet_type, put_fixed_header};
 use super::primitives::{Reader, put_string};
-use super::properties::{Properties, PropertyContext};
+use super::properties::{PacketProperties, PropertyContext};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: PacketId,
-    pub properties: Properties,
+    pub properties: PacketProperties,
     pub filters: Vec<Bytes>,
 }
 
 impl Unsubscribe {
     pub(crate) fn decode(reader: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
         let packet_id = PacketId::read(reader)?;
-        let properties = if version.is_v5() { Properties::decode(reader, PropertyContext::Unsubscribe)? } else { Properties::default() };
+        let properties =
+            if version.is_v5() { PacketProperties::decode(reader, PropertyContext::Unsubscribe)? } else { PacketProperties::default() };
         let mut filters = Vec::new();
         while !reader.is_empty() {
             filters.push(reader.string()?);

@@ -198,7 +198,7 @@ impl Shard {
         if version.is_v5() {
             properties.reason_string = Some(Bytes::from_static(refusal.describe().as_bytes()));
         }
-        let connack = ConnAck { session_present: false, code, properties };
+        let connack = ConnAck { session_present: false, code, properties: properties.into() };
         write_packet(link, version, &Packet::ConnAck(connack));
         link.close();
         ConnectProgress::Refused
@@ -249,7 +249,7 @@ impl Shard {
                 if auth.reason == ReasonCode::CONTINUE_AUTHENTICATION
                     && auth.properties.authentication_method.as_ref() == Some(&authenticating.method) =>
             {
-                let data = auth.properties.authentication_data.unwrap_or_default();
+                let data = auth.properties.into_inner().authentication_data.unwrap_or_default();
                 Ok(self.authentication_step(link, authenticating, &data, now))
             }
             Packet::Disconnect(_) => {
@@ -275,7 +275,11 @@ impl Shard {
                     authentication_data: Some(reply),
                     ..Properties::default()
                 };
-                write_packet(link, version, &Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties }));
+                write_packet(
+                    link,
+                    version,
+                    &Packet::Auth(Auth { reason: ReasonCode::CONTINUE_AUTHENTICATION, properties: properties.into() }),
+                );
                 self.connecting.authenticating.insert(link.conn_id, authenticating);
                 ConnectProgress::Authenticating
             }
@@ -444,7 +448,7 @@ impl Shard {
                     properties.authentication_data = authenticated.data;
                 }
             }
-            let connack = ConnAck { session_present, code: 0, properties };
+            let connack = ConnAck { session_present, code: 0, properties: properties.into() };
             link_alive = link.write_packet(version, &Packet::ConnAck(connack));
         }
         if !link_alive {
@@ -499,7 +503,7 @@ impl Shard {
             }
             _ => return Err(CloseReason::UnexpectedAuth),
         };
-        let data = auth.properties.authentication_data.unwrap_or_default();
+        let data = auth.properties.into_inner().authentication_data.unwrap_or_default();
         let (reason, reply) = match exchange.step(&data) {
             AuthStep::Continue(reply) => {
                 self.client(key).connection.continue_reauthentication(exchange);
@@ -512,7 +516,7 @@ impl Shard {
             }
         };
         let properties = Properties { authentication_method: Some(method), authentication_data: reply, ..Properties::default() };
-        write_packet(link, version, &Packet::Auth(Auth { reason, properties }));
+        write_packet(link, version, &Packet::Auth(Auth { reason, properties: properties.into() }));
         Ok(())
     }
 }

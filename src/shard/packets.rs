@@ -275,7 +275,7 @@ impl Shard {
             }
             codes.push(ReasonCode(options.qos as u8));
         }
-        let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), codes };
+        let suback = SubAck { packet_id: subscribe.packet_id, properties: Default::default(), codes };
         self.answer_when_applied(needs, link, version, Packet::SubAck(suback), retained, now);
         Ok(())
     }
@@ -302,7 +302,7 @@ impl Shard {
             let existed = self.remove_subscription(key, filter, request, now);
             codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
-        let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), codes };
+        let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Default::default(), codes };
         self.answer_when_applied(vec![request], link, version, Packet::UnsubAck(unsuback), Vec::new(), now);
         Ok(())
     }

@@ -33,7 +33,7 @@ fn packets(link: &Link, version: ProtocolVersion) -> Vec<Packet> {
 
 fn subscribe(shard: &mut Shard, link: &Link, filter: &'static str, qos: QoS, now: Instant) {
     let filters = vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(qos))];
-    let subscribe = Subscribe { packet_id: PacketId::new(1).expect("non-zero"), properties: Properties::default(), filters };
+    let subscribe = Subscribe { packet_id: PacketId::new(1).expect("non-zero"), properties: Default::default(), filters };
     shard.handle_packet(link, Packet::Subscribe(subscribe), now).expect("valid SUBSCRIBE");
 }
 

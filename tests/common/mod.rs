@@ -289,14 +289,14 @@ impl RawClient {
     pub fn subscribe_with_no_wait(&mut self, filters: &[(&str, SubscriptionOptions)]) {
         let filters = filters.iter().map(|(filter, options)| (Bytes::copy_from_slice(filter.as_bytes()), *options)).collect();
         let packet_id = PacketId::new(4343).expect("non-zero");
-        self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters }));
+        self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Default::default(), filters }));
     }
 
     /// SUBSCRIBE with full (5.0) subscription options.
     pub fn subscribe_with(&mut self, filters: &[(&str, SubscriptionOptions)]) -> SubAck {
         let filters = filters.iter().map(|(filter, options)| (Bytes::copy_from_slice(filter.as_bytes()), *options)).collect();
         let packet_id = PacketId::new(4242).expect("non-zero");
-        self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Properties::default(), filters }));
+        self.send(&Packet::Subscribe(Subscribe { packet_id, properties: Default::default(), filters }));
         match self.recv() {
             Packet::SubAck(suback) => {
                 assert_eq!(suback.packet_id, packet_id);
@@ -391,6 +391,6 @@ pub fn will(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Will {
         payload: Bytes::copy_from_slice(payload),
         qos,
         retain,
-        properties: Properties::default(),
+        properties: Default::default(),
     }
 }

@@ -52,7 +52,7 @@ fn run_back_pressure_scenario(seed: u64) -> u64 {
     let publisher = sim.connect(publisher_shard, "fast", true);
     sim.settle();
     let filters = vec![(Bytes::from_static(b"bp/t"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))];
-    let subscribe = Subscribe { packet_id: PacketId::new(1).expect("id"), properties: Properties::default(), filters };
+    let subscribe = Subscribe { packet_id: PacketId::new(1).expect("id"), properties: Default::default(), filters };
     sim.packet(subscriber_shard, &subscriber, Packet::Subscribe(subscribe));
     sim.settle();
     let _ = read_packets(&subscriber);

@@ -33,7 +33,7 @@ fn run_will_and_shared_scenario(seed: u64) {
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: Default::default(),
     };
     let connect = Connect { will: Some(will), ..Connect::v311(Bytes::from_static(b"mortal")) };
     sim.shards[mortal_shard].begin_connect(&link, Box::new(connect), sim.now);
@@ -152,7 +152,7 @@ fn run_session_expiry_scenario(seed: u64) {
     sim.settle();
     let subscribe = Subscribe {
         packet_id: PacketId::new(1).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![(Bytes::from_static(b"news/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
     };
     sim.packet(home, &sleeper, Packet::Subscribe(subscribe));

@@ -244,7 +244,7 @@ fn take_publishes(sim: &mut Sim) -> Vec<usize> {
 fn subscribe_packet(filter: &'static str) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
     })
 }

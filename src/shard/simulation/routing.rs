@@ -27,7 +27,7 @@ fn publishes_travel_only_to_shards_with_a_matching_subscriber() {
         &subscriber,
         Packet::Unsubscribe(crate::protocol::Unsubscribe {
             packet_id: PacketId::new(2).expect("id"),
-            properties: Properties::default(),
+            properties: Default::default(),
             filters: vec![Bytes::from_static(b"a/#")],
         }),
     );

@@ -31,7 +31,7 @@ fn run_takeover_scenario(seed: u64) {
     sim.settle();
     let subscribe = Subscribe {
         packet_id: PacketId::new(1).expect("id"),
-        properties: Properties::default(),
+        properties: Default::default(),
         filters: vec![(Bytes::from_static(b"t/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
     };
     sim.packet(sub_shard, &sub, Packet::Subscribe(subscribe));
