@@ -125,6 +125,8 @@ fn fanout_allocations_do_not_grow_with_subscribers() {
         let many = allocations_per_publish(200, qos);
         println!("{qos:?}: {few} allocations per publish to 10 subscribers, {many} to 200");
         assert_eq!(few, many, "{qos:?}: per-subscriber allocation on the fan-out path");
-        assert!(many <= 4, "{qos:?}: {many} allocations per publish");
+        // One: the message shared by every subscriber (`Arc<Message>`). A second was once
+        // an empty property set boxed on the way in.
+        assert!(many <= 1, "{qos:?}: {many} allocations per publish");
     }
 }

@@ -122,6 +122,7 @@ impl Packet {
                 return false;
             }
         };
+        let Some(properties) = properties.get_mut() else { return false };
         let had_any = properties.reason_string.is_some() || !properties.user_properties.is_empty();
         properties.reason_string = None;
         properties.user_properties.clear();

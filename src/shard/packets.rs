@@ -90,7 +90,7 @@ impl Shard {
 
     pub(super) fn handle_publish(&mut self, key: ClientKey, link: &Link, mut publish: Publish, now: Instant) -> Result<(), CloseReason> {
         let alias_maximum = self.limits.topic_alias_maximum;
-        if let Some(alias) = publish.properties.topic_alias.take() {
+        if let Some(alias) = publish.properties.get_mut().and_then(|properties| properties.topic_alias.take()) {
             let topic = std::mem::take(&mut publish.topic);
             publish.topic =
                 self.client(key).connection.resolve_inbound_alias(alias, topic, alias_maximum).map_err(|error| match error {
