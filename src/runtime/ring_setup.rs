@@ -15,7 +15,12 @@
 //! call straight to the kernel, exactly as glibc's does (same arguments, -1 and `errno` on
 //! error), and only for `io_uring_setup` of a ring asked for with no flags (glommio's
 //! "main" and "latency" rings; its polled-IO ring asks for `IOPOLL` and is left alone) adds
-//! the flag. A kernel older than 5.19 rejects the flag with EINVAL and gets the call again
+//! the flag. Both matter: glommio waits for sockets through the latency ring. On that ring
+//! the flag also delays glommio's preemption signal (its timer's completion) to the
+//! shard's next system call or return from an interrupt, the timer tick included: a
+//! shard makes system calls every few microseconds, and ringmq runs one task queue, where
+//! that signal only decides when to poll for IO between ready tasks.
+//! A kernel older than 5.19 rejects the flag with EINVAL and gets the call again
 //! as it was asked. The interposition is for x86-64 and aarch64 Linux, whose calling
 //! conventions pass `syscall`'s variadic integer arguments exactly like fixed ones; on
 //! other targets glibc's `syscall` stays and the rings keep the kernel's default.
@@ -55,9 +60,10 @@ mod interpose {
         if number == libc::SYS_io_uring_setup && a2 != 0 {
             let flags = (a2 as usize + PARAMS_FLAGS_OFFSET) as *mut u32;
             // SAFETY: io_uring_setup's second argument points to a struct io_uring_params,
-            // whose `flags` field is this aligned u32; the caller lends it to the kernel.
-            if unsafe { flags.read() } == 0 {
-                unsafe { flags.write(SETUP_COOP_TASKRUN) };
+            // which the caller lends to the kernel to read and write; `flags` is inside it.
+            // Unaligned accesses: a caller may build the struct in a byte buffer.
+            if unsafe { flags.read_unaligned() } == 0 {
+                unsafe { flags.write_unaligned(SETUP_COOP_TASKRUN) };
                 // SAFETY: the caller's own arguments, with one flag more.
                 let result = unsafe { raw(number, a1, a2, a3, a4, a5, a6) };
                 if result >= 0 {
@@ -65,7 +71,7 @@ mod interpose {
                     return result;
                 }
                 // Older kernel (EINVAL) or a ring it refuses anyway: as asked.
-                unsafe { flags.write(0) };
+                unsafe { flags.write_unaligned(0) };
             }
         }
         // SAFETY: forwarded unchanged; the caller answers for the arguments.

@@ -4,8 +4,9 @@
 
 use std::io;
 
-/// `struct io_uring_params` is 120 bytes on every architecture; zeroed asks for defaults.
-const IO_URING_PARAMS_BYTES: usize = 120;
+/// `struct io_uring_params` is 120 bytes on every architecture (15 aligned u64 words);
+/// zeroed asks for defaults.
+const IO_URING_PARAMS_WORDS: usize = 15;
 
 /// Why io_uring cannot be used here.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +25,7 @@ pub enum UringUnavailable {
 
 /// Creates and closes one small ring.
 pub fn check() -> Result<(), UringUnavailable> {
-    let mut params = [0u8; IO_URING_PARAMS_BYTES];
+    let mut params = [0u64; IO_URING_PARAMS_WORDS];
     // SAFETY: io_uring_setup reads and writes `params` (a correctly sized, zeroed struct
     // io_uring_params) and returns a new file descriptor, which we close at once.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
