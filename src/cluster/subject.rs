@@ -14,6 +14,11 @@
 //!   `$` topics (MQTT 4.7.2) while NATS's `*` and `>` match any token;
 //! - `+` is `*`; a trailing `#` is `>` plus the parent itself (`a/#` matches `a`), so a filter
 //!   maps to one subject, or two when it ends in `#` after at least one level.
+//!
+//! Decoding accepts only what encoding produces (canonical escapes, a valid topic), so a
+//! subject from another NATS client cannot smuggle in a topic MQTT forbids. Not handled
+//! here: NATS refuses control lines past `max_control_line` (4 KiB by default) while a
+//! topic may be 64 KiB and escaping can triple it; the gateway must refuse such topics.
 
 use std::fmt::Write;
 
@@ -37,6 +42,8 @@ pub enum SubjectError {
     Wildcard,
     #[error("subject's root does not fit its first level")]
     WrongRoot,
+    #[error("subject does not spell a valid MQTT topic")]
+    NotATopic,
 }
 
 /// True for the bytes a level's token cannot carry as they are.
@@ -113,14 +120,18 @@ pub fn subject_topic(prefix: &str, subject: &str) -> Result<Bytes, SubjectError>
                 }
                 topic.push(byte);
                 at += 3;
-            } else if needs_escape(bytes[at]) {
-                // Only `~XX` spells these: a foreign subject, not ours.
+            } else if needs_escape(bytes[at]) || matches!(bytes[at], b'/' | b'+' | b'#') {
+                // Only `~XX` spells the first; the others cannot be in a topic level. Either
+                // way a foreign subject, not one of ours.
                 return Err(SubjectError::BadEscape);
             } else {
                 topic.push(bytes[at]);
                 at += 1;
             }
         }
+    }
+    if crate::topics::validate_topic_name(&topic).is_err() || !crate::protocol::primitives::is_mqtt_utf8(&topic) {
+        return Err(SubjectError::NotATopic);
     }
     let first = topic.split(|&b| b == b'/').next().unwrap_or_default();
     if root_for(first) != root {

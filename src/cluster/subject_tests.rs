@@ -23,8 +23,8 @@ fn nats_matches(filter: &str, subject: &str) -> bool {
 /// What NATS accepts as a published subject: non-empty tokens, no white space, no
 /// wildcard tokens.
 fn is_valid_nats_subject(subject: &str) -> bool {
-    subject.split('.').all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace))
-        && !subject.bytes().any(|b| b < b' ' || b == 0x7F)
+    // NATS's parser splits on ASCII white space only.
+    subject.split('.').all(|token| !token.is_empty() && token != "*" && token != ">") && !subject.bytes().any(|b| b <= b' ' || b == 0x7F)
 }
 
 #[test]
@@ -70,6 +70,12 @@ fn subjects_that_are_not_ours_are_refused() {
     assert_eq!(subject_topic(PREFIX, "ringmq.t.a..b"), Err(SubjectError::BadEscape));
     assert_eq!(subject_topic(PREFIX, "ringmq.t.$SYS"), Err(SubjectError::WrongRoot));
     assert_eq!(subject_topic(PREFIX, "ringmq.s.a"), Err(SubjectError::WrongRoot));
+    // One token that would read as two levels, or hold wildcards or NUL.
+    assert_eq!(subject_topic(PREFIX, "ringmq.t.a/b"), Err(SubjectError::BadEscape));
+    assert_eq!(subject_topic(PREFIX, "ringmq.t.a+b"), Err(SubjectError::BadEscape));
+    assert_eq!(subject_topic(PREFIX, "ringmq.t.a#"), Err(SubjectError::BadEscape));
+    assert_eq!(subject_topic(PREFIX, "ringmq.t.a~00"), Err(SubjectError::NotATopic));
+    assert_eq!(subject_topic(PREFIX, "ringmq.t.~"), Err(SubjectError::NotATopic), "the empty topic");
 }
 
 /// Levels drawn to hit every special case: empty, separators and wildcards of the other
@@ -98,8 +104,45 @@ fn filter() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A filter made from a topic: some levels turned into `+`, maybe cut short by `#`, so
+/// that matching pairs are common.
+fn topic_and_derived_filter() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    prop::collection::vec(level(), 1..5)
+        .prop_flat_map(|levels| {
+            let count = levels.len();
+            (Just(levels), prop::collection::vec(any::<bool>(), count), 0..=count + 1)
+        })
+        .prop_map(|(levels, plus, cut)| {
+            let topic = levels.join("/").into_bytes();
+            let mut filter: Vec<String> =
+                levels.iter().zip(plus).map(|(level, plus)| if plus { "+".to_string() } else { level.clone() }).collect();
+            if cut <= filter.len() {
+                filter.truncate(cut);
+                filter.push("#".to_string());
+            }
+            (topic, filter.join("/").into_bytes())
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn only_canonical_subjects_decode(subject in "ringmq\\.[ts]\\.[a-c.*>~0-9A-F/+#$ \u{0}é]{0,12}") {
+        if let Ok(topic) = subject_topic(PREFIX, &subject) {
+            prop_assert_eq!(topic_subject(PREFIX, &topic), subject);
+        }
+    }
+
+    #[test]
+    fn derived_filters_match_in_nats_as_in_mqtt((topic, filter) in topic_and_derived_filter()) {
+        prop_assume!(validate_topic_filter(&filter).is_ok() && validate_topic_name(&topic).is_ok());
+        let subject = topic_subject(PREFIX, &topic);
+        let subjects = filter_subjects(PREFIX, &filter);
+        let in_nats = subjects.iter().filter(|filter_subject| nats_matches(filter_subject, &subject)).count();
+        prop_assert!(in_nats <= 1);
+        prop_assert_eq!(in_nats == 1, filter_matches(&filter, &topic), "{:?} vs {}", subjects, subject);
+    }
 
     #[test]
     fn every_topic_round_trips_through_a_valid_subject(topic in topic()) {
