@@ -86,15 +86,23 @@ start_broker() {
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 }
 
+# utime + stime of the broker, in clock ticks (fields 14 and 15, counted after the command
+# name's closing parenthesis, which may hold spaces).
+broker_cpu_ticks() {
+  sed 's/.*) //' "/proc/$BROKER_PID/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0
+}
+
 run() { # name broker loadgen-args...
   local name=$1 broker=$2; shift 2
   start_broker "$broker"
+  local ticks_before
+  ticks_before=$(broker_cpu_ticks)
   taskset -c "$CLIENT_CPUS" "$LOADGEN" --port $PORT --json --cores "$CLIENT_CORES" \
     --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s 10 "$@" >"$WORK/$name.$broker.json" 2>"$WORK/$name.$broker.err" || true
-  # The broker's CPU time over its whole life (all threads; start-up and the idle drain add
-  # little): deliveries per broker CPU-second compares brokers that a closed loop leaves
+  # The broker's CPU time (all threads) while loadgen ran, connecting and draining
+  # included: deliveries per broker CPU-second compares brokers that a closed loop leaves
   # below 100% of their core, where deliveries/s alone would measure the loop.
-  awk '{print $14 + $15}' "/proc/$BROKER_PID/stat" >"$WORK/$name.$broker.cpu_ticks" 2>/dev/null || true
+  echo $(( $(broker_cpu_ticks) - ticks_before )) >"$WORK/$name.$broker.cpu_ticks"
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
 }
 
@@ -145,7 +153,7 @@ def load(name, broker):
         return None
     try:
         cpu_s = int(open(f"{work}/{name}.{broker}.cpu_ticks").read()) / ticks_per_s
-        report["per_cpu_s"] = report["counts"]["delivered"] / cpu_s if cpu_s > 0 else None
+        report["per_cpu_s"] = report["counts"]["unique"] / cpu_s if cpu_s > 0 else None
     except Exception:
         report["per_cpu_s"] = None
     return report
