@@ -29,7 +29,7 @@ struct Fanout {
     /// The id every subscriber's session gives this round's message: sessions number
     /// from 1 and each window holds one message at a time here, so all agree.
     delivered_packet_id: u16,
-    v5: bool,
+    version: ProtocolVersion,
 }
 
 impl Fanout {
@@ -70,7 +70,7 @@ impl Fanout {
             payload: Bytes::from(vec![0x42; payload_bytes]),
             next_packet_id: 0,
             delivered_packet_id: 0,
-            v5: version == ProtocolVersion::V5,
+            version,
         }
     }
 
@@ -88,7 +88,7 @@ impl Fanout {
         drop(self.publisher.take_output());
         self.delivered_packet_id = if self.delivered_packet_id == u16::MAX { 1 } else { self.delivered_packet_id + 1 };
         let ack = PacketId::new(self.delivered_packet_id).expect("non-zero");
-        let version = if self.v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        let version = self.version;
         let mut ack_bytes = BytesMut::new();
         Packet::PubAck(Ack::new(ack)).encode(version, &mut ack_bytes);
         for link in &self.subscribers {
