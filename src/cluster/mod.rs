@@ -1,10 +1,20 @@
 //! The cluster: several ringmq nodes as one broker, over NATS (issue #15). Owns everything
-//! between a node's shards and the NATS servers; the shards see it only through the same
-//! bounded queues they use between themselves.
+//! between a node's shards and the NATS servers; the shards see it only through bounded
+//! queues (`port`).
 //!
-//! Built so far: `subject`, the total and reversible mapping of MQTT topics and filters to
-//! NATS subjects, which lets NATS's own interest graph be the cross-node route table. The
-//! gateway thread, sessions and retained messages in JetStream KV, `$share` over queue
-//! groups and node failure are not built yet (README, "Status").
+//! - `subject`: the total and reversible mapping of MQTT topics and filters to NATS
+//!   subjects, which lets NATS's own interest graph be the cross-node route table.
+//! - `frame`: a message as one NATS message body; `dedup`: one copy per node of a message
+//!   that several of its subscriptions match.
+//! - `port`: what a shard hands the gateway and the queues between them.
+//! - `gateway`: the thread that holds the NATS connection.
+//!
+//! Not built yet: sessions and retained messages in JetStream KV (takeover across nodes,
+//! retained messages for a node that starts later), `$share` over queue groups, node
+//! failure (wills of a dead node), durable cross-node QoS 1/2 (README, "Cluster").
 
+pub mod dedup;
+pub mod frame;
+pub mod gateway;
+pub mod port;
 pub mod subject;

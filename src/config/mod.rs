@@ -306,6 +306,22 @@ pub struct Config {
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
 
+    /// Join a cluster of ringmq nodes over NATS: a NATS server URL such as
+    /// nats://127.0.0.1:4222 (repeatable; any one reachable will do). Without it the node is
+    /// alone and nothing from NATS runs. See README, "Cluster".
+    #[arg(long = "cluster", value_name = "URL")]
+    pub cluster: Vec<String>,
+
+    /// With --cluster: this node's name in the cluster and on its NATS connection (default:
+    /// the host name and the first listener's port).
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+
+    /// With --cluster: the first token of every NATS subject the cluster uses, so several
+    /// clusters can share NATS servers (letters, digits, `-`, `_`).
+    #[arg(long, default_value = "ringmq")]
+    pub cluster_name: String,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug". Reloaded on
     /// SIGHUP from the configuration file.
     #[arg(long, default_value = "info")]

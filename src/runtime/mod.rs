@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use glommio::timer::sleep;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
+mod cluster;
 pub mod heap;
 mod latch;
 mod listen;
@@ -65,6 +66,8 @@ pub enum StartError {
     Executor(String),
     #[error(transparent)]
     Uring(#[from] uring_probe::UringUnavailable),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::gateway::GatewayError),
 }
 
 /// A running broker. Dropping it does not stop it; set the stop flag and `wait`.
@@ -90,6 +93,8 @@ pub struct Broker {
     /// Where `--metrics-listen` serves, and its thread.
     pub metrics_addr: Option<SocketAddr>,
     metrics_thread: Option<std::thread::JoinHandle<()>>,
+    /// With `--cluster`: the gateway thread holding the NATS connection.
+    cluster_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Broker {
@@ -118,6 +123,9 @@ impl Broker {
         }
         if let Some(metrics) = self.metrics_thread.take() {
             let _ = metrics.join();
+        }
+        if let Some(cluster) = self.cluster_thread.take() {
+            let _ = cluster.join();
         }
     }
 }
@@ -152,7 +160,29 @@ pub fn check(config: &Config) -> Result<(), StartError> {
     config.cpus(&allowed_cpus())?;
     reload::load_authenticator(config)?;
     TlsSlot::load(config.tls_options()?)?;
+    if let Some(settings) = gateway_settings(config, config.all_listeners().first().map_or(0, |spec| spec.addr.port())) {
+        crate::cluster::gateway::check(&settings)?;
+    }
     Ok(())
+}
+
+/// `--cluster` and its companions, or `None` for a node on its own.
+fn gateway_settings(config: &Config, port: u16) -> Option<crate::cluster::gateway::GatewaySettings> {
+    (!config.cluster.is_empty()).then(|| crate::cluster::gateway::GatewaySettings {
+        servers: config.cluster.clone(),
+        node_id: config.node_id.clone().unwrap_or_else(|| format!("{}-{port}", host_name())),
+        cluster_name: config.cluster_name.clone(),
+    })
+}
+
+fn host_name() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `name.len()` bytes into the buffer we own.
+    if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } != 0 {
+        return "ringmq".into();
+    }
+    let end = name.iter().position(|&byte| byte == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
 }
 
 pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartError> {
@@ -208,6 +238,20 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
     }
     let local_addrs: Vec<SocketAddr> = listeners.iter().map(|spec| spec.addr).collect();
     let shard_count = cpus.len();
+    let cluster = gateway_settings(config, local_addrs.first().map_or(0, SocketAddr::port));
+    if let Some(settings) = &cluster {
+        crate::cluster::gateway::check(settings)?;
+    }
+    // The gateway starts first (it stops with the stop flag if a shard then fails); each
+    // shard takes its ends of the queues below.
+    let (mut shard_inboxes, to_gateway, cluster_thread) = match cluster {
+        Some(settings) => {
+            let channels = crate::cluster::port::Channels::new(shard_count);
+            let thread = crate::cluster::gateway::start(settings, channels.gateway_inbox, channels.to_shards, stop.clone())?;
+            (Some(channels.shard_inboxes.into_iter()), Some(channels.to_gateway), Some(thread))
+        }
+        None => (None, None, None),
+    };
     // The board feeds the metrics endpoint and shard 0's `$SYS/broker` totals.
     let metrics_board =
         (config.metrics_listen.is_some() || config.sys_interval_s > 0).then(|| crate::metrics::SnapshotBoard::new(shard_count));
@@ -263,6 +307,10 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let metrics_board = metrics_board.clone();
         let admin_desk = admin_desk.clone();
         let connection_rate_max = config.connection_rate_max;
+        let cluster = to_gateway
+            .clone()
+            .zip(shard_inboxes.as_mut().and_then(Iterator::next))
+            .map(|(to_gateway, inbox)| cluster::ShardClusterEnds { to_gateway, inbox });
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
             .io_memory(io_memory_bytes)
@@ -292,12 +340,14 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
                     persist_plan,
                     metrics_board,
                     admin_desk,
+                    cluster,
                 })
             })
             .map_err(|error| StartError::Executor(error.to_string()))?;
         handles.push(handle);
     }
     drop(ready_tx);
+    drop(to_gateway);
     let mut failure = None;
     for _ in 0..shard_count {
         match ready_rx.recv() {
@@ -317,6 +367,9 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         if let Some(sampling) = sampling {
             let _ = sampling.join();
         }
+        if let Some(cluster) = cluster_thread {
+            let _ = cluster.join();
+        }
         return Err(error);
     }
     let tls_watch = tls_slot.clone().watch(stop.clone()).map_err(|error| StartError::Executor(error.to_string()))?;
@@ -335,6 +388,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         _data_dir: data_dir,
         metrics_addr,
         metrics_thread,
+        cluster_thread,
     })
 }
 
@@ -376,6 +430,8 @@ struct ShardParams {
     metrics_board: Option<Arc<crate::metrics::SnapshotBoard>>,
     /// Where the admin API leaves queries for this shard.
     admin_desk: Option<Arc<crate::admin::AdminDesk>>,
+    /// With `--cluster`: this shard's ends of the gateway's queues.
+    cluster: Option<cluster::ShardClusterEnds>,
 }
 
 async fn shard_main(params: ShardParams) {
@@ -400,6 +456,7 @@ async fn shard_main(params: ShardParams) {
         persist_plan,
         metrics_board,
         admin_desk,
+        cluster,
     } = params;
     // First of all, so that even the join below cannot sleep forever (see `nudge.rs`).
     glommio::spawn_local(nudger.heartbeat(index)).detach();
@@ -446,6 +503,10 @@ async fn shard_main(params: ShardParams) {
     });
     drop(persist_plan);
 
+    // After the restore: the gateway learns every restored filter when the shard attaches.
+    if let Some(ends) = cluster {
+        cluster::serve(&shard, ends);
+    }
     joined.serve(&shard, shard_count);
     let stopping = Rc::new(Latch::default());
     if let Some(budget) = budget {

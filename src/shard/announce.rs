@@ -72,6 +72,7 @@ impl Shard {
                 let filter = detach(filter);
                 self.broadcast(|| MeshMessage::InterestJoin { filter: filter.clone(), request: Some(request), since }, now);
                 self.expect_answers_from_all_peers(Some(request));
+                self.export_interest(&filter, true);
                 self.interest.announced(filter, request);
                 request
             }
@@ -103,6 +104,7 @@ impl Shard {
     /// Withdraws the filters no local subscription has used since the last tick.
     pub(super) fn withdraw_unused_interest(&mut self, now: Instant) {
         for filter in self.interest.take_unused() {
+            self.export_interest(&filter, false);
             self.broadcast(|| MeshMessage::InterestLeave { filter: filter.clone() }, now);
         }
     }

@@ -89,11 +89,18 @@ pub struct Counters {
     pub publishes_denied_acl: u64,
     /// Subscriptions the ACL file does not allow (SUBACK 0x80 / 0x87).
     pub subscriptions_denied_acl: u64,
+    /// Messages published here and handed to the cluster gateway (`--cluster`).
+    pub cluster_publishes_sent: u64,
+    /// Messages from other nodes entering the node's routing on this shard.
+    pub cluster_publishes_received: u64,
+    /// Messages published here not sent to the cluster: the gateway's queue stayed full
+    /// (delivered on this node all the same).
+    pub cluster_publishes_dropped: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 45] {
+    pub fn fields(&self) -> [(&'static str, u64); 48] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -140,6 +147,9 @@ impl Counters {
             ("publishes_held_for_memory", self.publishes_held_for_memory),
             ("publishes_denied_acl", self.publishes_denied_acl),
             ("subscriptions_denied_acl", self.subscriptions_denied_acl),
+            ("cluster_publishes_sent", self.cluster_publishes_sent),
+            ("cluster_publishes_received", self.cluster_publishes_received),
+            ("cluster_publishes_dropped", self.cluster_publishes_dropped),
         ]
     }
 }

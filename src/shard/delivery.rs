@@ -50,7 +50,9 @@ impl Shard {
             properties: properties.into(),
             publisher: Some(publisher),
         };
-        self.route(Arc::new(message), now);
+        let message = Arc::new(message);
+        self.export_publish(&message);
+        self.route(message, now);
     }
 
     /// A message published on this shard: applied here, and sent to the peers that may

@@ -79,6 +79,11 @@ impl Interest {
         self.local.entry(filter.clone()).or_insert(LocalFilter { subscribers: 0, announced_by: request }).subscribers += 1;
     }
 
+    /// Every filter announced from here (the cluster gateway learns them when it attaches).
+    pub fn local_filters(&self) -> impl Iterator<Item = &Bytes> {
+        self.local.keys()
+    }
+
     /// A local subscription to `filter` was removed.
     pub fn remove_local(&mut self, filter: &[u8]) {
         if let Some(entry) = self.local.get_mut(filter) {

@@ -21,6 +21,7 @@ mod announce;
 mod barrier;
 mod clients;
 mod close;
+mod cluster;
 mod connect;
 mod counters;
 mod delivery;
@@ -128,6 +129,8 @@ pub struct Shard {
     /// With `--data-dir`: whether the disk keeps up, and under `--durability sync` what
     /// output waits for it (`durability.rs`).
     durability: Option<Rc<durability::Durability>>,
+    /// With `--cluster`: what waits for the gateway thread (`cluster.rs`).
+    cluster: Option<crate::cluster::port::ClusterPort>,
     pub counters: Counters,
 }
 
@@ -182,6 +185,7 @@ impl Shard {
             next_sys_publish,
             session_log: None,
             durability: None,
+            cluster: None,
             counters: Counters::default(),
         }
     }

@@ -186,7 +186,10 @@ impl Shard {
             };
             // A retained message outlives this delivery: store it detached from the read block.
             let message = if message.retain { message.detached() } else { message };
-            subscribed = self.route(Arc::new(message), now);
+            let message = Arc::new(message);
+            self.export_publish(&message);
+            // Another node may have subscribers: only a lone node knows there are none.
+            subscribed = self.route(message, now) || self.is_clustered();
         }
         let reason = if subscribed { ReasonCode::SUCCESS } else { ReasonCode::NO_MATCHING_SUBSCRIBERS };
         if qos != QoS::AtMostOnce

@@ -2,6 +2,7 @@
 //! over a std socket for byte-exact protocol checks.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod launcher;
 pub mod transport;
 

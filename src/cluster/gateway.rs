@@ -1,0 +1,378 @@
+//! The gateway thread: the node's one connection to NATS, on a current-thread tokio
+//! runtime of its own (async-nats needs tokio; the shards never touch it).
+//!
+//! Out: each message the shards publish goes to the subject of its topic (`subject.rs`),
+//! retained ones to the node-wide retained subject every node listens to, stamped with
+//! this process's origin and a sequence number (`frame.rs`). The connection is `no_echo`,
+//! so a node never hears its own messages back.
+//!
+//! In: the node subscribes once per distinct filter its shards hold (reference-counted
+//! over the shards; a `#` filter takes two subjects), so NATS's interest graph is the
+//! route table and a node receives only what its clients want. A message two filters
+//! match arrives twice and is kept once (`dedup.rs`), then given to one shard, chosen by
+//! its topic so that each topic stays in order, which routes it to the node's subscribers.
+//!
+//! Cross-node delivery is what core NATS gives: at most once between nodes. A node that
+//! cannot reach NATS keeps serving its own clients and reconnects in the background.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, LocalSet};
+
+use super::dedup::{Dedup, Verdict};
+use super::frame::{Stamp, decode_frame, encode};
+use super::port::ToGateway;
+use super::subject::{filter_subjects, topic_subject};
+use crate::session::Message;
+use crate::topics::validate_topic_name;
+
+/// How often the gateway looks at the stop flag and forgets silent origins.
+const TICK: Duration = Duration::from_millis(100);
+/// NATS refuses a protocol line (`PUB <subject> <size>`) past its `max_control_line`,
+/// 4 KiB by default; subjects longer than this are not sent or subscribed.
+pub const SUBJECT_BYTES_MAX: usize = 4_000;
+/// Messages a subscription may hold in async-nats before NATS calls this node slow.
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// `--cluster` URLs: the NATS servers to connect to (any one will do).
+    pub servers: Vec<String>,
+    /// `--node-id`: this node's name in the cluster and on its NATS connection.
+    pub node_id: String,
+    /// `--cluster-name`: the first subject token, so clusters can share NATS servers.
+    pub cluster_name: String,
+}
+
+impl GatewaySettings {
+    /// The subject every retained message travels on (all nodes keep every one).
+    fn retained_subject(&self) -> String {
+        format!("{}.retained", self.cluster_name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("--cluster {url}: {reason}")]
+    Address { url: String, reason: String },
+    #[error("--cluster-name {0:?}: use letters, digits, `-` and `_` only (it is a NATS subject token)")]
+    ClusterName(String),
+    #[error("cannot start the cluster gateway: {0}")]
+    Start(String),
+}
+
+/// What the gateway did, logged when it stops and when something was refused.
+#[derive(Debug, Default, Clone, Copy)]
+struct GatewayCounters {
+    published: u64,
+    publish_failures: u64,
+    received: u64,
+    duplicates: u64,
+    /// Copies older than the dedup window: dropped rather than risk a second delivery.
+    too_old: u64,
+    /// Frames from NATS that are not ringmq messages of this format.
+    frames_refused: u64,
+    /// Topics or filters whose subject is past `SUBJECT_BYTES_MAX`.
+    subjects_too_long: u64,
+    subscribe_failures: u64,
+}
+
+/// Checks the settings; `start` refuses what this refuses.
+pub fn check(settings: &GatewaySettings) -> Result<(), GatewayError> {
+    let name = &settings.cluster_name;
+    if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_') {
+        return Err(GatewayError::ClusterName(name.clone()));
+    }
+    for url in &settings.servers {
+        url.parse::<async_nats::ServerAddr>().map_err(|error| GatewayError::Address { url: url.clone(), reason: error.to_string() })?;
+    }
+    Ok(())
+}
+
+/// Starts the gateway thread. It stops when `stop` is set or every shard has let go of
+/// its queue, after flushing what it holds.
+pub fn start(
+    settings: GatewaySettings,
+    inbox: mpsc::Receiver<Vec<ToGateway>>,
+    to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, GatewayError> {
+    check(&settings)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringmq-cluster")
+        .build()
+        .map_err(|error| GatewayError::Start(error.to_string()))?;
+    std::thread::Builder::new()
+        .name("ringmq-cluster".into())
+        .spawn(move || LocalSet::new().block_on(&runtime, run(settings, inbox, to_shards, stop)))
+        .map_err(|error| GatewayError::Start(error.to_string()))
+}
+
+struct Gateway {
+    settings: GatewaySettings,
+    client: async_nats::Client,
+    stamp: Stamp,
+    /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
+    filters: HashMap<Bytes, FilterRoute>,
+    state: Rc<RefCell<Inbound>>,
+}
+
+struct FilterRoute {
+    shards: u32,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// What the subscription readers share.
+struct Inbound {
+    dedup: Dedup,
+    to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    counters: GatewayCounters,
+}
+
+async fn run(
+    settings: GatewaySettings,
+    mut inbox: mpsc::Receiver<Vec<ToGateway>>,
+    to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let node_id = settings.node_id.clone();
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("ringmq {node_id}"))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .event_callback(move |event| {
+            let node_id = node_id.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!(node_id, "cluster: connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!(node_id, "cluster: lost NATS, reconnecting"),
+                    // Each failed reconnection attempt is one: the Disconnected above said it.
+                    async_nats::Event::ClientError(error) => tracing::debug!(node_id, %error, "cluster: NATS client error"),
+                    other => tracing::warn!(node_id, event = %other, "cluster: NATS event"),
+                }
+            }
+        });
+    let client = match options.connect(settings.servers.as_slice()).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "cluster: cannot use the NATS servers; this node serves its own clients only");
+            drain_until_stopped(&mut inbox, &stop).await;
+            return;
+        }
+    };
+    let state = Rc::new(RefCell::new(Inbound { dedup: Dedup::default(), to_shards, counters: GatewayCounters::default() }));
+    let stamp = Stamp { origin: rand::random(), sequence: 0 };
+    let mut gateway = Gateway { settings, client, stamp, filters: HashMap::new(), state };
+    // Every node keeps every retained message, whatever its clients subscribe to.
+    let retained_subject = gateway.settings.retained_subject();
+    let retained_reader = gateway.subscribe(retained_subject).await;
+
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_logged = GatewayCounters::default();
+    loop {
+        tokio::select! {
+            batch = inbox.recv() => match batch {
+                Some(batch) => gateway.handle(batch).await,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if stop.load(Ordering::Relaxed) {
+                    // Take what the shards still hand over, then stop.
+                    while let Ok(batch) = inbox.try_recv() {
+                        gateway.handle(batch).await;
+                    }
+                    break;
+                }
+                let mut state = gateway.state.borrow_mut();
+                state.dedup.forget_idle(Instant::now());
+                let counters = gateway.counters(&state);
+                if counters.refused() > last_logged.refused() {
+                    tracing::warn!(?counters, "cluster: messages refused or lost between nodes");
+                }
+                last_logged = counters;
+            }
+        }
+    }
+    let _ = gateway.client.flush().await;
+    let counters = gateway.counters(&gateway.state.borrow());
+    tracing::info!(?counters, "cluster gateway stopped");
+    // Readers end here, inside the runtime: dropping a subscription spawns its UNSUB.
+    let readers = gateway.filters.into_values().flat_map(|route| route.readers).chain(retained_reader);
+    for reader in readers {
+        reader.abort();
+        let _ = reader.await;
+    }
+}
+
+/// Without NATS: keep the shards' queue empty until the broker stops.
+async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, stop: &AtomicBool) {
+    let mut tick = tokio::time::interval(TICK);
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            batch = inbox.recv() => if batch.is_none() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+impl GatewayCounters {
+    fn refused(&self) -> u64 {
+        self.publish_failures + self.too_old + self.frames_refused + self.subjects_too_long + self.subscribe_failures
+    }
+}
+
+impl Gateway {
+    fn counters(&self, state: &Inbound) -> GatewayCounters {
+        state.counters
+    }
+
+    async fn handle(&mut self, batch: Vec<ToGateway>) {
+        for item in batch {
+            match item {
+                ToGateway::Publish(message) => self.publish(&message).await,
+                ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
+                ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
+            }
+        }
+    }
+
+    async fn publish(&mut self, message: &Message) {
+        let subject =
+            if message.retain { self.settings.retained_subject() } else { topic_subject(&self.settings.cluster_name, &message.topic) };
+        let mut state = self.state.borrow_mut();
+        if subject.len() > SUBJECT_BYTES_MAX {
+            state.counters.subjects_too_long += 1;
+            return;
+        }
+        self.stamp.sequence += 1;
+        let frame = encode(message, self.stamp, Instant::now());
+        drop(state);
+        let sent = self.client.publish(subject, frame).await;
+        let mut state = self.state.borrow_mut();
+        match sent {
+            Ok(()) => state.counters.published += 1,
+            Err(error) => {
+                state.counters.publish_failures += 1;
+                tracing::debug!(%error, "cluster: publish failed");
+            }
+        }
+    }
+
+    async fn join(&mut self, filter: Bytes) {
+        if let Some(route) = self.filters.get_mut(&filter) {
+            route.shards += 1;
+            return;
+        }
+        let mut readers = Vec::new();
+        for subject in filter_subjects(&self.settings.cluster_name, &filter) {
+            if subject.len() > SUBJECT_BYTES_MAX {
+                self.state.borrow_mut().counters.subjects_too_long += 1;
+                tracing::warn!(filter = %String::from_utf8_lossy(&filter), "cluster: filter too long for a NATS subject; other nodes' messages will not reach it");
+                continue;
+            }
+            readers.extend(self.subscribe(subject).await);
+        }
+        self.filters.insert(filter, FilterRoute { shards: 1, readers });
+    }
+
+    fn leave(&mut self, filter: &Bytes) {
+        let Some(route) = self.filters.get_mut(filter) else { return };
+        route.shards -= 1;
+        if route.shards == 0 {
+            // Dropping a reader's subscriber unsubscribes it.
+            if let Some(route) = self.filters.remove(filter) {
+                route.readers.iter().for_each(JoinHandle::abort);
+            }
+        }
+    }
+
+    /// Subscribes to `subject` and spawns the task that hands what arrives to the shards.
+    async fn subscribe(&mut self, subject: String) -> Option<JoinHandle<()>> {
+        match self.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => Some(tokio::task::spawn_local(read(subscriber, self.state.clone()))),
+            Err(error) => {
+                self.state.borrow_mut().counters.subscribe_failures += 1;
+                tracing::warn!(%error, subject, "cluster: subscribe failed");
+                None
+            }
+        }
+    }
+}
+
+/// One subscription's reader: first copies go to the shard that owns their topic.
+async fn read(mut subscriber: async_nats::Subscriber, state: Rc<RefCell<Inbound>>) {
+    while let Some(delivered) = subscriber.next().await {
+        let now = Instant::now();
+        let (target, message) = {
+            let mut state = state.borrow_mut();
+            state.counters.received += 1;
+            let (stamp, message) = match decode_frame(delivered.payload, now) {
+                Ok(decoded) if validate_topic_name(&decoded.1.topic).is_ok() => decoded,
+                _ => {
+                    state.counters.frames_refused += 1;
+                    continue;
+                }
+            };
+            match state.dedup.check(stamp, now) {
+                Verdict::First => {}
+                Verdict::Duplicate => {
+                    state.counters.duplicates += 1;
+                    continue;
+                }
+                Verdict::TooOld => {
+                    state.counters.too_old += 1;
+                    continue;
+                }
+            }
+            let shard = entry_shard(&message.topic, state.to_shards.len());
+            (state.to_shards[shard].clone(), message)
+        };
+        if target.send(Arc::new(message)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The shard a topic's messages from other nodes enter by: the same one every time.
+pub fn entry_shard(topic: &[u8], shard_count: usize) -> usize {
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(topic) % shard_count.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(name: &str, servers: &[&str]) -> GatewaySettings {
+        GatewaySettings { servers: servers.iter().map(|s| s.to_string()).collect(), node_id: "n1".into(), cluster_name: name.into() }
+    }
+
+    #[test]
+    fn settings_are_checked_before_anything_starts() {
+        assert!(check(&settings("ringmq", &["nats://127.0.0.1:4222", "127.0.0.2:4223"])).is_ok());
+        assert!(matches!(check(&settings("a.b", &[])), Err(GatewayError::ClusterName(_))));
+        assert!(matches!(check(&settings("", &[])), Err(GatewayError::ClusterName(_))));
+        assert!(matches!(check(&settings("ringmq", &["nats://host:notaport"])), Err(GatewayError::Address { .. })));
+    }
+
+    #[test]
+    fn a_topic_always_enters_by_the_same_shard() {
+        for topic in [&b"a/b"[..], b"", b"sensors/42/temperature"] {
+            let first = entry_shard(topic, 7);
+            assert!(first < 7);
+            assert_eq!(entry_shard(topic, 7), first);
+        }
+        assert_eq!(entry_shard(b"x", 1), 0);
+    }
+}

@@ -1,0 +1,136 @@
+//! The narrow interface between a shard and the gateway thread: what a shard tells the
+//! gateway (`ToGateway`), and the shard's outbox for it (`ClusterPort`, pure). The queues
+//! themselves are bounded channels (`Channels`) whose ends work from any executor: the
+//! shard awaits them on glommio, the gateway on its own tokio runtime.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::session::Message;
+
+/// Messages a shard may hold for the gateway while the gateway's queue is full; past it,
+/// further publishes are dropped for the cluster (still delivered on this node) and counted.
+pub const OUTBOX_MESSAGES_MAX: usize = 65_536;
+/// Batches in flight from all shards to the gateway.
+pub const TO_GATEWAY_BATCHES_MAX: usize = 1_024;
+/// Messages in flight from the gateway to one shard.
+pub const TO_SHARD_MESSAGES_MAX: usize = 8_192;
+
+#[derive(Debug)]
+pub enum ToGateway {
+    /// A message a client (or a will) published on this node: send it to the cluster.
+    Publish(Arc<Message>),
+    /// This shard's first subscription to `filter` appeared (`true`) or its last one went.
+    Interest { filter: Bytes, subscribed: bool },
+}
+
+/// The shard's side: what waits for the gateway, and the task that takes it there.
+#[derive(Default)]
+pub struct ClusterPort {
+    outbox: Vec<ToGateway>,
+    /// Publishes among `outbox`, for the bound.
+    publishes: usize,
+    waker: Option<Waker>,
+}
+
+impl ClusterPort {
+    /// Queues a publish; false (dropped) when `OUTBOX_MESSAGES_MAX` are already waiting.
+    pub fn publish(&mut self, message: Arc<Message>) -> bool {
+        if self.publishes >= OUTBOX_MESSAGES_MAX {
+            return false;
+        }
+        self.publishes += 1;
+        self.push(ToGateway::Publish(message));
+        true
+    }
+
+    /// Interest changes are never dropped: the gateway's counts must stay balanced.
+    pub fn interest(&mut self, filter: Bytes, subscribed: bool) {
+        self.push(ToGateway::Interest { filter, subscribed });
+    }
+
+    fn push(&mut self, item: ToGateway) {
+        self.outbox.push(item);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Everything waiting, or `Pending` until something is.
+    pub fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Vec<ToGateway>> {
+        if self.outbox.is_empty() {
+            self.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        self.publishes = 0;
+        Poll::Ready(std::mem::take(&mut self.outbox))
+    }
+
+    pub fn depth(&self) -> usize {
+        self.outbox.len()
+    }
+}
+
+/// Both directions' queues, made once per node before the shards start.
+pub struct Channels {
+    pub to_gateway: mpsc::Sender<Vec<ToGateway>>,
+    pub gateway_inbox: mpsc::Receiver<Vec<ToGateway>>,
+    /// Indexed by shard: the gateway's end, then each shard's end.
+    pub to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    pub shard_inboxes: Vec<mpsc::Receiver<Arc<Message>>>,
+}
+
+impl Channels {
+    pub fn new(shard_count: usize) -> Channels {
+        let (to_gateway, gateway_inbox) = mpsc::channel(TO_GATEWAY_BATCHES_MAX);
+        let (to_shards, shard_inboxes) = (0..shard_count).map(|_| mpsc::channel(TO_SHARD_MESSAGES_MAX)).unzip();
+        Channels { to_gateway, gateway_inbox, to_shards, shard_inboxes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn message() -> Arc<Message> {
+        Arc::new(Message {
+            topic: Bytes::from_static(b"t"),
+            payload: Bytes::new(),
+            qos: crate::protocol::QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        })
+    }
+
+    #[test]
+    fn publishes_are_bounded_interest_is_not_and_a_push_wakes_the_taker() {
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut port = ClusterPort::default();
+        assert!(port.poll_take(&mut cx).is_pending());
+        for _ in 0..OUTBOX_MESSAGES_MAX {
+            assert!(port.publish(message()));
+        }
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "the first push woke the task");
+        assert!(!port.publish(message()), "past the bound");
+        port.interest(Bytes::from_static(b"a/#"), true);
+        let Poll::Ready(taken) = port.poll_take(&mut cx) else { panic!("something waits") };
+        assert_eq!(taken.len(), OUTBOX_MESSAGES_MAX + 1);
+        assert!(matches!(taken.last(), Some(ToGateway::Interest { subscribed: true, .. })));
+        assert!(port.publish(message()), "taking frees the bound");
+    }
+}

@@ -1,0 +1,205 @@
+//! Several ringmq nodes as one broker over a real 3-server NATS cluster (`common::cluster`):
+//! messages cross nodes at every QoS with exact counts, through wildcards and topics full
+//! of characters that mean something to NATS, once per client however many of its node's
+//! filters match; retained messages reach every node; a node no client of which wants a
+//! topic receives none of its messages.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{RawClient, rand_suffix};
+use ringmq::protocol::{Packet, Publish, QoS};
+
+/// Reads publishes until `count` arrived (acknowledging each; route probes, which other
+/// subscribers' `wait_for_route` may still send, left out), or panics after a while.
+fn receive(client: &mut RawClient, count: usize) -> Vec<Publish> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < count {
+        assert!(Instant::now() < deadline, "{} of {count} messages arrived", got.len());
+        if let Some(Packet::Publish(publish)) = client.try_recv(Duration::from_millis(200)) {
+            client.ack(&publish);
+            if !publish.topic.ends_with(b"/probe") {
+                got.push(publish);
+            }
+        }
+    }
+    got
+}
+
+/// Both shards' value of `name` has been seen (a node runs two shards).
+fn both_shards(counters: &common::Counters, name: &str) -> bool {
+    counters.get(0, name).is_some() && counters.get(1, name).is_some()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("utf-8")
+}
+
+#[test]
+fn messages_cross_nodes_at_every_qos_exactly_once_and_in_order() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    const PER_QOS: usize = 300;
+    let mut subscribers: Vec<RawClient> = [1, 2]
+        .iter()
+        .map(|&node| {
+            let mut client = cluster.nodes[node].client(&format!("sub-{node}-{}", rand_suffix()), true);
+            client.subscribe(&[("load/#", QoS::ExactlyOnce)]);
+            client
+        })
+        .collect();
+    for subscriber in &mut subscribers {
+        cluster.wait_for_route(0, "load/probe", subscriber);
+    }
+    let mut publisher = cluster.nodes[0].client("publisher", true);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for sequence in 0..PER_QOS {
+            let id = (sequence % 60_000 + 1) as u16;
+            publisher.publish(&format!("load/q{}", qos as u8), format!("{sequence}").as_bytes(), qos, false, id);
+        }
+    }
+    for subscriber in &mut subscribers {
+        let got = receive(subscriber, 3 * PER_QOS);
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let topic = format!("load/q{}", qos as u8);
+            let sequence: Vec<usize> =
+                got.iter().filter(|p| p.topic == topic.as_bytes()).map(|p| text(&p.payload).parse().expect("a number")).collect();
+            assert_eq!(sequence, (0..PER_QOS).collect::<Vec<_>>(), "{topic}: each once, in order");
+            assert!(got.iter().filter(|p| p.topic == topic.as_bytes()).all(|p| p.qos == qos), "{topic} keeps its QoS");
+        }
+        subscriber.assert_silent(Duration::from_millis(300));
+    }
+    // Node 3 (index 2) wants the messages, so it received them; node 1 published them.
+    let counters = cluster.nodes[2].wait_for_counters("node 3 received from the cluster", |c| {
+        both_shards(c, "cluster_publishes_received") && c.total("cluster_publishes_received") >= 3 * PER_QOS as u64
+    });
+    assert!(counters.total("cluster_publishes_received") < 3 * PER_QOS as u64 + 50, "probes aside, each message entered once");
+}
+
+#[test]
+fn wildcards_and_awkward_topics_cross_nodes_once_per_client() {
+    let Some(cluster) = Cluster::start(2, &[]) else { return };
+    let mut subscriber = cluster.nodes[1].client(&format!("wild-{}", rand_suffix()), true);
+    // Overlapping filters: a message several match is still delivered once (3.1.1).
+    subscriber.subscribe(&[
+        ("w/#", QoS::AtLeastOnce),
+        ("w/+/x", QoS::AtLeastOnce),
+        ("w/+", QoS::AtLeastOnce),
+        ("$special/+/y", QoS::AtLeastOnce),
+        ("+/never", QoS::AtLeastOnce),
+    ]);
+    cluster.wait_for_route(0, "w/probe", &mut subscriber);
+    cluster.wait_for_route(0, "$special/probe/y", &mut subscriber);
+    let topics = [
+        "w",
+        "w/a.b/x",
+        "w/*/x",
+        "w/>/x",
+        "w/ spaced out /x",
+        "w//x",
+        "w///",
+        "w/~7E/x",
+        "w/ünïcødé/🙂",
+        "w/%2E/x",
+        "$special/a.b/y",
+        "$special//y",
+    ];
+    let mut publisher = cluster.nodes[0].client("wild-publisher", true);
+    for topic in topics {
+        publisher.publish(topic, topic.as_bytes(), QoS::AtLeastOnce, false, 1);
+    }
+    // A `$` topic is not matched by a filter starting with a wildcard.
+    publisher.publish("$special/never", b"no", QoS::AtLeastOnce, false, 1);
+    publisher.publish("x/y/z", b"no", QoS::AtLeastOnce, false, 1);
+    let got = receive(&mut subscriber, topics.len());
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for publish in &got {
+        assert_eq!(publish.topic, publish.payload, "topic arrives exactly as published");
+        *counts.entry(text(&publish.topic)).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = topics.iter().map(|topic| (topic.to_string(), 1)).collect();
+    assert_eq!(counts, expected);
+    subscriber.assert_silent(Duration::from_millis(500));
+}
+
+#[test]
+fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    // Once a route exists, nodes 2 and 3 listen to the retained subject too (they
+    // subscribed to it at start, before this client's filter).
+    let mut watcher = cluster.nodes[2].client("retained-watcher", true);
+    watcher.subscribe(&[("state/probe", QoS::AtMostOnce)]);
+    cluster.wait_for_route(0, "state/probe", &mut watcher);
+    watcher.disconnect();
+    let mut publisher = cluster.nodes[0].client("retained-publisher", true);
+    publisher.publish("state/door", b"open", QoS::AtLeastOnce, true, 1);
+    for node in [1, 2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "node {} never held the retained message", node + 1);
+            let mut client = cluster.nodes[node].client(&format!("late-{node}-{}", rand_suffix()), true);
+            client.subscribe(&[("state/+", QoS::AtLeastOnce)]);
+            // (A copy without RETAIN is the live one: it reached the node after this subscribe.)
+            if let Some(Packet::Publish(publish)) = client.try_recv(Duration::from_millis(200))
+                && publish.retain
+            {
+                assert_eq!(&publish.payload[..], b"open");
+                break;
+            }
+            client.disconnect();
+        }
+    }
+    // Clearing it on one node clears it everywhere.
+    publisher.publish("state/door", b"", QoS::AtLeastOnce, true, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "the clear never reached node 3");
+        let mut client = cluster.nodes[2].client(&format!("cleared-{}", rand_suffix()), true);
+        client.subscribe(&[("state/+", QoS::AtLeastOnce)]);
+        if client.try_recv(Duration::from_millis(200)).is_none() {
+            break;
+        }
+        client.disconnect();
+    }
+}
+
+#[test]
+fn a_node_without_subscribers_receives_nothing_and_unsubscribing_stops_the_flow() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    let mut subscriber = cluster.nodes[1].client("only-subscriber", true);
+    subscriber.subscribe(&[("quiet/+", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(0, "quiet/probe", &mut subscriber);
+    let mut publisher = cluster.nodes[0].client("quiet-publisher", true);
+    for id in 1..=100u16 {
+        publisher.publish("quiet/t", b"m", QoS::AtLeastOnce, false, id);
+    }
+    receive(&mut subscriber, 100);
+    let node2 = cluster.nodes[1].wait_for_counters("node 2 got them", |c| {
+        both_shards(c, "cluster_publishes_received") && c.total("cluster_publishes_received") >= 100
+    });
+    let node3 = cluster.nodes[2].wait_for_counters("node 3 counters", |c| both_shards(c, "cluster_publishes_received"));
+    assert_eq!(node3.total("cluster_publishes_received"), 0, "NATS routes by interest: node 3 wants none");
+    assert!(node2.total("cluster_publishes_received") <= 100 + 50, "probes aside, once each");
+    // The last local subscription withdrawn (at the next tick), NATS stops sending.
+    subscriber.send(&Packet::Unsubscribe(ringmq::protocol::Unsubscribe {
+        packet_id: ringmq::protocol::PacketId::new(9).expect("non-zero"),
+        filters: vec![bytes::Bytes::from_static(b"quiet/+")],
+        properties: Default::default(),
+    }));
+    subscriber.expect(|packet| matches!(packet, Packet::UnsubAck(_)));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cluster.nodes[1].wait_for_counters("node 2 before", |c| both_shards(c, "cluster_publishes_received"));
+    for id in 1..=100u16 {
+        publisher.publish("quiet/t", b"m", QoS::AtLeastOnce, false, id);
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after = cluster.nodes[1].wait_for_counters("node 2 after", |c| both_shards(c, "cluster_publishes_received"));
+    assert_eq!(
+        after.total("cluster_publishes_received"),
+        before.total("cluster_publishes_received"),
+        "no subscriber left on node 2, so nothing reaches it"
+    );
+}

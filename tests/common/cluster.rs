@@ -1,0 +1,128 @@
+//! The cluster harness: real `nats-server` processes routed into one NATS cluster, one per
+//! loopback address (127.0.0.1, .2, .3), and a ringmq node beside each, connected to its
+//! own server. Without `nats-server` (on PATH, or named by RINGMQ_NATS_SERVER) the tests
+//! say SKIPPED, and fail under CI, which installs it (.ci/run).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Broker, RawClient, rand_suffix};
+use ringmq::protocol::{Packet, QoS};
+
+pub struct NatsServer {
+    child: Child,
+    pub client_addr: SocketAddr,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Cluster {
+    pub nats: Vec<NatsServer>,
+    pub nodes: Vec<Broker>,
+}
+
+/// `nats-server`, or `None` after saying SKIPPED (a failure under CI).
+pub fn nats_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RINGMQ_NATS_SERVER") {
+        return Some(path.into());
+    }
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        eprintln!("SKIPPED: nats-server not found (apt-get install nats-server, or set RINGMQ_NATS_SERVER)");
+        assert!(std::env::var_os("CI").is_none(), "CI must have nats-server");
+    }
+    found
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).expect("a free port").local_addr().expect("its address").port()
+}
+
+fn wait_until_accepting(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        assert!(child.try_wait().expect("try_wait").is_none(), "nats-server on {addr} exited at start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nats-server on {addr} did not start");
+}
+
+impl Cluster {
+    /// `count` NATS servers routed together and a ringmq node (`extra` flags) beside each.
+    /// `None`: nats-server is missing (the test is skipped).
+    pub fn start(count: usize, extra: &[&str]) -> Option<Cluster> {
+        let binary = nats_server()?;
+        let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
+        let route_ports: Vec<u16> = ips.iter().map(|ip| free_port(ip)).collect();
+        let routes: Vec<String> = ips.iter().zip(&route_ports).map(|(ip, port)| format!("nats-route://{ip}:{port}")).collect();
+        let nats_cluster_name = format!("ringmq-test-{}", rand_suffix());
+        let mut nats = Vec::new();
+        for (index, ip) in ips.iter().enumerate() {
+            let port = free_port(ip);
+            let mut child = Command::new(&binary)
+                .args(["--addr", ip, "--port", &port.to_string()])
+                .args(["--server_name", &format!("n{}", index + 1)])
+                .args(["--cluster_name", &nats_cluster_name])
+                .args(["--cluster", &format!("nats://{ip}:{}", route_ports[index])])
+                .args(["--routes", &routes.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server");
+            let client_addr: SocketAddr = format!("{ip}:{port}").parse().expect("an address");
+            wait_until_accepting(client_addr, &mut child);
+            nats.push(NatsServer { child, client_addr });
+        }
+        let nodes = nats
+            .iter()
+            .enumerate()
+            .map(|(index, server)| {
+                let listen = format!("{}:0", server.client_addr.ip());
+                let url = format!("nats://{}", server.client_addr);
+                let node_id = format!("node{}", index + 1);
+                let mut args = vec!["--listen", &listen, "--cluster", &url, "--node-id", &node_id];
+                args.extend_from_slice(extra);
+                Broker::start(&args)
+            })
+            .collect();
+        Some(Cluster { nats, nodes })
+    }
+
+    /// Publishes `probe_topic` from node `from` until `subscriber` (on another node, its
+    /// subscription covering the topic) receives one, then drains the probes: the route
+    /// from `from` to the subscriber's node exists. Cross-node routes are eventual (NATS
+    /// propagates a new subscription to every server), so tests wait for them this way.
+    pub fn wait_for_route(&self, from: usize, probe_topic: &str, subscriber: &mut RawClient) {
+        let mut publisher = self.nodes[from].client(&format!("probe-{}", rand_suffix()), true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no route from node {from} for {probe_topic}");
+            publisher.publish(probe_topic, b"probe", QoS::AtMostOnce, false, 0);
+            if let Some(Packet::Publish(publish)) = subscriber.try_recv(Duration::from_millis(50)) {
+                assert_eq!(&publish.topic[..], probe_topic.as_bytes(), "only probes so far");
+                subscriber.ack(&publish);
+                break;
+            }
+        }
+        // Probes still on their way.
+        while let Some(Packet::Publish(publish)) = subscriber.try_recv(Duration::from_millis(300)) {
+            assert_eq!(&publish.topic[..], probe_topic.as_bytes(), "only probes so far");
+            subscriber.ack(&publish);
+        }
+        publisher.disconnect();
+    }
+}
