@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::{RawClient, rand_suffix};
-use ringmq::protocol::{Packet, Publish, QoS};
+use ringmq::protocol::{Packet, Publish, QoS, SubscriptionOptions};
 
 /// Reads publishes until `count` arrived (acknowledging each; route probes, which other
 /// subscribers' `wait_for_route` may still send, left out), or panics after a while.
@@ -33,6 +33,14 @@ fn receive(client: &mut RawClient, count: usize) -> Vec<Publish> {
 /// Both shards' value of `name` has been seen (a node runs two shards).
 fn both_shards(counters: &common::Counters, name: &str) -> bool {
     counters.get(0, name).is_some() && counters.get(1, name).is_some()
+}
+
+/// Subscribes at QoS 1 and waits for the SUBACK, keeping what arrives before it: a
+/// message from another node may be delivered on the new subscription before its SUBACK
+/// (which 3.8.4 permits).
+fn subscribe_allowing_early_deliveries(client: &mut RawClient, filter: &str) {
+    client.subscribe_with_no_wait(&[(filter, SubscriptionOptions::with_qos(QoS::AtLeastOnce))]);
+    client.expect(|packet| matches!(packet, Packet::SubAck(_)));
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -141,7 +149,7 @@ fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
         loop {
             assert!(Instant::now() < deadline, "node {} never held the retained message", node + 1);
             let mut client = cluster.nodes[node].client(&format!("late-{node}-{}", rand_suffix()), true);
-            client.subscribe(&[("state/+", QoS::AtLeastOnce)]);
+            subscribe_allowing_early_deliveries(&mut client, "state/+");
             // (A copy without RETAIN is the live one: it reached the node after this subscribe.)
             if let Some(Packet::Publish(publish)) = client.try_recv(Duration::from_millis(200))
                 && publish.retain
@@ -158,7 +166,7 @@ fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
     loop {
         assert!(Instant::now() < deadline, "the clear never reached node 3");
         let mut client = cluster.nodes[2].client(&format!("cleared-{}", rand_suffix()), true);
-        client.subscribe(&[("state/+", QoS::AtLeastOnce)]);
+        subscribe_allowing_early_deliveries(&mut client, "state/+");
         if client.try_recv(Duration::from_millis(200)).is_none() {
             break;
         }
@@ -202,4 +210,63 @@ fn a_node_without_subscribers_receives_nothing_and_unsubscribing_stops_the_flow(
         before.total("cluster_publishes_received"),
         "no subscriber left on node 2, so nothing reaches it"
     );
+}
+
+#[test]
+fn a_shared_subscription_spread_over_nodes_gets_each_message_exactly_once() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    let mut members: Vec<RawClient> = (0..3)
+        .map(|node| {
+            let mut client = cluster.nodes[node].client(&format!("member-{node}-{}", rand_suffix()), true);
+            client.subscribe(&[("$share/workers/jobs/#", QoS::AtLeastOnce)]);
+            client
+        })
+        .collect();
+    // Probes until every member has had one: each node's queue subscription is live.
+    let mut publisher = cluster.nodes[0].client("jobs-publisher", true);
+    let mut probed = [false; 3];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !probed.iter().all(|&seen| seen) {
+        assert!(Instant::now() < deadline, "queue subscriptions never all live: {probed:?}");
+        publisher.publish("jobs/probe", b"probe", QoS::AtLeastOnce, false, 1);
+        for (member, seen) in members.iter_mut().zip(&mut probed) {
+            if let Some(Packet::Publish(publish)) = member.try_recv(Duration::from_millis(10)) {
+                member.ack(&publish);
+                *seen = true;
+            }
+        }
+    }
+    for member in &mut members {
+        while let Some(Packet::Publish(publish)) = member.try_recv(Duration::from_millis(300)) {
+            assert_eq!(&publish.topic[..], b"jobs/probe");
+            member.ack(&publish);
+        }
+    }
+    const JOBS: usize = 600;
+    for job in 0..JOBS {
+        publisher.publish(&format!("jobs/{}", job % 7), format!("{job}").as_bytes(), QoS::AtLeastOnce, false, (job % 60_000 + 1) as u16);
+    }
+    let mut seen = vec![0u32; JOBS];
+    let mut per_member = [0usize; 3];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while per_member.iter().sum::<usize>() < JOBS {
+        assert!(Instant::now() < deadline, "{} of {JOBS} jobs arrived", per_member.iter().sum::<usize>());
+        for (index, member) in members.iter_mut().enumerate() {
+            while let Some(Packet::Publish(publish)) = member.try_recv(Duration::from_millis(20)) {
+                member.ack(&publish);
+                let job: usize = text(&publish.payload).parse().expect("a job number");
+                seen[job] += 1;
+                per_member[index] += 1;
+            }
+        }
+    }
+    for member in &mut members {
+        member.assert_silent(Duration::from_millis(300));
+    }
+    assert!(
+        seen.iter().all(|&copies| copies == 1),
+        "each job exactly once: {:?}",
+        seen.iter().enumerate().filter(|(_, c)| **c != 1).take(5).collect::<Vec<_>>()
+    );
+    assert!(per_member.iter().all(|&jobs| jobs > 0), "NATS spreads the group over the nodes: {per_member:?}");
 }

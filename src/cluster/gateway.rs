@@ -12,6 +12,12 @@
 //! match arrives twice and is kept once (`dedup.rs`), then given to one shard, chosen by
 //! its topic so that each topic stays in order, which routes it to the node's subscribers.
 //!
+//! Shared subscriptions: each node with members of a group `$share/G/F` queue-subscribes
+//! to F's subjects in a NATS queue group named after G, on a second connection that hears
+//! its own node's messages too. NATS gives each message to one node of the group, and
+//! that node to one of its members, so each message reaches one member cluster-wide (the
+//! shards do not choose members themselves in a cluster).
+//!
 //! Cross-node delivery is what core NATS gives: at most once between nodes. A node that
 //! cannot reach NATS keeps serving its own clients and reconnects in the background.
 
@@ -30,7 +36,7 @@ use tokio::task::{JoinHandle, LocalSet};
 
 use super::dedup::{Dedup, Verdict};
 use super::frame::{Stamp, decode_frame, encode};
-use super::port::ToGateway;
+use super::port::{FromCluster, ToGateway};
 use super::subject::{filter_subjects, topic_subject};
 use crate::session::Message;
 use crate::topics::validate_topic_name;
@@ -103,7 +109,7 @@ pub fn check(settings: &GatewaySettings) -> Result<(), GatewayError> {
 pub fn start(
     settings: GatewaySettings,
     inbox: mpsc::Receiver<Vec<ToGateway>>,
-    to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    to_shards: Vec<mpsc::Sender<FromCluster>>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, GatewayError> {
     check(&settings)?;
@@ -121,6 +127,10 @@ pub fn start(
 struct Gateway {
     settings: GatewaySettings,
     client: async_nats::Client,
+    /// With echo, for queue subscriptions: a group's member on the publishing node counts.
+    shared_client: async_nats::Client,
+    /// The node's shared-subscription groups and the tasks reading their queue subscriptions.
+    groups: HashMap<(Bytes, Bytes), Vec<JoinHandle<()>>>,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -135,37 +145,44 @@ struct FilterRoute {
 /// What the subscription readers share.
 struct Inbound {
     dedup: Dedup,
-    to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    to_shards: Vec<mpsc::Sender<FromCluster>>,
     counters: GatewayCounters,
 }
 
 async fn run(
     settings: GatewaySettings,
     mut inbox: mpsc::Receiver<Vec<ToGateway>>,
-    to_shards: Vec<mpsc::Sender<Arc<Message>>>,
+    to_shards: Vec<mpsc::Sender<FromCluster>>,
     stop: Arc<AtomicBool>,
 ) {
     let node_id = settings.node_id.clone();
-    let options = async_nats::ConnectOptions::new()
-        .name(format!("ringmq {node_id}"))
-        .no_echo()
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
-        .event_callback(move |event| {
-            let node_id = node_id.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!(node_id, "cluster: connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!(node_id, "cluster: lost NATS, reconnecting"),
-                    // Each failed reconnection attempt is one: the Disconnected above said it.
-                    async_nats::Event::ClientError(error) => tracing::debug!(node_id, %error, "cluster: NATS client error"),
-                    other => tracing::warn!(node_id, event = %other, "cluster: NATS event"),
+    let connect = |name: String, echo: bool| {
+        let node_id = node_id.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback(move |event| {
+                let node_id = node_id.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!(node_id, "cluster: connected to NATS"),
+                        async_nats::Event::Disconnected => tracing::warn!(node_id, "cluster: lost NATS, reconnecting"),
+                        // Each failed reconnection attempt is one: the Disconnected above said it.
+                        async_nats::Event::ClientError(error) => tracing::debug!(node_id, %error, "cluster: NATS client error"),
+                        other => tracing::warn!(node_id, event = %other, "cluster: NATS event"),
+                    }
                 }
-            }
-        });
-    let client = match options.connect(settings.servers.as_slice()).await {
-        Ok(client) => client,
+            });
+        let options = if echo { options } else { options.no_echo() };
+        options.connect(settings.servers.as_slice())
+    };
+    let connected =
+        futures_util::future::try_join(connect(format!("ringmq {node_id}"), false), connect(format!("ringmq {node_id} shared"), true))
+            .await;
+    let (client, shared_client) = match connected {
+        Ok(clients) => clients,
         Err(error) => {
             tracing::error!(%error, "cluster: cannot use the NATS servers; this node serves its own clients only");
             drain_until_stopped(&mut inbox, &stop).await;
@@ -174,7 +191,7 @@ async fn run(
     };
     let state = Rc::new(RefCell::new(Inbound { dedup: Dedup::default(), to_shards, counters: GatewayCounters::default() }));
     let stamp = Stamp { origin: rand::random(), sequence: 0 };
-    let mut gateway = Gateway { settings, client, stamp, filters: HashMap::new(), state };
+    let mut gateway = Gateway { settings, client, shared_client, groups: HashMap::new(), stamp, filters: HashMap::new(), state };
     // Every node keeps every retained message, whatever its clients subscribe to.
     let retained_subject = gateway.settings.retained_subject();
     let retained_reader = gateway.subscribe(retained_subject).await;
@@ -206,10 +223,12 @@ async fn run(
         }
     }
     let _ = gateway.client.flush().await;
+    let _ = gateway.shared_client.flush().await;
     let counters = gateway.counters(&gateway.state.borrow());
     tracing::info!(?counters, "cluster gateway stopped");
     // Readers end here, inside the runtime: dropping a subscription spawns its UNSUB.
-    let readers = gateway.filters.into_values().flat_map(|route| route.readers).chain(retained_reader);
+    let readers =
+        gateway.filters.into_values().flat_map(|route| route.readers).chain(gateway.groups.into_values().flatten()).chain(retained_reader);
     for reader in readers {
         reader.abort();
         let _ = reader.await;
@@ -244,6 +263,13 @@ impl Gateway {
                 ToGateway::Publish(message) => self.publish(&message).await,
                 ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
                 ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
+                ToGateway::SharedInterest { group, filter, subscribed: true } => self.join_group(group, filter).await,
+                ToGateway::SharedInterest { group, filter, subscribed: false } => {
+                    // Dropping a reader's subscriber unsubscribes it.
+                    for reader in self.groups.remove(&(group, filter)).into_iter().flatten() {
+                        reader.abort();
+                    }
+                }
             }
         }
     }
@@ -298,6 +324,32 @@ impl Gateway {
         }
     }
 
+    /// Queue-subscribes to `filter`'s subjects in the group's NATS queue group.
+    async fn join_group(&mut self, group: Bytes, filter: Bytes) {
+        if self.groups.contains_key(&(group.clone(), filter.clone())) {
+            return;
+        }
+        let queue = queue_name(&group);
+        let mut readers = Vec::new();
+        for subject in filter_subjects(&self.settings.cluster_name, &filter) {
+            if subject.len() + queue.len() > SUBJECT_BYTES_MAX {
+                self.state.borrow_mut().counters.subjects_too_long += 1;
+                tracing::warn!(group = %String::from_utf8_lossy(&group), filter = %String::from_utf8_lossy(&filter), "cluster: shared subscription too long for NATS; other nodes' messages will not reach it");
+                continue;
+            }
+            match self.shared_client.queue_subscribe(subject.clone(), queue.clone()).await {
+                Ok(subscriber) => {
+                    readers.push(tokio::task::spawn_local(read_shared(subscriber, group.clone(), filter.clone(), self.state.clone())))
+                }
+                Err(error) => {
+                    self.state.borrow_mut().counters.subscribe_failures += 1;
+                    tracing::warn!(%error, subject, "cluster: queue subscribe failed");
+                }
+            }
+        }
+        self.groups.insert((group, filter), readers);
+    }
+
     /// Subscribes to `subject` and spawns the task that hands what arrives to the shards.
     async fn subscribe(&mut self, subject: String) -> Option<JoinHandle<()>> {
         match self.client.subscribe(subject.clone()).await {
@@ -339,10 +391,47 @@ async fn read(mut subscriber: async_nats::Subscriber, state: Rc<RefCell<Inbound>
             let shard = entry_shard(&message.topic, state.to_shards.len());
             (state.to_shards[shard].clone(), message)
         };
-        if target.send(Arc::new(message)).await.is_err() {
+        if target.send(FromCluster::Publish(Arc::new(message))).await.is_err() {
             return;
         }
     }
+}
+
+/// One group's queue subscription: each message NATS chose this node for goes to a
+/// member here. No dedup: the same message also arrives for plain subscribers.
+async fn read_shared(mut subscriber: async_nats::Subscriber, group: Bytes, filter: Bytes, state: Rc<RefCell<Inbound>>) {
+    while let Some(delivered) = subscriber.next().await {
+        let target = {
+            let mut state = state.borrow_mut();
+            state.counters.received += 1;
+            match decode_frame(delivered.payload, Instant::now()) {
+                Ok((_, message)) if validate_topic_name(&message.topic).is_ok() => {
+                    let shard = entry_shard(&message.topic, state.to_shards.len());
+                    Some((state.to_shards[shard].clone(), message))
+                }
+                _ => {
+                    state.counters.frames_refused += 1;
+                    None
+                }
+            }
+        };
+        let Some((target, message)) = target else { continue };
+        let shared = FromCluster::Shared { group: group.clone(), filter: filter.clone(), message: Arc::new(message) };
+        if target.send(shared).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A NATS queue group name for an MQTT share name (which may hold any character but
+/// `/`, `+` and `#`): `g` and its bytes in hex.
+fn queue_name(group: &[u8]) -> String {
+    let mut name = String::with_capacity(1 + 2 * group.len());
+    name.push('g');
+    for byte in group {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
 }
 
 /// The shard a topic's messages from other nodes enter by: the same one every time.

@@ -25,6 +25,18 @@ pub enum ToGateway {
     Publish(Arc<Message>),
     /// This shard's first subscription to `filter` appeared (`true`) or its last one went.
     Interest { filter: Bytes, subscribed: bool },
+    /// The node's shared-subscription group `group` on `filter` was made (`true`: it has a
+    /// first member on this node) or emptied. Told by shard 0, which holds every group.
+    SharedInterest { group: Bytes, filter: Bytes, subscribed: bool },
+}
+
+/// What the gateway hands a shard.
+#[derive(Debug)]
+pub enum FromCluster {
+    /// A message from another node, for this node's subscribers.
+    Publish(Arc<Message>),
+    /// A message NATS gave this node for one member of its group `group` on `filter`.
+    Shared { group: Bytes, filter: Bytes, message: Arc<Message> },
 }
 
 /// The shard's side: what waits for the gateway, and the task that takes it there.
@@ -50,6 +62,10 @@ impl ClusterPort {
     /// Interest changes are never dropped: the gateway's counts must stay balanced.
     pub fn interest(&mut self, filter: Bytes, subscribed: bool) {
         self.push(ToGateway::Interest { filter, subscribed });
+    }
+
+    pub fn shared_interest(&mut self, group: Bytes, filter: Bytes, subscribed: bool) {
+        self.push(ToGateway::SharedInterest { group, filter, subscribed });
     }
 
     fn push(&mut self, item: ToGateway) {
@@ -79,8 +95,8 @@ pub struct Channels {
     pub to_gateway: mpsc::Sender<Vec<ToGateway>>,
     pub gateway_inbox: mpsc::Receiver<Vec<ToGateway>>,
     /// Indexed by shard: the gateway's end, then each shard's end.
-    pub to_shards: Vec<mpsc::Sender<Arc<Message>>>,
-    pub shard_inboxes: Vec<mpsc::Receiver<Arc<Message>>>,
+    pub to_shards: Vec<mpsc::Sender<FromCluster>>,
+    pub shard_inboxes: Vec<mpsc::Receiver<FromCluster>>,
 }
 
 impl Channels {

@@ -7,13 +7,11 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::cluster::port::ToGateway;
-use crate::session::Message;
+use crate::cluster::port::{FromCluster, ToGateway};
 use crate::shard::Shard;
 
 /// Messages applied per borrow of the shard.
@@ -22,7 +20,7 @@ const INBOX_BATCH: usize = 256;
 /// This shard's ends of the gateway's queues.
 pub(super) struct ShardClusterEnds {
     pub(super) to_gateway: mpsc::Sender<Vec<ToGateway>>,
-    pub(super) inbox: mpsc::Receiver<Arc<Message>>,
+    pub(super) inbox: mpsc::Receiver<FromCluster>,
 }
 
 pub(super) fn serve(shard: &Rc<RefCell<Shard>>, ends: ShardClusterEnds) {
@@ -44,8 +42,8 @@ pub(super) fn serve(shard: &Rc<RefCell<Shard>>, ends: ShardClusterEnds) {
         while inbox.recv_many(&mut batch, INBOX_BATCH).await > 0 {
             let now = Instant::now();
             let mut shard = incoming.borrow_mut();
-            for message in batch.drain(..) {
-                shard.publish_from_cluster(message, now);
+            for received in batch.drain(..) {
+                shard.from_cluster(received, now);
             }
         }
     })

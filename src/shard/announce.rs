@@ -37,7 +37,9 @@ impl Shard {
             now,
         );
         self.expect_answers_from_all_peers(request);
-        self.shared.join(group, filter, self.id, client_id, granted);
+        if self.shared.join(group.clone(), filter.clone(), self.id, client_id, granted) {
+            self.export_shared(group, filter, true);
+        }
     }
 
     pub(super) fn broadcast_share_leave(
@@ -53,7 +55,9 @@ impl Shard {
             now,
         );
         self.expect_answers_from_all_peers(request);
-        self.shared.leave(&group, &filter, self.id, &client_id);
+        if self.shared.leave(&group, &filter, self.id, &client_id) {
+            self.export_shared(group, filter, false);
+        }
     }
 
     pub(super) fn expect_answers_from_all_peers(&mut self, request: Option<RequestId>) {

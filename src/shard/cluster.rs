@@ -11,7 +11,7 @@
 use std::task::{Context, Poll};
 
 use super::*;
-use crate::cluster::port::{ClusterPort, ToGateway};
+use crate::cluster::port::{ClusterPort, FromCluster, ToGateway};
 
 impl Shard {
     /// Turns the cluster on for this shard: from now on publishes and interest go to the
@@ -20,6 +20,11 @@ impl Shard {
         let mut port = ClusterPort::default();
         for filter in self.interest.local_filters() {
             port.interest(filter.clone(), true);
+        }
+        if self.id.0 == 0 {
+            for (group, filter) in self.shared.groups() {
+                port.shared_interest(group.clone(), filter.clone(), true);
+            }
         }
         self.cluster = Some(port);
     }
@@ -36,10 +41,25 @@ impl Shard {
         }
     }
 
-    /// A message published on another node, for this node's subscribers.
-    pub fn publish_from_cluster(&mut self, message: Arc<Message>, now: Instant) {
+    /// What the gateway received from another node.
+    pub fn from_cluster(&mut self, received: FromCluster, now: Instant) {
         self.counters.cluster_publishes_received += 1;
-        self.route(message, now);
+        match received {
+            FromCluster::Publish(message) => {
+                self.route(message, now);
+            }
+            FromCluster::Shared { group, filter, message } => self.deliver_cluster_shared(&group, &filter, message, now),
+        }
+    }
+
+    /// NATS chose this node for a group's message: one member here takes it, on whichever
+    /// shard it lives. A group emptied meanwhile misses it (`shared_misses`).
+    fn deliver_cluster_shared(&mut self, group: &Bytes, filter: &Bytes, message: Arc<Message>, now: Instant) {
+        match self.shared.pick(group, filter) {
+            Some(target) if target.shard == self.id => self.deliver_shared(&target, &message, None, true, now),
+            Some(target) => self.send(target.shard, MeshMessage::SharedRedeliver { target, message, forwarded: false }, now),
+            None => self.counters.shared_misses += 1,
+        }
     }
 
     /// A message published on this node (by a client or as a will): to the other nodes.
@@ -50,6 +70,16 @@ impl Shard {
             } else {
                 self.counters.cluster_publishes_dropped += 1;
             }
+        }
+    }
+
+    /// The node's group `group` on `filter` was made or emptied (told once, by shard 0:
+    /// every shard holds every group).
+    pub(super) fn export_shared(&mut self, group: Bytes, filter: Bytes, subscribed: bool) {
+        if self.id.0 == 0
+            && let Some(port) = &mut self.cluster
+        {
+            port.shared_interest(group, filter, subscribed);
         }
     }
 

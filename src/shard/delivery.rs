@@ -62,7 +62,8 @@ impl Shard {
         self.streams.sequence += 1;
         let sequence = self.streams.sequence;
         self.streams.seen[self.id.0] = sequence;
-        let shared = self.shared.choose(&message.topic);
+        // In a cluster, NATS picks each group's member among the nodes (`cluster.rs`).
+        let shared = if self.cluster.is_some() { Vec::new() } else { self.shared.choose(&message.topic) };
         let mut targets = std::mem::take(&mut self.scratch.route_targets);
         targets.fill(false);
         let mut subscribed = self.interest.mark_targets(&message.topic, &mut targets);

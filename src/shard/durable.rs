@@ -281,7 +281,8 @@ impl Shard {
                     match filter {
                         Filter::Plain(text) => self.interest.peer_join(text, home),
                         Filter::Shared { group, filter } => {
-                            self.shared.join(group.clone(), filter.clone(), home, logged.client_id.clone(), subscription.options.qos)
+                            // The cluster gateway learns restored groups when it attaches.
+                            self.shared.join(group.clone(), filter.clone(), home, logged.client_id.clone(), subscription.options.qos);
                         }
                     }
                 }
@@ -324,7 +325,7 @@ impl Shard {
                         self.interest.restore_local(&text, request);
                     }
                     Filter::Shared { group, filter } => {
-                        self.shared.join(group, filter, self.id, logged.client_id.clone(), subscription.options.qos)
+                        self.shared.join(group, filter, self.id, logged.client_id.clone(), subscription.options.qos);
                     }
                 }
             }

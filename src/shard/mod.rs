@@ -249,11 +249,15 @@ impl Shard {
                 }
             }
             MeshMessage::ShareJoin { group, filter, client_id, granted, request } => {
-                self.shared.join(group, filter, from, client_id, granted);
+                if self.shared.join(group.clone(), filter.clone(), from, client_id, granted) {
+                    self.export_shared(group, filter, true);
+                }
                 self.answer(from, request, now);
             }
             MeshMessage::ShareLeave { group, filter, client_id, request } => {
-                self.shared.leave(&group, &filter, from, &client_id);
+                if self.shared.leave(&group, &filter, from, &client_id) {
+                    self.export_shared(group, filter, false);
+                }
                 self.answer(from, request, now);
             }
             MeshMessage::InterestJoin { filter, request, since } => {

@@ -47,10 +47,10 @@ pub struct SharedGroups {
 }
 
 impl SharedGroups {
-    /// Adds (or updates the QoS of) a member.
-    pub fn join(&mut self, name: Bytes, filter: Bytes, shard: ShardId, client_id: Bytes, granted: QoS) {
-        let index = match self.by_name.get(&(name.clone(), filter.clone())) {
-            Some(&index) => index,
+    /// Adds (or updates the QoS of) a member. True when this made the group.
+    pub fn join(&mut self, name: Bytes, filter: Bytes, shard: ShardId, client_id: Bytes, granted: QoS) -> bool {
+        let (index, created) = match self.by_name.get(&(name.clone(), filter.clone())) {
+            Some(&index) => (index, false),
             None => {
                 let group = Group { name: name.clone(), filter: filter.clone(), members: Vec::new(), next: 0 };
                 let index = match self.free.pop() {
@@ -65,7 +65,7 @@ impl SharedGroups {
                 };
                 self.filters.insert(&filter, index, ());
                 self.by_name.insert((name, filter), index);
-                index
+                (index, true)
             }
         };
         let group = self.groups[index as usize].as_mut().expect("indexed groups exist");
@@ -73,11 +73,12 @@ impl SharedGroups {
             Some(member) => member.granted = granted,
             None => group.members.push(Member { shard, client_id, granted }),
         }
+        created
     }
 
-    /// Removes a member; an emptied group is dropped.
-    pub fn leave(&mut self, name: &Bytes, filter: &Bytes, shard: ShardId, client_id: &Bytes) {
-        let Some(&index) = self.by_name.get(&(name.clone(), filter.clone())) else { return };
+    /// Removes a member; an emptied group is dropped (and true returned).
+    pub fn leave(&mut self, name: &Bytes, filter: &Bytes, shard: ShardId, client_id: &Bytes) -> bool {
+        let Some(&index) = self.by_name.get(&(name.clone(), filter.clone())) else { return false };
         let group = self.groups[index as usize].as_mut().expect("indexed groups exist");
         group.members.retain(|m| !(m.shard == shard && m.client_id == *client_id));
         if group.members.is_empty() {
@@ -85,7 +86,14 @@ impl SharedGroups {
             self.by_name.remove(&(name.clone(), filter.clone()));
             self.groups[index as usize] = None;
             self.free.push(index);
+            return true;
         }
+        false
+    }
+
+    /// Every group: name and filter.
+    pub fn groups(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.groups.iter().flatten().map(|group| (&group.name, &group.filter))
     }
 
     /// One member for each group whose filter matches `topic`, taking turns.

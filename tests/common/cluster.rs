@@ -23,9 +23,10 @@ impl Drop for NatsServer {
     }
 }
 
+/// Dropped nodes first: a node that outlives its NATS server only logs reconnects.
 pub struct Cluster {
-    pub nats: Vec<NatsServer>,
     pub nodes: Vec<Broker>,
+    pub nats: Vec<NatsServer>,
 }
 
 /// `nats-server`, or `None` after saying SKIPPED (a failure under CI).
@@ -99,7 +100,7 @@ impl Cluster {
                 Broker::start(&args)
             })
             .collect();
-        Some(Cluster { nats, nodes })
+        Some(Cluster { nodes, nats })
     }
 
     /// Publishes `probe_topic` from node `from` until `subscriber` (on another node, its
