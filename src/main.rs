@@ -83,11 +83,21 @@ fn ringmq_environment() -> BTreeMap<String, String> {
 
 type LogFilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
+/// `--log`, with the NATS client's own lines at `warn` unless the filter names it: at
+/// `info` it logs every reconnection attempt, which the gateway already sums up.
+fn parse_log_filter(directives: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    if directives.contains("async_nats") {
+        EnvFilter::try_new(directives)
+    } else {
+        EnvFilter::try_new(format!("{directives},async_nats=warn"))
+    }
+}
+
 /// Logs go to stderr through a non-blocking writer: a shard that logs never waits for the
 /// terminal, pipe or journal (past its buffer, lines are dropped, not waited for). The
 /// filter can be replaced on SIGHUP.
 fn start_logging(config: &Config) -> anyhow::Result<(LogFilterHandle, tracing_appender::non_blocking::WorkerGuard)> {
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::try_new(&config.log).context("--log")?);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(parse_log_filter(&config.log).context("--log")?);
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     // Colour only for a person watching a terminal, never into a file or journal.
     let ansi = std::io::stderr().is_terminal();
@@ -111,7 +121,7 @@ fn reload(running: &layers::Layered, command_line: &[std::ffi::OsString], reload
             return;
         }
     };
-    match EnvFilter::try_new(&fresh.config.log) {
+    match parse_log_filter(&fresh.config.log) {
         Ok(filter) => match log_filter.reload(filter) {
             Ok(()) => tracing::info!(log = %fresh.config.log, "SIGHUP: log filter applied"),
             Err(error) => tracing::error!(%error, "SIGHUP: the log filter could not be replaced"),

@@ -133,45 +133,48 @@ fn wildcards_and_awkward_topics_cross_nodes_once_per_client() {
     subscriber.assert_silent(Duration::from_millis(500));
 }
 
+/// Subscribes on `node` until a retained copy of `topic` with `payload` arrives (a node
+/// applies a change from the bucket soon, not at once), or panics after a while.
+fn wait_for_retained(cluster: &Cluster, node: usize, topic: &str, payload: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "node {} never held {topic} = {payload:?}", node + 1);
+        let mut client = cluster.nodes[node].client(&format!("retained-{node}-{}", rand_suffix()), true);
+        subscribe_allowing_early_deliveries(&mut client, topic);
+        // (A copy without RETAIN is a live one: it reached the node after this subscribe.)
+        let held = match client.try_recv(Duration::from_millis(200)) {
+            Some(Packet::Publish(publish)) => publish.retain && publish.payload == payload,
+            _ => payload.is_empty(),
+        };
+        client.disconnect();
+        if held {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn a_retained_message_set_on_one_node_is_seen_from_the_others() {
-    let Some(cluster) = Cluster::start(3, &[]) else { return };
-    // Once a route exists, nodes 2 and 3 listen to the retained subject too (they
-    // subscribed to it at start, before this client's filter).
-    let mut watcher = cluster.nodes[2].client("retained-watcher", true);
-    watcher.subscribe(&[("state/probe", QoS::AtMostOnce)]);
-    cluster.wait_for_route(0, "state/probe", &mut watcher);
-    watcher.disconnect();
+fn retained_messages_reach_every_node_and_a_node_started_later() {
+    let Some(mut cluster) = Cluster::start_with_nodes(3, 2, &[]) else { return };
     let mut publisher = cluster.nodes[0].client("retained-publisher", true);
     publisher.publish("state/door", b"open", QoS::AtLeastOnce, true, 1);
-    for node in [1, 2] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "node {} never held the retained message", node + 1);
-            let mut client = cluster.nodes[node].client(&format!("late-{node}-{}", rand_suffix()), true);
-            subscribe_allowing_early_deliveries(&mut client, "state/+");
-            // (A copy without RETAIN is the live one: it reached the node after this subscribe.)
-            if let Some(Packet::Publish(publish)) = client.try_recv(Duration::from_millis(200))
-                && publish.retain
-            {
-                assert_eq!(&publish.payload[..], b"open");
-                break;
-            }
-            client.disconnect();
-        }
+    publisher.publish("state/window", b"shut", QoS::AtLeastOnce, true, 2);
+    wait_for_retained(&cluster, 1, "state/door", b"open");
+    // Node 3 starts after the publishes: it loads the store from the bucket.
+    let late = cluster.add_node(2, &[]);
+    wait_for_retained(&cluster, late, "state/door", b"open");
+    wait_for_retained(&cluster, late, "state/window", b"shut");
+    // A change on the late node reaches the first ones; clearing on one clears everywhere.
+    let mut late_publisher = cluster.nodes[late].client("late-publisher", true);
+    late_publisher.publish("state/window", b"open", QoS::AtLeastOnce, true, 1);
+    wait_for_retained(&cluster, 0, "state/window", b"open");
+    publisher.publish("state/door", b"", QoS::AtLeastOnce, true, 3);
+    for node in [1, late] {
+        wait_for_retained(&cluster, node, "state/door", b"");
     }
-    // Clearing it on one node clears it everywhere.
-    publisher.publish("state/door", b"", QoS::AtLeastOnce, true, 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "the clear never reached node 3");
-        let mut client = cluster.nodes[2].client(&format!("cleared-{}", rand_suffix()), true);
-        subscribe_allowing_early_deliveries(&mut client, "state/+");
-        if client.try_recv(Duration::from_millis(200)).is_none() {
-            break;
-        }
-        client.disconnect();
-    }
+    // The origin keeps what it applied itself (it skips its own entries in the bucket).
+    wait_for_retained(&cluster, 0, "state/window", b"open");
 }
 
 #[test]
@@ -269,4 +272,20 @@ fn a_shared_subscription_spread_over_nodes_gets_each_message_exactly_once() {
         seen.iter().enumerate().filter(|(_, c)| **c != 1).take(5).collect::<Vec<_>>()
     );
     assert!(per_member.iter().all(|&jobs| jobs > 0), "NATS spreads the group over the nodes: {per_member:?}");
+}
+
+#[test]
+fn a_node_keeps_serving_without_nats_and_still_stops_at_once() {
+    let Some(mut cluster) = Cluster::start(1, &["--cluster-replicas", "1"]) else { return };
+    cluster.nats.clear();
+    // Its own clients are served as by a lone node.
+    let mut subscriber = cluster.nodes[0].client("alone-subscriber", true);
+    subscriber.subscribe(&[("alone/+", QoS::AtLeastOnce)]);
+    let mut publisher = cluster.nodes[0].client("alone-publisher", true);
+    for id in 1..=50u16 {
+        publisher.publish("alone/t", b"m", QoS::AtLeastOnce, false, id);
+    }
+    assert_eq!(receive(&mut subscriber, 50).len(), 50);
+    let status = cluster.nodes[0].terminate().expect("SIGTERM ends the node though NATS is gone");
+    assert!(status.success(), "{status:?}");
 }

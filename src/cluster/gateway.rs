@@ -2,7 +2,7 @@
 //! runtime of its own (async-nats needs tokio; the shards never touch it).
 //!
 //! Out: each message the shards publish goes to the subject of its topic (`subject.rs`),
-//! retained ones to the node-wide retained subject every node listens to, stamped with
+//! retained ones to the retained bucket every node watches (`retained.rs`), stamped with
 //! this process's origin and a sequence number (`frame.rs`). The connection is `no_echo`,
 //! so a node never hears its own messages back.
 //!
@@ -46,6 +46,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// NATS refuses a protocol line (`PUB <subject> <size>`) past its `max_control_line`,
 /// 4 KiB by default; subjects longer than this are not sent or subscribed.
 pub const SUBJECT_BYTES_MAX: usize = 4_000;
+/// At a stop, how long the gateway waits for NATS at each step (hand-over, flush).
+const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Messages a subscription may hold in async-nats before NATS calls this node slow.
 const SUBSCRIPTION_CAPACITY: usize = 65_536;
 
@@ -57,13 +59,8 @@ pub struct GatewaySettings {
     pub node_id: String,
     /// `--cluster-name`: the first subject token, so clusters can share NATS servers.
     pub cluster_name: String,
-}
-
-impl GatewaySettings {
-    /// The subject every retained message travels on (all nodes keep every one).
-    fn retained_subject(&self) -> String {
-        format!("{}.retained", self.cluster_name)
-    }
+    /// `--cluster-replicas`: copies JetStream keeps of the cluster's buckets.
+    pub replicas: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +75,20 @@ pub enum GatewayError {
 
 /// What the gateway did, logged when it stops and when something was refused.
 #[derive(Debug, Default, Clone, Copy)]
-struct GatewayCounters {
+pub(super) struct GatewayCounters {
     published: u64,
     publish_failures: u64,
-    received: u64,
+    pub(super) received: u64,
     duplicates: u64,
     /// Copies older than the dedup window: dropped rather than risk a second delivery.
     too_old: u64,
     /// Frames from NATS that are not ringmq messages of this format.
-    frames_refused: u64,
-    /// Topics or filters whose subject is past `SUBJECT_BYTES_MAX`.
-    subjects_too_long: u64,
+    pub(super) frames_refused: u64,
+    /// Topics or filters whose subject (or retained key) is past what NATS takes.
+    pub(super) subjects_too_long: u64,
     subscribe_failures: u64,
+    /// Retained changes not put in the bucket: JetStream refused them, or too many waited.
+    pub(super) retained_write_failures: u64,
 }
 
 /// Checks the settings; `start` refuses what this refuses.
@@ -131,6 +130,8 @@ struct Gateway {
     shared_client: async_nats::Client,
     /// The node's shared-subscription groups and the tasks reading their queue subscriptions.
     groups: HashMap<(Bytes, Bytes), Vec<JoinHandle<()>>>,
+    /// Retained changes for the bucket task (`retained.rs`).
+    retained: mpsc::Sender<(Stamp, Arc<Message>)>,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -143,10 +144,10 @@ struct FilterRoute {
 }
 
 /// What the subscription readers share.
-struct Inbound {
+pub(super) struct Inbound {
     dedup: Dedup,
-    to_shards: Vec<mpsc::Sender<FromCluster>>,
-    counters: GatewayCounters,
+    pub(super) to_shards: Vec<mpsc::Sender<FromCluster>>,
+    pub(super) counters: GatewayCounters,
 }
 
 async fn run(
@@ -191,25 +192,39 @@ async fn run(
     };
     let state = Rc::new(RefCell::new(Inbound { dedup: Dedup::default(), to_shards, counters: GatewayCounters::default() }));
     let stamp = Stamp { origin: rand::random(), sequence: 0 };
-    let mut gateway = Gateway { settings, client, shared_client, groups: HashMap::new(), stamp, filters: HashMap::new(), state };
     // Every node keeps every retained message, whatever its clients subscribe to.
-    let retained_subject = gateway.settings.retained_subject();
-    let retained_reader = gateway.subscribe(retained_subject).await;
+    let (retained, changes) = mpsc::channel(super::retained::PENDING_MAX);
+    let bucket = super::retained::RetainedBucket {
+        client: client.clone(),
+        bucket: format!("{}_retained", settings.cluster_name),
+        replicas: settings.replicas,
+        origin: stamp.origin,
+    };
+    let retained_task = tokio::task::spawn_local(super::retained::run(bucket, changes, state.clone()));
+    let mut gateway = Gateway { settings, client, shared_client, groups: HashMap::new(), retained, stamp, filters: HashMap::new(), state };
 
     let mut tick = tokio::time::interval(TICK);
     let mut last_logged = GatewayCounters::default();
     loop {
         tokio::select! {
             batch = inbox.recv() => match batch {
-                Some(batch) => gateway.handle(batch).await,
+                // A publish waits while NATS is unreachable and the client's buffer is
+                // full: a stop request still ends it.
+                Some(batch) => tokio::select! {
+                    _ = gateway.handle(batch) => {}
+                    _ = stopped(&stop) => break,
+                },
                 None => break,
             },
             _ = tick.tick() => {
                 if stop.load(Ordering::Relaxed) {
                     // Take what the shards still hand over, then stop.
-                    while let Ok(batch) = inbox.try_recv() {
-                        gateway.handle(batch).await;
-                    }
+                    let drain = async {
+                        while let Ok(batch) = inbox.try_recv() {
+                            gateway.handle(batch).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(STOP_GRACE, drain).await;
                     break;
                 }
                 let mut state = gateway.state.borrow_mut();
@@ -222,16 +237,30 @@ async fn run(
             }
         }
     }
-    let _ = gateway.client.flush().await;
-    let _ = gateway.shared_client.flush().await;
+    // What the bucket task holds is written if JetStream answers soon.
+    drop(std::mem::replace(&mut gateway.retained, mpsc::channel(1).0));
+    let mut retained_task = retained_task;
+    if tokio::time::timeout(STOP_GRACE, &mut retained_task).await.is_err() {
+        retained_task.abort();
+        let _ = retained_task.await;
+    }
+    // A flush waits for the server: without one, not for long.
+    let _ = tokio::time::timeout(STOP_GRACE, gateway.client.flush()).await;
+    let _ = tokio::time::timeout(STOP_GRACE, gateway.shared_client.flush()).await;
     let counters = gateway.counters(&gateway.state.borrow());
     tracing::info!(?counters, "cluster gateway stopped");
     // Readers end here, inside the runtime: dropping a subscription spawns its UNSUB.
-    let readers =
-        gateway.filters.into_values().flat_map(|route| route.readers).chain(gateway.groups.into_values().flatten()).chain(retained_reader);
+    let readers = gateway.filters.into_values().flat_map(|route| route.readers).chain(gateway.groups.into_values().flatten());
     for reader in readers {
         reader.abort();
         let _ = reader.await;
+    }
+}
+
+/// Resolves once the broker is asked to stop.
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(TICK).await;
     }
 }
 
@@ -248,7 +277,12 @@ async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, stop: &
 
 impl GatewayCounters {
     fn refused(&self) -> u64 {
-        self.publish_failures + self.too_old + self.frames_refused + self.subjects_too_long + self.subscribe_failures
+        self.publish_failures
+            + self.too_old
+            + self.frames_refused
+            + self.subjects_too_long
+            + self.subscribe_failures
+            + self.retained_write_failures
     }
 }
 
@@ -260,7 +294,7 @@ impl Gateway {
     async fn handle(&mut self, batch: Vec<ToGateway>) {
         for item in batch {
             match item {
-                ToGateway::Publish(message) => self.publish(&message).await,
+                ToGateway::Publish(message) => self.publish(message).await,
                 ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
                 ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
                 ToGateway::SharedInterest { group, filter, subscribed: true } => self.join_group(group, filter).await,
@@ -274,16 +308,22 @@ impl Gateway {
         }
     }
 
-    async fn publish(&mut self, message: &Message) {
-        let subject =
-            if message.retain { self.settings.retained_subject() } else { topic_subject(&self.settings.cluster_name, &message.topic) };
+    async fn publish(&mut self, message: Arc<Message>) {
+        if message.retain {
+            self.stamp.sequence += 1;
+            if self.retained.try_send((self.stamp, message)).is_err() {
+                self.state.borrow_mut().counters.retained_write_failures += 1;
+            }
+            return;
+        }
+        let subject = topic_subject(&self.settings.cluster_name, &message.topic);
         let mut state = self.state.borrow_mut();
         if subject.len() > SUBJECT_BYTES_MAX {
             state.counters.subjects_too_long += 1;
             return;
         }
         self.stamp.sequence += 1;
-        let frame = encode(message, self.stamp, Instant::now());
+        let frame = encode(&message, self.stamp, Instant::now());
         drop(state);
         let sent = self.client.publish(subject, frame).await;
         let mut state = self.state.borrow_mut();
@@ -444,7 +484,12 @@ mod tests {
     use super::*;
 
     fn settings(name: &str, servers: &[&str]) -> GatewaySettings {
-        GatewaySettings { servers: servers.iter().map(|s| s.to_string()).collect(), node_id: "n1".into(), cluster_name: name.into() }
+        GatewaySettings {
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            node_id: "n1".into(),
+            cluster_name: name.into(),
+            replicas: 3,
+        }
     }
 
     #[test]

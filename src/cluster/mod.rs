@@ -7,14 +7,15 @@
 //! - `frame`: a message as one NATS message body; `dedup`: one copy per node of a message
 //!   that several of its subscriptions match.
 //! - `port`: what a shard hands the gateway and the queues between them.
-//! - `gateway`: the thread that holds the NATS connection.
+//! - `gateway`: the thread that holds the NATS connections; `retained`: the retained
+//!   store in a JetStream key-value bucket.
 //!
-//! Not built yet: sessions and retained messages in JetStream KV (takeover across nodes,
-//! retained messages for a node that starts later), `$share` over queue groups, node
+//! Not built yet: sessions in JetStream KV (ownership and takeover across nodes), node
 //! failure (wills of a dead node), durable cross-node QoS 1/2 (README, "Cluster").
 
 pub mod dedup;
 pub mod frame;
 pub mod gateway;
 pub mod port;
+pub mod retained;
 pub mod subject;

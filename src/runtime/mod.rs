@@ -172,6 +172,7 @@ fn gateway_settings(config: &Config, port: u16) -> Option<crate::cluster::gatewa
         servers: config.cluster.clone(),
         node_id: config.node_id.clone().unwrap_or_else(|| format!("{}-{port}", host_name())),
         cluster_name: config.cluster_name.clone(),
+        replicas: config.cluster_replicas as usize,
     })
 }
 

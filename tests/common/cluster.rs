@@ -14,12 +14,15 @@ use ringmq::protocol::{Packet, QoS};
 pub struct NatsServer {
     child: Child,
     pub client_addr: SocketAddr,
+    /// Its JetStream store, removed with it.
+    store_dir: PathBuf,
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store_dir);
     }
 }
 
@@ -66,6 +69,12 @@ impl Cluster {
     /// `count` NATS servers routed together and a ringmq node (`extra` flags) beside each.
     /// `None`: nats-server is missing (the test is skipped).
     pub fn start(count: usize, extra: &[&str]) -> Option<Cluster> {
+        Self::start_with_nodes(count, count, extra)
+    }
+
+    /// `servers` NATS servers (JetStream on, one cluster) and ringmq nodes beside the first
+    /// `nodes` of them; `add_node` starts the others later.
+    pub fn start_with_nodes(count: usize, nodes: usize, extra: &[&str]) -> Option<Cluster> {
         let binary = nats_server()?;
         let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
         let route_ports: Vec<u16> = ips.iter().map(|ip| free_port(ip)).collect();
@@ -74,7 +83,10 @@ impl Cluster {
         let mut nats = Vec::new();
         for (index, ip) in ips.iter().enumerate() {
             let port = free_port(ip);
+            let store_dir = std::env::temp_dir().join(format!("ringmq-nats-{}-{}", std::process::id(), rand_suffix()));
             let mut child = Command::new(&binary)
+                .args(["--jetstream", "--store_dir"])
+                .arg(&store_dir)
                 .args(["--addr", ip, "--port", &port.to_string()])
                 .args(["--server_name", &format!("n{}", index + 1)])
                 .args(["--cluster_name", &nats_cluster_name])
@@ -86,21 +98,26 @@ impl Cluster {
                 .expect("start nats-server");
             let client_addr: SocketAddr = format!("{ip}:{port}").parse().expect("an address");
             wait_until_accepting(client_addr, &mut child);
-            nats.push(NatsServer { child, client_addr });
+            nats.push(NatsServer { child, client_addr, store_dir });
         }
-        let nodes = nats
-            .iter()
-            .enumerate()
-            .map(|(index, server)| {
-                let listen = format!("{}:0", server.client_addr.ip());
-                let url = format!("nats://{}", server.client_addr);
-                let node_id = format!("node{}", index + 1);
-                let mut args = vec!["--listen", &listen, "--cluster", &url, "--node-id", &node_id];
-                args.extend_from_slice(extra);
-                Broker::start(&args)
-            })
-            .collect();
-        Some(Cluster { nodes, nats })
+        let mut cluster = Cluster { nodes: Vec::new(), nats };
+        for index in 0..nodes {
+            cluster.add_node(index, extra);
+        }
+        Some(cluster)
+    }
+
+    /// Starts a ringmq node beside NATS server `server` (its index among the nodes is the
+    /// one returned).
+    pub fn add_node(&mut self, server: usize, extra: &[&str]) -> usize {
+        let addr = self.nats[server].client_addr;
+        let listen = format!("{}:0", addr.ip());
+        let url = format!("nats://{addr}");
+        let node_id = format!("node{}", self.nodes.len() + 1);
+        let mut args = vec!["--listen", &listen, "--cluster", &url, "--node-id", &node_id];
+        args.extend_from_slice(extra);
+        self.nodes.push(Broker::start(&args));
+        self.nodes.len() - 1
     }
 
     /// Publishes `probe_topic` from node `from` until `subscriber` (on another node, its
