@@ -289,3 +289,24 @@ fn a_node_keeps_serving_without_nats_and_still_stops_at_once() {
     let status = cluster.nodes[0].terminate().expect("SIGTERM ends the node though NATS is gone");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn with_one_nats_server_stopped_the_nodes_keep_routing() {
+    let Some(mut cluster) = Cluster::start(3, &[]) else { return };
+    // Node 3's own server goes: its client reconnects to a server the cluster told it of.
+    drop(cluster.nats.remove(2));
+    let mut subscriber = cluster.nodes[2].client("survivor-subscriber", true);
+    subscriber.subscribe(&[("survive/#", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(0, "survive/probe", &mut subscriber);
+    let mut publisher = cluster.nodes[0].client("survivor-publisher", true);
+    for id in 1..=200u16 {
+        publisher.publish("survive/t", format!("{id}").as_bytes(), QoS::AtLeastOnce, false, id);
+    }
+    let got = receive(&mut subscriber, 200);
+    let ids: Vec<u16> = got.iter().map(|p| text(&p.payload).parse().expect("a number")).collect();
+    assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+    // And back the other way, from the node that lost its server.
+    let mut back = cluster.nodes[0].client("survivor-back", true);
+    back.subscribe(&[("back/#", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(2, "back/probe", &mut back);
+}

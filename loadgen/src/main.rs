@@ -38,6 +38,10 @@ struct Cli {
     /// --tls-insecure). Replaces --host and --port.
     #[arg(long, value_name = "URL")]
     ws: Option<String>,
+    /// Subscribers connect to these brokers in turn (HOST:PORT, repeatable: a cluster's
+    /// nodes) instead of --host/--port; publishers stay on --host/--port. Plain TCP only.
+    #[arg(long, value_name = "ADDR")]
+    subscribe_to: Vec<std::net::SocketAddr>,
     #[arg(long, value_enum, default_value = "fanout")]
     scenario: Scenario,
     /// Publishers (fanout, fanin); for p2p, the number of pairs.
@@ -217,8 +221,12 @@ fn main_inner() -> anyhow::Result<bool> {
         Scenario::P2p => (cli.publishers, cli.publishers),
         _ => (cli.publishers, cli.subscribers),
     };
+    if !cli.subscribe_to.is_empty() && !transport.is_plain() {
+        bail!("--subscribe-to runs over plain TCP only");
+    }
     let config = RunConfig {
         broker,
+        subscriber_brokers: cli.subscribe_to.clone(),
         transport,
         scenario: cli.scenario,
         publishers,

@@ -32,6 +32,9 @@ const QOS0_OUTBOX_MAX_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub broker: SocketAddr,
+    /// Where subscribers connect, in turn (`--subscribe-to`: a cluster's nodes); empty:
+    /// `broker`, as the publishers.
+    pub subscriber_brokers: Vec<SocketAddr>,
     /// TLS and/or WebSocket under MQTT (`--tls`, `--ws`).
     pub transport: crate::wire::ClientTransport,
     pub scenario: Scenario,
@@ -243,7 +246,7 @@ async fn stalled_subscriber(
     shared: Arc<Shared>,
     result: Rc<RefCell<ExecutorResult>>,
 ) {
-    let connection = match subscribed(&config, &client_id("stalled", index), true, &plan.subscribers[0]).await {
+    let connection = match subscribed(&config, index, &client_id("stalled", index), true, &plan.subscribers[0]).await {
         Ok(connection) => connection,
         Err(error) => return fail(&result, &shared, format!("stalled subscriber {index}: {error}")),
     };
@@ -256,9 +259,14 @@ async fn stalled_subscriber(
 }
 
 /// A connection subscribed to `filter` at the run's subscriber QoS, its SUBACK read.
-async fn subscribed(config: &RunConfig, client_id: &str, clean: bool, filter: &str) -> Result<Connection, String> {
+/// Subscriber `index` connects to its turn of `subscriber_brokers`, or to `broker`.
+async fn subscribed(config: &RunConfig, index: usize, client_id: &str, clean: bool, filter: &str) -> Result<Connection, String> {
+    let broker = match config.subscriber_brokers.len() {
+        0 => config.broker,
+        brokers => config.subscriber_brokers[index % brokers],
+    };
     let mut connection =
-        Connection::open(config.broker, &config.transport, client_id, clean, config.version).await.map_err(|error| error.to_string())?;
+        Connection::open(broker, &config.transport, client_id, clean, config.version).await.map_err(|error| error.to_string())?;
     connection.send(&Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("non-zero"),
         properties: Default::default(),
@@ -279,7 +287,7 @@ fn fail(result: &RefCell<ExecutorResult>, shared: &Shared, what: String) {
 async fn subscriber(index: usize, config: Arc<RunConfig>, plan: Arc<Plan>, shared: Arc<Shared>, result: Rc<RefCell<ExecutorResult>>) {
     let heard = plan.publishers_heard_by(index);
     let in_group = config.shared_group.is_some();
-    let mut connection = match subscribed(&config, &client_id("sub", index), !config.persistent, &plan.subscribers[index]).await {
+    let mut connection = match subscribed(&config, index, &client_id("sub", index), !config.persistent, &plan.subscribers[index]).await {
         Ok(connection) => connection,
         Err(error) => return fail(&result, &shared, format!("subscriber {index}: {error}")),
     };
