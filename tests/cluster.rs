@@ -310,3 +310,81 @@ fn with_one_nats_server_stopped_the_nodes_keep_routing() {
     back.subscribe(&[("back/#", QoS::AtLeastOnce)]);
     cluster.wait_for_route(2, "back/probe", &mut back);
 }
+
+/// Connects persistent clients to `node` until one is let in: the client-id bucket is up
+/// (JetStream elects its leaders for a few seconds after the servers start).
+fn wait_for_owner_bucket(cluster: &Cluster, node: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the client-id bucket never answered");
+        let mut client = cluster.nodes[node].raw();
+        if client.connect(&format!("bucket-probe-{}", rand_suffix()), false, 60, None).code == 0 {
+            client.disconnect();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_client_id_taken_on_another_node_closes_the_first_connection() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    // (A node whose bucket is not open yet lets a clean session in on its own word.)
+    wait_for_owner_bucket(&cluster, 0);
+    wait_for_owner_bucket(&cluster, 1);
+    let mut first = cluster.nodes[0].client_v5("roaming");
+    let mut second = cluster.nodes[1].raw_v5();
+    assert_eq!(second.connect("roaming", true, 60, None).code, 0);
+    assert_eq!(first.disconnect_reason(), ringmq::protocol::ReasonCode::SESSION_TAKEN_OVER);
+    // And back: node 1 takes it from node 2.
+    let mut third = cluster.nodes[0].raw_v5();
+    assert_eq!(third.connect("roaming", true, 60, None).code, 0);
+    assert_eq!(second.disconnect_reason(), ringmq::protocol::ReasonCode::SESSION_TAKEN_OVER);
+    third.assert_silent(Duration::from_millis(500));
+}
+
+#[test]
+fn racing_connects_with_one_client_id_on_two_nodes_leave_exactly_one_owner() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    wait_for_owner_bucket(&cluster, 1);
+    for round in 0..10 {
+        let client_id = format!("racer-{round}-{}", rand_suffix());
+        let (a, b) = (cluster.nodes[0].addr, cluster.nodes[1].addr);
+        let racers: Vec<RawClient> = std::thread::scope(|scope| {
+            let connect = |addr| {
+                let client_id = client_id.clone();
+                scope.spawn(move || {
+                    let mut client = RawClient::open(addr, ringmq::protocol::ProtocolVersion::V311);
+                    assert_eq!(client.connect(&client_id, true, 60, None).code, 0);
+                    client
+                })
+            };
+            let (first, second) = (connect(a), connect(b));
+            vec![first.join().expect("racer"), second.join().expect("racer")]
+        });
+        // Each CONNACK came; within a moment one of the two is closed, the other stays.
+        let mut open = 0;
+        for mut racer in racers {
+            let mut seen = Vec::new();
+            if !racer.closed_within(Duration::from_secs(2), &mut seen) {
+                open += 1;
+            }
+        }
+        assert_eq!(open, 1, "round {round}: exactly one connection keeps the id");
+    }
+}
+
+#[test]
+fn without_the_client_id_bucket_persistent_connects_are_refused_and_clean_ones_served() {
+    // One NATS server cannot hold the 3 replicas asked for: the bucket never opens.
+    let Some(cluster) = Cluster::start(1, &[]) else { return };
+    let mut persistent = cluster.nodes[0].raw();
+    assert_eq!(persistent.connect("wants-a-session", false, 60, None).code, 3, "3.1.1: Server unavailable");
+    let mut persistent_v5 = cluster.nodes[0].raw_v5();
+    assert_eq!(persistent_v5.connect("wants-a-session-too", false, 60, None).code, 0x88, "5.0: Server unavailable");
+    let mut clean = cluster.nodes[0].client("clean-is-fine", true);
+    clean.subscribe(&[("fine/+", QoS::AtLeastOnce)]);
+    clean.publish("fine/t", b"x", QoS::AtLeastOnce, false, 1);
+    assert_eq!(receive(&mut clean, 1).len(), 1);
+}

@@ -132,6 +132,8 @@ struct Gateway {
     groups: HashMap<(Bytes, Bytes), Vec<JoinHandle<()>>>,
     /// Retained changes for the bucket task (`retained.rs`).
     retained: mpsc::Sender<(Stamp, Arc<Message>)>,
+    /// Client-id ownership (`owners.rs`).
+    owners: Rc<RefCell<super::owners::Owners>>,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -201,7 +203,33 @@ async fn run(
         origin: stamp.origin,
     };
     let retained_task = tokio::task::spawn_local(super::retained::run(bucket, changes, state.clone()));
-    let mut gateway = Gateway { settings, client, shared_client, groups: HashMap::new(), retained, stamp, filters: HashMap::new(), state };
+    let owners = Rc::new(RefCell::new(super::owners::Owners {
+        store: None,
+        client: client.clone(),
+        cluster_name: settings.cluster_name.clone(),
+        origin: stamp.origin,
+        node_id: settings.node_id.clone(),
+        claiming: HashMap::new(),
+        held: HashMap::new(),
+        to_shards: state.borrow().to_shards.clone(),
+        unverified: 0,
+        refused: 0,
+        warned_at: None,
+    }));
+    let mut owner_tasks = vec![tokio::task::spawn_local({
+        let (owners, client, bucket, replicas) =
+            (owners.clone(), client.clone(), format!("{}_clients", settings.cluster_name), settings.replicas);
+        async move {
+            let store = super::bucket::open(&client, &bucket, replicas, "ringmq client-id owners").await;
+            owners.borrow_mut().store = Some(store);
+        }
+    })];
+    match client.subscribe(super::owners::evict_subject(&settings.cluster_name, stamp.origin)).await {
+        Ok(requests) => owner_tasks.push(tokio::task::spawn_local(super::owners::listen_for_evictions(requests, owners.clone()))),
+        Err(error) => tracing::error!(%error, "cluster: cannot listen for evictions; another node taking a client id will not close ours"),
+    }
+    let mut gateway =
+        Gateway { settings, client, shared_client, groups: HashMap::new(), retained, owners, stamp, filters: HashMap::new(), state };
 
     let mut tick = tokio::time::interval(TICK);
     let mut last_logged = GatewayCounters::default();
@@ -249,6 +277,10 @@ async fn run(
     let _ = tokio::time::timeout(STOP_GRACE, gateway.shared_client.flush()).await;
     let counters = gateway.counters(&gateway.state.borrow());
     tracing::info!(?counters, "cluster gateway stopped");
+    for task in owner_tasks {
+        task.abort();
+        let _ = task.await;
+    }
     // Readers end here, inside the runtime: dropping a subscription spawns its UNSUB.
     let readers = gateway.filters.into_values().flat_map(|route| route.readers).chain(gateway.groups.into_values().flatten());
     for reader in readers {
@@ -297,6 +329,9 @@ impl Gateway {
                 ToGateway::Publish(message) => self.publish(message).await,
                 ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
                 ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
+                ToGateway::Claim { client_id, shard, persistent } => {
+                    tokio::task::spawn_local(super::owners::claim(self.owners.clone(), client_id, shard, persistent));
+                }
                 ToGateway::SharedInterest { group, filter, subscribed: true } => self.join_group(group, filter).await,
                 ToGateway::SharedInterest { group, filter, subscribed: false } => {
                     // Dropping a reader's subscriber unsubscribes it.

@@ -7,15 +7,19 @@
 //! - `frame`: a message as one NATS message body; `dedup`: one copy per node of a message
 //!   that several of its subscriptions match.
 //! - `port`: what a shard hands the gateway and the queues between them.
-//! - `gateway`: the thread that holds the NATS connections; `retained`: the retained
-//!   store in a JetStream key-value bucket.
+//! - `gateway`: the thread that holds the NATS connections; `bucket`: its JetStream
+//!   key-value buckets; `retained`: the retained store in one; `owners`: which node owns
+//!   each client id, in another.
 //!
-//! Not built yet: sessions in JetStream KV (ownership and takeover across nodes), node
-//! failure (wills of a dead node), durable cross-node QoS 1/2 (README, "Cluster").
+//! Not built yet: session state moving between nodes (a takeover from another node ends
+//! the session), node failure (wills of a dead node), durable cross-node QoS 1/2 (README,
+//! "Cluster").
 
+pub mod bucket;
 pub mod dedup;
 pub mod frame;
 pub mod gateway;
+pub mod owners;
 pub mod port;
 pub mod retained;
 pub mod subject;

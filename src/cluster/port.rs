@@ -28,6 +28,9 @@ pub enum ToGateway {
     /// The node's shared-subscription group `group` on `filter` was made (`true`: it has a
     /// first member on this node) or emptied. Told by shard 0, which holds every group.
     SharedInterest { group: Bytes, filter: Bytes, subscribed: bool },
+    /// A connection on this node claims `client_id` (from its home shard `shard`);
+    /// `persistent`: it wants a session kept, which needs the ownership bucket to answer.
+    Claim { client_id: Bytes, shard: usize, persistent: bool },
 }
 
 /// What the gateway hands a shard.
@@ -37,6 +40,11 @@ pub enum FromCluster {
     Publish(Arc<Message>),
     /// A message NATS gave this node for one member of its group `group` on `filter`.
     Shared { group: Bytes, filter: Bytes, message: Arc<Message> },
+    /// To the home shard: the oldest waiting claim for `client_id` is granted, or refused
+    /// (the cluster could not settle who owns it).
+    ClaimAnswer { client_id: Bytes, granted: bool },
+    /// To the home shard: a connection on another node now owns `client_id`.
+    EvictRemote { client_id: Bytes },
 }
 
 /// The shard's side: what waits for the gateway, and the task that takes it there.
@@ -62,6 +70,11 @@ impl ClusterPort {
     /// Interest changes are never dropped: the gateway's counts must stay balanced.
     pub fn interest(&mut self, filter: Bytes, subscribed: bool) {
         self.push(ToGateway::Interest { filter, subscribed });
+    }
+
+    /// Claims are never dropped either: a CONNECT waits for each answer.
+    pub fn claim(&mut self, client_id: Bytes, shard: usize, persistent: bool) {
+        self.push(ToGateway::Claim { client_id, shard, persistent });
     }
 
     pub fn shared_interest(&mut self, group: Bytes, filter: Bytes, subscribed: bool) {

@@ -17,8 +17,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -29,20 +27,8 @@ use super::port::FromCluster;
 use crate::session::Message;
 use crate::topics::validate_topic_name;
 
-/// Longest key: `$KV.<bucket>.<key>` must fit NATS's 4 KiB protocol line.
-pub const KEY_BYTES_MAX: usize = 3_000;
 /// Retained changes waiting for the bucket (while JetStream is not ready yet).
 pub const PENDING_MAX: usize = 65_536;
-/// Between attempts to open the bucket.
-const RETRY: Duration = Duration::from_secs(1);
-
-/// The bucket key for `topic`: URL-safe base64, which KV keys accept whatever the topic
-/// holds. `None` when it would be longer than `KEY_BYTES_MAX`.
-pub fn key_of(topic: &[u8]) -> Option<String> {
-    let key = URL_SAFE_NO_PAD.encode(topic);
-    (key.len() <= KEY_BYTES_MAX).then_some(key)
-}
-
 /// The entry's value: the message's expiry as a wall-clock deadline in Unix milliseconds
 /// (0: none), so that a node reading it later counts the time in between, then its frame.
 pub fn encode_value(message: &Message, stamp: Stamp, now: Instant, unix_ms: u64) -> Bytes {
@@ -91,42 +77,7 @@ pub(super) struct RetainedBucket {
 /// Opens (or makes) the bucket, retrying until JetStream answers, then watches it into
 /// the shards and writes what `changes` brings (entries queued meanwhile included).
 pub(super) async fn run(bucket: RetainedBucket, mut changes: mpsc::Receiver<(Stamp, Arc<Message>)>, state: Rc<RefCell<Inbound>>) {
-    let jetstream = async_nats::jetstream::new(bucket.client.clone());
-    // The bucket's stream, made as a KV bucket's is: async-nats's own `create_key_value`
-    // first reads account fields that nats-server before 2.10 does not send.
-    let stream = async_nats::jetstream::stream::Config {
-        name: format!("KV_{}", bucket.bucket),
-        description: Some("ringmq retained messages".into()),
-        subjects: vec![format!("$KV.{}.>", bucket.bucket)],
-        max_messages_per_subject: 1,
-        num_replicas: bucket.replicas,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: async_nats::jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    let mut warned = false;
-    let store = loop {
-        let opened = match jetstream.get_key_value(bucket.bucket.clone()).await {
-            Ok(store) => Ok(store),
-            Err(_) => match jetstream.create_stream(stream.clone()).await {
-                Ok(_) => jetstream.get_key_value(bucket.bucket.clone()).await.map_err(|error| error.to_string()),
-                Err(error) => Err(error.to_string()),
-            },
-        };
-        match opened {
-            Ok(store) => break store,
-            Err(error) => {
-                if !warned {
-                    tracing::warn!(%error, bucket = bucket.bucket, replicas = bucket.replicas, "cluster: retained bucket not available yet, retrying");
-                    warned = true;
-                }
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    };
-    tracing::info!(bucket = bucket.bucket, "cluster: retained messages in JetStream");
+    let store = super::bucket::open(&bucket.client, &bucket.bucket, bucket.replicas, "ringmq retained messages").await;
     let watching = match store.watch_with_history(">").await {
         Ok(watch) => Some(tokio::task::spawn_local(watch_into_shards(watch, bucket.origin, state.clone()))),
         Err(error) => {
@@ -135,7 +86,7 @@ pub(super) async fn run(bucket: RetainedBucket, mut changes: mpsc::Receiver<(Sta
         }
     };
     while let Some((stamp, message)) = changes.recv().await {
-        let Some(key) = key_of(&message.topic) else {
+        let Some(key) = super::bucket::key_of(&message.topic) else {
             state.borrow_mut().counters.subjects_too_long += 1;
             continue;
         };
@@ -196,15 +147,6 @@ mod tests {
             publisher: None,
             expires_at,
         }
-    }
-
-    #[test]
-    fn keys_are_valid_kv_keys_and_bounded() {
-        let key = key_of(b"a/b c/\xc3\xbc/.").expect("short");
-        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{key}");
-        assert_eq!(URL_SAFE_NO_PAD.decode(&key).expect("decodes"), b"a/b c/\xc3\xbc/.");
-        assert!(key_of(&[b'x'; 2_250]).is_some());
-        assert!(key_of(&[b'x'; 2_251]).is_none(), "past the protocol line");
     }
 
     #[test]

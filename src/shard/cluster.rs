@@ -3,6 +3,11 @@
 //! a message from another node enters it. Without `--cluster` every hook is one `None`
 //! check.
 //!
+//! Client ids (on each id's home shard): a claim for an id this node does not hold waits
+//! for the gateway to take it in the cluster's ownership bucket (`cluster::owners`); the
+//! gateway evicts the other node's connection, and a claim by another node evicts ours
+//! (`on_remote_evict`). Claims for one id are asked one at a time, in arrival order.
+//!
 //! A message from another node is routed like one published here, except that it never
 //! goes back to the cluster: the gateway gives each such message to one shard (chosen by
 //! its topic, which keeps each topic's order), and that shard's `route` takes it to every
@@ -43,13 +48,104 @@ impl Shard {
 
     /// What the gateway received from another node.
     pub fn from_cluster(&mut self, received: FromCluster, now: Instant) {
-        self.counters.cluster_publishes_received += 1;
         match received {
             FromCluster::Publish(message) => {
+                self.counters.cluster_publishes_received += 1;
                 self.route(message, now);
             }
-            FromCluster::Shared { group, filter, message } => self.deliver_cluster_shared(&group, &filter, message, now),
+            FromCluster::Shared { group, filter, message } => {
+                self.counters.cluster_publishes_received += 1;
+                self.deliver_cluster_shared(&group, &filter, message, now);
+            }
+            FromCluster::ClaimAnswer { client_id, granted } => self.on_claim_answer(client_id, granted, now),
+            FromCluster::EvictRemote { client_id } => self.on_remote_evict(client_id, now),
         }
+    }
+
+    /// Home shard, in a cluster: true when `conn`'s claim must first be settled with the
+    /// other nodes (it is then queued, and asked if first for its id). An id this node
+    /// holds needs no asking: another node taking it evicts ours first.
+    pub(super) fn claim_needs_cluster(&mut self, client_id: &Bytes, conn: ConnId, clean_start: bool) -> bool {
+        let Some(port) = &mut self.cluster else { return false };
+        let waiting = self.cluster_claims.get(client_id).is_some_and(|queue| !queue.is_empty());
+        if !waiting && self.registry.owners.contains_key(client_id) {
+            return false;
+        }
+        let queue = self.cluster_claims.entry(client_id.clone()).or_default();
+        queue.push_back((conn, clean_start));
+        if queue.len() == 1 {
+            port.claim(client_id.clone(), self.id.0, !clean_start);
+        }
+        true
+    }
+
+    /// The gateway's word on the oldest waiting claim for `client_id`.
+    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, now: Instant) {
+        let Some(queue) = self.cluster_claims.get_mut(&client_id) else { return };
+        let Some((conn, clean_start)) = queue.pop_front() else { return };
+        if let Some(&(_, next_clean_start)) = queue.front()
+            && let Some(port) = &mut self.cluster
+        {
+            port.claim(client_id.clone(), self.id.0, !next_clean_start);
+        } else {
+            self.cluster_claims.remove(&client_id);
+        }
+        if granted {
+            self.grant_claim(client_id, conn, clean_start, now);
+        } else if conn.shard() == self.id {
+            self.on_claim_refused(conn);
+        } else {
+            self.send(conn.shard(), MeshMessage::ClaimRefused { conn }, now);
+        }
+    }
+
+    /// Home shard: a connection on another node took `client_id`; ours goes.
+    fn on_remote_evict(&mut self, client_id: Bytes, now: Instant) {
+        let Some(previous) = self.registry.owners.remove(&client_id) else { return };
+        if previous.shard() == self.id {
+            self.on_evict_for_node(client_id, previous, now);
+        } else {
+            self.send(previous.shard(), MeshMessage::EvictForNode { client_id, previous }, now);
+        }
+    }
+
+    /// `previous` lost its client id to another node: close it (publishing its will, as
+    /// any takeover does) and end its session here; its state does not move between nodes
+    /// (README, "Cluster"), so the new node answers session present 0.
+    pub(super) fn on_evict_for_node(&mut self, client_id: Bytes, previous: ConnId, now: Instant) {
+        if let Some(pending) = self.connecting.pending.get_mut(&previous) {
+            pending.evicted_for_node = true;
+            return;
+        }
+        let Some(key) = self.clients.key_of(&client_id).filter(|&key| self.clients.get(key).conn_id == previous) else { return };
+        self.counters.takeovers += 1;
+        let client = self.client(key);
+        let version = client.version;
+        let link = client.link.take();
+        let taken = client.lifecycle.taken_over(true, link.is_some());
+        if let Some(link) = link {
+            tracing::info!(
+                client_id = %String::from_utf8_lossy(&client_id),
+                address = %link.peer_label(),
+                shard = self.id.0,
+                "client taken over by a connection on another node"
+            );
+            close_with_reason(&link, version, ReasonCode::SESSION_TAKEN_OVER);
+        }
+        for will in taken.wills_now {
+            self.publish_will(*will, client_id.clone(), now);
+        }
+        let mut session = self.remove_client(key, now).session;
+        self.session_ended(&mut session);
+        self.hand_shared_to_other_members(&mut session, now);
+    }
+
+    /// The cluster could not settle the id `conn` claimed: Server unavailable.
+    pub(super) fn on_claim_refused(&mut self, conn: ConnId) {
+        let Some(pending) = self.connecting.pending.remove(&conn) else { return };
+        self.release_connection_slot(&pending.link);
+        let link = pending.link.clone();
+        self.refuse(&link, pending.connect.version, ConnectRefusal::ServerUnavailable);
     }
 
     /// NATS chose this node for a group's message: one member here takes it, on whichever

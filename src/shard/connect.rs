@@ -85,6 +85,8 @@ pub(super) struct PendingConnect {
     pub(super) authorization: Option<Box<crate::auth::ClientAuthorization>>,
     /// Home asked to evict this connection before its own claim was answered.
     pub(super) deferred_eviction: Option<(ConnId, bool)>,
+    /// The same, for a connection on another node (`--cluster`).
+    pub(super) evicted_for_node: bool,
 }
 
 impl Shard {
@@ -351,6 +353,7 @@ impl Shard {
                 authenticated,
                 authorization,
                 deferred_eviction: None,
+                evicted_for_node: false,
             },
         );
         let home = home_shard(&client_id, self.shard_count);
@@ -373,7 +376,16 @@ impl Shard {
             debug_assert!(false, "every claim is answered exactly once");
             return;
         };
-        let PendingConnect { link, connect, client_id, client_id_assigned, authenticated, authorization, deferred_eviction } = pending;
+        let PendingConnect {
+            link,
+            connect,
+            client_id,
+            client_id_assigned,
+            authenticated,
+            authorization,
+            deferred_eviction,
+            evicted_for_node,
+        } = pending;
         let version = connect.version;
         let session_present = handed.is_some();
         let mut session = match handed {
@@ -481,6 +493,9 @@ impl Shard {
         }
         if !link_alive {
             self.client_lost(key, "closed before its CONNACK", now);
+        }
+        if evicted_for_node {
+            self.on_evict_for_node(client_id.clone(), conn, now);
         }
         if let Some((next, clean_start)) = deferred_eviction {
             self.on_evict(client_id, conn, next, clean_start, now);

@@ -81,6 +81,12 @@ pub enum MeshMessage {
     Granted { conn: ConnId },
     /// From the home shard to the shard holding `previous`: give the session to `next`.
     Evict { client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool },
+    /// From the home shard: a connection on another node now owns `client_id` (`--cluster`):
+    /// close `previous` and end its session here.
+    EvictForNode { client_id: Bytes, previous: ConnId },
+    /// From the home shard: the cluster could not settle who owns the id `conn` claims
+    /// (its state store is unreachable): refuse the CONNECT as Server unavailable.
+    ClaimRefused { conn: ConnId },
     /// From the old owner to `conn`'s shard: the session (if kept) and where the old owner
     /// stood in every publish stream when it let go. With `receive_all_held`, every other
     /// shard sends `conn`'s shard everything until that shard releases the hold.

@@ -131,6 +131,9 @@ pub struct Shard {
     durability: Option<Rc<durability::Durability>>,
     /// With `--cluster`: what waits for the gateway thread (`cluster.rs`).
     cluster: Option<crate::cluster::port::ClusterPort>,
+    /// With `--cluster`, on the home shard: claims waiting for the cluster's word on who
+    /// owns their client id, in arrival order per id (`cluster.rs`).
+    cluster_claims: HashMap<Bytes, std::collections::VecDeque<(ConnId, bool)>>,
     pub counters: Counters,
 }
 
@@ -186,6 +189,7 @@ impl Shard {
             session_log: None,
             durability: None,
             cluster: None,
+            cluster_claims: HashMap::new(),
             counters: Counters::default(),
         }
     }
@@ -286,6 +290,8 @@ impl Shard {
             MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => self.on_evict(client_id, previous, next, clean_start, now),
+            MeshMessage::EvictForNode { client_id, previous } => self.on_evict_for_node(client_id, previous, now),
+            MeshMessage::ClaimRefused { conn } => self.on_claim_refused(conn),
             MeshMessage::Handoff { conn, session, cut, receive_all_held } => {
                 if from != self.id && session.is_some() {
                     self.counters.sessions_moved_in += 1;

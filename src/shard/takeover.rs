@@ -34,6 +34,14 @@ impl Shard {
     /// Home shard: `conn` claims `client_id`. Claims are answered in arrival order, so two
     /// racing CONNECTs end with the later one owning the id and the earlier one evicted.
     pub(super) fn on_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, now: Instant) {
+        if self.claim_needs_cluster(&client_id, conn, clean_start) {
+            return;
+        }
+        self.grant_claim(client_id, conn, clean_start, now);
+    }
+
+    /// `on_claim` once the id is this node's: grant it, or evict the connection that held it.
+    pub(super) fn grant_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, now: Instant) {
         match self.registry.owners.insert(client_id.clone(), conn) {
             None => self.send(conn.shard(), MeshMessage::Granted { conn }, now),
             Some(previous) => self.send(previous.shard(), MeshMessage::Evict { client_id, previous, next: conn, clean_start }, now),

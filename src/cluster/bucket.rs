@@ -1,0 +1,76 @@
+//! Opening the cluster's JetStream key-value buckets, shared by the retained store and the
+//! client-id owners. A bucket is opened, or made if missing, retrying until JetStream
+//! answers (its servers elect a leader for some seconds after they start).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Between attempts to open a bucket.
+const RETRY: Duration = Duration::from_secs(1);
+/// Longest key: `$KV.<bucket>.<key>` must fit NATS's 4 KiB protocol line.
+pub const KEY_BYTES_MAX: usize = 3_000;
+
+/// The bucket key for arbitrary bytes (a topic, a client id): URL-safe base64, which KV
+/// keys accept whatever the bytes are. `None` past `KEY_BYTES_MAX`.
+pub fn key_of(bytes: &[u8]) -> Option<String> {
+    let key = URL_SAFE_NO_PAD.encode(bytes);
+    (key.len() <= KEY_BYTES_MAX).then_some(key)
+}
+
+/// Opens `bucket` (made with `replicas` copies and one revision per key if missing).
+pub async fn open(client: &async_nats::Client, bucket: &str, replicas: usize, description: &str) -> async_nats::jetstream::kv::Store {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    // The bucket's stream, made as a KV bucket's is: async-nats's own `create_key_value`
+    // first reads account fields that nats-server before 2.10 does not send.
+    let stream = async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    let mut warned = false;
+    loop {
+        let opened = match jetstream.get_key_value(bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => match jetstream.create_stream(stream.clone()).await {
+                Ok(_) => jetstream.get_key_value(bucket).await.map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            },
+        };
+        match opened {
+            Ok(store) => {
+                tracing::info!(bucket, "cluster: JetStream bucket open");
+                return store;
+            }
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(%error, bucket, replicas, "cluster: JetStream bucket not available yet, retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_kv_keys_and_bounded() {
+        let key = key_of(b"a/b c/\xc3\xbc/.").expect("short");
+        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{key}");
+        assert_eq!(URL_SAFE_NO_PAD.decode(&key).expect("decodes"), b"a/b c/\xc3\xbc/.");
+        assert!(key_of(&[b'x'; 2_250]).is_some());
+        assert!(key_of(&[b'x'; 2_251]).is_none(), "past the protocol line");
+    }
+}
