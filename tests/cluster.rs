@@ -388,3 +388,26 @@ fn without_the_client_id_bucket_persistent_connects_are_refused_and_clean_ones_s
     clean.publish("fine/t", b"x", QoS::AtLeastOnce, false, 1);
     assert_eq!(receive(&mut clean, 1).len(), 1);
 }
+
+#[test]
+fn with_two_of_three_nats_servers_stopped_persistent_connects_are_refused_and_clean_ones_served() {
+    let Some(mut cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    // JetStream loses its quorum; node 1's own server stays.
+    cluster.nats.truncate(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "persistent CONNECTs never refused without a quorum");
+        let mut persistent = cluster.nodes[0].raw();
+        let code = persistent.connect(&format!("no-quorum-{}", rand_suffix()), false, 60, None).code;
+        if code == 3 {
+            break;
+        }
+        assert_eq!(code, 0, "either taken (the bucket had not noticed yet) or Server unavailable");
+        persistent.disconnect();
+    }
+    let mut clean = cluster.nodes[0].client("clean-without-quorum", true);
+    clean.subscribe(&[("quorum/+", QoS::AtLeastOnce)]);
+    clean.publish("quorum/t", b"x", QoS::AtLeastOnce, false, 1);
+    assert_eq!(receive(&mut clean, 1).len(), 1);
+}

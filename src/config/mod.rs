@@ -322,8 +322,9 @@ pub struct Config {
     #[arg(long, default_value = "ringmq")]
     pub cluster_name: String,
 
-    /// With --cluster: copies JetStream keeps of the cluster's state (retained messages);
-    /// 3 needs a JetStream cluster of at least 3 NATS servers, 1 runs on a single server.
+    /// With --cluster: copies JetStream keeps of the cluster's state (retained messages,
+    /// client-id owners); 3 needs a JetStream cluster of at least 3 NATS servers, 1 runs on
+    /// a single server.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub cluster_replicas: u64,
 
