@@ -381,8 +381,13 @@ fn without_the_client_id_bucket_persistent_connects_are_refused_and_clean_ones_s
     let Some(cluster) = Cluster::start(1, &[]) else { return };
     let mut persistent = cluster.nodes[0].raw();
     assert_eq!(persistent.connect("wants-a-session", false, 60, None).code, 3, "3.1.1: Server unavailable");
+    // 5.0: what counts is whether the session outlives the connection (its expiry), not
+    // Clean Start.
+    let expiring = ringmq::protocol::Properties { session_expiry_interval: Some(300), ..Default::default() };
     let mut persistent_v5 = cluster.nodes[0].raw_v5();
-    assert_eq!(persistent_v5.connect("wants-a-session-too", false, 60, None).code, 0x88, "5.0: Server unavailable");
+    assert_eq!(persistent_v5.connect_with_properties("wants-a-session-too", true, 60, expiring).code, 0x88, "5.0: Server unavailable");
+    let mut ends_with_connection = cluster.nodes[0].raw_v5();
+    assert_eq!(ends_with_connection.connect("no-expiry-no-session", false, 60, None).code, 0, "expiry 0: nothing to keep");
     let mut clean = cluster.nodes[0].client("clean-is-fine", true);
     clean.subscribe(&[("fine/+", QoS::AtLeastOnce)]);
     clean.publish("fine/t", b"x", QoS::AtLeastOnce, false, 1);

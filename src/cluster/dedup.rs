@@ -22,6 +22,9 @@ pub const WINDOW: u64 = 1 << 20;
 const WORDS: usize = (WINDOW / 64) as usize;
 /// An origin silent this long is forgotten (a node that stopped or restarted).
 pub const ORIGIN_IDLE_MAX: Duration = Duration::from_secs(600);
+/// Origins remembered at most (16 MiB of windows): past it the least recently heard one is
+/// forgotten, so frames naming made-up origins cannot grow memory.
+pub const ORIGINS_MAX: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -50,6 +53,18 @@ impl Window {
         ((slot / 64) as usize, 1 << (slot % 64))
     }
 
+    /// Clears the slots of `from..to` (fewer than `WINDOW` numbers), a word at a time.
+    fn clear_range(&mut self, mut from: u64, to: u64) {
+        while from < to {
+            let (word, _) = Self::bit(from);
+            let offset = from % 64;
+            let count = (64 - offset).min(to - from);
+            let mask = if count == 64 { u64::MAX } else { ((1u64 << count) - 1) << offset };
+            self.seen[word] &= !mask;
+            from += count;
+        }
+    }
+
     fn check(&mut self, sequence: u64) -> Verdict {
         if sequence > self.highest {
             // Clear the slots between the old and the new highest: they now stand for
@@ -57,10 +72,7 @@ impl Window {
             if sequence - self.highest >= WINDOW {
                 self.seen.fill(0);
             } else {
-                for skipped in self.highest + 1..sequence {
-                    let (word, mask) = Self::bit(skipped);
-                    self.seen[word] &= !mask;
-                }
+                self.clear_range(self.highest + 1, sequence);
             }
             self.highest = sequence;
             let (word, mask) = Self::bit(sequence);
@@ -86,6 +98,12 @@ pub struct Dedup {
 
 impl Dedup {
     pub fn check(&mut self, stamp: Stamp, now: Instant) -> Verdict {
+        if !self.origins.contains_key(&stamp.origin)
+            && self.origins.len() >= ORIGINS_MAX
+            && let Some(quietest) = self.origins.iter().min_by_key(|(_, window)| window.last_seen_at).map(|(origin, _)| *origin)
+        {
+            self.origins.remove(&quietest);
+        }
         let window = self.origins.entry(stamp.origin).or_insert_with(|| Window::new(now));
         window.last_seen_at = now;
         window.check(stamp.sequence)
@@ -133,6 +151,36 @@ mod tests {
         assert_eq!(dedup.check(stamp(1, 6), now), Verdict::First, "inside the window, not seen");
         assert_eq!(dedup.check(stamp(1, 10 * WINDOW), now), Verdict::First);
         assert_eq!(dedup.check(stamp(1, 10 * WINDOW - 1), now), Verdict::First, "the jump left no stale bits");
+    }
+
+    #[test]
+    fn made_up_origins_cannot_grow_the_table() {
+        let now = Instant::now();
+        let mut dedup = Dedup::default();
+        for origin in 0..(ORIGINS_MAX as u64 * 3) {
+            dedup.check(stamp(origin, 1), now + Duration::from_millis(origin));
+        }
+        assert_eq!(dedup.origins(), ORIGINS_MAX);
+        // The most recent ones stay.
+        assert_eq!(dedup.check(stamp(ORIGINS_MAX as u64 * 3 - 1, 1), now + Duration::from_secs(1)), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_jump_inside_the_window_clears_exactly_the_skipped_numbers() {
+        let now = Instant::now();
+        let mut dedup = Dedup::default();
+        for sequence in [1, 2, 3, 70, 200] {
+            assert_eq!(dedup.check(stamp(1, sequence), now), Verdict::First);
+        }
+        // Numbers reused by the wrap-around are cleared as the window moves.
+        assert_eq!(dedup.check(stamp(1, WINDOW + 100), now), Verdict::First);
+        for sequence in [150, WINDOW + 99, WINDOW + 1] {
+            assert_eq!(dedup.check(stamp(1, sequence), now), Verdict::First, "{sequence} not seen yet");
+        }
+        for sequence in [200, WINDOW + 100, WINDOW + 1] {
+            assert_eq!(dedup.check(stamp(1, sequence), now), Verdict::Duplicate, "{sequence}");
+        }
+        assert_eq!(dedup.check(stamp(1, 99), now), Verdict::TooOld);
     }
 
     #[test]

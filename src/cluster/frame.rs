@@ -75,12 +75,20 @@ pub fn decode_frame(frame: Bytes, now: Instant) -> Result<(Stamp, Message), Fram
         return Err(FrameError::NotAPublish);
     }
     let expires_at = publish.properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
+    // What only a connection's own packets may carry never travels with a message (as
+    // `handle_publish` refuses or resolves them from a client).
+    let mut properties = publish.properties;
+    if properties.topic_alias.is_some() || !properties.subscription_identifiers.is_empty() {
+        let stripped = properties.make_mut();
+        stripped.topic_alias = None;
+        stripped.subscription_identifiers.clear();
+    }
     let message = Message {
         topic: publish.topic,
         payload: publish.payload,
         qos: publish.qos,
         retain: publish.retain,
-        properties: publish.properties,
+        properties,
         // No-local concerns the publishing connection, which is on another node.
         publisher: None,
         expires_at,
@@ -133,6 +141,15 @@ mod tests {
         let (_, got) = decode_frame(encode(&sent, Stamp { origin: 1, sequence: 1 }, later), later).expect("decodes");
         assert_eq!(got.properties.message_expiry_interval, Some(20));
         assert_eq!(got.expires_at, Some(later + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn connection_only_properties_are_stripped() {
+        let now = Instant::now();
+        let properties = Properties { topic_alias: Some(3), subscription_identifiers: vec![7], ..Properties::default() };
+        let frame = encode(&message(QoS::AtMostOnce, false, properties, None), Stamp { origin: 1, sequence: 1 }, now);
+        let (_, got) = decode_frame(frame, now).expect("decodes");
+        assert_eq!((got.properties.topic_alias, got.properties.subscription_identifiers.len()), (None, 0));
     }
 
     #[test]

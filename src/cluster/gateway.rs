@@ -188,7 +188,7 @@ async fn run(
         Ok(clients) => clients,
         Err(error) => {
             tracing::error!(%error, "cluster: cannot use the NATS servers; this node serves its own clients only");
-            drain_until_stopped(&mut inbox, &stop).await;
+            drain_until_stopped(&mut inbox, &to_shards, &stop).await;
             return;
         }
     };
@@ -296,12 +296,21 @@ async fn stopped(stop: &AtomicBool) {
     }
 }
 
-/// Without NATS: keep the shards' queue empty until the broker stops.
-async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, stop: &AtomicBool) {
+/// Without NATS: keep the shards' queue empty until the broker stops, answering claims
+/// as a node without the owner bucket does (clean sessions in, persistent ones refused).
+async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, to_shards: &[mpsc::Sender<FromCluster>], stop: &AtomicBool) {
     let mut tick = tokio::time::interval(TICK);
     while !stop.load(Ordering::Relaxed) {
         tokio::select! {
-            batch = inbox.recv() => if batch.is_none() { return },
+            batch = inbox.recv() => match batch {
+                None => return,
+                Some(batch) => for item in batch {
+                    if let ToGateway::Claim { client_id, shard, persistent } = item {
+                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false };
+                        let _ = to_shards[shard].send(answer).await;
+                    }
+                },
+            },
             _ = tick.tick() => {}
         }
     }
@@ -323,15 +332,25 @@ impl Gateway {
         state.counters
     }
 
-    async fn handle(&mut self, batch: Vec<ToGateway>) {
+    async fn handle(&mut self, mut batch: Vec<ToGateway>) {
+        // Claims first: a CONNECT waits on each, and a publish may wait for NATS.
+        batch.retain(|item| match item {
+            ToGateway::Claim { client_id, shard, persistent } => {
+                tokio::task::spawn_local(super::owners::claim(self.owners.clone(), client_id.clone(), *shard, *persistent));
+                false
+            }
+            ToGateway::Release { client_id } => {
+                tokio::task::spawn_local(super::owners::release(self.owners.clone(), client_id.clone()));
+                false
+            }
+            _ => true,
+        });
         for item in batch {
             match item {
                 ToGateway::Publish(message) => self.publish(message).await,
                 ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
                 ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
-                ToGateway::Claim { client_id, shard, persistent } => {
-                    tokio::task::spawn_local(super::owners::claim(self.owners.clone(), client_id, shard, persistent));
-                }
+                ToGateway::Claim { .. } | ToGateway::Release { .. } => {}
                 ToGateway::SharedInterest { group, filter, subscribed: true } => self.join_group(group, filter).await,
                 ToGateway::SharedInterest { group, filter, subscribed: false } => {
                     // Dropping a reader's subscriber unsubscribes it.
@@ -353,6 +372,12 @@ impl Gateway {
         }
         let subject = topic_subject(&self.settings.cluster_name, &message.topic);
         let mut state = self.state.borrow_mut();
+        // Cut off from NATS: dropped rather than waited for (cross-node delivery is at most
+        // once), so the gateway keeps answering claims meanwhile.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            state.counters.publish_failures += 1;
+            return;
+        }
         if subject.len() > SUBJECT_BYTES_MAX {
             state.counters.subjects_too_long += 1;
             return;

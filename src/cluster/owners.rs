@@ -31,8 +31,9 @@ use super::bucket::key_of;
 use super::port::FromCluster;
 use crate::shard::home_shard;
 
-/// How long a claim may wait for the bucket, and a taker for the previous owner.
-const STEP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long each bucket step of a claim may take (a claim takes at most three), and a
+/// taker waits for the previous owner.
+const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Compare-and-swap attempts before a claim gives up (each loses only to another write).
 const CAS_ATTEMPTS: usize = 8;
 
@@ -54,8 +55,8 @@ pub fn evict_subject(cluster_name: &str, origin: u64) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
-    /// Ours from this revision of the key on.
-    Granted(u64),
+    /// Ours from this revision of the key on; the process that held it before, if any.
+    Granted { revision: u64, previous: Option<u64> },
     /// The bucket did not answer; `persistent` decides what the shard is told.
     Unavailable,
 }
@@ -69,7 +70,8 @@ pub struct Owners {
     pub node_id: String,
     /// Claims in flight: the latest revision another node's eviction named meanwhile.
     pub claiming: HashMap<Bytes, u64>,
-    /// Ids this node owns, and the revision it took each at.
+    /// Ids this node owns in the bucket, and the revision it took each at (an entry goes
+    /// when the session ends here or another node takes the id).
     pub held: HashMap<Bytes, u64>,
     pub to_shards: Vec<mpsc::Sender<FromCluster>>,
     /// Clean-session claims granted without the bucket.
@@ -83,21 +85,25 @@ pub struct Owners {
 /// Between two warnings that the client-id bucket does not answer.
 const WARN_PERIOD: Duration = Duration::from_secs(10);
 
-/// Settles one claim and tells the home shard.
+/// Settles one claim and tells the home shard; then, if the id was another process's,
+/// asks that one to close its connection (best effort: a dead node cannot answer).
 pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, persistent: bool) {
     owners.borrow_mut().claiming.insert(client_id.clone(), 0);
-    let outcome = match tokio::time::timeout(STEP_TIMEOUT, take(&owners, &client_id)).await {
-        Ok(outcome) => outcome,
-        Err(_) => ClaimOutcome::Unavailable,
-    };
-    let (target, evicted_meanwhile) = {
+    let outcome = take(&owners, &client_id).await;
+    let (target, evicted_meanwhile, evict) = {
         let mut owners = owners.borrow_mut();
         let evicted_at = owners.claiming.remove(&client_id).unwrap_or(0);
-        let evicted = match outcome {
-            ClaimOutcome::Granted(revision) if evicted_at > revision => true,
-            ClaimOutcome::Granted(revision) => {
+        match outcome {
+            ClaimOutcome::Granted { revision, .. } if evicted_at > revision => (owners.to_shards[shard].clone(), true, None),
+            ClaimOutcome::Granted { revision, previous } => {
                 owners.held.insert(client_id.clone(), revision);
-                false
+                let evict = previous.map(|previous| {
+                    let mut body = Vec::with_capacity(8 + client_id.len());
+                    body.extend_from_slice(&revision.to_le_bytes());
+                    body.extend_from_slice(&client_id);
+                    (owners.client.clone(), evict_subject(&owners.cluster_name, previous), Bytes::from(body))
+                });
+                (owners.to_shards[shard].clone(), false, evict)
             }
             ClaimOutcome::Unavailable => {
                 owners.unverified += u64::from(!persistent);
@@ -112,53 +118,77 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
                          clean ones let in on this node's word alone (totals so far)"
                     );
                 }
-                false
+                (owners.to_shards[shard].clone(), false, None)
             }
-        };
-        (owners.to_shards[shard].clone(), evicted)
+        }
     };
-    let granted = matches!(outcome, ClaimOutcome::Granted(_)) || !persistent;
-    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted }).await;
+    let verified = matches!(outcome, ClaimOutcome::Granted { .. });
+    let granted = verified || !persistent;
+    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified }).await;
     if granted && evicted_meanwhile {
         let _ = target.send(FromCluster::EvictRemote { client_id }).await;
     }
+    if let Some((client, subject, body)) = evict {
+        let _ = tokio::time::timeout(STEP_TIMEOUT, client.request(subject, body)).await;
+    }
 }
 
-/// Takes the id in the bucket (compare-and-swap), then has the previous owner let go.
+/// Takes the id in the bucket by compare-and-swap. Each bucket step has its own time
+/// limit, and a write that succeeded always counts.
 async fn take(owners: &Rc<RefCell<Owners>>, client_id: &Bytes) -> ClaimOutcome {
-    let (store, client, cluster_name, origin, value) = {
+    let (store, origin, value) = {
         let owners = owners.borrow();
         let Some(store) = owners.store.clone() else { return ClaimOutcome::Unavailable };
-        (store, owners.client.clone(), owners.cluster_name.clone(), owners.origin, owner_value(owners.origin, &owners.node_id))
+        (store, owners.origin, owner_value(owners.origin, &owners.node_id))
     };
     // An id too long for a key is owned per node only (it cannot be written).
-    let Some(key) = key_of(client_id) else { return ClaimOutcome::Granted(0) };
+    let Some(key) = key_of(client_id) else { return ClaimOutcome::Granted { revision: 0, previous: None } };
     for _ in 0..CAS_ATTEMPTS {
-        let entry = match store.entry(key.clone()).await {
-            Ok(entry) => entry,
-            Err(_) => return ClaimOutcome::Unavailable,
+        let entry = match tokio::time::timeout(STEP_TIMEOUT, store.entry(key.clone())).await {
+            Ok(Ok(entry)) => entry,
+            _ => return ClaimOutcome::Unavailable,
         };
         let live = entry.filter(|entry| entry.operation == async_nats::jetstream::kv::Operation::Put);
         let previous = live.as_ref().and_then(|entry| owner_origin(&entry.value));
         if let (Some(entry), Some(true)) = (&live, previous.map(|previous| previous == origin)) {
-            return ClaimOutcome::Granted(entry.revision);
+            return ClaimOutcome::Granted { revision: entry.revision, previous: None };
         }
-        let written = match &live {
-            Some(entry) => store.update(key.clone(), value.clone(), entry.revision).await.ok(),
-            None => store.create(key.clone(), value.clone()).await.ok(),
+        let write = async {
+            match &live {
+                Some(entry) => store.update(key.clone(), value.clone(), entry.revision).await.ok(),
+                None => store.create(key.clone(), value.clone()).await.ok(),
+            }
         };
-        let Some(revision) = written else { continue };
-        if let Some(previous) = previous {
-            let mut body = Vec::with_capacity(8 + client_id.len());
-            body.extend_from_slice(&revision.to_le_bytes());
-            body.extend_from_slice(client_id);
-            let request = client.request(evict_subject(&cluster_name, previous), Bytes::from(body));
-            // A dead or restarted node cannot answer: its connections are gone already.
-            let _ = tokio::time::timeout(STEP_TIMEOUT / 2, request).await;
+        match tokio::time::timeout(STEP_TIMEOUT, write).await {
+            Ok(Some(revision)) => return ClaimOutcome::Granted { revision, previous },
+            // Another write came first: read again.
+            Ok(None) => continue,
+            // Whether it landed is unknown (a bucket without quorum answers reads, not
+            // writes): one more read says, and a bucket that slow is not waited for again.
+            Err(_) => {
+                return match tokio::time::timeout(STEP_TIMEOUT, store.entry(key.clone())).await {
+                    Ok(Ok(Some(entry))) if owner_origin(&entry.value) == Some(origin) => {
+                        ClaimOutcome::Granted { revision: entry.revision, previous }
+                    }
+                    _ => ClaimOutcome::Unavailable,
+                };
+            }
         }
-        return ClaimOutcome::Granted(revision);
     }
     ClaimOutcome::Unavailable
+}
+
+/// The session for `client_id` ended here: the key is deleted if it still holds our
+/// write (a later owner's write is left alone).
+pub async fn release(owners: Rc<RefCell<Owners>>, client_id: Bytes) {
+    let (store, revision) = {
+        let mut owners = owners.borrow_mut();
+        let Some(revision) = owners.held.remove(&client_id) else { return };
+        let Some(store) = owners.store.clone() else { return };
+        (store, revision)
+    };
+    let Some(key) = key_of(&client_id) else { return };
+    let _ = tokio::time::timeout(STEP_TIMEOUT, store.delete_expect_revision(key, Some(revision))).await;
 }
 
 /// Answers other nodes' evictions (`[revision u64 LE][client id]`): the id's home shard

@@ -31,6 +31,8 @@ pub enum ToGateway {
     /// A connection on this node claims `client_id` (from its home shard `shard`);
     /// `persistent`: it wants a session kept, which needs the ownership bucket to answer.
     Claim { client_id: Bytes, shard: usize, persistent: bool },
+    /// The session for `client_id` ended on this node: the node lets go of the id.
+    Release { client_id: Bytes },
 }
 
 /// What the gateway hands a shard.
@@ -41,8 +43,8 @@ pub enum FromCluster {
     /// A message NATS gave this node for one member of its group `group` on `filter`.
     Shared { group: Bytes, filter: Bytes, message: Arc<Message> },
     /// To the home shard: the oldest waiting claim for `client_id` is granted, or refused
-    /// (the cluster could not settle who owns it).
-    ClaimAnswer { client_id: Bytes, granted: bool },
+    /// (the cluster could not settle who owns it); `verified`: the owner bucket names us.
+    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool },
     /// To the home shard: a connection on another node now owns `client_id`.
     EvictRemote { client_id: Bytes },
 }
@@ -75,6 +77,10 @@ impl ClusterPort {
     /// Claims are never dropped either: a CONNECT waits for each answer.
     pub fn claim(&mut self, client_id: Bytes, shard: usize, persistent: bool) {
         self.push(ToGateway::Claim { client_id, shard, persistent });
+    }
+
+    pub fn release(&mut self, client_id: Bytes) {
+        self.push(ToGateway::Release { client_id });
     }
 
     pub fn shared_interest(&mut self, group: Bytes, filter: Bytes, subscribed: bool) {

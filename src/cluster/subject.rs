@@ -113,6 +113,10 @@ pub fn subject_topic(prefix: &str, subject: &str) -> Result<Bytes, SubjectError>
         while at < bytes.len() {
             if bytes[at] == ESCAPE {
                 let hex = bytes.get(at + 1..at + 3).ok_or(SubjectError::BadEscape)?;
+                // Two hex digits exactly (`from_str_radix` alone also takes a sign: `~+1`).
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(SubjectError::BadEscape);
+                }
                 let text = std::str::from_utf8(hex).map_err(|_| SubjectError::BadEscape)?;
                 let byte = u8::from_str_radix(text, 16).map_err(|_| SubjectError::BadEscape)?;
                 if !needs_escape(byte) || text.bytes().any(|digit| digit.is_ascii_lowercase()) {

@@ -66,6 +66,7 @@ fn subjects_that_are_not_ours_are_refused() {
     assert_eq!(subject_topic(PREFIX, "ringmq.t.a~2"), Err(SubjectError::BadEscape));
     assert_eq!(subject_topic(PREFIX, "ringmq.t.a~41"), Err(SubjectError::BadEscape), "A needs no escape");
     assert_eq!(subject_topic(PREFIX, "ringmq.t.a~2e"), Err(SubjectError::BadEscape), "lower-case hex");
+    assert_eq!(subject_topic(PREFIX, "ringmq.t.~+1"), Err(SubjectError::BadEscape), "a sign is not a hex digit");
     assert_eq!(subject_topic(PREFIX, "ringmq.t.a*"), Err(SubjectError::BadEscape));
     assert_eq!(subject_topic(PREFIX, "ringmq.t.a..b"), Err(SubjectError::BadEscape));
     assert_eq!(subject_topic(PREFIX, "ringmq.t.$SYS"), Err(SubjectError::WrongRoot));

@@ -57,38 +57,46 @@ impl Shard {
                 self.counters.cluster_publishes_received += 1;
                 self.deliver_cluster_shared(&group, &filter, message, now);
             }
-            FromCluster::ClaimAnswer { client_id, granted } => self.on_claim_answer(client_id, granted, now),
+            FromCluster::ClaimAnswer { client_id, granted, verified } => self.on_claim_answer(client_id, granted, verified, now),
             FromCluster::EvictRemote { client_id } => self.on_remote_evict(client_id, now),
         }
     }
 
     /// Home shard, in a cluster: true when `conn`'s claim must first be settled with the
-    /// other nodes (it is then queued, and asked if first for its id). An id this node
-    /// holds needs no asking: another node taking it evicts ours first.
-    pub(super) fn claim_needs_cluster(&mut self, client_id: &Bytes, conn: ConnId, clean_start: bool) -> bool {
+    /// other nodes (it is then queued, and asked if first for its id). No asking for an id
+    /// this node holds in the owner bucket (another node taking it evicts ours first), nor
+    /// for one the broker made up.
+    pub(super) fn claim_needs_cluster(&mut self, client_id: &Bytes, conn: ConnId, clean_start: bool, kind: ClaimKind) -> bool {
         let Some(port) = &mut self.cluster else { return false };
+        if kind.assigned {
+            return false;
+        }
         let waiting = self.cluster_claims.get(client_id).is_some_and(|queue| !queue.is_empty());
-        if !waiting && self.registry.owners.contains_key(client_id) {
+        if !waiting && self.cluster_held.contains(client_id) && self.registry.owners.contains_key(client_id) {
             return false;
         }
         let queue = self.cluster_claims.entry(client_id.clone()).or_default();
-        queue.push_back((conn, clean_start));
+        queue.push_back((conn, clean_start, kind.keeps_session));
         if queue.len() == 1 {
-            port.claim(client_id.clone(), self.id.0, !clean_start);
+            port.claim(client_id.clone(), self.id.0, kind.keeps_session);
         }
         true
     }
 
-    /// The gateway's word on the oldest waiting claim for `client_id`.
-    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, now: Instant) {
+    /// The gateway's word on the oldest waiting claim for `client_id`; `verified`: the
+    /// owner bucket now names this node.
+    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, verified: bool, now: Instant) {
         let Some(queue) = self.cluster_claims.get_mut(&client_id) else { return };
-        let Some((conn, clean_start)) = queue.pop_front() else { return };
-        if let Some(&(_, next_clean_start)) = queue.front()
+        let Some((conn, clean_start, _)) = queue.pop_front() else { return };
+        if let Some(&(_, _, keeps_session)) = queue.front()
             && let Some(port) = &mut self.cluster
         {
-            port.claim(client_id.clone(), self.id.0, !next_clean_start);
+            port.claim(client_id.clone(), self.id.0, keeps_session);
         } else {
             self.cluster_claims.remove(&client_id);
+        }
+        if verified {
+            self.cluster_held.insert(client_id.clone());
         }
         if granted {
             self.grant_claim(client_id, conn, clean_start, now);
@@ -99,8 +107,18 @@ impl Shard {
         }
     }
 
+    /// Home shard: nobody on this node owns `client_id` any more (its session ended).
+    pub(super) fn release_cluster_claim(&mut self, client_id: Bytes) {
+        if self.cluster_held.remove(&client_id)
+            && let Some(port) = &mut self.cluster
+        {
+            port.release(client_id);
+        }
+    }
+
     /// Home shard: a connection on another node took `client_id`; ours goes.
     fn on_remote_evict(&mut self, client_id: Bytes, now: Instant) {
+        self.cluster_held.remove(&client_id);
         let Some(previous) = self.registry.owners.remove(&client_id) else { return };
         if previous.shard() == self.id {
             self.on_evict_for_node(client_id, previous, now);

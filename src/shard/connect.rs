@@ -342,6 +342,7 @@ impl Shard {
             return self.refuse(link, version, ConnectRefusal::ConnectionLimit);
         }
         let clean_start = connect.clean_start;
+        let keeps_session = SessionExpiry::from_connect(&connect) != SessionExpiry::WithConnection;
         let conn = link.conn_id;
         self.connecting.pending.insert(
             conn,
@@ -357,7 +358,7 @@ impl Shard {
             },
         );
         let home = home_shard(&client_id, self.shard_count);
-        self.send(home, MeshMessage::Claim { client_id, conn, clean_start }, now);
+        self.send(home, MeshMessage::Claim { client_id, conn, clean_start, keeps_session, assigned: client_id_assigned }, now);
         ConnectProgress::Claimed
     }
 

@@ -76,7 +76,9 @@ pub enum MeshMessage {
     /// stream, is on this shard's disk (see `durability.rs`).
     Durable { position: u64 },
     /// To the client id's home shard: connection `conn` wants to own `client_id`.
-    Claim { client_id: Bytes, conn: ConnId, clean_start: bool },
+    /// `keeps_session`: the session outlives the connection (the cluster must then own the
+    /// id for sure); `assigned`: the broker made the id up (no other node can hold it).
+    Claim { client_id: Bytes, conn: ConnId, clean_start: bool, keeps_session: bool, assigned: bool },
     /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.
     Granted { conn: ConnId },
     /// From the home shard to the shard holding `previous`: give the session to `next`.

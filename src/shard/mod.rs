@@ -133,7 +133,9 @@ pub struct Shard {
     cluster: Option<crate::cluster::port::ClusterPort>,
     /// With `--cluster`, on the home shard: claims waiting for the cluster's word on who
     /// owns their client id, in arrival order per id (`cluster.rs`).
-    cluster_claims: HashMap<Bytes, std::collections::VecDeque<(ConnId, bool)>>,
+    cluster_claims: HashMap<Bytes, std::collections::VecDeque<(ConnId, bool, bool)>>,
+    /// With `--cluster`, on the home shard: ids this node holds in the cluster's owner bucket.
+    cluster_held: HashSet<Bytes>,
     pub counters: Counters,
 }
 
@@ -190,6 +192,7 @@ impl Shard {
             durability: None,
             cluster: None,
             cluster_claims: HashMap::new(),
+            cluster_held: HashSet::new(),
             counters: Counters::default(),
         }
     }
@@ -287,7 +290,9 @@ impl Shard {
                 }
             }
             MeshMessage::SharedRedeliver { target, message, forwarded } => self.deliver_shared(&target, &message, None, !forwarded, now),
-            MeshMessage::Claim { client_id, conn, clean_start } => self.on_claim(client_id, conn, clean_start, now),
+            MeshMessage::Claim { client_id, conn, clean_start, keeps_session, assigned } => {
+                self.on_claim(client_id, conn, clean_start, ClaimKind { keeps_session, assigned }, now)
+            }
             MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => self.on_evict(client_id, previous, next, clean_start, now),
             MeshMessage::EvictForNode { client_id, previous } => self.on_evict_for_node(client_id, previous, now),
@@ -303,6 +308,7 @@ impl Shard {
             MeshMessage::Released { client_id, conn } => {
                 if self.registry.owners.get(&client_id) == Some(&conn) {
                     self.registry.owners.remove(&client_id);
+                    self.release_cluster_claim(client_id);
                 }
             }
         }

@@ -24,6 +24,15 @@ pub(super) struct MovingSession {
     pub(super) next: ConnId,
 }
 
+/// What a claim says besides the id and connection (what the cluster needs to know).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClaimKind {
+    /// The session outlives the connection.
+    pub(super) keeps_session: bool,
+    /// The broker made the id up.
+    pub(super) assigned: bool,
+}
+
 /// The shard that holds the registry entry for `client_id` (FNV-1a, stable in a process).
 pub fn home_shard(client_id: &[u8], shard_count: usize) -> ShardId {
     let hash = client_id.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
@@ -33,8 +42,8 @@ pub fn home_shard(client_id: &[u8], shard_count: usize) -> ShardId {
 impl Shard {
     /// Home shard: `conn` claims `client_id`. Claims are answered in arrival order, so two
     /// racing CONNECTs end with the later one owning the id and the earlier one evicted.
-    pub(super) fn on_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, now: Instant) {
-        if self.claim_needs_cluster(&client_id, conn, clean_start) {
+    pub(super) fn on_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, kind: ClaimKind, now: Instant) {
+        if self.claim_needs_cluster(&client_id, conn, clean_start, kind) {
             return;
         }
         self.grant_claim(client_id, conn, clean_start, now);

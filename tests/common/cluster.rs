@@ -108,13 +108,17 @@ impl Cluster {
     }
 
     /// Starts a ringmq node beside NATS server `server` (its index among the nodes is the
-    /// one returned).
+    /// one returned), given every server's URL as a production node would be: one that
+    /// loses its server before the NATS cluster told it of the others still finds them.
     pub fn add_node(&mut self, server: usize, extra: &[&str]) -> usize {
         let addr = self.nats[server].client_addr;
         let listen = format!("{}:0", addr.ip());
-        let url = format!("nats://{addr}");
+        let urls: Vec<String> = self.nats.iter().map(|nats| format!("nats://{}", nats.client_addr)).collect();
         let node_id = format!("node{}", self.nodes.len() + 1);
-        let mut args = vec!["--listen", &listen, "--cluster", &url, "--node-id", &node_id];
+        let mut args = vec!["--listen", &listen, "--node-id", &node_id];
+        for url in &urls {
+            args.extend(["--cluster", url.as_str()]);
+        }
         args.extend_from_slice(extra);
         self.nodes.push(Broker::start(&args));
         self.nodes.len() - 1
@@ -126,7 +130,8 @@ impl Cluster {
     /// propagates a new subscription to every server), so tests wait for them this way.
     pub fn wait_for_route(&self, from: usize, probe_topic: &str, subscriber: &mut RawClient) {
         let mut publisher = self.nodes[from].client(&format!("probe-{}", rand_suffix()), true);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a node whose NATS server went reconnects with a growing back-off.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "no route from node {from} for {probe_topic}");
             publisher.publish(probe_topic, b"probe", QoS::AtMostOnce, false, 0);
