@@ -257,7 +257,7 @@ async fn run(
                 }
                 let mut state = gateway.state.borrow_mut();
                 state.dedup.forget_idle(Instant::now());
-                let counters = gateway.counters(&state);
+                let counters = state.counters;
                 if counters.refused() > last_logged.refused() {
                     tracing::warn!(?counters, "cluster: messages refused or lost between nodes");
                 }
@@ -275,7 +275,7 @@ async fn run(
     // A flush waits for the server: without one, not for long.
     let _ = tokio::time::timeout(STOP_GRACE, gateway.client.flush()).await;
     let _ = tokio::time::timeout(STOP_GRACE, gateway.shared_client.flush()).await;
-    let counters = gateway.counters(&gateway.state.borrow());
+    let counters = gateway.state.borrow().counters;
     tracing::info!(?counters, "cluster gateway stopped");
     for task in owner_tasks {
         task.abort();
@@ -328,10 +328,6 @@ impl GatewayCounters {
 }
 
 impl Gateway {
-    fn counters(&self, state: &Inbound) -> GatewayCounters {
-        state.counters
-    }
-
     async fn handle(&mut self, mut batch: Vec<ToGateway>) {
         // Claims first: a CONNECT waits on each, and a publish may wait for NATS.
         batch.retain(|item| match item {
@@ -488,8 +484,7 @@ async fn read(mut subscriber: async_nats::Subscriber, state: Rc<RefCell<Inbound>
                     continue;
                 }
             }
-            let shard = entry_shard(&message.topic, state.to_shards.len());
-            (state.to_shards[shard].clone(), message)
+            (state.entry_for(&message.topic), message)
         };
         if target.send(FromCluster::Publish(Arc::new(message))).await.is_err() {
             return;
@@ -505,10 +500,7 @@ async fn read_shared(mut subscriber: async_nats::Subscriber, group: Bytes, filte
             let mut state = state.borrow_mut();
             state.counters.received += 1;
             match decode_frame(delivered.payload, Instant::now()) {
-                Ok((_, message)) if validate_topic_name(&message.topic).is_ok() => {
-                    let shard = entry_shard(&message.topic, state.to_shards.len());
-                    Some((state.to_shards[shard].clone(), message))
-                }
+                Ok((_, message)) if validate_topic_name(&message.topic).is_ok() => Some((state.entry_for(&message.topic), message)),
                 _ => {
                     state.counters.frames_refused += 1;
                     None
@@ -532,6 +524,13 @@ fn queue_name(group: &[u8]) -> String {
         name.push_str(&format!("{byte:02x}"));
     }
     name
+}
+
+impl Inbound {
+    /// The queue of the shard `topic`'s messages enter by.
+    pub(super) fn entry_for(&self, topic: &[u8]) -> mpsc::Sender<FromCluster> {
+        self.to_shards[entry_shard(topic, self.to_shards.len())].clone()
+    }
 }
 
 /// The shard a topic's messages from other nodes enter by: the same one every time.

@@ -103,10 +103,6 @@ impl ClusterPort {
         self.publishes = 0;
         Poll::Ready(std::mem::take(&mut self.outbox))
     }
-
-    pub fn depth(&self) -> usize {
-        self.outbox.len()
-    }
 }
 
 /// Both directions' queues, made once per node before the shards start.

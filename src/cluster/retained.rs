@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::frame::{FrameError, Stamp, decode_frame, encode};
-use super::gateway::{Inbound, entry_shard};
+use super::gateway::Inbound;
 use super::port::FromCluster;
 use crate::session::Message;
 use crate::topics::validate_topic_name;
@@ -114,8 +114,7 @@ async fn watch_into_shards(mut watch: async_nats::jetstream::kv::Watch, origin: 
                 Ok((stamp, _)) if stamp.origin == origin => None,
                 Ok((_, Some(message))) if validate_topic_name(&message.topic).is_ok() => {
                     state.counters.received += 1;
-                    let shard = entry_shard(&message.topic, state.to_shards.len());
-                    Some((state.to_shards[shard].clone(), message))
+                    Some((state.entry_for(&message.topic), message))
                 }
                 Ok((_, None)) => None,
                 _ => {

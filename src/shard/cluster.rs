@@ -136,26 +136,15 @@ impl Shard {
             return;
         }
         let Some(key) = self.clients.key_of(&client_id).filter(|&key| self.clients.get(key).conn_id == previous) else { return };
-        self.counters.takeovers += 1;
-        let client = self.client(key);
-        let version = client.version;
-        let link = client.link.take();
-        let taken = client.lifecycle.taken_over(true, link.is_some());
-        if let Some(link) = link {
+        if let (_, Some(link)) = self.close_taken_over(key, &client_id, true, now) {
             tracing::info!(
                 client_id = %String::from_utf8_lossy(&client_id),
                 address = %link.peer_label(),
                 shard = self.id.0,
                 "client taken over by a connection on another node"
             );
-            close_with_reason(&link, version, ReasonCode::SESSION_TAKEN_OVER);
         }
-        for will in taken.wills_now {
-            self.publish_will(*will, client_id.clone(), now);
-        }
-        let mut session = self.remove_client(key, now).session;
-        self.session_ended(&mut session);
-        self.hand_shared_to_other_members(&mut session, now);
+        self.end_session(key, now);
     }
 
     /// The cluster could not settle the id `conn` claimed: Server unavailable.

@@ -81,12 +81,7 @@ impl Shard {
                 return;
             }
         };
-        self.counters.takeovers += 1;
-        let client = self.client(key);
-        let version = client.version;
-        let link = client.link.take();
-        let taken = client.lifecycle.taken_over(clean_start, link.is_some());
-        let continued = taken.continued;
+        let (continued, link) = self.close_taken_over(key, &client_id, clean_start, now);
         if let Some(link) = link {
             tracing::info!(
                 client_id = %String::from_utf8_lossy(&client_id),
@@ -96,10 +91,6 @@ impl Shard {
                 session_continues = continued,
                 "client taken over by a new connection with its client id"
             );
-            close_with_reason(&link, version, ReasonCode::SESSION_TAKEN_OVER);
-        }
-        for will in taken.wills_now {
-            self.publish_will(*will, client_id.clone(), now);
         }
         if !continued || next.shard() == self.id {
             self.hand_over(key, next, continued, None, now);
@@ -114,6 +105,30 @@ impl Shard {
         self.expect_answers_from_all_peers(Some(request));
         // `next` is on another shard, so at least that shard answers: `applied` finishes.
         self.registry.moving.insert(request, MovingSession { client_id, previous, next });
+    }
+
+    /// A connection whose client id a new one took: closed with 0x8E (5.0), the wills
+    /// now due published. Returns whether the session continues (neither side asked for a
+    /// clean one), and the closed link, for the caller's log line.
+    pub(super) fn close_taken_over(
+        &mut self,
+        key: ClientKey,
+        client_id: &Bytes,
+        clean_start: bool,
+        now: Instant,
+    ) -> (bool, Option<Rc<Link>>) {
+        self.counters.takeovers += 1;
+        let client = self.client(key);
+        let version = client.version;
+        let link = client.link.take();
+        let taken = client.lifecycle.taken_over(clean_start, link.is_some());
+        if let Some(link) = &link {
+            close_with_reason(link, version, ReasonCode::SESSION_TAKEN_OVER);
+        }
+        for will in taken.wills_now {
+            self.publish_will(*will, client_id.clone(), now);
+        }
+        (taken.continued, link)
     }
 
     /// Every other shard holds `next`'s shard on receive-all: let the session go.
