@@ -118,6 +118,49 @@ fn slow_subscriber_qos0_is_dropped_and_counted_while_others_keep_up() {
     assert_bystander_works(&broker, "after-flood");
 }
 
+/// The broker's open sockets, from `/proc`.
+fn sockets_open(broker: &Broker) -> usize {
+    let entries = std::fs::read_dir(format!("/proc/{}/fd", broker.pid())).expect("the broker's fds");
+    entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn a_client_that_reads_nothing_is_still_closed_when_taken_over() {
+    let broker = Broker::start(&[]);
+    let mut publisher = broker.client("flooder", true);
+    // A tiny receive window, never read: the broker's writer for it ends up blocked in a
+    // write that cannot finish.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&broker.addr.into()).unwrap();
+    let mut stuck = common::RawClient::over(common::transport::ClientStream::Tcp(socket.into()), ringmq::protocol::ProtocolVersion::V5);
+    assert_eq!(stuck.connect("stuck", true, 60, None).code, 0);
+    stuck.subscribe(&[("flood", QoS::AtLeastOnce)]);
+    let with_stuck = sockets_open(&broker);
+    // QoS 1, which a full buffer never sheds: far more than the kernel's send buffer
+    // (4 MiB at most by default) takes waits in the broker for it.
+    let payload = vec![0xCD; 64 * 1024];
+    for id in 1..=256 {
+        publisher.publish("flood", &payload, QoS::AtLeastOnce, false, id);
+    }
+
+    // The same client id again: the old connection must go, socket and all, although its
+    // DISCONNECT (0x8E) can never be written.
+    let _taker = broker.client_v5("stuck");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut open = sockets_open(&broker);
+    while open > with_stuck && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        open = sockets_open(&broker);
+    }
+    assert_eq!(open, with_stuck, "the taken-over socket is closed (one taker in, one stuck client out)");
+    assert_bystander_works(&broker, "after-takeover");
+    drop(stuck);
+}
+
 #[test]
 fn session_queue_is_bounded_and_drops_are_counted() {
     let broker = Broker::start(&["--queued-messages-max", "10"]);

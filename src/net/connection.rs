@@ -30,6 +30,11 @@ use crate::transport::{Transport, TransportKind};
 /// which can destroy our final DISCONNECT before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Once a connection ends, how long its writer may take to send what the shard still
+/// left it (a final DISCONNECT, the transport's close). A peer that reads nothing would
+/// otherwise hold the writer, and with it the socket, for as long as it stays connected.
+const CLOSING_FLUSH_MAX: Duration = Duration::from_secs(1);
+
 pub(super) async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStream, listener: Rc<ListenerContext>) {
     if shard.borrow_mut().refuses_half_open() {
         // Too many sockets here still owe their CONNECT: close this one now (dropped).
@@ -59,7 +64,21 @@ pub(super) async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStrea
         }
     }
     shard.borrow_mut().connection_ended(&link, outcome.err().as_ref(), Instant::now());
-    writer.await;
+    // Past the bound the writer task is dropped, which cancels its write.
+    let flushed = or(
+        async {
+            writer.await;
+            true
+        },
+        async {
+            sleep(CLOSING_FLUSH_MAX).await;
+            false
+        },
+    )
+    .await;
+    if !flushed {
+        tracing::debug!("the peer read nothing while closing; the socket closes unflushed");
+    }
     // Boxed like the connect phase: only closing connections need its timer.
     Box::pin(linger(&mut reader)).await;
 }

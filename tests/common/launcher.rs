@@ -20,6 +20,8 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     /// Every listener's address, as the listening line gives them.
     pub addrs: Vec<SocketAddr>,
+    /// Shards the command line asked for (`--cores N`; 1 when it does not say).
+    pub shards: usize,
 }
 
 /// Why a broker did not come up.
@@ -46,9 +48,10 @@ impl BrokerProcess {
 
     /// `spawn`, handing back the process when no address came within `STEP_TIMEOUT`.
     pub fn try_spawn(command: &mut Command) -> Result<BrokerProcess, StartFailure> {
+        let shards = shards_asked(command);
         let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn ringmq");
         match listening_addresses(&mut child) {
-            Some(addrs) if !addrs.is_empty() => Ok(BrokerProcess { child, addr: addrs[0], addrs }),
+            Some(addrs) if !addrs.is_empty() => Ok(BrokerProcess { child, addr: addrs[0], addrs, shards }),
             _ => Err(StartFailure { child, reason: "no listening line" }),
         }
     }
@@ -88,6 +91,12 @@ impl Drop for BrokerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The last `--cores N` on `command`'s line, or 1.
+fn shards_asked(command: &Command) -> usize {
+    let args: Vec<_> = command.get_args().filter_map(|arg| arg.to_str()).collect();
+    args.windows(2).filter(|pair| pair[0] == "--cores").filter_map(|pair| pair[1].parse().ok()).next_back().unwrap_or(1)
 }
 
 /// The addresses in the first line `child` prints, or `None` if it does not come within

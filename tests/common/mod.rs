@@ -65,6 +65,9 @@ impl Broker {
 
     /// Latest per-shard counters from `$SYS/broker/shards/<n>/<name>`, once `ready` holds
     /// (polled as the broker republishes them every second), or panics after a while.
+    /// Only values published after the watcher subscribed count (the retained ones may be
+    /// older than what the caller just did), and `ready` is asked only once every shard
+    /// has reported every counter: a total over a shard not yet heard from would be low.
     pub fn wait_for_counters(&self, what: &str, ready: impl Fn(&Counters) -> bool) -> Counters {
         let mut watcher = self.client(&format!("sys-watcher-{}", rand_suffix()), true);
         watcher.subscribe(&[("$SYS/broker/shards/+/+", QoS::AtMostOnce)]);
@@ -72,11 +75,14 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(Packet::Publish(publish)) = watcher.try_recv(Duration::from_millis(200)) {
+                if publish.retain {
+                    continue;
+                }
                 let topic = String::from_utf8(publish.topic.to_vec()).expect("utf8 topic");
                 let parts: Vec<&str> = topic.split('/').collect();
                 let value: u64 = std::str::from_utf8(&publish.payload).expect("utf8").parse().expect("number");
                 counters.values.insert((parts[3].parse().expect("shard"), parts[4].to_string()), value);
-                if ready(&counters) {
+                if counters.complete(self.shards) && ready(&counters) {
                     return counters;
                 }
             }
@@ -127,6 +133,13 @@ impl Counters {
     }
     pub fn total(&self, name: &str) -> u64 {
         self.values.iter().filter(|((_, n), _)| n == name).map(|(_, v)| v).sum()
+    }
+    /// Every one of `shards` shards has reported the same set of counters.
+    fn complete(&self, shards: usize) -> bool {
+        let names = |shard: usize| self.values.keys().filter(|(s, _)| *s == shard).count();
+        let seen = self.values.keys().map(|(shard, _)| *shard + 1).max().unwrap_or(0);
+        let expected = (0..shards.max(seen)).map(names).max().unwrap_or(0);
+        expected > 0 && (0..shards.max(seen)).all(|shard| names(shard) == expected)
     }
 }
 
