@@ -195,8 +195,9 @@ pub struct Config {
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub recent_publish_bytes_max: usize,
 
-    /// Capacity of each shard-to-shard channel, in batches.
-    #[arg(long, default_value_t = 256)]
+    /// Capacity of each shard-to-shard channel, in batches (of at most 1,024 messages).
+    /// Also bounds how late a takeover between shards can be under a flood of publishes.
+    #[arg(long, default_value_t = 16)]
     pub mesh_channel_batches: usize,
 
     /// TLS certificate chain (PEM, leaf first) for mqtts:// and wss:// listeners. Reloaded

@@ -393,5 +393,8 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Wir
             ReadOutcome::Closed => return Ok(()),
             ReadOutcome::Failed(error) => return Err(CloseReason::Transport(error.to_string())),
         }
+        // A socket that always has data never makes this task wait: a client sending
+        // flat out would hold the shard, its other connections and peers' batches.
+        glommio::yield_if_needed().await;
     }
 }

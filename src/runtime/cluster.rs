@@ -41,10 +41,14 @@ pub(super) fn serve(shard: &Rc<RefCell<Shard>>, ends: ShardClusterEnds) {
         let mut batch = Vec::with_capacity(INBOX_BATCH);
         while inbox.recv_many(&mut batch, INBOX_BATCH).await > 0 {
             let now = Instant::now();
-            let mut shard = incoming.borrow_mut();
-            for received in batch.drain(..) {
-                shard.from_cluster(received, now);
+            {
+                let mut shard = incoming.borrow_mut();
+                for received in batch.drain(..) {
+                    shard.from_cluster(received, now);
+                }
             }
+            // The gateway can keep the inbox full: give the shard's connections their turn.
+            glommio::yield_if_needed().await;
         }
     })
     .detach();

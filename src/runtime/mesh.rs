@@ -48,6 +48,10 @@ impl Joined {
             glommio::spawn_local(async move {
                 while let Some(batch) = receiver.recv().await {
                     shard.borrow_mut().handle_batch(ShardId(peer), batch, Instant::now());
+                    // A peer that keeps the channel full would otherwise keep this task
+                    // running for good (a ready channel never makes it wait), and every
+                    // connection on this shard, a CONNECT's included, with it.
+                    glommio::yield_if_needed().await;
                 }
             })
             .detach();

@@ -4,11 +4,20 @@
 //!
 //! An outbox at `--mesh-outbox-max-messages` makes the shard *congested*: its publishers'
 //! next PUBLISH waits (see `flow.rs`) until the forwarder has taken the batch.
+//!
+//! A batch holds at most `BATCH_MESSAGES_MAX`, so what one shard has in flight to another
+//! is bounded in messages (`--mesh-channel-batches` batches of it), not only in batches.
+//! That bound is also how late a claim, an eviction or a handoff can be: they queue behind
+//! the publishes before them, in order, since the takeover protocol counts on that order.
 
 use std::task::{Context, Poll, Waker};
 
 use super::link::register_waker;
 use super::mesh::{MeshMessage, ShardId};
+
+/// Messages the forwarder hands the channel at once: enough to amortise a channel
+/// operation, few enough that a full channel drains in milliseconds.
+pub const BATCH_MESSAGES_MAX: usize = 1024;
 
 pub struct Outboxes {
     queues: Vec<Vec<MeshMessage>>,
@@ -43,7 +52,14 @@ impl Outboxes {
             self.forwarders[peer.0] = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        let batch = std::mem::take(&mut self.queues[peer.0]);
+        let queue = &mut self.queues[peer.0];
+        let batch = if queue.len() <= BATCH_MESSAGES_MAX {
+            std::mem::take(queue)
+        } else {
+            // The rest stays queued, in order, for the forwarder's next turn.
+            let rest = queue.split_off(BATCH_MESSAGES_MAX);
+            std::mem::replace(queue, rest)
+        };
         if !self.congested() {
             for waker in self.congestion_waiters.drain(..) {
                 waker.wake();
@@ -65,5 +81,53 @@ impl Outboxes {
     /// Wakes `waker` once no outbox is at its bound any more.
     pub fn wake_when_uncongested(&mut self, waker: &Waker) {
         register_waker(&mut self.congestion_waiters, waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(index: usize) -> MeshMessage {
+        MeshMessage::InterestLeave { filter: bytes::Bytes::from(index.to_string()) }
+    }
+
+    fn number(message: &MeshMessage) -> usize {
+        match message {
+            MeshMessage::InterestLeave { filter } => std::str::from_utf8(filter).unwrap().parse().unwrap(),
+            _ => unreachable!("only numbered messages are queued"),
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_and_keep_the_order() {
+        let total = 2 * BATCH_MESSAGES_MAX + 7;
+        let mut outboxes = Outboxes::new(2, 8192);
+        for index in 0..total {
+            outboxes.push(ShardId(1), numbered(index));
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut taken = Vec::new();
+        while let Poll::Ready(batch) = outboxes.poll_take(ShardId(1), &mut cx) {
+            assert!(!batch.is_empty() && batch.len() <= BATCH_MESSAGES_MAX);
+            taken.extend(batch.iter().map(number));
+        }
+        assert_eq!(taken, (0..total).collect::<Vec<_>>());
+        assert_eq!(outboxes.depth(), 0);
+    }
+
+    #[test]
+    fn publishers_stay_paused_while_the_rest_of_a_long_outbox_waits() {
+        let max = 2 * BATCH_MESSAGES_MAX;
+        let mut outboxes = Outboxes::new(2, max);
+        for index in 0..max + BATCH_MESSAGES_MAX {
+            outboxes.push(ShardId(1), numbered(index));
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(outboxes.congested());
+        assert!(outboxes.poll_take(ShardId(1), &mut cx).is_ready());
+        assert!(outboxes.congested(), "one batch out, still at the bound");
+        assert!(outboxes.poll_take(ShardId(1), &mut cx).is_ready());
+        assert!(!outboxes.congested());
     }
 }
