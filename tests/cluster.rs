@@ -416,3 +416,63 @@ fn with_two_of_three_nats_servers_stopped_persistent_connects_are_refused_and_cl
     clean.publish("quorum/t", b"x", QoS::AtLeastOnce, false, 1);
     assert_eq!(receive(&mut clean, 1).len(), 1);
 }
+
+#[test]
+fn a_killed_nodes_wills_are_sent_once_by_a_survivor_and_only_for_connections_still_open() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    wait_for_owner_bucket(&cluster, 1);
+    let mut watcher = cluster.nodes[1].client("will-watcher", true);
+    watcher.subscribe(&[("wills/#", QoS::AtLeastOnce)]);
+    // Whichever survivor sends them, the watcher on node 2 must hear it.
+    cluster.wait_for_route(2, "wills/probe", &mut watcher);
+    let will = |name: &str| Some(common::will(&format!("wills/{name}"), name.as_bytes(), QoS::AtLeastOnce, false));
+    // Still connected when node 1 dies: its will is due.
+    let mut doomed = cluster.nodes[0].raw();
+    assert_eq!(doomed.connect("doomed", true, 60, will("doomed")).code, 0);
+    // Said goodbye first: its will was discarded.
+    let mut polite = cluster.nodes[0].raw();
+    assert_eq!(polite.connect("polite", true, 60, will("polite")).code, 0);
+    polite.disconnect();
+    // Moved to node 2 (without a will): node 1's connection ended, and node 1 sent its
+    // will then, as a takeover does; it is not sent again.
+    let mut mover = cluster.nodes[0].raw_v5();
+    assert_eq!(mover.connect("mover", true, 60, will("mover")).code, 0);
+    let mut moved = cluster.nodes[1].raw_v5();
+    assert_eq!(moved.connect("mover", true, 60, None).code, 0);
+    assert_eq!(mover.disconnect_reason(), ringmq::protocol::ReasonCode::SESSION_TAKEN_OVER);
+    let taken_over = watcher.recv_publish();
+    watcher.ack(&taken_over);
+    assert_eq!(text(&taken_over.topic), "wills/mover");
+    // The wills reach the bucket a few milliseconds after their CONNECTs.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let killed_at = Instant::now();
+    cluster.nodes[0].signal(libc::SIGKILL);
+    let publish = match watcher.try_recv(Duration::from_secs(30)) {
+        Some(Packet::Publish(publish)) => publish,
+        other => panic!("the doomed client's will never came: {other:?}"),
+    };
+    watcher.ack(&publish);
+    eprintln!("will sent {:?} after the kill", killed_at.elapsed());
+    assert_eq!((text(&publish.topic), &publish.payload[..]), ("wills/doomed".to_string(), &b"doomed"[..]));
+    // Exactly once (the other survivor lost the race), and no other will.
+    watcher.assert_silent(Duration::from_secs(3));
+}
+
+#[test]
+fn a_node_stopped_cleanly_has_no_wills_sent_for_it() {
+    let Some(mut cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    let mut watcher = cluster.nodes[1].client("stop-watcher", true);
+    watcher.subscribe(&[("stopped/#", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(2, "stopped/probe", &mut watcher);
+    let mut client = cluster.nodes[0].raw();
+    assert_eq!(client.connect("on-a-stopping-node", true, 60, Some(common::will("stopped/x", b"x", QoS::AtLeastOnce, false))).code, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    // As on a lone node, a node stopped on purpose sends no wills, and neither do the
+    // others for it: well past the time a killed node's wills take.
+    let status = cluster.nodes[0].terminate().expect("SIGTERM ends the node");
+    assert!(status.success(), "{status:?}");
+    watcher.assert_silent(ringmq::cluster::wills::NODE_DEAD_AFTER + Duration::from_secs(5));
+}

@@ -19,8 +19,15 @@ pub fn key_of(bytes: &[u8]) -> Option<String> {
     (key.len() <= KEY_BYTES_MAX).then_some(key)
 }
 
-/// Opens `bucket` (made with `replicas` copies and one revision per key if missing).
-pub async fn open(client: &async_nats::Client, bucket: &str, replicas: usize, description: &str) -> async_nats::jetstream::kv::Store {
+/// Opens `bucket` (made with `replicas` copies and one revision per key if missing;
+/// entries older than `max_age` vanish, when given).
+pub async fn open(
+    client: &async_nats::Client,
+    bucket: &str,
+    replicas: usize,
+    description: &str,
+    max_age: Option<Duration>,
+) -> async_nats::jetstream::kv::Store {
     let jetstream = async_nats::jetstream::new(client.clone());
     // The bucket's stream, made as a KV bucket's is: async-nats's own `create_key_value`
     // first reads account fields that nats-server before 2.10 does not send.
@@ -34,6 +41,7 @@ pub async fn open(client: &async_nats::Client, bucket: &str, replicas: usize, de
         deny_delete: true,
         allow_direct: true,
         discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        max_age: max_age.unwrap_or_default(),
         ..Default::default()
     };
     let mut warned = false;

@@ -89,6 +89,10 @@ pub(super) struct GatewayCounters {
     subscribe_failures: u64,
     /// Retained changes not put in the bucket: JetStream refused them, or too many waited.
     pub(super) retained_write_failures: u64,
+    /// Will changes not made in the wills bucket (`wills.rs`).
+    pub(super) will_write_failures: u64,
+    /// Wills of dead nodes this node sent.
+    pub(super) dead_node_wills: u64,
 }
 
 /// Checks the settings; `start` refuses what this refuses.
@@ -134,6 +138,9 @@ struct Gateway {
     retained: mpsc::Sender<(Stamp, Arc<Message>)>,
     /// Client-id ownership (`owners.rs`).
     owners: Rc<RefCell<super::owners::Owners>>,
+    /// Will changes for the wills task (`wills.rs`), and which connection set each will.
+    wills: mpsc::Sender<super::wills::WillChange>,
+    will_registry: super::wills::WillRegistry,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -220,7 +227,7 @@ async fn run(
         let (owners, client, bucket, replicas) =
             (owners.clone(), client.clone(), format!("{}_clients", settings.cluster_name), settings.replicas);
         async move {
-            let store = super::bucket::open(&client, &bucket, replicas, "ringmq client-id owners").await;
+            let store = super::bucket::open(&client, &bucket, replicas, "ringmq client-id owners", None).await;
             owners.borrow_mut().store = Some(store);
         }
     })];
@@ -228,8 +235,34 @@ async fn run(
         Ok(requests) => owner_tasks.push(tokio::task::spawn_local(super::owners::listen_for_evictions(requests, owners.clone()))),
         Err(error) => tracing::error!(%error, "cluster: cannot listen for evictions; another node taking a client id will not close ours"),
     }
-    let mut gateway =
-        Gateway { settings, client, shared_client, groups: HashMap::new(), retained, owners, stamp, filters: HashMap::new(), state };
+    let (wills, will_changes) = mpsc::channel(super::wills::CHANGES_MAX);
+    let (wills_stop, wills_stopping) = tokio::sync::oneshot::channel();
+    let wills_task = tokio::task::spawn_local(super::wills::run(
+        super::wills::WillsTask {
+            client: client.clone(),
+            cluster_name: settings.cluster_name.clone(),
+            replicas: settings.replicas,
+            origin: stamp.origin,
+            node_id: settings.node_id.clone(),
+            owners: owners.clone(),
+            state: state.clone(),
+        },
+        will_changes,
+        wills_stopping,
+    ));
+    let mut gateway = Gateway {
+        settings,
+        client,
+        shared_client,
+        groups: HashMap::new(),
+        retained,
+        owners,
+        wills,
+        will_registry: Default::default(),
+        stamp,
+        filters: HashMap::new(),
+        state,
+    };
 
     let mut tick = tokio::time::interval(TICK);
     let mut last_logged = GatewayCounters::default();
@@ -265,12 +298,20 @@ async fn run(
             }
         }
     }
-    // What the bucket task holds is written if JetStream answers soon.
+    // What the retained task holds is written, and the wills task marks this node as
+    // stopped (nobody is to send its wills) and removes them, together, if JetStream
+    // answers soon; without NATS neither can.
     drop(std::mem::replace(&mut gateway.retained, mpsc::channel(1).0));
-    let mut retained_task = retained_task;
-    if tokio::time::timeout(STOP_GRACE, &mut retained_task).await.is_err() {
-        retained_task.abort();
-        let _ = retained_task.await;
+    let _ = wills_stop.send(());
+    let grace = if gateway.client.connection_state() == async_nats::connection::State::Connected { STOP_GRACE } else { Duration::ZERO };
+    let (mut retained_task, mut wills_task) = (retained_task, wills_task);
+    let _ = tokio::time::timeout(grace, futures_util::future::join(&mut retained_task, &mut wills_task)).await;
+    for task in [retained_task, wills_task] {
+        // One that finished may have been awaited to its end above: not again.
+        if !task.is_finished() {
+            task.abort();
+            let _ = task.await;
+        }
     }
     // A flush waits for the server: without one, not for long.
     let _ = tokio::time::timeout(STOP_GRACE, gateway.client.flush()).await;
@@ -324,6 +365,7 @@ impl GatewayCounters {
             + self.subjects_too_long
             + self.subscribe_failures
             + self.retained_write_failures
+            + self.will_write_failures
     }
 }
 
@@ -339,6 +381,14 @@ impl Gateway {
                 tokio::task::spawn_local(super::owners::release(self.owners.clone(), client_id.clone()));
                 false
             }
+            ToGateway::Will { client_id, conn, will } => {
+                if let Some(change) = self.will_registry.change(client_id.clone(), *conn, will.clone(), self.stamp)
+                    && self.wills.try_send(change).is_err()
+                {
+                    self.state.borrow_mut().counters.will_write_failures += 1;
+                }
+                false
+            }
             _ => true,
         });
         for item in batch {
@@ -346,7 +396,7 @@ impl Gateway {
                 ToGateway::Publish(message) => self.publish(message).await,
                 ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
                 ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
-                ToGateway::Claim { .. } | ToGateway::Release { .. } => {}
+                ToGateway::Claim { .. } | ToGateway::Release { .. } | ToGateway::Will { .. } => {}
                 ToGateway::SharedInterest { group, filter, subscribed: true } => self.join_group(group, filter).await,
                 ToGateway::SharedInterest { group, filter, subscribed: false } => {
                     // Dropping a reader's subscriber unsubscribes it.

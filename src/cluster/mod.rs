@@ -9,11 +9,11 @@
 //! - `port`: what a shard hands the gateway and the queues between them.
 //! - `gateway`: the thread that holds the NATS connections; `bucket`: its JetStream
 //!   key-value buckets; `retained`: the retained store in one; `owners`: which node owns
-//!   each client id, in another.
+//!   each client id, in another; `wills`: heartbeats, and the wills a survivor sends for
+//!   a node that died.
 //!
 //! Not built yet: session state moving between nodes (a takeover from another node ends
-//! the session), node failure (wills of a dead node), durable cross-node QoS 1/2 (README,
-//! "Cluster").
+//! the session), durable cross-node QoS 1/2 (README, "Cluster").
 
 pub mod bucket;
 pub mod dedup;
@@ -23,3 +23,4 @@ pub mod owners;
 pub mod port;
 pub mod retained;
 pub mod subject;
+pub mod wills;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::session::Message;
+use crate::shard::ConnId;
 
 /// Messages a shard may hold for the gateway while the gateway's queue is full; past it,
 /// further publishes are dropped for the cluster (still delivered on this node) and counted.
@@ -33,6 +34,10 @@ pub enum ToGateway {
     Claim { client_id: Bytes, shard: usize, persistent: bool },
     /// The session for `client_id` ended on this node: the node lets go of the id.
     Release { client_id: Bytes },
+    /// Connection `conn` of `client_id` opened here with this will (the message, and its
+    /// delay in seconds), or ended (`None`): the node is no longer the one to send it.
+    /// Kept in the cluster so that a survivor sends it if this node dies (`wills.rs`).
+    Will { client_id: Bytes, conn: ConnId, will: Option<(Arc<Message>, u32)> },
 }
 
 /// What the gateway hands a shard.
@@ -47,6 +52,8 @@ pub enum FromCluster {
     ClaimAnswer { client_id: Bytes, granted: bool, verified: bool },
     /// To the home shard: a connection on another node now owns `client_id`.
     EvictRemote { client_id: Bytes },
+    /// The will of a client of a node that died: publish it here, as this node's own.
+    DeadNodesWill(Arc<Message>),
 }
 
 /// The shard's side: what waits for the gateway, and the task that takes it there.
@@ -77,6 +84,11 @@ impl ClusterPort {
     /// Claims are never dropped either: a CONNECT waits for each answer.
     pub fn claim(&mut self, client_id: Bytes, shard: usize, persistent: bool) {
         self.push(ToGateway::Claim { client_id, shard, persistent });
+    }
+
+    /// Will changes are never dropped: a will left set would be sent for a live client.
+    pub fn will(&mut self, client_id: Bytes, conn: ConnId, will: Option<(Arc<Message>, u32)>) {
+        self.push(ToGateway::Will { client_id, conn, will });
     }
 
     pub fn release(&mut self, client_id: Bytes) {

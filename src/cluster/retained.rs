@@ -77,7 +77,7 @@ pub(super) struct RetainedBucket {
 /// Opens (or makes) the bucket, retrying until JetStream answers, then watches it into
 /// the shards and writes what `changes` brings (entries queued meanwhile included).
 pub(super) async fn run(bucket: RetainedBucket, mut changes: mpsc::Receiver<(Stamp, Arc<Message>)>, state: Rc<RefCell<Inbound>>) {
-    let store = super::bucket::open(&bucket.client, &bucket.bucket, bucket.replicas, "ringmq retained messages").await;
+    let store = super::bucket::open(&bucket.client, &bucket.bucket, bucket.replicas, "ringmq retained messages", None).await;
     let watching = match store.watch_with_history(">").await {
         Ok(watch) => Some(tokio::task::spawn_local(watch_into_shards(watch, bucket.origin, state.clone()))),
         Err(error) => {

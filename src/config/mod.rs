@@ -324,7 +324,7 @@ pub struct Config {
     pub cluster_name: String,
 
     /// With --cluster: copies JetStream keeps of the cluster's state (retained messages,
-    /// client-id owners); 3 needs a JetStream cluster of at least 3 NATS servers, 1 runs on
+    /// client-id owners, heartbeats, wills); 3 needs a JetStream cluster of at least 3 NATS servers, 1 runs on
     /// a single server.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub cluster_replicas: u64,

@@ -192,7 +192,9 @@ impl Shard {
         self.settle_flow_of_leaving_client(key, true, now);
         let accepting = !self.connecting.shutting_down;
         let client = self.client(key);
-        let publisher = client.session.client_id().clone();
+        let (publisher, conn) = (client.session.client_id().clone(), client.conn_id);
+        self.withdraw_will(&publisher, conn);
+        let client = self.client(key);
         let lost = client.lifecycle.connection_lost(accepting, now);
         if let Some(will) = lost.will_now {
             self.publish_will(*will, publisher, now);

@@ -59,6 +59,27 @@ impl Shard {
             }
             FromCluster::ClaimAnswer { client_id, granted, verified } => self.on_claim_answer(client_id, granted, verified, now),
             FromCluster::EvictRemote { client_id } => self.on_remote_evict(client_id, now),
+            FromCluster::DeadNodesWill(message) => self.publish_as_will(message, now),
+        }
+    }
+
+    /// In a cluster: connection `conn` of `client_id` opened here with `will`, which the
+    /// cluster keeps until the connection ends, so that another node sends it should this
+    /// one die first.
+    pub(super) fn export_will(&mut self, client_id: &Bytes, conn: ConnId, will: Option<&Will>, now: Instant) {
+        let (Some(port), Some(will)) = (&mut self.cluster, will) else { return };
+        let delay_s = will.properties.will_delay_interval.unwrap_or(0);
+        let mut message = super::delivery::will_message(will.clone(), client_id.clone(), now);
+        // Counted from when a survivor sends it, from the property.
+        message.expires_at = None;
+        port.will(client_id.clone(), conn, Some((Arc::new(message), delay_s)));
+    }
+
+    /// Connection `conn` of `client_id` ended here: whatever became of its will, no other
+    /// node is to send it.
+    pub(super) fn withdraw_will(&mut self, client_id: &Bytes, conn: ConnId) {
+        if let Some(port) = &mut self.cluster {
+            port.will(client_id.clone(), conn, None);
         }
     }
 

@@ -25,6 +25,23 @@ pub(super) fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &O
     }
 }
 
+/// The message a will becomes when it is sent at `now`.
+pub(super) fn will_message(will: Will, publisher: Bytes, now: Instant) -> Message {
+    let expires_at = will.properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
+    let mut properties = will.properties;
+    // The delay is the will's, not the message's: a PUBLISH may not carry it.
+    properties.will_delay_interval = None;
+    Message {
+        expires_at,
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties: properties.into(),
+        publisher: Some(publisher),
+    }
+}
+
 impl Shard {
     /// Whether a retained message would take the store past `--retained-messages-max`
     /// or `--retained-bytes-max`.
@@ -36,21 +53,13 @@ impl Shard {
         if validate_topic_name(&will.topic).is_err() {
             return;
         }
+        let message = will_message(will, publisher, now);
+        self.publish_as_will(Arc::new(message), now);
+    }
+
+    /// Publishes `message` as a will sent by this shard (a client's, or a dead node's).
+    pub(super) fn publish_as_will(&mut self, message: Arc<Message>, now: Instant) {
         self.counters.wills_published += 1;
-        let expires_at = will.properties.message_expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
-        let mut properties = will.properties;
-        // The delay is the will's, not the message's: a PUBLISH may not carry it.
-        properties.will_delay_interval = None;
-        let message = Message {
-            expires_at,
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties: properties.into(),
-            publisher: Some(publisher),
-        };
-        let message = Arc::new(message);
         self.export_publish(&message);
         self.route(message, now);
     }

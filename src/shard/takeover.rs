@@ -122,9 +122,11 @@ impl Shard {
         let version = client.version;
         let link = client.link.take();
         let taken = client.lifecycle.taken_over(clean_start, link.is_some());
+        let conn = client.conn_id;
         if let Some(link) = &link {
             close_with_reason(link, version, ReasonCode::SESSION_TAKEN_OVER);
         }
+        self.withdraw_will(client_id, conn);
         for will in taken.wills_now {
             self.publish_will(*will, client_id.clone(), now);
         }

@@ -1,0 +1,420 @@
+//! Node death: the wills of a node that dies are sent by a survivor.
+//!
+//! Heartbeats: every node puts its origin (hex) in the bucket `<cluster-name>_nodes` every
+//! `HEARTBEAT_INTERVAL` and watches the bucket. A node silent for `NODE_DEAD_AFTER` is
+//! dead, as judged by a node whose own heartbeats have been landing for that long (one back
+//! from a NATS outage first waits to hear the others again).
+//!
+//! Wills: while a client's connection is open on a node, its will is in the bucket
+//! `<cluster-name>_wills` under `<origin>.<client id>` (written on CONNECT, deleted when
+//! the connection ends, whatever became of the will; never per message).
+//!
+//! When a node is found dead, the survivors race to create `reaper.<origin>` in the nodes
+//! bucket. The one that creates it sends each of the dead node's wills after its Will
+//! Delay (counted from then), unless by then the client-id bucket names another owner (the
+//! client is back on another node), and then purges them. A node that stops cleanly
+//! creates its own mark first: as on a lone node, a stopped node's clients' wills are not
+//! sent.
+//!
+//! Pure here: keys, values and the liveness bookkeeping. The IO (`run`) talks to JetStream.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bucket::key_of;
+use super::frame::{FrameError, Stamp, decode_frame, encode};
+use super::gateway::Inbound;
+use super::owners::{Owners, owner_origin};
+use super::port::FromCluster;
+use crate::session::Message;
+use crate::shard::ConnId;
+
+/// How often a node says it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Silence after which a node is taken for dead: a few missed heartbeats, so that a NATS
+/// server failing over (its clients reconnect within a second or two) is not a death.
+pub const NODE_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Entries of the nodes bucket vanish after this: heartbeats of nodes long gone, and
+/// reaper marks (which outlive the last heartbeat they answer).
+const NODES_MAX_AGE: Duration = Duration::from_secs(60);
+/// Will changes waiting for the bucket (while JetStream is not ready yet).
+pub const CHANGES_MAX: usize = 65_536;
+/// Each bucket step's limit.
+const STEP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Listing a dead node's wills may take longer: there can be many.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The key a will is kept under: the node's origin, then the client id's key.
+pub fn will_key(origin: u64, client_id: &[u8]) -> Option<String> {
+    Some(format!("{}{}", origin_prefix(origin), key_of(client_id)?))
+}
+
+fn origin_prefix(origin: u64) -> String {
+    format!("{origin:016x}.")
+}
+
+/// The origin a heartbeat key names (exactly 16 hex digits), if it is one.
+pub fn heartbeat_origin(key: &str) -> Option<u64> {
+    (key.len() == 16).then(|| u64::from_str_radix(key, 16).ok()).flatten().filter(|_| key.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A will as stored: its delay in seconds, then its frame.
+pub fn encode_will(delay_s: u32, message: &Message, stamp: Stamp, now: Instant) -> Bytes {
+    let frame = encode(message, stamp, now);
+    let mut value = BytesMut::with_capacity(4 + frame.len());
+    value.put_u32_le(delay_s);
+    value.extend_from_slice(&frame);
+    value.freeze()
+}
+
+pub fn decode_will(value: Bytes, now: Instant) -> Result<(u32, Message), FrameError> {
+    let delay = value.first_chunk::<4>().map(|bytes| u32::from_le_bytes(*bytes)).ok_or(FrameError::Short)?;
+    let (_, message) = decode_frame(value.slice(4..), now)?;
+    Ok((delay, message))
+}
+
+/// What the bucket writer does with one client's will.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WillChange {
+    Set { key: String, value: Bytes },
+    Clear { key: String },
+}
+
+/// The connection whose will each client id has in the bucket. Shards report a
+/// connection's end and the next connection's will independently, so they can arrive in
+/// either order; an end applies only to the connection that set the will.
+#[derive(Default)]
+pub struct WillRegistry {
+    set_by: HashMap<Bytes, ConnId>,
+}
+
+impl WillRegistry {
+    pub fn change(&mut self, client_id: Bytes, conn: ConnId, will: Option<(Arc<Message>, u32)>, stamp: Stamp) -> Option<WillChange> {
+        let key = will_key(stamp.origin, &client_id)?;
+        match will {
+            Some((message, delay_s)) => {
+                self.set_by.insert(client_id, conn);
+                Some(WillChange::Set { key, value: encode_will(delay_s, &message, stamp, Instant::now()) })
+            }
+            None if self.set_by.get(&client_id) == Some(&conn) => {
+                self.set_by.remove(&client_id);
+                Some(WillChange::Clear { key })
+            }
+            None => None,
+        }
+    }
+}
+
+/// Which nodes are alive, from their heartbeats and this node's own.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    last_heard: HashMap<u64, Instant>,
+    /// Since when this node's own heartbeats have landed without a miss.
+    healthy_since: Option<Instant>,
+}
+
+impl Liveness {
+    pub fn heard(&mut self, origin: u64, now: Instant) {
+        self.last_heard.insert(origin, now);
+    }
+
+    /// The node's heartbeat key is gone (it stopped cleanly, or was reaped).
+    pub fn forget(&mut self, origin: u64) {
+        self.last_heard.remove(&origin);
+    }
+
+    pub fn own_heartbeat(&mut self, landed: bool, now: Instant) {
+        self.healthy_since = if landed { self.healthy_since.or(Some(now)) } else { None };
+    }
+
+    /// The nodes silent for `NODE_DEAD_AFTER`, each told once; none while this node
+    /// itself has not been heard for that long.
+    pub fn take_dead(&mut self, now: Instant) -> Vec<u64> {
+        let Some(healthy_since) = self.healthy_since else { return Vec::new() };
+        if now.duration_since(healthy_since) < NODE_DEAD_AFTER {
+            return Vec::new();
+        }
+        let dead: Vec<u64> =
+            self.last_heard.iter().filter(|(_, heard)| now.duration_since(**heard) >= NODE_DEAD_AFTER).map(|(origin, _)| *origin).collect();
+        for origin in &dead {
+            self.last_heard.remove(origin);
+        }
+        dead
+    }
+}
+
+/// What the wills task needs from the gateway.
+pub(super) struct WillsTask {
+    pub client: async_nats::Client,
+    pub cluster_name: String,
+    pub replicas: usize,
+    pub origin: u64,
+    pub node_id: String,
+    pub owners: Rc<RefCell<Owners>>,
+    pub state: Rc<RefCell<Inbound>>,
+}
+
+/// Opens both buckets, then beats, watches and reaps (on tasks of their own) while it
+/// writes what `changes` brings. Once `stopping` fires (the node stops), marks this node
+/// as reaped and purges its wills, whatever changes still wait.
+pub(super) async fn run(task: WillsTask, mut changes: mpsc::Receiver<WillChange>, mut stopping: oneshot::Receiver<()>) {
+    let (nodes_bucket, wills_bucket) = (format!("{}_nodes", task.cluster_name), format!("{}_wills", task.cluster_name));
+    // After the client-id bucket, which every CONNECT waits for: JetStream makes buckets
+    // one after another, each for a leader election, on a cluster just started.
+    while task.owners.borrow().store.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (nodes, wills) = futures_util::future::join(
+        super::bucket::open(&task.client, &nodes_bucket, task.replicas, "ringmq node heartbeats", Some(NODES_MAX_AGE)),
+        super::bucket::open(&task.client, &wills_bucket, task.replicas, "ringmq wills of connected clients", None),
+    )
+    .await;
+    let task = Rc::new(task);
+    let liveness = Rc::new(RefCell::new(Liveness::default()));
+    let helpers = [
+        tokio::task::spawn_local(watch_heartbeats(nodes.clone(), task.origin, liveness.clone())),
+        tokio::task::spawn_local(beat_and_reap(task.clone(), nodes.clone(), wills.clone(), wills_bucket.clone(), liveness)),
+    ];
+    loop {
+        let change = tokio::select! {
+            _ = &mut stopping => break,
+            change = changes.recv() => change,
+        };
+        let Some(change) = change else { break };
+        let write = async {
+            match change {
+                WillChange::Set { key, value } => wills.put(key, value).await.is_ok(),
+                WillChange::Clear { key } => wills.delete(key).await.is_ok(),
+            }
+        };
+        let written = tokio::select! {
+            _ = &mut stopping => break,
+            written = tokio::time::timeout(STEP_TIMEOUT, write) => written.unwrap_or(false),
+        };
+        if !written {
+            task.state.borrow_mut().counters.will_write_failures += 1;
+        }
+    }
+    for helper in helpers {
+        helper.abort();
+        let _ = helper.await;
+    }
+    // Stopping: nobody is to send this node's wills, and they are removed (the gateway
+    // gives this a second).
+    let own = task.origin;
+    let _ = futures_util::future::join3(
+        nodes.create(reaper_key(own), Bytes::from(task.node_id.clone())),
+        purge_wills_of(&task.client, &wills_bucket, own),
+        nodes.delete(format!("{own:016x}")),
+    )
+    .await;
+}
+
+fn reaper_key(origin: u64) -> String {
+    format!("reaper.{origin:016x}")
+}
+
+async fn watch_heartbeats(nodes: async_nats::jetstream::kv::Store, own: u64, liveness: Rc<RefCell<Liveness>>) {
+    loop {
+        if let Ok(mut watch) = nodes.watch_with_history(">").await {
+            while let Some(Ok(entry)) = watch.next().await {
+                let Some(origin) = heartbeat_origin(&entry.key).filter(|origin| *origin != own) else { continue };
+                match entry.operation {
+                    async_nats::jetstream::kv::Operation::Put => liveness.borrow_mut().heard(origin, Instant::now()),
+                    _ => liveness.borrow_mut().forget(origin),
+                }
+            }
+        }
+        // The watch ended (NATS went away): watch again, from the last value per key.
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
+}
+
+async fn beat_and_reap(
+    task: Rc<WillsTask>,
+    nodes: async_nats::jetstream::kv::Store,
+    wills: async_nats::jetstream::kv::Store,
+    wills_bucket: String,
+    liveness: Rc<RefCell<Liveness>>,
+) {
+    let own_key = format!("{:016x}", task.origin);
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        beat.tick().await;
+        let landed =
+            tokio::time::timeout(STEP_TIMEOUT, nodes.put(&own_key, Bytes::from(task.node_id.clone()))).await.is_ok_and(|put| put.is_ok());
+        let now = Instant::now();
+        let dead = {
+            let mut liveness = liveness.borrow_mut();
+            liveness.own_heartbeat(landed, now);
+            liveness.take_dead(now)
+        };
+        for origin in dead {
+            tokio::task::spawn_local(reap(task.clone(), nodes.clone(), wills.clone(), wills_bucket.clone(), origin));
+        }
+    }
+}
+
+/// If this node wins the race for `origin`, sends its wills and removes them.
+async fn reap(
+    task: Rc<WillsTask>,
+    nodes: async_nats::jetstream::kv::Store,
+    wills: async_nats::jetstream::kv::Store,
+    wills_bucket: String,
+    origin: u64,
+) {
+    let won = tokio::time::timeout(STEP_TIMEOUT, nodes.create(reaper_key(origin), Bytes::from(task.node_id.clone()))).await;
+    if !won.is_ok_and(|created| created.is_ok()) {
+        return;
+    }
+    let found_at = Instant::now();
+    let prefix = origin_prefix(origin);
+    let listed = tokio::time::timeout(LIST_TIMEOUT, async {
+        let mut found = Vec::new();
+        let Ok(mut keys) = wills.keys().await else { return found };
+        while let Some(Ok(key)) = keys.next().await {
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            if let Ok(Some(value)) = wills.get(key.clone()).await
+                && let Ok((delay_s, message)) = decode_will(value, Instant::now())
+            {
+                found.push((delay_s, key, message));
+            }
+        }
+        found
+    })
+    .await
+    .unwrap_or_default();
+    tracing::warn!(
+        origin = format!("{origin:016x}"),
+        wills = listed.len(),
+        "cluster: a node went silent; this node sends its clients' wills"
+    );
+    let mut listed = listed;
+    listed.sort_by_key(|(delay_s, _, _)| *delay_s);
+    for (delay_s, key, mut message) in listed {
+        tokio::time::sleep_until((found_at + Duration::from_secs(u64::from(delay_s))).into()).await;
+        if back_elsewhere(&task.owners, &key[prefix.len()..], origin).await {
+            continue;
+        }
+        // Its expiry counts from now, when it is sent.
+        message.expires_at =
+            message.properties.message_expiry_interval.map(|seconds| Instant::now() + Duration::from_secs(u64::from(seconds)));
+        let target = {
+            let mut state = task.state.borrow_mut();
+            state.counters.dead_node_wills += 1;
+            state.entry_for(&message.topic)
+        };
+        let _ = target.send(FromCluster::DeadNodesWill(Arc::new(message))).await;
+    }
+    let _ = tokio::time::timeout(STEP_TIMEOUT, purge_wills_of(&task.client, &wills_bucket, origin)).await;
+}
+
+/// Whether the client-id bucket names an owner other than `dead` for the id whose key is
+/// `client_key`: the client connected again elsewhere, and its will is not due.
+async fn back_elsewhere(owners: &Rc<RefCell<Owners>>, client_key: &str, dead: u64) -> bool {
+    let Some(store) = owners.borrow().store.clone() else { return false };
+    match tokio::time::timeout(STEP_TIMEOUT, store.entry(client_key.to_string())).await {
+        Ok(Ok(Some(entry))) => {
+            entry.operation == async_nats::jetstream::kv::Operation::Put && owner_origin(&entry.value).is_some_and(|owner| owner != dead)
+        }
+        _ => false,
+    }
+}
+
+/// Removes every entry `origin` left in the wills bucket, delete markers included.
+async fn purge_wills_of(client: &async_nats::Client, wills_bucket: &str, origin: u64) {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    if let Ok(stream) = jetstream.get_stream(format!("KV_{wills_bucket}")).await {
+        let _ = stream.purge().filter(format!("$KV.{wills_bucket}.{}>", origin_prefix(origin))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Properties, QoS};
+    use crate::shard::ShardId;
+
+    fn will(topic: &'static [u8]) -> Arc<Message> {
+        let properties = Properties { message_expiry_interval: Some(30), ..Default::default() };
+        Arc::new(Message {
+            topic: Bytes::from_static(topic),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: properties.into(),
+            publisher: None,
+            expires_at: None,
+        })
+    }
+
+    #[test]
+    fn keys_name_the_origin_and_heartbeats_are_told_apart() {
+        let key = will_key(0xab, b"client/1").expect("short id");
+        assert!(key.starts_with("00000000000000ab."), "{key}");
+        assert_eq!(heartbeat_origin("00000000000000ab"), Some(0xab));
+        assert_eq!(heartbeat_origin("reaper.00000000000000ab"), None);
+        assert_eq!(heartbeat_origin(&key), None);
+        assert_eq!(heartbeat_origin("+0000000000000ab"), None, "no sign");
+        assert!(will_key(1, &[b'x'; 4_000]).is_none());
+    }
+
+    #[test]
+    fn a_stored_will_keeps_its_delay_and_message() {
+        let stamp = Stamp { origin: 7, sequence: 0 };
+        let value = encode_will(90, &will(b"status/a"), stamp, Instant::now());
+        let (delay, message) = decode_will(value.clone(), Instant::now()).expect("decodes");
+        assert_eq!(delay, 90);
+        assert_eq!(&message.topic[..], b"status/a");
+        assert_eq!(&message.payload[..], b"gone");
+        assert_eq!((message.qos, message.retain), (QoS::AtLeastOnce, true));
+        assert_eq!(message.properties.message_expiry_interval, Some(30));
+        assert!(decode_will(value.slice(..3), Instant::now()).is_err());
+    }
+
+    #[test]
+    fn an_end_clears_only_the_will_its_connection_set() {
+        let stamp = Stamp { origin: 1, sequence: 0 };
+        let (old, new) = (ConnId::new(ShardId(0), 1), ConnId::new(ShardId(1), 2));
+        let id = Bytes::from_static(b"c");
+        let mut registry = WillRegistry::default();
+        assert!(matches!(registry.change(id.clone(), old, Some((will(b"t"), 0)), stamp), Some(WillChange::Set { .. })));
+        // The takeover's new will arrives before the old connection's end.
+        assert!(matches!(registry.change(id.clone(), new, Some((will(b"t"), 0)), stamp), Some(WillChange::Set { .. })));
+        assert_eq!(registry.change(id.clone(), old, None, stamp), None, "the old end leaves the new will");
+        assert!(matches!(registry.change(id.clone(), new, None, stamp), Some(WillChange::Clear { .. })));
+        assert_eq!(registry.change(id, new, None, stamp), None, "nothing left to clear");
+        assert_eq!(registry.change(Bytes::from_static(b"never"), old, None, stamp), None, "ends without a will cost nothing");
+    }
+
+    #[test]
+    fn a_silent_node_is_dead_once_and_only_to_a_node_that_is_heard_itself() {
+        let start = Instant::now();
+        let mut liveness = Liveness::default();
+        liveness.heard(5, start);
+        liveness.heard(6, start);
+        let later = start + NODE_DEAD_AFTER + Duration::from_secs(1);
+        assert!(liveness.take_dead(later).is_empty(), "no judging before our own heartbeat landed");
+        liveness.own_heartbeat(true, later);
+        assert!(liveness.take_dead(later).is_empty(), "nor right after an outage of our own");
+        let judged_at = later + NODE_DEAD_AFTER;
+        liveness.own_heartbeat(true, judged_at);
+        liveness.heard(6, judged_at - Duration::from_secs(1));
+        assert_eq!(liveness.take_dead(judged_at), vec![5]);
+        assert!(liveness.take_dead(judged_at).is_empty(), "told once");
+        liveness.own_heartbeat(false, judged_at);
+        assert!(liveness.take_dead(judged_at + NODE_DEAD_AFTER * 3).is_empty(), "our heartbeat missed: no judging");
+        liveness.forget(6);
+        liveness.own_heartbeat(true, judged_at + NODE_DEAD_AFTER * 3);
+        assert!(liveness.take_dead(judged_at + NODE_DEAD_AFTER * 5).is_empty(), "a node gone from the bucket is not reaped");
+    }
+}
