@@ -129,7 +129,9 @@ fn sockets_open(broker: &Broker) -> usize {
 
 #[test]
 fn a_client_that_reads_nothing_is_still_closed_when_taken_over() {
-    let broker = Broker::start(&[]);
+    // A window as wide as the flood: all of it goes to the link at once, far more than the
+    // kernel's send buffer takes however it is tuned.
+    let broker = Broker::start(&["--inflight-max", "1024"]);
     let mut publisher = broker.client("flooder", true);
     // A tiny receive window, never read: the broker's writer for it ends up blocked in a
     // write that cannot finish.
@@ -140,10 +142,10 @@ fn a_client_that_reads_nothing_is_still_closed_when_taken_over() {
     assert_eq!(stuck.connect("stuck", true, 60, None).code, 0);
     stuck.subscribe(&[("flood", QoS::AtLeastOnce)]);
     let with_stuck = sockets_open(&broker);
-    // QoS 1, which a full buffer never sheds: far more than the kernel's send buffer
-    // (4 MiB at most by default) takes waits in the broker for it.
+    // QoS 1, which a full buffer never sheds: 32 MiB for it, where the kernel's send
+    // buffer takes 4 MiB at most by default.
     let payload = vec![0xCD; 64 * 1024];
-    for id in 1..=256 {
+    for id in 1..=512 {
         publisher.publish("flood", &payload, QoS::AtLeastOnce, false, id);
     }
 

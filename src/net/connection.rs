@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,7 @@ pub(super) async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStrea
     if let Ok(peer) = stream.peer_addr() {
         link.set_peer(peer);
     }
+    let fd = stream.as_raw_fd();
     let stream = Rc::new(RefCell::new(stream));
     let writer = WireWriter::new(WriteHalf::new(stream.clone()), transport.clone());
     let writer = glommio::spawn_local(write_loop(shard.clone(), link.clone(), writer));
@@ -77,7 +79,11 @@ pub(super) async fn serve_connection(shard: Rc<RefCell<Shard>>, stream: TcpStrea
     )
     .await;
     if !flushed {
-        tracing::debug!("the peer read nothing while closing; the socket closes unflushed");
+        // Nothing we owe it can reach it: reset rather than close, so the kernel frees
+        // what is still unsent at once instead of probing a zero window for minutes.
+        tracing::debug!("the peer read nothing while closing; the connection is reset");
+        reset_on_close(fd);
+        return;
     }
     // Boxed like the connect phase: only closing connections need its timer.
     Box::pin(linger(&mut reader)).await;
@@ -97,6 +103,22 @@ fn new_transport(shard: &Rc<RefCell<Shard>>, listener: &ListenerContext) -> Resu
         TransportKind::WebSocket { path } => Some(Transport::new(None, Some(WsLayer::new(path.clone(), packet_bytes_max)))),
         TransportKind::WebSocketTls { path } => Some(Transport::new(Some(tls(true)?), Some(WsLayer::new(path.clone(), packet_bytes_max)))),
     })
+}
+
+/// Makes the socket's close a reset (SO_LINGER with a zero timeout).
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is the connection's socket, open until its stream drops after this
+    // call; the option value is a valid `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Discards what the client still sends until it closes too, or `LINGER` passes.

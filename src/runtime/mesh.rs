@@ -12,7 +12,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 
 use crate::shard::{MeshMessage, Shard, ShardId};
 
-/// What travels between two shards at once: everything one outbox held.
+/// What travels between two shards at once: one batch from an outbox (`shard/outbox.rs`).
 pub(super) type Batch = Vec<MeshMessage>;
 
 /// The mesh before the shards joined it (one per broker, cloned into every shard).

@@ -19,8 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-/// How long a parked-but-runnable executor can stay asleep at most.
-const NUDGE_PERIOD: Duration = Duration::from_millis(50);
+/// How long a parked-but-runnable executor can stay asleep at most. The park needs the
+/// preempt timer to fire while the thread is descheduled, so with the 10 ms preempt
+/// interval (`runtime::PREEMPT_INTERVAL`) it is likelier than at glommio's 100 ms: a stall
+/// is kept to two intervals.
+const NUDGE_PERIOD: Duration = Duration::from_millis(20);
 
 /// One slot per shard for its heartbeat task's waker.
 #[derive(Default)]

@@ -227,7 +227,7 @@ impl Shard {
         }
     }
 
-    /// Forwarder side: everything queued for `peer`, once there is something.
+    /// Forwarder side: the next batch for `peer` (`outbox.rs`), once there is one.
     pub fn poll_outbox(&mut self, peer: ShardId, cx: &mut Context<'_>) -> Poll<Vec<MeshMessage>> {
         self.outboxes.poll_take(peer, cx)
     }

@@ -3,13 +3,14 @@
 //! are std's, so the shard's logic runs in tests without an executor.
 //!
 //! An outbox at `--mesh-outbox-max-messages` makes the shard *congested*: its publishers'
-//! next PUBLISH waits (see `flow.rs`) until the forwarder has taken the batch.
+//! next PUBLISH waits (see `flow.rs`) until the outbox is below its bound again.
 //!
 //! A batch holds at most `BATCH_MESSAGES_MAX`, so what one shard has in flight to another
 //! is bounded in messages (`--mesh-channel-batches` batches of it), not only in batches.
 //! That bound is also how late a claim, an eviction or a handoff can be: they queue behind
 //! the publishes before them, in order, since the takeover protocol counts on that order.
 
+use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
 use super::link::register_waker;
@@ -20,7 +21,8 @@ use super::mesh::{MeshMessage, ShardId};
 pub const BATCH_MESSAGES_MAX: usize = 1024;
 
 pub struct Outboxes {
-    queues: Vec<Vec<MeshMessage>>,
+    /// Double-ended: a long queue gives its batches from the front, each in O(batch).
+    queues: Vec<VecDeque<MeshMessage>>,
     /// Per peer: the forwarder task waiting for something to send.
     forwarders: Vec<Option<Waker>>,
     /// Readers holding a PUBLISH until no outbox is at its bound.
@@ -31,7 +33,7 @@ pub struct Outboxes {
 impl Outboxes {
     pub fn new(shard_count: usize, messages_max: usize) -> Outboxes {
         Outboxes {
-            queues: (0..shard_count).map(|_| Vec::new()).collect(),
+            queues: (0..shard_count).map(|_| VecDeque::new()).collect(),
             forwarders: (0..shard_count).map(|_| None).collect(),
             congestion_waiters: Vec::new(),
             messages_max,
@@ -40,25 +42,25 @@ impl Outboxes {
 
     /// Queues `message` for `peer` and wakes its forwarder.
     pub fn push(&mut self, peer: ShardId, message: MeshMessage) {
-        self.queues[peer.0].push(message);
+        self.queues[peer.0].push_back(message);
         if let Some(waker) = self.forwarders[peer.0].take() {
             waker.wake();
         }
     }
 
-    /// Forwarder side: everything queued for `peer`, once there is something.
+    /// Forwarder side: the next batch for `peer` (at most `BATCH_MESSAGES_MAX`, oldest
+    /// first), once there is one.
     pub fn poll_take(&mut self, peer: ShardId, cx: &mut Context<'_>) -> Poll<Vec<MeshMessage>> {
         if self.queues[peer.0].is_empty() {
             self.forwarders[peer.0] = Some(cx.waker().clone());
             return Poll::Pending;
         }
         let queue = &mut self.queues[peer.0];
-        let batch = if queue.len() <= BATCH_MESSAGES_MAX {
-            std::mem::take(queue)
+        let batch: Vec<MeshMessage> = if queue.len() <= BATCH_MESSAGES_MAX {
+            std::mem::take(queue).into()
         } else {
             // The rest stays queued, in order, for the forwarder's next turn.
-            let rest = queue.split_off(BATCH_MESSAGES_MAX);
-            std::mem::replace(queue, rest)
+            queue.drain(..BATCH_MESSAGES_MAX).collect()
         };
         if !self.congested() {
             for waker in self.congestion_waiters.drain(..) {
@@ -70,7 +72,7 @@ impl Outboxes {
 
     /// Messages waiting for the forwarders, over every peer.
     pub fn depth(&self) -> usize {
-        self.queues.iter().map(Vec::len).sum()
+        self.queues.iter().map(VecDeque::len).sum()
     }
 
     /// True while some peer's outbox is at its bound.
