@@ -50,6 +50,8 @@ pub const CHANGES_MAX: usize = 65_536;
 const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Listing a dead node's wills may take longer: there can be many.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Listings tried before a reaper gives up (and leaves the wills in the bucket).
+const LIST_ATTEMPTS: usize = 3;
 
 /// The key a will is kept under: the node's origin, then the client id's key.
 pub fn will_key(origin: u64, client_id: &[u8]) -> Option<String> {
@@ -210,7 +212,7 @@ pub(super) async fn run(task: WillsTask, mut changes: mpsc::Receiver<WillChange>
     // gives this a second).
     let own = task.origin;
     let _ = futures_util::future::join3(
-        nodes.create(reaper_key(own), Bytes::from(task.node_id.clone())),
+        nodes.create(reaper_key(own), Bytes::from(format!("{own:016x}"))),
         purge_wills_of(&task.client, &wills_bucket, own),
         nodes.delete(format!("{own:016x}")),
     )
@@ -257,63 +259,141 @@ async fn beat_and_reap(
             liveness.take_dead(now)
         };
         for origin in dead {
-            tokio::task::spawn_local(reap(task.clone(), nodes.clone(), wills.clone(), wills_bucket.clone(), origin));
+            tokio::task::spawn_local(reap(task.clone(), nodes.clone(), wills.clone(), wills_bucket.clone(), liveness.clone(), origin));
         }
     }
 }
 
-/// If this node wins the race for `origin`, sends its wills and removes them.
-async fn reap(
-    task: Rc<WillsTask>,
-    nodes: async_nats::jetstream::kv::Store,
-    wills: async_nats::jetstream::kv::Store,
-    wills_bucket: String,
-    origin: u64,
-) {
-    let won = tokio::time::timeout(STEP_TIMEOUT, nodes.create(reaper_key(origin), Bytes::from(task.node_id.clone()))).await;
-    if !won.is_ok_and(|created| created.is_ok()) {
-        return;
+/// What a second look at a node judged dead says.
+enum Confirmed {
+    Dead,
+    /// Its heartbeat moved: this node's watch missed its beats (a watch being rebuilt
+    /// after a NATS outage delivers nothing for a while).
+    Alive,
+    /// Its heartbeat is gone: it stopped cleanly (or is long gone; either way not ours).
+    Gone,
+    Unknown,
+}
+
+/// Reads `origin`'s heartbeat twice, two heartbeats apart.
+async fn confirm_dead(nodes: &async_nats::jetstream::kv::Store, origin: u64) -> Confirmed {
+    let key = format!("{origin:016x}");
+    let read = || async {
+        match tokio::time::timeout(STEP_TIMEOUT, nodes.entry(key.clone())).await {
+            Ok(Ok(entry)) => {
+                Some(entry.filter(|entry| entry.operation == async_nats::jetstream::kv::Operation::Put).map(|entry| entry.revision))
+            }
+            _ => None,
+        }
+    };
+    let Some(first) = read().await else { return Confirmed::Unknown };
+    let Some(first) = first else { return Confirmed::Gone };
+    tokio::time::sleep(2 * HEARTBEAT_INTERVAL).await;
+    match read().await {
+        None => Confirmed::Unknown,
+        Some(None) => Confirmed::Gone,
+        Some(Some(second)) if second == first => Confirmed::Dead,
+        Some(Some(_)) => Confirmed::Alive,
     }
-    let found_at = Instant::now();
+}
+
+/// Takes `reaper.<origin>`: `Some(true)` if this node did, `Some(false)` if another one
+/// did, `None` if the bucket could not say (ask again later).
+async fn race_for(nodes: &async_nats::jetstream::kv::Store, origin: u64, own: u64) -> Option<bool> {
+    let ours = Bytes::from(format!("{own:016x}"));
+    match tokio::time::timeout(STEP_TIMEOUT, nodes.create(reaper_key(origin), ours.clone())).await {
+        Ok(Ok(_)) => return Some(true),
+        Ok(Err(error)) if error.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => return Some(false),
+        _ => {}
+    }
+    // The write may have landed all the same: the mark says whose it is.
+    match tokio::time::timeout(STEP_TIMEOUT, nodes.entry(reaper_key(origin))).await {
+        Ok(Ok(Some(entry))) if entry.operation == async_nats::jetstream::kv::Operation::Put => Some(entry.value == ours),
+        _ => None,
+    }
+}
+
+/// Every will `origin` left, or `None` if the bucket did not answer in full.
+async fn list_wills(wills: &async_nats::jetstream::kv::Store, origin: u64) -> Option<Vec<(u32, String, Message)>> {
     let prefix = origin_prefix(origin);
-    let listed = tokio::time::timeout(LIST_TIMEOUT, async {
+    let listing = async {
         let mut found = Vec::new();
-        let Ok(mut keys) = wills.keys().await else { return found };
-        while let Some(Ok(key)) = keys.next().await {
+        let mut keys = wills.keys().await.ok()?;
+        while let Some(key) = keys.next().await {
+            let key = key.ok()?;
             if !key.starts_with(&prefix) {
                 continue;
             }
-            if let Ok(Some(value)) = wills.get(key.clone()).await
+            // Gone meanwhile (a delete that landed late) is no will.
+            if let Some(value) = wills.get(key.clone()).await.ok()?
                 && let Ok((delay_s, message)) = decode_will(value, Instant::now())
             {
                 found.push((delay_s, key, message));
             }
         }
-        found
-    })
-    .await
-    .unwrap_or_default();
+        Some(found)
+    };
+    tokio::time::timeout(LIST_TIMEOUT, listing).await.ok().flatten()
+}
+
+/// Makes sure `origin` is dead, and if this node wins the race for it, sends its wills
+/// and removes them. A node found alive, or a question the bucket could not answer, goes
+/// back to `liveness` to be judged again.
+async fn reap(
+    task: Rc<WillsTask>,
+    nodes: async_nats::jetstream::kv::Store,
+    wills: async_nats::jetstream::kv::Store,
+    wills_bucket: String,
+    liveness: Rc<RefCell<Liveness>>,
+    origin: u64,
+) {
+    let judge_again = || liveness.borrow_mut().heard(origin, Instant::now());
+    match confirm_dead(&nodes, origin).await {
+        Confirmed::Dead => {}
+        Confirmed::Gone => return,
+        Confirmed::Alive | Confirmed::Unknown => return judge_again(),
+    }
+    match race_for(&nodes, origin, task.origin).await {
+        Some(true) => {}
+        Some(false) => return,
+        None => return judge_again(),
+    }
+    let found_at = Instant::now();
+    let mut listed = None;
+    for _ in 0..LIST_ATTEMPTS {
+        listed = list_wills(&wills, origin).await;
+        if listed.is_some() {
+            break;
+        }
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
+    let Some(mut listed) = listed else {
+        // Left in the bucket rather than purged unsent.
+        tracing::error!(origin = format!("{origin:016x}"), "cluster: a node went silent, but its wills could not be listed; none sent");
+        return;
+    };
     tracing::warn!(
         origin = format!("{origin:016x}"),
         wills = listed.len(),
         "cluster: a node went silent; this node sends its clients' wills"
     );
-    let mut listed = listed;
+    let prefix = origin_prefix(origin);
     listed.sort_by_key(|(delay_s, _, _)| *delay_s);
     for (delay_s, key, mut message) in listed {
         tokio::time::sleep_until((found_at + Duration::from_secs(u64::from(delay_s))).into()).await;
-        if back_elsewhere(&task.owners, &key[prefix.len()..], origin).await {
-            continue;
+        if !back_elsewhere(&task.owners, &key[prefix.len()..], origin).await {
+            // Its expiry counts from now, when it is sent.
+            message.expires_at =
+                message.properties.message_expiry_interval.map(|seconds| Instant::now() + Duration::from_secs(u64::from(seconds)));
+            let target = {
+                let mut state = task.state.borrow_mut();
+                state.counters.dead_node_wills += 1;
+                state.entry_for(&message.topic)
+            };
+            let _ = target.send(FromCluster::DeadNodesWill(Arc::new(message))).await;
         }
-        // Its expiry counts from now, when it is sent.
-        message.expires_at =
-            message.properties.message_expiry_interval.map(|seconds| Instant::now() + Duration::from_secs(u64::from(seconds)));
-        let target = {
-            let mut state = task.state.borrow_mut();
-            state.counters.dead_node_wills += 1;
-            state.entry_for(&message.topic)
-        };
-        let _ = target.send(FromCluster::DeadNodesWill(Arc::new(message))).await;
+        // Done with it: a later reap (after a long delay, say) does not send it again.
+        let _ = tokio::time::timeout(STEP_TIMEOUT, wills.delete(key)).await;
     }
     let _ = tokio::time::timeout(STEP_TIMEOUT, purge_wills_of(&task.client, &wills_bucket, origin)).await;
 }
