@@ -25,6 +25,16 @@ impl SessionExpiry {
         Self::from_interval(connect.properties.session_expiry_interval.unwrap_or(0))
     }
 
+    /// Seconds after its connection is lost that a will with Will Delay `delay_s` is due:
+    /// at its delay, or when the session ends if that is sooner (3.1.3.2.2).
+    pub fn will_due_after_s(self, delay_s: u32) -> u32 {
+        match self {
+            SessionExpiry::WithConnection => 0,
+            SessionExpiry::After(expiry) => delay_s.min(u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX)),
+            SessionExpiry::Never => delay_s,
+        }
+    }
+
     pub fn from_interval(seconds: u32) -> SessionExpiry {
         match seconds {
             0 => SessionExpiry::WithConnection,
@@ -231,6 +241,15 @@ mod tests {
 
     const fn s(seconds: u64) -> Duration {
         Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn a_will_is_due_at_its_delay_or_at_the_end_of_its_session_if_sooner() {
+        assert_eq!(SessionExpiry::WithConnection.will_due_after_s(60), 0);
+        assert_eq!(SessionExpiry::from_interval(30).will_due_after_s(60), 30);
+        assert_eq!(SessionExpiry::from_interval(90).will_due_after_s(60), 60);
+        assert_eq!(SessionExpiry::Never.will_due_after_s(60), 60);
+        assert_eq!(SessionExpiry::from_interval(30).will_due_after_s(0), 0);
     }
 
     #[test]

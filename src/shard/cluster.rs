@@ -66,9 +66,11 @@ impl Shard {
     /// In a cluster: connection `conn` of `client_id` opened here with `will`, which the
     /// cluster keeps until the connection ends, so that another node sends it should this
     /// one die first.
-    pub(super) fn export_will(&mut self, client_id: &Bytes, conn: ConnId, will: Option<&Will>, now: Instant) {
+    pub(super) fn export_will(&mut self, client_id: &Bytes, conn: ConnId, will: Option<&Will>, expiry: SessionExpiry, now: Instant) {
         let (Some(port), Some(will)) = (&mut self.cluster, will) else { return };
-        let delay_s = will.properties.will_delay_interval.unwrap_or(0);
+        // While the connection is open only a DISCONNECT changes the expiry, and that
+        // ends the connection (and withdraws this) anyway.
+        let delay_s = expiry.will_due_after_s(will.properties.will_delay_interval.unwrap_or(0));
         let mut message = super::delivery::will_message(will.clone(), client_id.clone(), now);
         // Counted from when a survivor sends it, from the property.
         message.expires_at = None;

@@ -418,7 +418,7 @@ impl Shard {
                 properties: will.properties.detached(crate::protocol::PropertyContext::Will),
             })
         });
-        self.export_will(&client_id, conn, will.as_deref(), now);
+        self.export_will(&client_id, conn, will.as_deref(), expiry, now);
         let key = self.insert_client(
             Client {
                 session,
