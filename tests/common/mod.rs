@@ -70,7 +70,10 @@ impl Broker {
     /// has reported every counter: a total over a shard not yet heard from would be low.
     pub fn wait_for_counters(&self, what: &str, ready: impl Fn(&Counters) -> bool) -> Counters {
         let mut watcher = self.client(&format!("sys-watcher-{}", rand_suffix()), true);
-        watcher.subscribe(&[("$SYS/broker/shards/+/+", QoS::AtMostOnce)]);
+        // A value another shard publishes may come before the SUBACK (3.8.4 allows it):
+        // kept, and read first below.
+        watcher.subscribe_with_no_wait(&[("$SYS/broker/shards/+/+", SubscriptionOptions::with_qos(QoS::AtMostOnce))]);
+        watcher.expect(|packet| matches!(packet, Packet::SubAck(_)));
         let mut counters = Counters::default();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
