@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::StreamExt;
 
 /// Between attempts to open a bucket.
 const RETRY: Duration = Duration::from_secs(1);
@@ -67,6 +68,50 @@ pub async fn open(
             }
         }
     }
+}
+
+/// Every change to `store`, starting from the last value of each key, for as long as the
+/// stream is polled. A watch that cannot start, or that ends (NATS went away), is started
+/// again after `RETRY`; what it gives again from history (revisions already seen) is
+/// skipped, so each revision comes once.
+pub fn watch_forever(store: async_nats::jetstream::kv::Store) -> impl futures_util::Stream<Item = async_nats::jetstream::kv::Entry> {
+    struct Watching {
+        store: async_nats::jetstream::kv::Store,
+        watch: Option<async_nats::jetstream::kv::Watch>,
+        /// The highest revision given so far.
+        seen: u64,
+        warned: bool,
+    }
+    let start = Watching { store, watch: None, seen: 0, warned: false };
+    futures_util::stream::unfold(start, |mut watching| async move {
+        loop {
+            let Some(watch) = &mut watching.watch else {
+                match watching.store.watch_with_history(">").await {
+                    Ok(watch) => watching.watch = Some(watch),
+                    Err(error) => {
+                        if !watching.warned {
+                            tracing::warn!(%error, bucket = watching.store.name, "cluster: cannot watch a JetStream bucket yet, retrying");
+                            watching.warned = true;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+                continue;
+            };
+            match watch.next().await {
+                Some(Ok(entry)) if entry.revision > watching.seen => {
+                    watching.seen = entry.revision;
+                    return Some((entry, watching));
+                }
+                // Given again by a new watch, or a consumer hiccup it recovers from.
+                Some(_) => {}
+                None => {
+                    watching.watch = None;
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -78,13 +78,7 @@ pub(super) struct RetainedBucket {
 /// the shards and writes what `changes` brings (entries queued meanwhile included).
 pub(super) async fn run(bucket: RetainedBucket, mut changes: mpsc::Receiver<(Stamp, Arc<Message>)>, state: Rc<RefCell<Inbound>>) {
     let store = super::bucket::open(&bucket.client, &bucket.bucket, bucket.replicas, "ringmq retained messages", None).await;
-    let watching = match store.watch_with_history(">").await {
-        Ok(watch) => Some(tokio::task::spawn_local(watch_into_shards(watch, bucket.origin, state.clone()))),
-        Err(error) => {
-            tracing::error!(%error, "cluster: cannot watch the retained bucket; retained messages from other nodes will be missing");
-            None
-        }
-    };
+    let watching = tokio::task::spawn_local(watch_into_shards(super::bucket::watch_forever(store.clone()), bucket.origin, state.clone()));
     while let Some((stamp, message)) = changes.recv().await {
         let Some(key) = super::bucket::key_of(&message.topic) else {
             state.borrow_mut().counters.subjects_too_long += 1;
@@ -96,15 +90,17 @@ pub(super) async fn run(bucket: RetainedBucket, mut changes: mpsc::Receiver<(Sta
             tracing::warn!(%error, "cluster: retained message not stored in the bucket");
         }
     }
-    if let Some(watching) = watching {
-        watching.abort();
-        let _ = watching.await;
-    }
+    watching.abort();
+    let _ = watching.await;
 }
 
-async fn watch_into_shards(mut watch: async_nats::jetstream::kv::Watch, origin: u64, state: Rc<RefCell<Inbound>>) {
-    while let Some(entry) = watch.next().await {
-        let Ok(entry) = entry else { continue };
+async fn watch_into_shards(
+    changes: impl futures_util::Stream<Item = async_nats::jetstream::kv::Entry>,
+    origin: u64,
+    state: Rc<RefCell<Inbound>>,
+) {
+    let mut changes = std::pin::pin!(changes);
+    while let Some(entry) = changes.next().await {
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
             continue;
         }

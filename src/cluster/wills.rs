@@ -224,18 +224,13 @@ fn reaper_key(origin: u64) -> String {
 }
 
 async fn watch_heartbeats(nodes: async_nats::jetstream::kv::Store, own: u64, liveness: Rc<RefCell<Liveness>>) {
-    loop {
-        if let Ok(mut watch) = nodes.watch_with_history(">").await {
-            while let Some(Ok(entry)) = watch.next().await {
-                let Some(origin) = heartbeat_origin(&entry.key).filter(|origin| *origin != own) else { continue };
-                match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => liveness.borrow_mut().heard(origin, Instant::now()),
-                    _ => liveness.borrow_mut().forget(origin),
-                }
-            }
+    let mut changes = std::pin::pin!(super::bucket::watch_forever(nodes));
+    while let Some(entry) = changes.next().await {
+        let Some(origin) = heartbeat_origin(&entry.key).filter(|origin| *origin != own) else { continue };
+        match entry.operation {
+            async_nats::jetstream::kv::Operation::Put => liveness.borrow_mut().heard(origin, Instant::now()),
+            _ => liveness.borrow_mut().forget(origin),
         }
-        // The watch ended (NATS went away): watch again, from the last value per key.
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
     }
 }
 
