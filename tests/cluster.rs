@@ -444,9 +444,7 @@ fn a_killed_nodes_wills_are_sent_once_by_a_survivor_and_only_for_connections_sti
     let taken_over = watcher.recv_publish();
     watcher.ack(&taken_over);
     assert_eq!(text(&taken_over.topic), "wills/mover");
-    // The wills reach the bucket a few milliseconds after their CONNECTs, once the node
-    // has opened it (after the client-id bucket, on a cluster just started).
-    std::thread::sleep(Duration::from_secs(5));
+    cluster.wait_for_wills(&["doomed"], &["polite", "mover"]);
 
     let killed_at = Instant::now();
     cluster.nodes[0].signal(libc::SIGKILL);
@@ -470,7 +468,8 @@ fn a_node_stopped_cleanly_has_no_wills_sent_for_it() {
     cluster.wait_for_route(2, "stopped/probe", &mut watcher);
     let mut client = cluster.nodes[0].raw();
     assert_eq!(client.connect("on-a-stopping-node", true, 60, Some(common::will("stopped/x", b"x", QoS::AtLeastOnce, false))).code, 0);
-    std::thread::sleep(Duration::from_secs(2));
+    // In the bucket, so that a survivor would send it but for the node's own mark.
+    cluster.wait_for_wills(&["on-a-stopping-node"], &[]);
     // As on a lone node, a node stopped on purpose sends no wills, and neither do the
     // others for it: well past the time a killed node's wills take.
     let status = cluster.nodes[0].terminate().expect("SIGTERM ends the node");

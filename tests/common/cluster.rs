@@ -124,6 +124,37 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Reads the wills bucket (as a NATS client of the first server) until it holds a will
+    /// for each client id in `present` and none for those in `absent`, or panics after a
+    /// while: a node writes wills a little after the CONNECT (and deletes them a little
+    /// after the connection ends).
+    pub fn wait_for_wills(&self, present: &[&str], absent: &[&str]) {
+        use futures_util::StreamExt;
+        let suffix = |client_id: &str| format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
+        let (present, absent): (Vec<String>, Vec<String>) =
+            (present.iter().map(|id| suffix(id)).collect(), absent.iter().map(|id| suffix(id)).collect());
+        let url = format!("nats://{}", self.nats[0].client_addr);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        runtime.block_on(async {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut keys = Vec::new();
+                if let Ok(store) = jetstream.get_key_value("ringmq_wills").await
+                    && let Ok(listing) = store.keys().await
+                {
+                    keys = listing.filter_map(|key| async move { key.ok() }).collect().await;
+                }
+                let holds = |wanted: &String| keys.iter().any(|key| key.ends_with(wanted.as_str()));
+                if present.iter().all(holds) && !absent.iter().any(holds) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the wills bucket never held {present:?} without {absent:?}: {keys:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     /// Publishes `probe_topic` from node `from` until `subscriber` (on another node, its
     /// subscription covering the topic) receives one, then drains the probes: the route
     /// from `from` to the subscriber's node exists. Cross-node routes are eventual (NATS
