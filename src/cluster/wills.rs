@@ -59,7 +59,12 @@ pub fn will_key(origin: u64, client_id: &[u8]) -> Option<String> {
 }
 
 fn origin_prefix(origin: u64) -> String {
-    format!("{origin:016x}.")
+    format!("{}.", heartbeat_key(origin))
+}
+
+/// A node's heartbeat key (and the value of a reaper mark it makes): its origin in hex.
+fn heartbeat_key(origin: u64) -> String {
+    format!("{origin:016x}")
 }
 
 /// The origin a heartbeat key names (exactly 16 hex digits), if it is one.
@@ -212,15 +217,15 @@ pub(super) async fn run(task: WillsTask, mut changes: mpsc::Receiver<WillChange>
     // gives this a second).
     let own = task.origin;
     let _ = futures_util::future::join3(
-        nodes.create(reaper_key(own), Bytes::from(format!("{own:016x}"))),
+        nodes.create(reaper_key(own), Bytes::from(heartbeat_key(own))),
         purge_wills_of(&task.client, &wills_bucket, own),
-        nodes.delete(format!("{own:016x}")),
+        nodes.delete(heartbeat_key(own)),
     )
     .await;
 }
 
 fn reaper_key(origin: u64) -> String {
-    format!("reaper.{origin:016x}")
+    format!("reaper.{}", heartbeat_key(origin))
 }
 
 async fn watch_heartbeats(nodes: async_nats::jetstream::kv::Store, own: u64, liveness: Rc<RefCell<Liveness>>) {
@@ -241,7 +246,7 @@ async fn beat_and_reap(
     wills_bucket: String,
     liveness: Rc<RefCell<Liveness>>,
 ) {
-    let own_key = format!("{:016x}", task.origin);
+    let own_key = heartbeat_key(task.origin);
     let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         beat.tick().await;
@@ -272,7 +277,7 @@ enum Confirmed {
 
 /// Reads `origin`'s heartbeat twice, two heartbeats apart.
 async fn confirm_dead(nodes: &async_nats::jetstream::kv::Store, origin: u64) -> Confirmed {
-    let key = format!("{origin:016x}");
+    let key = heartbeat_key(origin);
     let read = || async {
         match tokio::time::timeout(STEP_TIMEOUT, nodes.entry(key.clone())).await {
             Ok(Ok(entry)) => {
@@ -295,7 +300,7 @@ async fn confirm_dead(nodes: &async_nats::jetstream::kv::Store, origin: u64) -> 
 /// Takes `reaper.<origin>`: `Some(true)` if this node did, `Some(false)` if another one
 /// did, `None` if the bucket could not say (ask again later).
 async fn race_for(nodes: &async_nats::jetstream::kv::Store, origin: u64, own: u64) -> Option<bool> {
-    let ours = Bytes::from(format!("{own:016x}"));
+    let ours = Bytes::from(heartbeat_key(own));
     match tokio::time::timeout(STEP_TIMEOUT, nodes.create(reaper_key(origin), ours.clone())).await {
         Ok(Ok(_)) => return Some(true),
         Ok(Err(error)) if error.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => return Some(false),
@@ -364,14 +369,10 @@ async fn reap(
     }
     let Some(mut listed) = listed else {
         // Left in the bucket rather than purged unsent.
-        tracing::error!(origin = format!("{origin:016x}"), "cluster: a node went silent, but its wills could not be listed; none sent");
+        tracing::error!(origin = heartbeat_key(origin), "cluster: a node went silent, but its wills could not be listed; none sent");
         return;
     };
-    tracing::warn!(
-        origin = format!("{origin:016x}"),
-        wills = listed.len(),
-        "cluster: a node went silent; this node sends its clients' wills"
-    );
+    tracing::warn!(origin = heartbeat_key(origin), wills = listed.len(), "cluster: a node went silent; this node sends its clients' wills");
     let prefix = origin_prefix(origin);
     listed.sort_by_key(|(delay_s, _, _)| *delay_s);
     for (delay_s, key, mut message) in listed {

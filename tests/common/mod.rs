@@ -137,7 +137,8 @@ impl Counters {
     pub fn total(&self, name: &str) -> u64 {
         self.values.iter().filter(|((_, n), _)| n == name).map(|(_, v)| v).sum()
     }
-    /// Every one of `shards` shards has reported the same set of counters.
+    /// Every one of `shards` shards has reported as many counters as any of them (each
+    /// publishes the same names, so that is every one).
     fn complete(&self, shards: usize) -> bool {
         let names = |shard: usize| self.values.keys().filter(|(s, _)| *s == shard).count();
         let seen = self.values.keys().map(|(shard, _)| *shard + 1).max().unwrap_or(0);
