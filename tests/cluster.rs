@@ -356,7 +356,8 @@ fn racing_connects_with_one_client_id_on_two_nodes_leave_exactly_one_owner() {
                 let client_id = client_id.clone();
                 scope.spawn(move || {
                     let mut client = RawClient::open(addr, ringmq::protocol::ProtocolVersion::V311);
-                    assert_eq!(client.connect(&client_id, true, 60, None).code, 0);
+                    // Odd rounds resume (Clean Start 0): the claim then also asks for a session.
+                    assert_eq!(client.connect(&client_id, round % 2 == 0, 60, None).code, 0);
                     client
                 })
             };
@@ -475,4 +476,136 @@ fn a_node_stopped_cleanly_has_no_wills_sent_for_it() {
     let status = cluster.nodes[0].terminate().expect("SIGTERM ends the node");
     assert!(status.success(), "{status:?}");
     watcher.assert_silent(ringmq::cluster::wills::NODE_DEAD_AFTER + Duration::from_secs(5));
+}
+
+/// Connects `client_id` to `node` with Clean Start 0 and returns the client and whether
+/// the CONNACK says session present.
+fn resume(cluster: &Cluster, node: usize, client_id: &str) -> (RawClient, bool) {
+    let mut client = cluster.nodes[node].raw();
+    let connack = client.connect(client_id, false, 60, None);
+    assert_eq!(connack.code, 0, "CONNACK for {client_id} on node {node}");
+    (client, connack.session_present)
+}
+
+#[test]
+fn a_persistent_session_moves_to_whichever_node_its_client_comes_back_to() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    for node in 0..3 {
+        wait_for_owner_bucket(&cluster, node);
+    }
+    const OFFLINE: usize = 50;
+    let client_id = format!("roamer-{}", rand_suffix());
+    // Subscribed on node 1 (index 0), then gone: the session stays there.
+    let (mut first, present) = resume(&cluster, 0, &client_id);
+    assert!(!present, "a new session");
+    first.subscribe(&[("roam/+", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(1, "roam/probe", &mut first);
+    first.disconnect();
+    let before = cluster.nodes[0].wait_for_counters("node 1's counters", |c| both_shards(c, "cluster_publishes_received"));
+    // Published on node 2 while the client is away: queued in its session on node 1.
+    let mut publisher = cluster.nodes[1].client(&format!("roam-publisher-{}", rand_suffix()), true);
+    for sequence in 0..OFFLINE {
+        publisher.publish(
+            &format!("roam/{}", sequence % 3),
+            format!("{sequence}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            sequence as u16 + 1,
+        );
+    }
+    let received_before = before.total("cluster_publishes_received");
+    cluster.nodes[0].wait_for_counters("node 1 received the offline messages", |c| {
+        c.total("cluster_publishes_received") >= received_before + OFFLINE as u64
+    });
+    // Back on node 3: the session, its subscription and its messages came along.
+    let (mut second, present) = resume(&cluster, 2, &client_id);
+    assert!(present, "session present on the node the client came back to");
+    let got = receive(&mut second, OFFLINE);
+    let sequence: Vec<usize> = got.iter().map(|p| text(&p.payload).parse().expect("a number")).collect();
+    assert_eq!(sequence, (0..OFFLINE).collect::<Vec<_>>(), "each offline message once, in order");
+    second.assert_silent(Duration::from_millis(300));
+    // The subscription lives on node 3 now: a new publish on node 1 reaches it there.
+    cluster.wait_for_route(0, "roam/probe", &mut second);
+    let mut publisher_on_first = cluster.nodes[0].client(&format!("roam-publisher-{}", rand_suffix()), true);
+    publisher_on_first.publish("roam/after", b"after", QoS::AtLeastOnce, false, 1);
+    assert_eq!(&receive(&mut second, 1)[0].payload[..], b"after");
+    second.disconnect();
+    // And back to node 1, from node 3.
+    let (mut third, present) = resume(&cluster, 0, &client_id);
+    assert!(present, "session present again on the first node");
+    third.assert_silent(Duration::from_millis(300));
+    // A clean start anywhere ends it: back on node 2 there is nothing to resume.
+    third.disconnect();
+    let clean = cluster.nodes[1].client(&client_id, true);
+    clean.disconnect();
+    let (_, present) = resume(&cluster, 2, &client_id);
+    assert!(!present, "the clean start ended the session");
+    let moved = cluster.nodes[2].wait_for_counters("node 3 took the session in", |c| both_shards(c, "cluster_sessions_moved_in"));
+    assert_eq!(moved.total("cluster_sessions_moved_in"), 1, "once into node 3");
+    assert_eq!(moved.total("cluster_sessions_refused"), 0);
+}
+
+#[test]
+fn a_live_takeover_from_another_node_resends_the_unacknowledged_messages() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    wait_for_owner_bucket(&cluster, 1);
+    let client_id = format!("switcher-{}", rand_suffix());
+    let expiring = || ringmq::protocol::Properties { session_expiry_interval: Some(300), ..Default::default() };
+    let mut first = cluster.nodes[0].raw_v5();
+    assert_eq!(first.connect_with_properties(&client_id, true, 60, expiring()).code, 0);
+    first.subscribe(&[("switch/#", QoS::ExactlyOnce)]);
+    cluster.wait_for_route(1, "switch/probe", &mut first);
+    let mut publisher = cluster.nodes[1].client(&format!("switch-publisher-{}", rand_suffix()), true);
+    for sequence in 0..3u16 {
+        publisher.publish("switch/t", format!("{sequence}").as_bytes(), QoS::ExactlyOnce, false, sequence + 1);
+    }
+    // Received, never acknowledged.
+    for sequence in 0..3 {
+        let publish = first.recv_publish();
+        assert_eq!(text(&publish.payload), format!("{sequence}"));
+    }
+    let mut second = cluster.nodes[1].raw_v5();
+    let connack = second.connect_with_properties(&client_id, false, 60, expiring());
+    assert_eq!((connack.code, connack.session_present), (0, true), "the session came from the other node");
+    assert_eq!(first.disconnect_reason(), ringmq::protocol::ReasonCode::SESSION_TAKEN_OVER);
+    for sequence in 0..3 {
+        let publish = second.recv_publish();
+        assert_eq!((text(&publish.payload), publish.dup), (format!("{sequence}"), true), "sent again, marked DUP");
+        second.ack(&publish);
+    }
+    second.assert_silent(Duration::from_millis(300));
+}
+
+#[test]
+fn a_session_larger_than_one_nats_message_moves_whole() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    wait_for_owner_bucket(&cluster, 1);
+    // 48 x 64 KiB: three times NATS's default max_payload (1 MiB), so it travels in chunks.
+    const MESSAGES: usize = 48;
+    let client_id = format!("heavy-{}", rand_suffix());
+    let (mut first, _) = resume(&cluster, 0, &client_id);
+    first.subscribe(&[("heavy/+", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(1, "heavy/probe", &mut first);
+    first.disconnect();
+    let before = cluster.nodes[0].wait_for_counters("node 1's counters", |c| both_shards(c, "cluster_publishes_received"));
+    let mut publisher = cluster.nodes[1].client(&format!("heavy-publisher-{}", rand_suffix()), true);
+    for sequence in 0..MESSAGES {
+        let mut payload = vec![sequence as u8; 64 << 10];
+        payload[..8].copy_from_slice(&(sequence as u64).to_le_bytes());
+        publisher.publish("heavy/t", &payload, QoS::AtLeastOnce, false, sequence as u16 + 1);
+    }
+    let received_before = before.total("cluster_publishes_received");
+    cluster.nodes[0]
+        .wait_for_counters("node 1 received the messages", |c| c.total("cluster_publishes_received") >= received_before + MESSAGES as u64);
+    let (mut second, present) = resume(&cluster, 1, &client_id);
+    assert!(present);
+    let got = receive(&mut second, MESSAGES);
+    for (sequence, publish) in got.iter().enumerate() {
+        assert_eq!(publish.payload.len(), 64 << 10);
+        assert_eq!(publish.payload[..8], (sequence as u64).to_le_bytes(), "in order");
+        assert!(publish.payload[8..].iter().all(|&byte| byte == sequence as u8), "intact");
+    }
+    second.assert_silent(Duration::from_millis(300));
 }

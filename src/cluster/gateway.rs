@@ -346,8 +346,8 @@ async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, to_shar
             batch = inbox.recv() => match batch {
                 None => return,
                 Some(batch) => for item in batch {
-                    if let ToGateway::Claim { client_id, shard, persistent } = item {
-                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false };
+                    if let ToGateway::Claim { client_id, shard, persistent, .. } = item {
+                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false, handed: None };
                         let _ = to_shards[shard].send(answer).await;
                     }
                 },
@@ -373,8 +373,9 @@ impl Gateway {
     async fn handle(&mut self, mut batch: Vec<ToGateway>) {
         // Claims first: a CONNECT waits on each, and a publish may wait for NATS.
         batch.retain(|item| match item {
-            ToGateway::Claim { client_id, shard, persistent } => {
-                tokio::task::spawn_local(super::owners::claim(self.owners.clone(), client_id.clone(), *shard, *persistent));
+            ToGateway::Claim { client_id, shard, persistent, resume } => {
+                let owners = self.owners.clone();
+                tokio::task::spawn_local(super::owners::claim(owners, client_id.clone(), *shard, *persistent, *resume));
                 false
             }
             ToGateway::Release { client_id } => {

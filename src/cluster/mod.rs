@@ -10,15 +10,16 @@
 //! - `gateway`: the thread that holds the NATS connections; `bucket`: its JetStream
 //!   key-value buckets; `retained`: the retained store in one; `owners`: which node owns
 //!   each client id, in another; `wills`: heartbeats, and the wills a survivor sends for
-//!   a node that died.
+//!   a node that died; `handover`: a session moving to the node its client resumed on.
 //!
-//! Not built yet: session state moving between nodes (a takeover from another node ends
-//! the session), durable cross-node QoS 1/2 (README, "Cluster").
+//! Not built yet: a session record that outlives its node, durable cross-node QoS 1/2
+//! (README, "Cluster").
 
 pub mod bucket;
 pub mod dedup;
 pub mod frame;
 pub mod gateway;
+pub mod handover;
 pub mod owners;
 pub mod port;
 pub mod retained;

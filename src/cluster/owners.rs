@@ -14,6 +14,12 @@
 //! right after us; the eviction then follows the grant), and one about an ownership we
 //! already lost can arrive late (it is ignored).
 //!
+//! A claim with Clean Start 0 asks for the session too (`fetch_session`): the request
+//! names an inbox, the previous owner closes its connection, sends the session there in
+//! chunks (`handover`) and answers whether it had one; only then is the CONNECT answered,
+//! with session present as the old node's word says. A previous owner that does not answer
+//! in time (it died) hands nothing over: the session starts fresh.
+//!
 //! Without the bucket (JetStream unreachable or without quorum), a claim for a persistent
 //! session is refused (CONNACK Server unavailable: a session kept on a node that cannot
 //! say it owns it would split), and one for a clean session is granted for this node alone.
@@ -28,6 +34,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::bucket::key_of;
+use super::handover::{self, Assembly, HandoverError};
 use super::port::FromCluster;
 use crate::shard::home_shard;
 
@@ -36,6 +43,41 @@ use crate::shard::home_shard;
 const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Compare-and-swap attempts before a claim gives up (each loses only to another write).
 const CAS_ATTEMPTS: usize = 8;
+/// How long a taker waits for the previous owner's answer to a handover, and then again
+/// for the session's chunks.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An eviction as sent to the previous owner: `[revision u64 LE][inbox length u16 LE]
+/// [inbox][client id]`; an empty inbox asks for no session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictRequest {
+    /// The revision the taker wrote: the eviction applies to an ownership older than it.
+    pub revision: u64,
+    /// Where to send the session, if the taker resumes it.
+    pub inbox: Option<String>,
+    pub client_id: Bytes,
+}
+
+impl EvictRequest {
+    pub fn encode(&self) -> Bytes {
+        let inbox = self.inbox.as_deref().unwrap_or("");
+        let inbox = &inbox.as_bytes()[..inbox.len().min(usize::from(u16::MAX))];
+        let mut body = Vec::with_capacity(10 + inbox.len() + self.client_id.len());
+        body.extend_from_slice(&self.revision.to_le_bytes());
+        body.extend_from_slice(&(inbox.len() as u16).to_le_bytes());
+        body.extend_from_slice(inbox);
+        body.extend_from_slice(&self.client_id);
+        Bytes::from(body)
+    }
+
+    pub fn parse(body: &Bytes) -> Option<EvictRequest> {
+        let revision = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+        let inbox_len = usize::from(u16::from_le_bytes(body.get(8..10)?.try_into().ok()?));
+        let inbox = std::str::from_utf8(body.get(10..10 + inbox_len)?).ok()?;
+        let client_id = body.slice(10 + inbox_len..);
+        Some(EvictRequest { revision, inbox: (!inbox.is_empty()).then(|| inbox.to_string()), client_id })
+    }
+}
 
 /// The value stored for an owner: its origin in hex, a space, its node id.
 pub fn owner_value(origin: u64, node_id: &str) -> Bytes {
@@ -85,11 +127,24 @@ pub struct Owners {
 /// Between two warnings that the client-id bucket does not answer.
 const WARN_PERIOD: Duration = Duration::from_secs(10);
 
-/// Settles one claim and tells the home shard; then, if the id was another process's,
-/// asks that one to close its connection (best effort: a dead node cannot answer).
-pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, persistent: bool) {
+/// Settles one claim and tells the home shard. If the id was another process's: with
+/// `resume`, first takes the session from it (which also closes its connection); without,
+/// answers first and then asks it to close its connection (best effort: a dead node
+/// cannot answer).
+pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, persistent: bool, resume: bool) {
     owners.borrow_mut().claiming.insert(client_id.clone(), 0);
     let outcome = take(&owners, &client_id).await;
+    // Still `claiming` while the session comes: an eviction meanwhile is not lost.
+    let handed = match outcome {
+        ClaimOutcome::Granted { revision, previous: Some(previous) } if resume => {
+            let (client, subject) = {
+                let owners = owners.borrow();
+                (owners.client.clone(), evict_subject(&owners.cluster_name, previous))
+            };
+            fetch_session(&client, subject, revision, &client_id).await
+        }
+        _ => None,
+    };
     let (target, evicted_meanwhile, evict) = {
         let mut owners = owners.borrow_mut();
         let evicted_at = owners.claiming.remove(&client_id).unwrap_or(0);
@@ -97,11 +152,9 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
             ClaimOutcome::Granted { revision, .. } if evicted_at > revision => (owners.to_shards[shard].clone(), true, None),
             ClaimOutcome::Granted { revision, previous } => {
                 owners.held.insert(client_id.clone(), revision);
-                let evict = previous.map(|previous| {
-                    let mut body = Vec::with_capacity(8 + client_id.len());
-                    body.extend_from_slice(&revision.to_le_bytes());
-                    body.extend_from_slice(&client_id);
-                    (owners.client.clone(), evict_subject(&owners.cluster_name, previous), Bytes::from(body))
+                let evict = previous.filter(|_| !resume).map(|previous| {
+                    let request = EvictRequest { revision, inbox: None, client_id: client_id.clone() };
+                    (owners.client.clone(), evict_subject(&owners.cluster_name, previous), request.encode())
                 });
                 (owners.to_shards[shard].clone(), false, evict)
             }
@@ -124,12 +177,50 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     };
     let verified = matches!(outcome, ClaimOutcome::Granted { .. });
     let granted = verified || !persistent;
-    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified }).await;
+    let handed = handed.filter(|_| granted && !evicted_meanwhile);
+    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed }).await;
     if granted && evicted_meanwhile {
-        let _ = target.send(FromCluster::EvictRemote { client_id }).await;
+        let _ = target.send(FromCluster::EvictRemote { client_id, handover: None }).await;
     }
     if let Some((client, subject, body)) = evict {
         let _ = tokio::time::timeout(STEP_TIMEOUT, client.request(subject, body)).await;
+    }
+}
+
+/// Asks the previous owner (on `subject`) to close its connection for `client_id` and
+/// send its session; the session's bytes, or `None` (it had none, is dead, or sent
+/// something that does not add up: the taker then starts a fresh one).
+async fn fetch_session(client: &async_nats::Client, subject: String, revision: u64, client_id: &Bytes) -> Option<Bytes> {
+    let inbox = client.new_inbox();
+    let mut chunks = client.subscribe(inbox.clone()).await.ok()?;
+    let request = EvictRequest { revision, inbox: Some(inbox), client_id: client_id.clone() };
+    // A dead node: no responders, at once.
+    let answer = tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.encode())).await.ok()?.ok()?;
+    if answer.payload.first() != Some(&1) {
+        return None;
+    }
+    let mut assembly = Assembly::default();
+    let assembled = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+        while let Some(chunk) = chunks.next().await {
+            match assembly.add(&chunk.payload) {
+                Ok(Some(whole)) => return Ok(whole),
+                Ok(None) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(HandoverError::Damaged)
+    })
+    .await;
+    match assembled {
+        Ok(Ok(whole)) => Some(whole),
+        Ok(Err(error)) => {
+            tracing::warn!(client_id = %String::from_utf8_lossy(client_id), %error, "cluster: a session handed over is refused; it starts fresh");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(client_id = %String::from_utf8_lossy(client_id), "cluster: a session handed over did not arrive in time; it starts fresh");
+            None
+        }
     }
 }
 
@@ -191,17 +282,12 @@ pub async fn release(owners: Rc<RefCell<Owners>>, client_id: Bytes) {
     let _ = tokio::time::timeout(STEP_TIMEOUT, store.delete_expect_revision(key, Some(revision))).await;
 }
 
-/// Answers other nodes' evictions (`[revision u64 LE][client id]`): the id's home shard
-/// closes our connection for it, if we took the id before that revision.
+/// Answers other nodes' evictions (`EvictRequest`): the id's home shard closes our
+/// connection for it, if we took the id before that revision, and with an inbox, hands
+/// the session over (`hand_over`, its own task: a big session must not hold up others).
 pub async fn listen_for_evictions(mut requests: async_nats::Subscriber, owners: Rc<RefCell<Owners>>) {
     while let Some(request) = requests.next().await {
-        let Some((revision, client_id)) = request
-            .payload
-            .split_first_chunk::<8>()
-            .map(|(revision, id)| (u64::from_le_bytes(*revision), request.payload.slice(8..8 + id.len())))
-        else {
-            continue;
-        };
+        let Some(EvictRequest { revision, inbox, client_id }) = EvictRequest::parse(&request.payload) else { continue };
         let (target, client) = {
             let mut owners = owners.borrow_mut();
             let applies = match owners.held.get(&client_id) {
@@ -217,14 +303,49 @@ pub async fn listen_for_evictions(mut requests: async_nats::Subscriber, owners: 
             let shard = home_shard(&client_id, owners.to_shards.len()).0;
             (applies.then(|| owners.to_shards[shard].clone()), owners.client.clone())
         };
-        if let Some(target) = target
-            && target.send(FromCluster::EvictRemote { client_id }).await.is_err()
-        {
-            return;
+        match (target, inbox) {
+            (Some(target), Some(inbox)) => {
+                tokio::task::spawn_local(hand_over(target, client, client_id, inbox, request.reply));
+            }
+            (target, _) => {
+                if let Some(target) = target
+                    && target.send(FromCluster::EvictRemote { client_id, handover: None }).await.is_err()
+                {
+                    return;
+                }
+                if let Some(reply) = request.reply {
+                    // "No session here" to a taker that asked for one.
+                    let _ = client.publish(reply, Bytes::from_static(&[0])).await;
+                }
+            }
         }
-        if let Some(reply) = request.reply {
-            let _ = client.publish(reply, Bytes::new()).await;
+    }
+}
+
+/// Our connection for `client_id` goes, and its session to `inbox` in chunks that fit the
+/// server's message size; the answer (`[1]`: sent, `[0]`: none) follows the last chunk.
+async fn hand_over(
+    target: mpsc::Sender<FromCluster>,
+    client: async_nats::Client,
+    client_id: Bytes,
+    inbox: String,
+    reply: Option<async_nats::Subject>,
+) {
+    let (sender, session) = tokio::sync::oneshot::channel();
+    if target.send(FromCluster::EvictRemote { client_id, handover: Some(sender) }).await.is_err() {
+        return;
+    }
+    let session = tokio::time::timeout(HANDOVER_TIMEOUT, session).await.ok().and_then(Result::ok).filter(|bytes| !bytes.is_empty());
+    if let Some(bytes) = &session {
+        let chunk_bytes_max = client.server_info().max_payload.max(4096);
+        for chunk in handover::chunk(bytes, chunk_bytes_max) {
+            if client.publish(inbox.clone(), chunk).await.is_err() {
+                return;
+            }
         }
+    }
+    if let Some(reply) = reply {
+        let _ = client.publish(reply, Bytes::from_static(if session.is_some() { &[1] } else { &[0] })).await;
     }
 }
 
@@ -240,5 +361,20 @@ mod tests {
         assert_eq!(owner_origin(b"short"), None);
         assert_eq!(owner_origin(b"zzzzzzzzzzzzzzzz x"), None);
         assert_eq!(evict_subject("ringmq", 255), "ringmq.node.00000000000000ff.evict");
+    }
+
+    #[test]
+    fn eviction_requests_round_trip_and_bad_ones_are_refused() {
+        for inbox in [None, Some("_INBOX.abc.def".to_string())] {
+            for client_id in [&b""[..], b"c", b"a client id with spaces"] {
+                let request = EvictRequest { revision: 42, inbox: inbox.clone(), client_id: Bytes::copy_from_slice(client_id) };
+                assert_eq!(EvictRequest::parse(&request.encode()), Some(request));
+            }
+        }
+        assert_eq!(EvictRequest::parse(&Bytes::from_static(b"short")), None);
+        let mut inbox_past_the_end = 1u64.to_le_bytes().to_vec();
+        inbox_past_the_end.extend_from_slice(&100u16.to_le_bytes());
+        inbox_past_the_end.extend_from_slice(b"_INBOX");
+        assert_eq!(EvictRequest::parse(&Bytes::from(inbox_past_the_end)), None);
     }
 }

@@ -30,8 +30,9 @@ pub enum ToGateway {
     /// first member on this node) or emptied. Told by shard 0, which holds every group.
     SharedInterest { group: Bytes, filter: Bytes, subscribed: bool },
     /// A connection on this node claims `client_id` (from its home shard `shard`);
-    /// `persistent`: it wants a session kept, which needs the ownership bucket to answer.
-    Claim { client_id: Bytes, shard: usize, persistent: bool },
+    /// `persistent`: it wants a session kept, which needs the ownership bucket to answer;
+    /// `resume`: Clean Start 0, so a session another node holds for the id moves here.
+    Claim { client_id: Bytes, shard: usize, persistent: bool, resume: bool },
     /// The session for `client_id` ended on this node: the node lets go of the id.
     Release { client_id: Bytes },
     /// Connection `conn` of `client_id` opened here with this will (the message, and its
@@ -41,6 +42,9 @@ pub enum ToGateway {
 }
 
 /// What the gateway hands a shard.
+/// Where a shard sends a session leaving for another node (`cluster::handover` bytes).
+pub type SessionReply = tokio::sync::oneshot::Sender<Bytes>;
+
 #[derive(Debug)]
 pub enum FromCluster {
     /// A message from another node, for this node's subscribers.
@@ -48,10 +52,12 @@ pub enum FromCluster {
     /// A message NATS gave this node for one member of its group `group` on `filter`.
     Shared { group: Bytes, filter: Bytes, message: Arc<Message> },
     /// To the home shard: the oldest waiting claim for `client_id` is granted, or refused
-    /// (the cluster could not settle who owns it); `verified`: the owner bucket names us.
-    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool },
-    /// To the home shard: a connection on another node now owns `client_id`.
-    EvictRemote { client_id: Bytes },
+    /// (the cluster could not settle who owns it); `verified`: the owner bucket names us;
+    /// `handed`: the session the previous owner handed over (`cluster::handover` bytes).
+    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes> },
+    /// To the home shard: a connection on another node now owns `client_id`. With
+    /// `handover`, that connection resumes the session: send it (empty: none kept).
+    EvictRemote { client_id: Bytes, handover: Option<SessionReply> },
     /// The will of a client of a node that died: publish it here, as this node's own.
     DeadNodesWill(Arc<Message>),
 }
@@ -82,8 +88,8 @@ impl ClusterPort {
     }
 
     /// Claims are never dropped either: a CONNECT waits for each answer.
-    pub fn claim(&mut self, client_id: Bytes, shard: usize, persistent: bool) {
-        self.push(ToGateway::Claim { client_id, shard, persistent });
+    pub fn claim(&mut self, client_id: Bytes, shard: usize, persistent: bool, resume: bool) {
+        self.push(ToGateway::Claim { client_id, shard, persistent, resume });
     }
 
     /// Will changes are never dropped: a will left set would be sent for a live client.

@@ -6,7 +6,9 @@
 //! Client ids (on each id's home shard): a claim for an id this node does not hold waits
 //! for the gateway to take it in the cluster's ownership bucket (`cluster::owners`); the
 //! gateway evicts the other node's connection, and a claim by another node evicts ours
-//! (`on_remote_evict`). Claims for one id are asked one at a time, in arrival order.
+//! (`on_remote_evict`). Claims for one id are asked one at a time, in arrival order. A
+//! claim with Clean Start 0 brings the session the other node held (`cluster::handover`):
+//! that node's shard closes the connection and sends the session instead of ending it.
 //!
 //! A message from another node is routed like one published here, except that it never
 //! goes back to the cluster: the gateway gives each such message to one shard (chosen by
@@ -16,7 +18,9 @@
 use std::task::{Context, Poll};
 
 use super::*;
-use crate::cluster::port::{ClusterPort, FromCluster, ToGateway};
+use crate::cluster::handover;
+use crate::cluster::port::{ClusterPort, FromCluster, SessionReply, ToGateway};
+use crate::persist::retained::Clock;
 
 impl Shard {
     /// Turns the cluster on for this shard: from now on publishes and interest go to the
@@ -57,8 +61,10 @@ impl Shard {
                 self.counters.cluster_publishes_received += 1;
                 self.deliver_cluster_shared(&group, &filter, message, now);
             }
-            FromCluster::ClaimAnswer { client_id, granted, verified } => self.on_claim_answer(client_id, granted, verified, now),
-            FromCluster::EvictRemote { client_id } => self.on_remote_evict(client_id, now),
+            FromCluster::ClaimAnswer { client_id, granted, verified, handed } => {
+                self.on_claim_answer(client_id, granted, verified, handed, now)
+            }
+            FromCluster::EvictRemote { client_id, handover } => self.on_remote_evict(client_id, handover, now),
             FromCluster::DeadNodesWill(message) => self.publish_as_will(message, now),
         }
     }
@@ -101,20 +107,20 @@ impl Shard {
         let queue = self.cluster_claims.entry(client_id.clone()).or_default();
         queue.push_back((conn, clean_start, kind.keeps_session));
         if queue.len() == 1 {
-            port.claim(client_id.clone(), self.id.0, kind.keeps_session);
+            port.claim(client_id.clone(), self.id.0, kind.keeps_session, !clean_start);
         }
         true
     }
 
     /// The gateway's word on the oldest waiting claim for `client_id`; `verified`: the
     /// owner bucket now names this node.
-    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, verified: bool, now: Instant) {
+    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes>, now: Instant) {
         let Some(queue) = self.cluster_claims.get_mut(&client_id) else { return };
         let Some((conn, clean_start, _)) = queue.pop_front() else { return };
-        if let Some(&(_, _, keeps_session)) = queue.front()
+        if let Some(&(_, next_clean_start, keeps_session)) = queue.front()
             && let Some(port) = &mut self.cluster
         {
-            port.claim(client_id.clone(), self.id.0, keeps_session);
+            port.claim(client_id.clone(), self.id.0, keeps_session, !next_clean_start);
         } else {
             self.cluster_claims.remove(&client_id);
         }
@@ -122,7 +128,7 @@ impl Shard {
             self.cluster_held.insert(client_id.clone());
         }
         if granted {
-            self.grant_claim(client_id, conn, clean_start, now);
+            self.grant_claim(client_id, conn, clean_start, handed, now);
         } else if conn.shard() == self.id {
             self.on_claim_refused(conn);
         } else {
@@ -139,35 +145,66 @@ impl Shard {
         }
     }
 
-    /// Home shard: a connection on another node took `client_id`; ours goes.
-    fn on_remote_evict(&mut self, client_id: Bytes, now: Instant) {
+    /// Home shard: a connection on another node took `client_id`; ours goes (its session
+    /// to `handover`, if that connection resumes it).
+    fn on_remote_evict(&mut self, client_id: Bytes, handover: Option<SessionReply>, now: Instant) {
         self.cluster_held.remove(&client_id);
+        // No owner here: the handover's sender drops, which tells the taker "none".
         let Some(previous) = self.registry.owners.remove(&client_id) else { return };
         if previous.shard() == self.id {
-            self.on_evict_for_node(client_id, previous, now);
+            self.on_evict_for_node(client_id, previous, handover, now);
         } else {
-            self.send(previous.shard(), MeshMessage::EvictForNode { client_id, previous }, now);
+            self.send(previous.shard(), MeshMessage::EvictForNode { client_id, previous, handover }, now);
         }
     }
 
     /// `previous` lost its client id to another node: close it (publishing its will, as
-    /// any takeover does) and end its session here; its state does not move between nodes
-    /// (README, "Cluster"), so the new node answers session present 0.
-    pub(super) fn on_evict_for_node(&mut self, client_id: Bytes, previous: ConnId, now: Instant) {
+    /// any takeover does). With `handover` (the new connection resumes the session) the
+    /// session leaves for that node, if it goes on (it outlives its connection); otherwise
+    /// it ends here and the new node answers session present 0.
+    pub(super) fn on_evict_for_node(&mut self, client_id: Bytes, previous: ConnId, handover: Option<SessionReply>, now: Instant) {
         if let Some(pending) = self.connecting.pending.get_mut(&previous) {
             pending.evicted_for_node = true;
             return;
         }
         let Some(key) = self.clients.key_of(&client_id).filter(|&key| self.clients.get(key).conn_id == previous) else { return };
-        if let (_, Some(link)) = self.close_taken_over(key, &client_id, true, now) {
+        let (continued, link) = self.close_taken_over(key, &client_id, handover.is_none(), now);
+        if let Some(link) = link {
             tracing::info!(
                 client_id = %String::from_utf8_lossy(&client_id),
                 address = %link.peer_label(),
                 shard = self.id.0,
+                session_moves = continued,
                 "client taken over by a connection on another node"
             );
         }
-        self.end_session(key, now);
+        match handover {
+            Some(reply) if continued => {
+                let client = self.remove_client(key, now);
+                let mut session = client.session;
+                // Here it ends (on disk too); its shared messages in flight go with it.
+                self.session_ended(&mut session);
+                let bytes = handover::encode(&session, client.version, Clock::system());
+                self.counters.cluster_sessions_moved_out += 1;
+                let _ = reply.send(Bytes::from(bytes));
+            }
+            _ => self.end_session(key, now),
+        }
+    }
+
+    /// The session another node handed over for `client_id`, if its bytes make one.
+    pub(super) fn session_from_node(&mut self, client_id: &Bytes, bytes: &Bytes) -> Option<Box<Session>> {
+        match handover::decode(bytes, client_id, self.limits.session, Clock::system()) {
+            Ok(session) => {
+                self.counters.cluster_sessions_moved_in += 1;
+                Some(Box::new(session))
+            }
+            Err(error) => {
+                self.counters.cluster_sessions_refused += 1;
+                tracing::warn!(client_id = %String::from_utf8_lossy(client_id), %error, "cluster: a session handed over does not decode; it starts fresh");
+                None
+            }
+        }
     }
 
     /// The cluster could not settle the id `conn` claimed: Server unavailable.

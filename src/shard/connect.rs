@@ -497,7 +497,8 @@ impl Shard {
             self.client_lost(key, "closed before its CONNACK", now);
         }
         if evicted_for_node {
-            self.on_evict_for_node(client_id.clone(), conn, now);
+            // (A session another node asked for meanwhile is not sent: it starts fresh there.)
+            self.on_evict_for_node(client_id.clone(), conn, None, now);
         }
         if let Some((next, clean_start)) = deferred_eviction {
             self.on_evict(client_id, conn, next, clean_start, now);

@@ -96,11 +96,17 @@ pub struct Counters {
     /// Messages published here not sent to the cluster: the gateway's queue stayed full
     /// (delivered on this node all the same).
     pub cluster_publishes_dropped: u64,
+    /// Sessions another node handed over to a client resuming here (Clean Start 0).
+    pub cluster_sessions_moved_in: u64,
+    /// Sessions handed over to another node where their client resumed.
+    pub cluster_sessions_moved_out: u64,
+    /// Handed-over sessions whose bytes did not decode (the client started fresh).
+    pub cluster_sessions_refused: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 48] {
+    pub fn fields(&self) -> [(&'static str, u64); 51] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -150,6 +156,9 @@ impl Counters {
             ("cluster_publishes_sent", self.cluster_publishes_sent),
             ("cluster_publishes_received", self.cluster_publishes_received),
             ("cluster_publishes_dropped", self.cluster_publishes_dropped),
+            ("cluster_sessions_moved_in", self.cluster_sessions_moved_in),
+            ("cluster_sessions_moved_out", self.cluster_sessions_moved_out),
+            ("cluster_sessions_refused", self.cluster_sessions_refused),
         ]
     }
 }

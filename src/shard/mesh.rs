@@ -79,13 +79,14 @@ pub enum MeshMessage {
     /// `keeps_session`: the session outlives the connection (the cluster must then own the
     /// id for sure); `assigned`: the broker made the id up (no other node can hold it).
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool, keeps_session: bool, assigned: bool },
-    /// From the home shard: nobody held `client_id`; `conn` starts a fresh session.
-    Granted { conn: ConnId },
+    /// From the home shard: nobody on this node held `client_id`; `conn` starts a fresh
+    /// session, or the one another node handed over (`--cluster`).
+    Granted { conn: ConnId, session: Option<Box<Session>> },
     /// From the home shard to the shard holding `previous`: give the session to `next`.
     Evict { client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool },
     /// From the home shard: a connection on another node now owns `client_id` (`--cluster`):
-    /// close `previous` and end its session here.
-    EvictForNode { client_id: Bytes, previous: ConnId },
+    /// close `previous` and end its session here, or with `handover`, send it there.
+    EvictForNode { client_id: Bytes, previous: ConnId, handover: Option<crate::cluster::port::SessionReply> },
     /// From the home shard: the cluster could not settle who owns the id `conn` claims
     /// (its state store is unreachable): refuse the CONNECT as Server unavailable.
     ClaimRefused { conn: ConnId },

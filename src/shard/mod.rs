@@ -293,9 +293,9 @@ impl Shard {
             MeshMessage::Claim { client_id, conn, clean_start, keeps_session, assigned } => {
                 self.on_claim(client_id, conn, clean_start, ClaimKind { keeps_session, assigned }, now)
             }
-            MeshMessage::Granted { conn } => self.complete_connect(conn, None, None, false, now),
+            MeshMessage::Granted { conn, session } => self.complete_connect(conn, session, None, false, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => self.on_evict(client_id, previous, next, clean_start, now),
-            MeshMessage::EvictForNode { client_id, previous } => self.on_evict_for_node(client_id, previous, now),
+            MeshMessage::EvictForNode { client_id, previous, handover } => self.on_evict_for_node(client_id, previous, handover, now),
             MeshMessage::ClaimRefused { conn } => self.on_claim_refused(conn),
             MeshMessage::Handoff { conn, session, cut, receive_all_held } => {
                 if from != self.id && session.is_some() {
