@@ -471,11 +471,19 @@ fn a_node_stopped_cleanly_has_no_wills_sent_for_it() {
     assert_eq!(client.connect("on-a-stopping-node", true, 60, Some(common::will("stopped/x", b"x", QoS::AtLeastOnce, false))).code, 0);
     // In the bucket, so that a survivor would send it but for the node's own mark.
     cluster.wait_for_wills(&["on-a-stopping-node"], &[]);
+    let (mut persistent, _) = resume(&cluster, 0, "kept-on-a-stopping-node");
+    persistent.subscribe(&[("stopped/kept", QoS::AtLeastOnce)]);
+    cluster.wait_for_session_records(&["kept-on-a-stopping-node"], &[]);
     // As on a lone node, a node stopped on purpose sends no wills, and neither do the
     // others for it: well past the time a killed node's wills take.
     let status = cluster.nodes[0].terminate().expect("SIGTERM ends the node");
     assert!(status.success(), "{status:?}");
     watcher.assert_silent(ringmq::cluster::wills::NODE_DEAD_AFTER + Duration::from_secs(5));
+    // Its persistent sessions ended with it: their records are gone, and a client
+    // coming back elsewhere starts fresh (as on a lone node restarted without --data-dir).
+    cluster.wait_for_session_records(&[], &["kept-on-a-stopping-node"]);
+    let (_, present) = resume(&cluster, 1, "kept-on-a-stopping-node");
+    assert!(!present, "the session ended with its node");
 }
 
 /// Connects `client_id` to `node` with Clean Start 0 and returns the client and whether
@@ -608,4 +616,36 @@ fn a_session_larger_than_one_nats_message_moves_whole() {
         assert!(publish.payload[8..].iter().all(|&byte| byte == sequence as u8), "intact");
     }
     second.assert_silent(Duration::from_millis(300));
+}
+
+#[test]
+fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptions() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    for node in 0..3 {
+        wait_for_owner_bucket(&cluster, node);
+    }
+    // One offline, one still connected when node 1 dies; a clean one has no record.
+    let (mut away, _) = resume(&cluster, 0, "record-away");
+    away.subscribe(&[("records/away/+", QoS::AtLeastOnce)]);
+    away.disconnect();
+    let (mut online, _) = resume(&cluster, 0, "record-online");
+    online.subscribe(&[("records/online/#", QoS::ExactlyOnce)]);
+    let mut clean = cluster.nodes[0].client("record-clean", true);
+    clean.subscribe(&[("records/clean", QoS::AtLeastOnce)]);
+    cluster.wait_for_session_records(&["record-away", "record-online"], &["record-clean"]);
+    cluster.nodes[0].signal(libc::SIGKILL);
+    // Back on nodes 2 and 3: session present, and subscribed without subscribing again.
+    for (node, client_id, topic) in [(1, "record-away", "records/away/x"), (2, "record-online", "records/online/x/y")] {
+        let (mut back, present) = resume(&cluster, node, client_id);
+        assert!(present, "{client_id}: session present on node {}", node + 1);
+        let probe = format!("{}/probe", topic.rsplit_once('/').expect("a level").0);
+        let other = if node == 1 { 2 } else { 1 };
+        cluster.wait_for_route(other, &probe, &mut back);
+        let mut publisher = cluster.nodes[other].client(&format!("record-publisher-{}", rand_suffix()), true);
+        publisher.publish(topic, b"after the death", QoS::AtLeastOnce, false, 1);
+        let got = receive(&mut back, 1);
+        assert_eq!((text(&got[0].topic), &got[0].payload[..]), (topic.to_string(), &b"after the death"[..]));
+    }
+    let (_, present) = resume(&cluster, 1, "record-clean");
+    assert!(!present, "a clean session had nothing to come back to");
 }

@@ -93,6 +93,10 @@ pub(super) struct GatewayCounters {
     pub(super) will_write_failures: u64,
     /// Wills of dead nodes this node sent.
     pub(super) dead_node_wills: u64,
+    /// Session record writes that failed (each tried again, `records.rs`).
+    pub(super) record_write_failures: u64,
+    /// Session records past what one NATS message takes (deleted instead).
+    pub(super) records_too_large: u64,
 }
 
 /// Checks the settings; `start` refuses what this refuses.
@@ -141,6 +145,9 @@ struct Gateway {
     /// Will changes for the wills task (`wills.rs`), and which connection set each will.
     wills: mpsc::Sender<super::wills::WillChange>,
     will_registry: super::wills::WillRegistry,
+    /// Session record changes for the records task, and its wake-up.
+    records: Rc<RefCell<super::records::Records>>,
+    records_wake: Rc<tokio::sync::Notify>,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -212,6 +219,8 @@ async fn run(
     let retained_task = tokio::task::spawn_local(super::retained::run(bucket, changes, state.clone()));
     let owners = Rc::new(RefCell::new(super::owners::Owners {
         store: None,
+        records_store: None,
+        wills_open: false,
         client: client.clone(),
         cluster_name: settings.cluster_name.clone(),
         origin: stamp.origin,
@@ -250,6 +259,17 @@ async fn run(
         will_changes,
         wills_stopping,
     ));
+    let (records, records_wake) = (Rc::new(RefCell::new(super::records::Records::default())), Rc::new(tokio::sync::Notify::new()));
+    let records_bucket = format!("{}_sessions", settings.cluster_name);
+    let records_task = tokio::task::spawn_local(super::records::run(super::records::RecordsTask {
+        client: client.clone(),
+        bucket: records_bucket.clone(),
+        replicas: settings.replicas,
+        owners: owners.clone(),
+        records: records.clone(),
+        wake: records_wake.clone(),
+        state: state.clone(),
+    }));
     let mut gateway = Gateway {
         settings,
         client,
@@ -259,6 +279,8 @@ async fn run(
         owners,
         wills,
         will_registry: Default::default(),
+        records,
+        records_wake,
         stamp,
         filters: HashMap::new(),
         state,
@@ -303,9 +325,13 @@ async fn run(
     // answers soon; without NATS neither can.
     drop(std::mem::replace(&mut gateway.retained, mpsc::channel(1).0));
     let _ = wills_stop.send(());
+    records_task.abort();
+    let _ = records_task.await;
     let grace = if gateway.client.connection_state() == async_nats::connection::State::Connected { STOP_GRACE } else { Duration::ZERO };
     let (mut retained_task, mut wills_task) = (retained_task, wills_task);
-    let _ = tokio::time::timeout(grace, futures_util::future::join(&mut retained_task, &mut wills_task)).await;
+    // This node's sessions end with it: nobody is to resume them from their records.
+    let purge_records = super::records::purge_of(&gateway.client, &records_bucket, stamp.origin);
+    let _ = tokio::time::timeout(grace, futures_util::future::join3(&mut retained_task, &mut wills_task, purge_records)).await;
     for task in [retained_task, wills_task] {
         // One that finished may have been awaited to its end above: not again.
         if !task.is_finished() {
@@ -366,6 +392,8 @@ impl GatewayCounters {
             + self.subscribe_failures
             + self.retained_write_failures
             + self.will_write_failures
+            + self.record_write_failures
+            + self.records_too_large
     }
 }
 
@@ -380,6 +408,13 @@ impl Gateway {
             }
             ToGateway::Release { client_id } => {
                 tokio::task::spawn_local(super::owners::release(self.owners.clone(), client_id.clone()));
+                false
+            }
+            ToGateway::SessionRecord { client_id, version, record } => {
+                if let Some(key) = super::records::record_key(self.stamp.origin, client_id) {
+                    self.records.borrow_mut().change(key, *version, record.clone(), Instant::now());
+                    self.records_wake.notify_one();
+                }
                 false
             }
             ToGateway::Will { client_id, conn, will } => {
@@ -397,7 +432,7 @@ impl Gateway {
                 ToGateway::Publish(message) => self.publish(message).await,
                 ToGateway::Interest { filter, subscribed: true } => self.join(filter).await,
                 ToGateway::Interest { filter, subscribed: false } => self.leave(&filter),
-                ToGateway::Claim { .. } | ToGateway::Release { .. } | ToGateway::Will { .. } => {}
+                ToGateway::Claim { .. } | ToGateway::Release { .. } | ToGateway::Will { .. } | ToGateway::SessionRecord { .. } => {}
                 ToGateway::SharedInterest { group, filter, subscribed: true } => self.join_group(group, filter).await,
                 ToGateway::SharedInterest { group, filter, subscribed: false } => {
                     // Dropping a reader's subscriber unsubscribes it.

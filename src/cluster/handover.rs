@@ -1,5 +1,7 @@
 //! A session moving between nodes, pure: the bytes one node sends another when a client
-//! resumes its session there (Clean Start 0 on a node that does not hold it).
+//! resumes its session there (Clean Start 0 on a node that does not hold it), and the
+//! session record each node keeps in the cluster for its persistent sessions (the same
+//! format holding only the header and the subscriptions, `records`).
 //!
 //! The session travels in the session log's own format (`persist::session`: one open
 //! record and the events that rebuild it, each message once), framed and checksummed like
@@ -14,7 +16,7 @@ use crate::persist::record::{self, FILE_MAGIC};
 use crate::persist::retained::Clock;
 use crate::persist::session::{SessionEncoder, SessionHeader, SessionRecordError, SessionReplay};
 use crate::protocol::ProtocolVersion;
-use crate::session::{Session, SessionLimits};
+use crate::session::{Session, SessionEvent, SessionLimits};
 
 /// The most a taker accepts for one session (its queue, encoded): past it the taker starts
 /// a fresh session rather than hold that much in flight for one CONNECT.
@@ -37,6 +39,8 @@ pub enum HandoverError {
     ChunkOutOfRange { index: u32, count: u32 },
     #[error("a handover is larger than {HANDOVER_BYTES_MAX} bytes")]
     TooLarge,
+    #[error("the session expired")]
+    Expired,
 }
 
 /// `session` as the bytes a taker turns back into it with `decode`.
@@ -47,6 +51,22 @@ pub fn encode(session: &Session, version: ProtocolVersion, clock: Clock) -> Vec<
     let mut out = FILE_MAGIC.to_vec();
     encoder.open(0, 0, session.client_id(), &header, clock, &mut out);
     encoder.events(0, &session.snapshot(), clock, &mut out);
+    out
+}
+
+/// The record of a persistent session: `header` (online or not, when it ends) and its
+/// subscriptions, never its messages (written on every change of those, never per
+/// message). `decode` makes it a session with the subscriptions and nothing queued.
+pub fn encode_record(session: &Session, header: &SessionHeader, clock: Clock) -> Vec<u8> {
+    let header = SessionHeader { will: None, ..header.clone() };
+    let subscriptions: Vec<SessionEvent> = session
+        .subscriptions()
+        .map(|(filter, subscription)| SessionEvent::Subscribed { filter: filter.text(), subscription: *subscription })
+        .collect();
+    let mut encoder = SessionEncoder::default();
+    let mut out = FILE_MAGIC.to_vec();
+    encoder.open(0, 0, session.client_id(), &header, clock, &mut out);
+    encoder.events(0, &subscriptions, clock, &mut out);
     out
 }
 
@@ -66,6 +86,9 @@ pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Cloc
     let logged = replayed.sessions.remove(0);
     if logged.client_id != client_id {
         return Err(HandoverError::WrongClient);
+    }
+    if logged.expired {
+        return Err(HandoverError::Expired);
     }
     let mut session = logged.session;
     session.disable_journal();
@@ -192,6 +215,24 @@ mod tests {
         assert!(!back.is_journaled(), "a node without a log keeps no journal");
         assert_eq!(back.inflight_len(), 2);
         assert_eq!(back.queued_len(), 2);
+    }
+
+    #[test]
+    fn a_record_holds_the_subscriptions_and_says_when_the_session_ends() {
+        let clock = Clock::system();
+        let session = busy_session();
+        let header =
+            |online, ends_at_ms| SessionHeader { version: ProtocolVersion::V5, expiry_interval_s: 60, online, ends_at_ms, will: None };
+        let online = encode_record(&session, &header(true, 0), clock);
+        let back = decode(&online, b"roamer", limits(), clock).expect("decodes");
+        let subscriptions: Vec<_> = back.subscriptions().map(|(filter, subscription)| (filter.text(), *subscription)).collect();
+        let expected: Vec<_> = session.subscriptions().map(|(filter, subscription)| (filter.text(), *subscription)).collect();
+        assert_eq!(subscriptions, expected);
+        assert_eq!((back.inflight_len(), back.queued_len()), (0, 0), "no messages in a record");
+        let offline_a_minute_more = encode_record(&session, &header(false, clock.unix_ms + 60_000), clock);
+        assert!(decode(&offline_a_minute_more, b"roamer", limits(), clock).is_ok());
+        let ended = encode_record(&session, &header(false, clock.unix_ms - 1), clock);
+        assert_eq!(decode(&ended, b"roamer", limits(), clock).err(), Some(HandoverError::Expired));
     }
 
     #[test]

@@ -10,10 +10,10 @@
 //! - `gateway`: the thread that holds the NATS connections; `bucket`: its JetStream
 //!   key-value buckets; `retained`: the retained store in one; `owners`: which node owns
 //!   each client id, in another; `wills`: heartbeats, and the wills a survivor sends for
-//!   a node that died; `handover`: a session moving to the node its client resumed on.
+//!   a node that died; `handover`: a session moving to the node its client resumed on;
+//!   `records`: each persistent session's record, what is left of it if its node dies.
 //!
-//! Not built yet: a session record that outlives its node, durable cross-node QoS 1/2
-//! (README, "Cluster").
+//! Not built yet: durable cross-node QoS 1/2 (README, "Cluster").
 
 pub mod bucket;
 pub mod dedup;
@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod handover;
 pub mod owners;
 pub mod port;
+pub mod records;
 pub mod retained;
 pub mod subject;
 pub mod wills;

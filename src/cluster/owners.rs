@@ -18,7 +18,8 @@
 //! names an inbox, the previous owner closes its connection, sends the session there in
 //! chunks (`handover`) and answers whether it had one; only then is the CONNECT answered,
 //! with session present as the old node's word says. A previous owner that does not answer
-//! in time (it died) hands nothing over: the session starts fresh.
+//! in time (it died) hands over what its session record says (`records`: subscriptions,
+//! no messages), or nothing: the session starts fresh.
 //!
 //! Without the bucket (JetStream unreachable or without quorum), a claim for a persistent
 //! session is refused (CONNACK Server unavailable: a session kept on a node that cannot
@@ -106,6 +107,10 @@ pub enum ClaimOutcome {
 /// What the claim tasks and the eviction listener share.
 pub struct Owners {
     pub store: Option<async_nats::jetstream::kv::Store>,
+    /// The session records (`records`), once open: read for a session whose owner died.
+    pub records_store: Option<async_nats::jetstream::kv::Store>,
+    /// The wills task has opened its buckets (the records bucket is made after them).
+    pub wills_open: bool,
     pub client: async_nats::Client,
     pub cluster_name: String,
     pub origin: u64,
@@ -137,11 +142,20 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     // Still `claiming` while the session comes: an eviction meanwhile is not lost.
     let handed = match outcome {
         ClaimOutcome::Granted { revision, previous: Some(previous) } if resume => {
-            let (client, subject) = {
+            let (client, subject, records) = {
                 let owners = owners.borrow();
-                (owners.client.clone(), evict_subject(&owners.cluster_name, previous))
+                (owners.client.clone(), evict_subject(&owners.cluster_name, previous), owners.records_store.clone())
             };
-            fetch_session(&client, subject, revision, &client_id).await
+            match fetch_session(&client, subject, revision, &client_id).await {
+                Fetched::Session(bytes) => Some(bytes),
+                Fetched::NoSession => None,
+                // Dead, most likely: the session as its record left it (subscriptions,
+                // not messages), if it kept one.
+                Fetched::NoAnswer => match &records {
+                    Some(records) => super::records::read(records, previous, &client_id).await,
+                    None => None,
+                },
+            }
         }
         _ => None,
     };
@@ -187,17 +201,28 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     }
 }
 
+/// What the previous owner said to a handover request.
+enum Fetched {
+    Session(Bytes),
+    /// It had none, or what it sent does not add up (the taker starts a fresh one).
+    NoSession,
+    /// It did not answer (no responders: it is dead; or too slow).
+    NoAnswer,
+}
+
 /// Asks the previous owner (on `subject`) to close its connection for `client_id` and
-/// send its session; the session's bytes, or `None` (it had none, is dead, or sent
-/// something that does not add up: the taker then starts a fresh one).
-async fn fetch_session(client: &async_nats::Client, subject: String, revision: u64, client_id: &Bytes) -> Option<Bytes> {
+/// send its session.
+async fn fetch_session(client: &async_nats::Client, subject: String, revision: u64, client_id: &Bytes) -> Fetched {
     let inbox = client.new_inbox();
-    let mut chunks = client.subscribe(inbox.clone()).await.ok()?;
+    let Ok(mut chunks) = client.subscribe(inbox.clone()).await else { return Fetched::NoAnswer };
     let request = EvictRequest { revision, inbox: Some(inbox), client_id: client_id.clone() };
     // A dead node: no responders, at once.
-    let answer = tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.encode())).await.ok()?.ok()?;
+    let answer = match tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.encode())).await {
+        Ok(Ok(answer)) => answer,
+        _ => return Fetched::NoAnswer,
+    };
     if answer.payload.first() != Some(&1) {
-        return None;
+        return Fetched::NoSession;
     }
     let mut assembly = Assembly::default();
     let assembled = tokio::time::timeout(HANDOVER_TIMEOUT, async {
@@ -212,14 +237,14 @@ async fn fetch_session(client: &async_nats::Client, subject: String, revision: u
     })
     .await;
     match assembled {
-        Ok(Ok(whole)) => Some(whole),
+        Ok(Ok(whole)) => Fetched::Session(whole),
         Ok(Err(error)) => {
             tracing::warn!(client_id = %String::from_utf8_lossy(client_id), %error, "cluster: a session handed over is refused; it starts fresh");
-            None
+            Fetched::NoSession
         }
         Err(_) => {
             tracing::warn!(client_id = %String::from_utf8_lossy(client_id), "cluster: a session handed over did not arrive in time; it starts fresh");
-            None
+            Fetched::NoSession
         }
     }
 }

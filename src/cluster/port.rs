@@ -3,6 +3,7 @@
 //! themselves are bounded channels (`Channels`) whose ends work from any executor: the
 //! shard awaits them on glommio, the gateway on its own tokio runtime.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -39,6 +40,9 @@ pub enum ToGateway {
     /// delay in seconds), or ended (`None`): the node is no longer the one to send it.
     /// Kept in the cluster so that a survivor sends it if this node dies (`wills.rs`).
     Will { client_id: Bytes, conn: ConnId, will: Option<(Arc<Message>, u32)> },
+    /// The record of `client_id`'s persistent session as of `version` (`records`), or
+    /// `None`: it has none here any more.
+    SessionRecord { client_id: Bytes, version: u64, record: Option<Bytes> },
 }
 
 /// What the gateway hands a shard.
@@ -66,6 +70,10 @@ pub enum FromCluster {
 #[derive(Default)]
 pub struct ClusterPort {
     outbox: Vec<ToGateway>,
+    /// Client ids whose session record changed, and the version taken at the change: the
+    /// shard writes each once per tick (a client subscribing to thousands of filters one
+    /// SUBSCRIBE at a time costs one record per tick, not one per filter).
+    records_dirty: HashMap<Bytes, u64>,
     /// Publishes among `outbox`, for the bound.
     publishes: usize,
     waker: Option<Waker>,
@@ -95,6 +103,21 @@ impl ClusterPort {
     /// Will changes are never dropped: a will left set would be sent for a live client.
     pub fn will(&mut self, client_id: Bytes, conn: ConnId, will: Option<(Arc<Message>, u32)>) {
         self.push(ToGateway::Will { client_id, conn, will });
+    }
+
+    /// `client_id`'s session record changed (it arrived, subscribed, went offline, ended).
+    pub fn record_changed(&mut self, client_id: &Bytes) {
+        self.records_dirty.insert(client_id.clone(), super::records::next_version());
+    }
+
+    /// The client ids whose records changed since the last call.
+    pub fn take_changed_records(&mut self) -> HashMap<Bytes, u64> {
+        std::mem::take(&mut self.records_dirty)
+    }
+
+    /// Record changes are never dropped: a record left behind would be used.
+    pub fn session_record(&mut self, client_id: Bytes, version: u64, record: Option<Bytes>) {
+        self.push(ToGateway::SessionRecord { client_id, version, record });
     }
 
     pub fn release(&mut self, client_id: Bytes) {

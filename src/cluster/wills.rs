@@ -183,6 +183,21 @@ pub(super) async fn run(task: WillsTask, mut changes: mpsc::Receiver<WillChange>
         super::bucket::open(&task.client, &wills_bucket, task.replicas, "ringmq wills of connected clients", None),
     )
     .await;
+    // The first heartbeat lands before the first will: a will in the bucket is always of
+    // a node the others have heard of, so one killed a moment after it joined is still
+    // found silent (and reaped), not unknown for good.
+    let own_key = heartbeat_key(task.origin);
+    loop {
+        let beat = tokio::time::timeout(STEP_TIMEOUT, nodes.put(&own_key, Bytes::from(task.node_id.clone())));
+        tokio::select! {
+            _ = &mut stopping => return,
+            landed = beat => if landed.is_ok_and(|put| put.is_ok()) { break },
+        }
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
+    // The session records' bucket is made now, not alongside: JetStream makes one at a
+    // time, and every will and CONNECT waited for these first.
+    task.owners.borrow_mut().wills_open = true;
     let task = Rc::new(task);
     let liveness = Rc::new(RefCell::new(Liveness::default()));
     let helpers = [

@@ -163,6 +163,10 @@ impl Shard {
         let key = self.clients.insert(client);
         self.index_session(key, request, now);
         self.session_arrived(key);
+        if self.cluster.is_some() {
+            let client_id = self.clients.get(key).session.client_id().clone();
+            self.record_changed(&client_id);
+        }
         key
     }
 

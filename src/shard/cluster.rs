@@ -35,7 +35,38 @@ impl Shard {
                 port.shared_interest(group.clone(), filter.clone(), true);
             }
         }
+        for (_, client) in self.clients.iter() {
+            port.record_changed(client.session.client_id());
+        }
         self.cluster = Some(port);
+    }
+
+    /// In a cluster: `client_id`'s session record is to be written again (at the next tick).
+    pub(super) fn record_changed(&mut self, client_id: &Bytes) {
+        if let Some(port) = &mut self.cluster {
+            port.record_changed(client_id);
+        }
+    }
+
+    /// The timer's turn: the records that changed, as they stand now (`cluster::records`):
+    /// a persistent session's header and subscriptions, or `None` for a session gone from
+    /// this shard or no longer persistent.
+    pub(super) fn write_changed_records(&mut self) {
+        let Some(port) = &mut self.cluster else { return };
+        let changed = port.take_changed_records();
+        if changed.is_empty() {
+            return;
+        }
+        let clock = Clock::system();
+        for (client_id, version) in changed {
+            let record = self.clients.key_of(&client_id).map(|key| self.clients.get(key)).and_then(|client| {
+                (client.lifecycle.expiry() != SessionExpiry::WithConnection)
+                    .then(|| Bytes::from(handover::encode_record(&client.session, &super::durable::header_of(client, clock), clock)))
+            });
+            if let Some(port) = &mut self.cluster {
+                port.session_record(client_id, version, record);
+            }
+        }
     }
 
     pub fn is_clustered(&self) -> bool {
@@ -199,6 +230,7 @@ impl Shard {
                 self.counters.cluster_sessions_moved_in += 1;
                 Some(Box::new(session))
             }
+            Err(handover::HandoverError::Expired) => None,
             Err(error) => {
                 self.counters.cluster_sessions_refused += 1;
                 tracing::warn!(client_id = %String::from_utf8_lossy(client_id), %error, "cluster: a session handed over does not decode; it starts fresh");

@@ -58,7 +58,7 @@ fn expiry_interval_s(expiry: SessionExpiry) -> u32 {
     }
 }
 
-fn header_of(client: &Client, clock: Clock) -> SessionHeader {
+pub(super) fn header_of(client: &Client, clock: Clock) -> SessionHeader {
     let lifecycle = &client.lifecycle;
     let will = match (lifecycle.live_will(), lifecycle.pending_will()) {
         (Some(will), _) => Some(LoggedWill { will: will.clone(), due_at_ms: 0 }),
@@ -119,6 +119,10 @@ impl Shard {
     /// The header of the persistent session in `key` changed (its connection went, its
     /// will was sent): its pending events first, then the new header.
     pub(super) fn session_state_changed(&mut self, key: ClientKey) {
+        if self.cluster.is_some() {
+            let client_id = self.clients.get(key).session.client_id().clone();
+            self.record_changed(&client_id);
+        }
         let Some(log) = self.session_log.as_mut() else { return };
         let client = self.clients.get_mut(key);
         if !client.session.is_journaled() {
@@ -134,6 +138,7 @@ impl Shard {
     /// A persistent session is over (expired, ended with its connection, replaced by a
     /// clean start): no instance of its client id from before now is restored.
     pub(super) fn session_ended(&mut self, session: &mut Session) {
+        self.record_changed(session.client_id());
         let Some(log) = self.session_log.as_mut() else { return };
         if session.is_journaled() {
             session.disable_journal();

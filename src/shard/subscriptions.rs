@@ -36,6 +36,10 @@ impl Shard {
         now: Instant,
     ) -> SubscriptionAdded {
         let existed = self.client(key).session.subscribe(filter.clone(), subscription);
+        if self.cluster.is_some() {
+            let client_id = self.clients.get(key).session.client_id().clone();
+            self.record_changed(&client_id);
+        }
         let wait_for = self.index_subscription(key, &filter, subscription, !existed, Indexing::Subscribe(request), now);
         SubscriptionAdded { existed, wait_for }
     }
@@ -46,6 +50,7 @@ impl Shard {
         let client = self.client(key);
         let Some(filter) = client.session.unsubscribe(text) else { return false };
         let client_id = client.session.client_id().clone();
+        self.record_changed(&client_id);
         self.unindex_subscription(key, &client_id, &filter, Some(request), now);
         true
     }

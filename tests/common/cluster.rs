@@ -129,6 +129,18 @@ impl Cluster {
     /// while: a node writes wills a little after the CONNECT (and deletes them a little
     /// after the connection ends).
     pub fn wait_for_wills(&self, present: &[&str], absent: &[&str]) {
+        self.wait_for_client_keys("ringmq_wills", present, absent);
+    }
+
+    /// The same for the session records bucket: a node writes a persistent session's
+    /// record within a tick of its CONNECT or SUBSCRIBE.
+    pub fn wait_for_session_records(&self, present: &[&str], absent: &[&str]) {
+        self.wait_for_client_keys("ringmq_sessions", present, absent);
+    }
+
+    /// Reads `bucket`, whose keys end in a client id's key, until it holds keys for each
+    /// of `present` and none for `absent`.
+    fn wait_for_client_keys(&self, bucket: &str, present: &[&str], absent: &[&str]) {
         use futures_util::StreamExt;
         let suffix = |client_id: &str| format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
         let (present, absent): (Vec<String>, Vec<String>) =
@@ -140,7 +152,7 @@ impl Cluster {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let mut keys = Vec::new();
-                if let Ok(store) = jetstream.get_key_value("ringmq_wills").await
+                if let Ok(store) = jetstream.get_key_value(bucket).await
                     && let Ok(listing) = store.keys().await
                 {
                     keys = listing.filter_map(|key| async move { key.ok() }).collect().await;
@@ -149,7 +161,7 @@ impl Cluster {
                 if present.iter().all(holds) && !absent.iter().any(holds) {
                     return;
                 }
-                assert!(Instant::now() < deadline, "the wills bucket never held {present:?} without {absent:?}: {keys:?}");
+                assert!(Instant::now() < deadline, "{bucket} never held {present:?} without {absent:?}: {keys:?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
