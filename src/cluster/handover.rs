@@ -18,9 +18,13 @@ use crate::persist::session::{SessionEncoder, SessionHeader, SessionRecordError,
 use crate::protocol::ProtocolVersion;
 use crate::session::{Session, SessionEvent, SessionLimits};
 
-/// The most a taker accepts for one session (its queue, encoded): past it the taker starts
-/// a fresh session rather than hold that much in flight for one CONNECT.
-pub const HANDOVER_BYTES_MAX: usize = 256 << 20;
+/// The most a session may weigh, encoded, to move between nodes: past it the old node ends
+/// it and the taker starts fresh. It must cross NATS well inside the taker's wait, and
+/// within what nats-server lets wait for one connection (64 MiB by default).
+pub const HANDOVER_BYTES_MAX: usize = 32 << 20;
+/// The smallest chunk a sender makes (with its 8-byte header), which bounds how many
+/// chunks a handover can claim to have.
+pub const CHUNK_BYTES_MIN: usize = 4096;
 
 /// Why handed-over bytes do not make a session.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,7 +102,7 @@ pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Cloc
 /// `bytes` in numbered chunks of at most `chunk_bytes_max` (at least one, empty for
 /// nothing): `[index u32 LE][count u32 LE][data]`.
 pub fn chunk(bytes: &Bytes, chunk_bytes_max: usize) -> Vec<Bytes> {
-    let data_max = chunk_bytes_max.saturating_sub(8).max(1);
+    let data_max = chunk_bytes_max.max(CHUNK_BYTES_MIN) - 8;
     let count = bytes.len().div_ceil(data_max).max(1);
     (0..count)
         .map(|index| {
@@ -127,7 +131,7 @@ impl Assembly {
         let index = u32::from_le_bytes(index.try_into().expect("4 bytes"));
         let count = u32::from_le_bytes(count.try_into().expect("4 bytes"));
         if self.parts.is_empty() {
-            if count == 0 || count as usize > HANDOVER_BYTES_MAX {
+            if count == 0 || count as usize > HANDOVER_BYTES_MAX / (CHUNK_BYTES_MIN - 8) + 1 {
                 return Err(HandoverError::ChunkOutOfRange { index, count });
             }
             self.parts = vec![None; count as usize];
@@ -254,7 +258,7 @@ mod tests {
         let bytes = Bytes::from((0..10_000u32).map(|i| i as u8).collect::<Vec<u8>>());
         for chunk_bytes_max in [9, 100, 4_096, 10_008, 1 << 20] {
             let mut chunks = chunk(&bytes, chunk_bytes_max);
-            assert!(chunks.iter().all(|chunk| chunk.len() <= chunk_bytes_max));
+            assert!(chunks.iter().all(|chunk| chunk.len() <= chunk_bytes_max.max(CHUNK_BYTES_MIN)));
             chunks.reverse();
             let mut assembly = Assembly::default();
             let mut whole = None;
@@ -284,6 +288,10 @@ mod tests {
         assert!(Assembly::default().add(&Bytes::from_static(b"short")).is_err());
         assert!(Assembly::default().add(&bad(0, 0)).is_err());
         assert!(Assembly::default().add(&bad(3, 3)).is_err());
+        // A count no sender makes (chunks of the smallest size past the bound): refused
+        // before anything is allocated for it.
+        assert!(Assembly::default().add(&bad(0, u32::MAX)).is_err());
+        assert!(Assembly::default().add(&bad(0, (HANDOVER_BYTES_MAX / (CHUNK_BYTES_MIN - 8) + 2) as u32)).is_err());
         assert_eq!(assembly.add(&bad(0, 2)).expect("first of two"), None);
         assert!(assembly.add(&bad(1, 3)).is_err(), "the count changed");
         let mut huge = Assembly::default();

@@ -44,9 +44,16 @@ use crate::shard::home_shard;
 const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Compare-and-swap attempts before a claim gives up (each loses only to another write).
 const CAS_ATTEMPTS: usize = 8;
-/// How long a taker waits for the previous owner's answer to a handover, and then again
-/// for the session's chunks.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the previous owner's gateway waits for its shard to give up the session
+/// (past it the shard ends the session instead, and the taker hears "none").
+const HANDOVER_SHARD_WAIT: Duration = Duration::from_secs(1);
+/// How long a taker waits for the previous owner's answer, which follows the session's
+/// chunks: the shard's wait, and the chunks' way across NATS (`HANDOVER_BYTES_MAX` at
+/// loopback speed is well under a second). Longer than the sender's, so that a session
+/// sent is a session taken.
+const HANDOVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Then for the chunks still on their way (they left before the answer).
+const HANDOVER_CHUNKS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An eviction as sent to the previous owner: `[revision u64 LE][inbox length u16 LE]
 /// [inbox][client id]`; an empty inbox asks for no session.
@@ -206,7 +213,7 @@ enum Fetched {
     Session(Bytes),
     /// It had none, or what it sent does not add up (the taker starts a fresh one).
     NoSession,
-    /// It did not answer (no responders: it is dead; or too slow).
+    /// Nobody listens on its control subject: it is dead (or cut off from NATS).
     NoAnswer,
 }
 
@@ -216,16 +223,21 @@ async fn fetch_session(client: &async_nats::Client, subject: String, revision: u
     let inbox = client.new_inbox();
     let Ok(mut chunks) = client.subscribe(inbox.clone()).await else { return Fetched::NoAnswer };
     let request = EvictRequest { revision, inbox: Some(inbox), client_id: client_id.clone() };
-    // A dead node: no responders, at once.
-    let answer = match tokio::time::timeout(HANDOVER_TIMEOUT, client.request(subject, request.encode())).await {
+    // A dead node: no responders, at once. One that is slow past the timeout still acts
+    // on the request (it ends the session), so the taker starts fresh.
+    let answer = match tokio::time::timeout(HANDOVER_ANSWER_TIMEOUT, client.request(subject, request.encode())).await {
         Ok(Ok(answer)) => answer,
-        _ => return Fetched::NoAnswer,
+        Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => return Fetched::NoAnswer,
+        _ => {
+            tracing::warn!(client_id = %String::from_utf8_lossy(client_id), "cluster: the node that held a session did not answer in time; it starts fresh");
+            return Fetched::NoSession;
+        }
     };
     if answer.payload.first() != Some(&1) {
         return Fetched::NoSession;
     }
     let mut assembly = Assembly::default();
-    let assembled = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+    let assembled = tokio::time::timeout(HANDOVER_CHUNKS_TIMEOUT, async {
         while let Some(chunk) = chunks.next().await {
             match assembly.add(&chunk.payload) {
                 Ok(Some(whole)) => return Ok(whole),
@@ -360,7 +372,7 @@ async fn hand_over(
     if target.send(FromCluster::EvictRemote { client_id, handover: Some(sender) }).await.is_err() {
         return;
     }
-    let session = tokio::time::timeout(HANDOVER_TIMEOUT, session).await.ok().and_then(Result::ok).filter(|bytes| !bytes.is_empty());
+    let session = tokio::time::timeout(HANDOVER_SHARD_WAIT, session).await.ok().and_then(Result::ok).filter(|bytes| !bytes.is_empty());
     if let Some(bytes) = &session {
         let chunk_bytes_max = client.server_info().max_payload.max(4096);
         for chunk in handover::chunk(bytes, chunk_bytes_max) {

@@ -63,8 +63,9 @@ impl Records {
         }
         let may_exist = self.written.contains(&key) || self.pending.contains_key(&key) || self.in_flight.as_ref() == Some(&key);
         if record.is_none() && !may_exist {
-            // Nothing under it to delete (a clean session ending, say).
-            self.newest.remove(&key);
+            // Nothing under it to delete (a clean session ending, say); the version stays
+            // for a while, so that an older put still on its way is dropped too.
+            self.newest.insert(key, (version, Some(now)));
             return;
         }
         self.newest.insert(key.clone(), (version, record.is_none().then_some(now)));
@@ -223,7 +224,10 @@ mod tests {
         let mut records = Records::default();
         records.change("clean".into(), 1, None, now);
         assert!(records.is_idle(), "nothing to delete");
-        assert!(records.newest.is_empty(), "and nothing remembered for it");
+        records.change("clean".into(), 0, record("older, late"), now);
+        assert!(records.is_idle(), "an older put arriving after it is dropped");
+        records.prune(now + DELETED_VERSIONS_KEPT);
+        assert!(records.newest.is_empty(), "forgotten after a while");
         // A delete while the first put is being written is kept.
         records.change("b".into(), 10, record("b1"), now);
         let (key, version, value) = records.next_write().expect("a write");

@@ -195,10 +195,12 @@ impl Shard {
     /// it ends here and the new node answers session present 0.
     pub(super) fn on_evict_for_node(&mut self, client_id: Bytes, previous: ConnId, handover: Option<SessionReply>, now: Instant) {
         if let Some(pending) = self.connecting.pending.get_mut(&previous) {
-            pending.evicted_for_node = true;
+            pending.evicted_for_node = Some(handover);
             return;
         }
         let Some(key) = self.clients.key_of(&client_id).filter(|&key| self.clients.get(key).conn_id == previous) else { return };
+        // The gateway gave up waiting (the taker then starts fresh): the session ends here.
+        let handover = handover.filter(|reply| !reply.is_closed());
         let (continued, link) = self.close_taken_over(key, &client_id, handover.is_none(), now);
         if let Some(link) = link {
             tracing::info!(
@@ -216,6 +218,12 @@ impl Shard {
                 // Here it ends (on disk too); its shared messages in flight go with it.
                 self.session_ended(&mut session);
                 let bytes = handover::encode(&session, client.version, Clock::system());
+                if bytes.len() > handover::HANDOVER_BYTES_MAX {
+                    // Past what a taker accepts: ended here, fresh there (session present 0).
+                    self.counters.cluster_sessions_too_large += 1;
+                    self.hand_shared_to_other_members(&mut session, now);
+                    return;
+                }
                 self.counters.cluster_sessions_moved_out += 1;
                 let _ = reply.send(Bytes::from(bytes));
             }

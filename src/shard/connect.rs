@@ -85,8 +85,9 @@ pub(super) struct PendingConnect {
     pub(super) authorization: Option<Box<crate::auth::ClientAuthorization>>,
     /// Home asked to evict this connection before its own claim was answered.
     pub(super) deferred_eviction: Option<(ConnId, bool)>,
-    /// The same, for a connection on another node (`--cluster`).
-    pub(super) evicted_for_node: bool,
+    /// The same, for a connection on another node (`--cluster`), and where to send the
+    /// session if that connection resumes it.
+    pub(super) evicted_for_node: Option<Option<crate::cluster::port::SessionReply>>,
 }
 
 impl Shard {
@@ -354,7 +355,7 @@ impl Shard {
                 authenticated,
                 authorization,
                 deferred_eviction: None,
-                evicted_for_node: false,
+                evicted_for_node: None,
             },
         );
         let home = home_shard(&client_id, self.shard_count);
@@ -496,9 +497,8 @@ impl Shard {
         if !link_alive {
             self.client_lost(key, "closed before its CONNACK", now);
         }
-        if evicted_for_node {
-            // (A session another node asked for meanwhile is not sent: it starts fresh there.)
-            self.on_evict_for_node(client_id.clone(), conn, None, now);
+        if let Some(handover) = evicted_for_node {
+            self.on_evict_for_node(client_id.clone(), conn, handover, now);
         }
         if let Some((next, clean_start)) = deferred_eviction {
             self.on_evict(client_id, conn, next, clean_start, now);

@@ -102,11 +102,14 @@ pub struct Counters {
     pub cluster_sessions_moved_out: u64,
     /// Handed-over sessions whose bytes did not decode (the client started fresh).
     pub cluster_sessions_refused: u64,
+    /// Sessions past `HANDOVER_BYTES_MAX` when their client resumed on another node: ended
+    /// here rather than sent (the client started fresh there).
+    pub cluster_sessions_too_large: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 51] {
+    pub fn fields(&self) -> [(&'static str, u64); 52] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -159,6 +162,7 @@ impl Counters {
             ("cluster_sessions_moved_in", self.cluster_sessions_moved_in),
             ("cluster_sessions_moved_out", self.cluster_sessions_moved_out),
             ("cluster_sessions_refused", self.cluster_sessions_refused),
+            ("cluster_sessions_too_large", self.cluster_sessions_too_large),
         ]
     }
 }

@@ -36,8 +36,10 @@ impl Shard {
         now: Instant,
     ) -> SubscriptionAdded {
         let existed = self.client(key).session.subscribe(filter.clone(), subscription);
-        if self.cluster.is_some() {
-            let client_id = self.clients.get(key).session.client_id().clone();
+        let client = self.clients.get(key);
+        // Only a persistent session has a record (a clean one's subscriptions end with it).
+        if self.cluster.is_some() && client.lifecycle.expiry() != SessionExpiry::WithConnection {
+            let client_id = client.session.client_id().clone();
             self.record_changed(&client_id);
         }
         let wait_for = self.index_subscription(key, &filter, subscription, !existed, Indexing::Subscribe(request), now);
@@ -50,7 +52,9 @@ impl Shard {
         let client = self.client(key);
         let Some(filter) = client.session.unsubscribe(text) else { return false };
         let client_id = client.session.client_id().clone();
-        self.record_changed(&client_id);
+        if client.lifecycle.expiry() != SessionExpiry::WithConnection {
+            self.record_changed(&client_id);
+        }
         self.unindex_subscription(key, &client_id, &filter, Some(request), now);
         true
     }
