@@ -633,7 +633,24 @@ fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptio
     online.subscribe(&[("records/online/#", QoS::ExactlyOnce)]);
     let mut clean = cluster.nodes[0].client("record-clean", true);
     clean.subscribe(&[("records/clean", QoS::AtLeastOnce)]);
-    cluster.wait_for_session_records(&["record-away", "record-online"], &["record-clean"]);
+    // Online at the death with a 3 s expiry, and a will that tells when the node is reaped:
+    // from then its record counts as offline, and 3 s later it is expired.
+    let mut will_watcher = cluster.nodes[2].client("record-will-watcher", true);
+    will_watcher.subscribe(&[("records/will/+", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(1, "records/will/probe", &mut will_watcher);
+    let short_expiry = || ringmq::protocol::Properties { session_expiry_interval: Some(3), ..Default::default() };
+    let mut short = cluster.nodes[0].raw_v5();
+    let connect =
+        short.connect_packet("record-short", true, 60, Some(common::will("records/will/short", b"short", QoS::AtLeastOnce, false)));
+    let connect = match connect {
+        Packet::Connect(mut connect) => {
+            connect.properties = short_expiry();
+            Packet::Connect(connect)
+        }
+        other => other,
+    };
+    assert_eq!(short.connect_sending(connect).code, 0);
+    cluster.wait_for_session_records(&["record-away", "record-online", "record-short"], &["record-clean"]);
     cluster.nodes[0].signal(libc::SIGKILL);
     // Back on nodes 2 and 3: session present, and subscribed without subscribing again.
     for (node, client_id, topic) in [(1, "record-away", "records/away/x"), (2, "record-online", "records/online/x/y")] {
@@ -649,4 +666,12 @@ fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptio
     }
     let (_, present) = resume(&cluster, 1, "record-clean");
     assert!(!present, "a clean session had nothing to come back to");
+    match will_watcher.try_recv(Duration::from_secs(30)) {
+        Some(Packet::Publish(publish)) => assert_eq!(text(&publish.topic), "records/will/short"),
+        other => panic!("the dead node was never reaped: {other:?}"),
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let mut late = cluster.nodes[1].raw_v5();
+    let connack = late.connect_with_properties("record-short", false, 60, short_expiry());
+    assert_eq!((connack.code, connack.session_present), (0, false), "expired 3 s after its node was found dead");
 }

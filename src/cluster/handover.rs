@@ -74,6 +74,46 @@ pub fn encode_record(session: &Session, header: &SessionHeader, clock: Clock) ->
     out
 }
 
+/// What the reaper of a dead node does with one of its records (`offline_since_death`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordFate {
+    /// Already offline and not expired: its deadline stands.
+    Keep,
+    /// Was online at the death: offline from now, its expiry counted from now.
+    Rewrite(Vec<u8>),
+    /// Past its expiry (or unreadable): nobody will resume it.
+    Delete,
+}
+
+/// A dead node's record, seen by the survivor that reaps the node at `clock`: a session
+/// that was online went offline at the death (about now), so its expiry starts now.
+pub fn offline_since_death(bytes: &[u8], clock: Clock) -> RecordFate {
+    // A record holds no messages: the limits do not matter.
+    let limits = SessionLimits { inflight_max: 1, queued_messages_max: 0, queue_full_policy: crate::session::QueueFullPolicy::DropNew };
+    let Ok(scan) = record::scan(bytes) else { return RecordFate::Delete };
+    let mut replay = SessionReplay::new(limits, clock);
+    if scan.damage.is_some() || replay.file(scan.records).is_err() {
+        return RecordFate::Delete;
+    }
+    let mut replayed = replay.finish();
+    if replayed.sessions.len() != 1 {
+        return RecordFate::Delete;
+    }
+    let logged = replayed.sessions.remove(0);
+    if logged.expired {
+        return RecordFate::Delete;
+    }
+    if !logged.header.online {
+        return RecordFate::Keep;
+    }
+    let ends_at_ms = match logged.header.expiry_interval_s {
+        u32::MAX => 0,
+        interval_s => clock.unix_ms + u64::from(interval_s) * 1000,
+    };
+    let header = SessionHeader { online: false, ends_at_ms, ..logged.header };
+    RecordFate::Rewrite(encode_record(&logged.session, &header, clock))
+}
+
 /// The session in `bytes`, which must be `client_id`'s. Its journal is off: whoever keeps
 /// a log turns it on when the session settles.
 pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Clock) -> Result<Session, HandoverError> {
@@ -237,6 +277,34 @@ mod tests {
         assert!(decode(&offline_a_minute_more, b"roamer", limits(), clock).is_ok());
         let ended = encode_record(&session, &header(false, clock.unix_ms - 1), clock);
         assert_eq!(decode(&ended, b"roamer", limits(), clock).err(), Some(HandoverError::Expired));
+    }
+
+    #[test]
+    fn a_dead_nodes_online_sessions_go_offline_at_the_reaping() {
+        let clock = Clock::system();
+        let session = busy_session();
+        let header = |online, expiry_interval_s, ends_at_ms| SessionHeader {
+            version: ProtocolVersion::V311,
+            expiry_interval_s,
+            online,
+            ends_at_ms,
+            will: None,
+        };
+        let RecordFate::Rewrite(rewritten) = offline_since_death(&encode_record(&session, &header(true, 60, 0), clock), clock) else {
+            panic!("an online session is rewritten")
+        };
+        let later = Clock { now: clock.now + std::time::Duration::from_secs(61), unix_ms: clock.unix_ms + 61_000 };
+        assert!(decode(&rewritten, b"roamer", limits(), clock).is_ok(), "resumable within its expiry");
+        assert_eq!(decode(&rewritten, b"roamer", limits(), later).err(), Some(HandoverError::Expired), "not after it");
+        let RecordFate::Rewrite(forever) = offline_since_death(&encode_record(&session, &header(true, u32::MAX, 0), clock), clock) else {
+            panic!("rewritten")
+        };
+        assert!(decode(&forever, b"roamer", limits(), later).is_ok(), "a session that never expires stays");
+        let away = encode_record(&session, &header(false, 60, clock.unix_ms + 30_000), clock);
+        assert_eq!(offline_since_death(&away, clock), RecordFate::Keep, "offline already: its deadline stands");
+        let expired = encode_record(&session, &header(false, 60, clock.unix_ms - 1), clock);
+        assert_eq!(offline_since_death(&expired, clock), RecordFate::Delete);
+        assert_eq!(offline_since_death(b"garbage", clock), RecordFate::Delete);
     }
 
     #[test]

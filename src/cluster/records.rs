@@ -175,6 +175,35 @@ pub(super) async fn read(store: &async_nats::jetstream::kv::Store, origin: u64, 
     }
 }
 
+/// A survivor reaping the dead process `origin`: its records of sessions that were online
+/// go offline now (their expiry counts from the death), expired ones go. Best effort: a
+/// record the bucket does not give up in time stays as it was.
+pub(super) async fn mark_offline(store: &async_nats::jetstream::kv::Store, origin: u64) -> usize {
+    use futures_util::StreamExt;
+    let prefix = format!("{origin:016x}.");
+    let mut changed = 0;
+    let Ok(Ok(mut keys)) = tokio::time::timeout(STEP_TIMEOUT, store.keys()).await else { return 0 };
+    while let Ok(Some(Ok(key))) = tokio::time::timeout(STEP_TIMEOUT, keys.next()).await {
+        if !key.starts_with(&prefix) {
+            continue;
+        }
+        let Ok(Ok(Some(entry))) = tokio::time::timeout(STEP_TIMEOUT, store.entry(key.clone())).await else { continue };
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            continue;
+        }
+        let clock = crate::persist::retained::Clock::system();
+        let write = match super::handover::offline_since_death(&entry.value, clock) {
+            super::handover::RecordFate::Keep => continue,
+            // Against the revision read: a record a client resumed from meanwhile is
+            // deleted by nobody, and the claim read it already.
+            super::handover::RecordFate::Rewrite(bytes) => store.update(key, Bytes::from(bytes), entry.revision).await.is_ok(),
+            super::handover::RecordFate::Delete => store.delete_expect_revision(key, Some(entry.revision)).await.is_ok(),
+        };
+        changed += usize::from(write);
+    }
+    changed
+}
+
 /// Removes every record `origin` left in `bucket` (a node stopping: its sessions end).
 pub(super) async fn purge_of(client: &async_nats::Client, bucket: &str, origin: u64) {
     let jetstream = async_nats::jetstream::new(client.clone());
