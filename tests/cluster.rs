@@ -495,6 +495,27 @@ fn resume(cluster: &Cluster, node: usize, client_id: &str) -> (RawClient, bool) 
     (client, connack.session_present)
 }
 
+/// `client_id` subscribes at QoS 1 to `<prefix>/+` on node 1 (index 0) with a session
+/// kept, and leaves; `messages` (topic, payload) are then published on node 2, and node 1
+/// has taken each in (queued for the absent client) when this returns. Whether the first
+/// CONNECT found a session.
+fn queue_while_away(cluster: &Cluster, client_id: &str, prefix: &str, messages: &[(String, Vec<u8>)]) -> bool {
+    let (mut first, present) = resume(cluster, 0, client_id);
+    first.subscribe(&[(&format!("{prefix}/+"), QoS::AtLeastOnce)]);
+    cluster.wait_for_route(1, &format!("{prefix}/probe"), &mut first);
+    first.disconnect();
+    let before = cluster.nodes[0].wait_for_counters("node 1's counters", |c| both_shards(c, "cluster_publishes_received"));
+    let mut publisher = cluster.nodes[1].client(&format!("{prefix}-publisher-{}", rand_suffix()), true);
+    for (sequence, (topic, payload)) in messages.iter().enumerate() {
+        publisher.publish(topic, payload, QoS::AtLeastOnce, false, (sequence % 60_000 + 1) as u16);
+    }
+    let received_before = before.total("cluster_publishes_received");
+    cluster.nodes[0].wait_for_counters("node 1 took the messages in", |c| {
+        c.total("cluster_publishes_received") >= received_before + messages.len() as u64
+    });
+    present
+}
+
 #[test]
 fn a_persistent_session_moves_to_whichever_node_its_client_comes_back_to() {
     let Some(cluster) = Cluster::start(3, &[]) else { return };
@@ -503,28 +524,11 @@ fn a_persistent_session_moves_to_whichever_node_its_client_comes_back_to() {
     }
     const OFFLINE: usize = 50;
     let client_id = format!("roamer-{}", rand_suffix());
-    // Subscribed on node 1 (index 0), then gone: the session stays there.
-    let (mut first, present) = resume(&cluster, 0, &client_id);
-    assert!(!present, "a new session");
-    first.subscribe(&[("roam/+", QoS::AtLeastOnce)]);
-    cluster.wait_for_route(1, "roam/probe", &mut first);
-    first.disconnect();
-    let before = cluster.nodes[0].wait_for_counters("node 1's counters", |c| both_shards(c, "cluster_publishes_received"));
-    // Published on node 2 while the client is away: queued in its session on node 1.
-    let mut publisher = cluster.nodes[1].client(&format!("roam-publisher-{}", rand_suffix()), true);
-    for sequence in 0..OFFLINE {
-        publisher.publish(
-            &format!("roam/{}", sequence % 3),
-            format!("{sequence}").as_bytes(),
-            QoS::AtLeastOnce,
-            false,
-            sequence as u16 + 1,
-        );
-    }
-    let received_before = before.total("cluster_publishes_received");
-    cluster.nodes[0].wait_for_counters("node 1 received the offline messages", |c| {
-        c.total("cluster_publishes_received") >= received_before + OFFLINE as u64
-    });
+    // Subscribed on node 1 (index 0), then gone: the session stays there; published on
+    // node 2 while the client is away: queued in its session on node 1.
+    let offline: Vec<(String, Vec<u8>)> =
+        (0..OFFLINE).map(|sequence| (format!("roam/{}", sequence % 3), format!("{sequence}").into_bytes())).collect();
+    assert!(!queue_while_away(&cluster, &client_id, "roam", &offline), "a new session");
     // Back on node 3: the session, its subscription and its messages came along.
     let (mut second, present) = resume(&cluster, 2, &client_id);
     assert!(present, "session present on the node the client came back to");
@@ -594,20 +598,14 @@ fn a_session_larger_than_one_nats_message_moves_whole() {
     // 48 x 64 KiB: three times NATS's default max_payload (1 MiB), so it travels in chunks.
     const MESSAGES: usize = 48;
     let client_id = format!("heavy-{}", rand_suffix());
-    let (mut first, _) = resume(&cluster, 0, &client_id);
-    first.subscribe(&[("heavy/+", QoS::AtLeastOnce)]);
-    cluster.wait_for_route(1, "heavy/probe", &mut first);
-    first.disconnect();
-    let before = cluster.nodes[0].wait_for_counters("node 1's counters", |c| both_shards(c, "cluster_publishes_received"));
-    let mut publisher = cluster.nodes[1].client(&format!("heavy-publisher-{}", rand_suffix()), true);
-    for sequence in 0..MESSAGES {
-        let mut payload = vec![sequence as u8; 64 << 10];
-        payload[..8].copy_from_slice(&(sequence as u64).to_le_bytes());
-        publisher.publish("heavy/t", &payload, QoS::AtLeastOnce, false, sequence as u16 + 1);
-    }
-    let received_before = before.total("cluster_publishes_received");
-    cluster.nodes[0]
-        .wait_for_counters("node 1 received the messages", |c| c.total("cluster_publishes_received") >= received_before + MESSAGES as u64);
+    let heavy: Vec<(String, Vec<u8>)> = (0..MESSAGES)
+        .map(|sequence| {
+            let mut payload = vec![sequence as u8; 64 << 10];
+            payload[..8].copy_from_slice(&(sequence as u64).to_le_bytes());
+            ("heavy/t".to_string(), payload)
+        })
+        .collect();
+    queue_while_away(&cluster, &client_id, "heavy", &heavy);
     let (mut second, present) = resume(&cluster, 1, &client_id);
     assert!(present);
     let got = receive(&mut second, MESSAGES);

@@ -20,6 +20,26 @@ pub fn key_of(bytes: &[u8]) -> Option<String> {
     (key.len() <= KEY_BYTES_MAX).then_some(key)
 }
 
+/// The start of every key a process (`origin`) keeps under its own name: its origin in
+/// hex and a dot (wills, session records).
+pub fn origin_prefix(origin: u64) -> String {
+    format!("{origin:016x}.")
+}
+
+/// `client_id`'s key among those `origin` keeps.
+pub fn origin_key(origin: u64, client_id: &[u8]) -> Option<String> {
+    Some(format!("{}{}", origin_prefix(origin), key_of(client_id)?))
+}
+
+/// Removes every entry `origin` left in `bucket` under `origin_prefix`, delete markers
+/// included.
+pub async fn purge_origin(client: &async_nats::Client, bucket: &str, origin: u64) {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    if let Ok(stream) = jetstream.get_stream(format!("KV_{bucket}")).await {
+        let _ = stream.purge().filter(format!("$KV.{bucket}.{}>", origin_prefix(origin))).await;
+    }
+}
+
 /// Opens `bucket` (made with `replicas` copies and one revision per key if missing;
 /// entries older than `max_age` vanish, when given).
 pub async fn open(

@@ -330,7 +330,7 @@ async fn run(
     let grace = if gateway.client.connection_state() == async_nats::connection::State::Connected { STOP_GRACE } else { Duration::ZERO };
     let (mut retained_task, mut wills_task) = (retained_task, wills_task);
     // This node's sessions end with it: nobody is to resume them from their records.
-    let purge_records = super::records::purge_of(&gateway.client, &records_bucket, stamp.origin);
+    let purge_records = super::bucket::purge_origin(&gateway.client, &records_bucket, stamp.origin);
     let _ = tokio::time::timeout(grace, futures_util::future::join3(&mut retained_task, &mut wills_task, purge_records)).await;
     for task in [retained_task, wills_task] {
         // One that finished may have been awaited to its end above: not again.

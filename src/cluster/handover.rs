@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::persist::record::{self, FILE_MAGIC};
 use crate::persist::retained::Clock;
-use crate::persist::session::{SessionEncoder, SessionHeader, SessionRecordError, SessionReplay};
+use crate::persist::session::{LoggedSession, SessionEncoder, SessionHeader, SessionRecordError, SessionReplay};
 use crate::protocol::ProtocolVersion;
 use crate::session::{Session, SessionEvent, SessionLimits};
 
@@ -51,10 +51,15 @@ pub enum HandoverError {
 pub fn encode(session: &Session, version: ProtocolVersion, clock: Clock) -> Vec<u8> {
     // Only the session travels: the taker's CONNECT sets the expiry and the will.
     let header = SessionHeader { version, expiry_interval_s: 0, online: false, ends_at_ms: 0, will: None };
+    encode_events(session.client_id(), &header, &session.snapshot(), clock)
+}
+
+/// One session's open record and events, as a log file of its own.
+fn encode_events(client_id: &[u8], header: &SessionHeader, events: &[SessionEvent], clock: Clock) -> Vec<u8> {
     let mut encoder = SessionEncoder::default();
     let mut out = FILE_MAGIC.to_vec();
-    encoder.open(0, 0, session.client_id(), &header, clock, &mut out);
-    encoder.events(0, &session.snapshot(), clock, &mut out);
+    encoder.open(0, 0, client_id, header, clock, &mut out);
+    encoder.events(0, events, clock, &mut out);
     out
 }
 
@@ -67,11 +72,7 @@ pub fn encode_record(session: &Session, header: &SessionHeader, clock: Clock) ->
         .subscriptions()
         .map(|(filter, subscription)| SessionEvent::Subscribed { filter: filter.text(), subscription: *subscription })
         .collect();
-    let mut encoder = SessionEncoder::default();
-    let mut out = FILE_MAGIC.to_vec();
-    encoder.open(0, 0, session.client_id(), &header, clock, &mut out);
-    encoder.events(0, &subscriptions, clock, &mut out);
-    out
+    encode_events(session.client_id(), &header, &subscriptions, clock)
 }
 
 /// What the reaper of a dead node does with one of its records (`offline_since_death`).
@@ -90,16 +91,7 @@ pub enum RecordFate {
 pub fn offline_since_death(bytes: &[u8], clock: Clock) -> RecordFate {
     // A record holds no messages: the limits do not matter.
     let limits = SessionLimits { inflight_max: 1, queued_messages_max: 0, queue_full_policy: crate::session::QueueFullPolicy::DropNew };
-    let Ok(scan) = record::scan(bytes) else { return RecordFate::Delete };
-    let mut replay = SessionReplay::new(limits, clock);
-    if scan.damage.is_some() || replay.file(scan.records).is_err() {
-        return RecordFate::Delete;
-    }
-    let mut replayed = replay.finish();
-    if replayed.sessions.len() != 1 {
-        return RecordFate::Delete;
-    }
-    let logged = replayed.sessions.remove(0);
+    let Ok(logged) = replay_one(bytes, limits, clock) else { return RecordFate::Delete };
     if logged.expired {
         return RecordFate::Delete;
     }
@@ -117,6 +109,20 @@ pub fn offline_since_death(bytes: &[u8], clock: Clock) -> RecordFate {
 /// The session in `bytes`, which must be `client_id`'s. Its journal is off: whoever keeps
 /// a log turns it on when the session settles.
 pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Clock) -> Result<Session, HandoverError> {
+    let logged = replay_one(bytes, limits, clock)?;
+    if logged.client_id != client_id {
+        return Err(HandoverError::WrongClient);
+    }
+    if logged.expired {
+        return Err(HandoverError::Expired);
+    }
+    let mut session = logged.session;
+    session.disable_journal();
+    Ok(session)
+}
+
+/// The one session `bytes` holds, as the log replay leaves it (`expired` included).
+fn replay_one(bytes: &[u8], limits: SessionLimits, clock: Clock) -> Result<LoggedSession, HandoverError> {
     let scan = record::scan(bytes).map_err(|_| HandoverError::NotAHandover)?;
     if scan.damage.is_some() {
         return Err(HandoverError::Damaged);
@@ -127,16 +133,7 @@ pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Cloc
     if replayed.sessions.len() != 1 {
         return Err(HandoverError::SessionCount(replayed.sessions.len()));
     }
-    let logged = replayed.sessions.remove(0);
-    if logged.client_id != client_id {
-        return Err(HandoverError::WrongClient);
-    }
-    if logged.expired {
-        return Err(HandoverError::Expired);
-    }
-    let mut session = logged.session;
-    session.disable_journal();
-    Ok(session)
+    Ok(replayed.sessions.remove(0))
 }
 
 /// `bytes` in numbered chunks of at most `chunk_bytes_max` (at least one, empty for

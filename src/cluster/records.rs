@@ -62,13 +62,13 @@ impl Records {
             return;
         }
         let may_exist = self.written.contains(&key) || self.pending.contains_key(&key) || self.in_flight.as_ref() == Some(&key);
+        // A delete's version stays for a while, so that an older put still on its way is
+        // dropped too.
+        self.newest.insert(key.clone(), (version, record.is_none().then_some(now)));
         if record.is_none() && !may_exist {
-            // Nothing under it to delete (a clean session ending, say); the version stays
-            // for a while, so that an older put still on its way is dropped too.
-            self.newest.insert(key, (version, Some(now)));
+            // Nothing under it to delete (a clean session ending, say).
             return;
         }
-        self.newest.insert(key.clone(), (version, record.is_none().then_some(now)));
         if self.pending.insert(key.clone(), (version, record)).is_none() {
             self.order.push_back(key);
         }
@@ -82,7 +82,7 @@ impl Records {
         Some((key, version, record))
     }
 
-    /// How the write `next` gave went. A failed one waits again, unless a newer change
+    /// How the write `next_write` gave went. A failed one waits again, unless a newer change
     /// replaced it meanwhile.
     pub fn written(&mut self, key: String, version: u64, record: Option<Bytes>, landed: bool) {
         self.in_flight = None;
@@ -180,7 +180,7 @@ pub(super) async fn read(store: &async_nats::jetstream::kv::Store, origin: u64, 
 /// record the bucket does not give up in time stays as it was.
 pub(super) async fn mark_offline(store: &async_nats::jetstream::kv::Store, origin: u64) -> usize {
     use futures_util::StreamExt;
-    let prefix = format!("{origin:016x}.");
+    let prefix = super::bucket::origin_prefix(origin);
     let mut changed = 0;
     let Ok(Ok(mut keys)) = tokio::time::timeout(STEP_TIMEOUT, store.keys()).await else { return 0 };
     while let Ok(Some(Ok(key))) = tokio::time::timeout(STEP_TIMEOUT, keys.next()).await {
@@ -204,17 +204,9 @@ pub(super) async fn mark_offline(store: &async_nats::jetstream::kv::Store, origi
     changed
 }
 
-/// Removes every record `origin` left in `bucket` (a node stopping: its sessions end).
-pub(super) async fn purge_of(client: &async_nats::Client, bucket: &str, origin: u64) {
-    let jetstream = async_nats::jetstream::new(client.clone());
-    if let Ok(stream) = jetstream.get_stream(format!("KV_{bucket}")).await {
-        let _ = stream.purge().filter(format!("$KV.{bucket}.{origin:016x}.>")).await;
-    }
-}
-
 /// The key of `client_id`'s record kept by the process `origin`.
 pub fn record_key(origin: u64, client_id: &[u8]) -> Option<String> {
-    super::wills::will_key(origin, client_id)
+    super::bucket::origin_key(origin, client_id)
 }
 
 #[cfg(test)]

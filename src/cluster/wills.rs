@@ -28,7 +28,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::bucket::key_of;
+use super::bucket::{origin_key, origin_prefix};
 use super::frame::{FrameError, Stamp, decode_frame, encode};
 use super::gateway::Inbound;
 use super::owners::{Owners, owner_origin};
@@ -55,11 +55,7 @@ const LIST_ATTEMPTS: usize = 3;
 
 /// The key a will is kept under: the node's origin, then the client id's key.
 pub fn will_key(origin: u64, client_id: &[u8]) -> Option<String> {
-    Some(format!("{}{}", origin_prefix(origin), key_of(client_id)?))
-}
-
-fn origin_prefix(origin: u64) -> String {
-    format!("{}.", heartbeat_key(origin))
+    origin_key(origin, client_id)
 }
 
 /// A node's heartbeat key (and the value of a reaper mark it makes): its origin in hex.
@@ -233,7 +229,7 @@ pub(super) async fn run(task: WillsTask, mut changes: mpsc::Receiver<WillChange>
     let own = task.origin;
     let _ = futures_util::future::join3(
         nodes.create(reaper_key(own), Bytes::from(heartbeat_key(own))),
-        purge_wills_of(&task.client, &wills_bucket, own),
+        super::bucket::purge_origin(&task.client, &wills_bucket, own),
         nodes.delete(heartbeat_key(own)),
     )
     .await;
@@ -414,7 +410,7 @@ async fn reap(
         // Done with it: a later reap (after a long delay, say) does not send it again.
         let _ = tokio::time::timeout(STEP_TIMEOUT, wills.delete(key)).await;
     }
-    let _ = tokio::time::timeout(STEP_TIMEOUT, purge_wills_of(&task.client, &wills_bucket, origin)).await;
+    let _ = tokio::time::timeout(STEP_TIMEOUT, super::bucket::purge_origin(&task.client, &wills_bucket, origin)).await;
 }
 
 /// Whether the client-id bucket names an owner other than `dead` for the id whose key is
@@ -426,14 +422,6 @@ async fn back_elsewhere(owners: &Rc<RefCell<Owners>>, client_key: &str, dead: u6
             entry.operation == async_nats::jetstream::kv::Operation::Put && owner_origin(&entry.value).is_some_and(|owner| owner != dead)
         }
         _ => false,
-    }
-}
-
-/// Removes every entry `origin` left in the wills bucket, delete markers included.
-async fn purge_wills_of(client: &async_nats::Client, wills_bucket: &str, origin: u64) {
-    let jetstream = async_nats::jetstream::new(client.clone());
-    if let Ok(stream) = jetstream.get_stream(format!("KV_{wills_bucket}")).await {
-        let _ = stream.purge().filter(format!("$KV.{wills_bucket}.{}>", origin_prefix(origin))).await;
     }
 }
 

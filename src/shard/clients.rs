@@ -163,10 +163,7 @@ impl Shard {
         let key = self.clients.insert(client);
         self.index_session(key, request, now);
         self.session_arrived(key);
-        if self.cluster.is_some() {
-            let client_id = self.clients.get(key).session.client_id().clone();
-            self.record_changed(&client_id);
-        }
+        self.record_changed_of(key, false);
         key
     }
 

@@ -48,6 +48,16 @@ impl Shard {
         }
     }
 
+    /// `record_changed` for the session in `key`; `persistent_only`: only if it has a
+    /// record at all (a clean session's subscriptions end with it).
+    pub(super) fn record_changed_of(&mut self, key: ClientKey, persistent_only: bool) {
+        let Some(port) = &mut self.cluster else { return };
+        let client = self.clients.get(key);
+        if !persistent_only || client.lifecycle.expiry() != SessionExpiry::WithConnection {
+            port.record_changed(client.session.client_id());
+        }
+    }
+
     /// The timer's turn: the records that changed, as they stand now (`cluster::records`):
     /// a persistent session's header and subscriptions, or `None` for a session gone from
     /// this shard or no longer persistent.

@@ -119,10 +119,7 @@ impl Shard {
     /// The header of the persistent session in `key` changed (its connection went, its
     /// will was sent): its pending events first, then the new header.
     pub(super) fn session_state_changed(&mut self, key: ClientKey) {
-        if self.cluster.is_some() {
-            let client_id = self.clients.get(key).session.client_id().clone();
-            self.record_changed(&client_id);
-        }
+        self.record_changed_of(key, false);
         let Some(log) = self.session_log.as_mut() else { return };
         let client = self.clients.get_mut(key);
         if !client.session.is_journaled() {

@@ -36,12 +36,7 @@ impl Shard {
         now: Instant,
     ) -> SubscriptionAdded {
         let existed = self.client(key).session.subscribe(filter.clone(), subscription);
-        let client = self.clients.get(key);
-        // Only a persistent session has a record (a clean one's subscriptions end with it).
-        if self.cluster.is_some() && client.lifecycle.expiry() != SessionExpiry::WithConnection {
-            let client_id = client.session.client_id().clone();
-            self.record_changed(&client_id);
-        }
+        self.record_changed_of(key, true);
         let wait_for = self.index_subscription(key, &filter, subscription, !existed, Indexing::Subscribe(request), now);
         SubscriptionAdded { existed, wait_for }
     }
@@ -52,9 +47,7 @@ impl Shard {
         let client = self.client(key);
         let Some(filter) = client.session.unsubscribe(text) else { return false };
         let client_id = client.session.client_id().clone();
-        if client.lifecycle.expiry() != SessionExpiry::WithConnection {
-            self.record_changed(&client_id);
-        }
+        self.record_changed_of(key, true);
         self.unindex_subscription(key, &client_id, &filter, Some(request), now);
         true
     }
