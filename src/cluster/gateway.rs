@@ -260,7 +260,7 @@ async fn run(
         wills_stopping,
     ));
     let (records, records_wake) = (Rc::new(RefCell::new(super::records::Records::default())), Rc::new(tokio::sync::Notify::new()));
-    let records_bucket = format!("{}_sessions", settings.cluster_name);
+    let records_bucket = super::records::bucket_name(&settings.cluster_name);
     let records_task = tokio::task::spawn_local(super::records::run(super::records::RecordsTask {
         client: client.clone(),
         bucket: records_bucket.clone(),

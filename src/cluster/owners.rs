@@ -54,6 +54,12 @@ const HANDOVER_SHARD_WAIT: Duration = Duration::from_secs(1);
 const HANDOVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Then for the chunks still on their way (they left before the answer).
 const HANDOVER_CHUNKS_TIMEOUT: Duration = Duration::from_secs(3);
+/// While no answer has come, how often the taker asks whether the previous owner still
+/// listens. A node killed a moment ago is still listening as far as the taker's server
+/// knows until the news crosses the NATS routes, so the first request can vanish into
+/// a dead connection; a probe sent later hears "no responders" and the taker reads the
+/// dead node's record at once rather than starting fresh after the timeout.
+const LIVENESS_PROBE_PERIOD: Duration = Duration::from_millis(250);
 
 /// An eviction as sent to the previous owner: `[revision u64 LE][inbox length u16 LE]
 /// [inbox][client id]`; an empty inbox asks for no session.
@@ -149,17 +155,18 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     // Still `claiming` while the session comes: an eviction meanwhile is not lost.
     let handed = match outcome {
         ClaimOutcome::Granted { revision, previous: Some(previous) } if resume => {
-            let (client, subject, records) = {
+            let (client, subject, records, cluster_name) = {
                 let owners = owners.borrow();
-                (owners.client.clone(), evict_subject(&owners.cluster_name, previous), owners.records_store.clone())
+                let subject = evict_subject(&owners.cluster_name, previous);
+                (owners.client.clone(), subject, owners.records_store.clone(), owners.cluster_name.clone())
             };
             match fetch_session(&client, subject, revision, &client_id).await {
                 Fetched::Session(bytes) => Some(bytes),
                 Fetched::NoSession => None,
                 // Dead, most likely: the session as its record left it (subscriptions,
                 // not messages), if it kept one.
-                Fetched::NoAnswer => match &records {
-                    Some(records) => super::records::read(records, previous, &client_id).await,
+                Fetched::NoAnswer => match super::records::opened_or_bound(records, &client, &cluster_name).await {
+                    Some(records) => super::records::read(&records, previous, &client_id).await,
                     None => None,
                 },
             }
@@ -223,14 +230,26 @@ async fn fetch_session(client: &async_nats::Client, subject: String, revision: u
     let inbox = client.new_inbox();
     let Ok(mut chunks) = client.subscribe(inbox.clone()).await else { return Fetched::NoAnswer };
     let request = EvictRequest { revision, inbox: Some(inbox), client_id: client_id.clone() };
-    // A dead node: no responders, at once. One that is slow past the timeout still acts
-    // on the request (it ends the session), so the taker starts fresh.
-    let answer = match tokio::time::timeout(HANDOVER_ANSWER_TIMEOUT, client.request(subject, request.encode())).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => return Fetched::NoAnswer,
-        _ => {
-            tracing::warn!(client_id = %String::from_utf8_lossy(client_id), "cluster: the node that held a session did not answer in time; it starts fresh");
-            return Fetched::NoSession;
+    let request = client.request(subject.clone(), request.encode());
+    tokio::pin!(request);
+    let deadline = tokio::time::sleep(HANDOVER_ANSWER_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut probes = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS_PROBE_PERIOD, LIVENESS_PROBE_PERIOD);
+    // A dead node: no responders. One that is slow past the timeout still acts on the
+    // request (it ends the session), so the taker starts fresh.
+    let answer = loop {
+        tokio::select! {
+            answer = &mut request => match answer {
+                Ok(answer) => break answer,
+                Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => return Fetched::NoAnswer,
+                Err(_) => return slow_owner(client_id),
+            },
+            _ = &mut deadline => return slow_owner(client_id),
+            _ = probes.tick() => {
+                if is_gone(client, &subject).await {
+                    return Fetched::NoAnswer;
+                }
+            }
         }
     };
     if answer.payload.first() != Some(&1) {
@@ -259,6 +278,21 @@ async fn fetch_session(client: &async_nats::Client, subject: String, revision: u
             Fetched::NoSession
         }
     }
+}
+
+fn slow_owner(client_id: &Bytes) -> Fetched {
+    tracing::warn!(client_id = %String::from_utf8_lossy(client_id), "cluster: the node that held a session did not answer in time; it starts fresh");
+    Fetched::NoSession
+}
+
+/// Whether nobody listens on a node's control subject any more (a ping, an empty body,
+/// is answered at once by a live node; a busy one's silence is not taken for death).
+async fn is_gone(client: &async_nats::Client, subject: &str) -> bool {
+    let ping = client.request(subject.to_string(), Bytes::new());
+    matches!(
+        tokio::time::timeout(LIVENESS_PROBE_PERIOD, ping).await,
+        Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders
+    )
 }
 
 /// Takes the id in the bucket by compare-and-swap. Each bucket step has its own time
@@ -324,6 +358,14 @@ pub async fn release(owners: Rc<RefCell<Owners>>, client_id: Bytes) {
 /// the session over (`hand_over`, its own task: a big session must not hold up others).
 pub async fn listen_for_evictions(mut requests: async_nats::Subscriber, owners: Rc<RefCell<Owners>>) {
     while let Some(request) = requests.next().await {
+        if request.payload.is_empty() {
+            // A taker's liveness probe (`is_gone`).
+            if let Some(reply) = request.reply {
+                let client = owners.borrow().client.clone();
+                let _ = client.publish(reply, Bytes::new()).await;
+            }
+            continue;
+        }
         let Some(EvictRequest { revision, inbox, client_id }) = EvictRequest::parse(&request.payload) else { continue };
         let (target, client) = {
             let mut owners = owners.borrow_mut();

@@ -165,6 +165,26 @@ pub(super) async fn run(task: RecordsTask) {
     }
 }
 
+/// The records bucket of the cluster `cluster_name`.
+pub(super) fn bucket_name(cluster_name: &str) -> String {
+    format!("{cluster_name}_sessions")
+}
+
+/// The writer task's handle on the records bucket (`opened`) or, before it has opened
+/// it, one bound to the bucket if it exists (never made here): a claim or a reaping can
+/// come before this node's writer is ready, while the dead node's records are there.
+pub(super) async fn opened_or_bound(
+    opened: Option<async_nats::jetstream::kv::Store>,
+    client: &async_nats::Client,
+    cluster_name: &str,
+) -> Option<async_nats::jetstream::kv::Store> {
+    if opened.is_some() {
+        return opened;
+    }
+    let jetstream = async_nats::jetstream::new(client.clone());
+    tokio::time::timeout(STEP_TIMEOUT, jetstream.get_key_value(bucket_name(cluster_name))).await.ok()?.ok()
+}
+
 /// Reads the record the process `origin` (the previous owner, which did not answer) kept
 /// for `client_id`, if the bucket has one.
 pub(super) async fn read(store: &async_nats::jetstream::kv::Store, origin: u64, client_id: &[u8]) -> Option<Bytes> {

@@ -371,12 +371,13 @@ async fn reap(
     }
     // Its sessions went offline now (beside the wills, which may wait for their delays).
     let records = task.owners.borrow().records_store.clone();
-    if let Some(records) = records {
-        tokio::task::spawn_local(async move {
+    let (client, cluster_name) = (task.client.clone(), task.cluster_name.clone());
+    tokio::task::spawn_local(async move {
+        if let Some(records) = super::records::opened_or_bound(records, &client, &cluster_name).await {
             let marked = super::records::mark_offline(&records, origin).await;
             tracing::info!(origin = heartbeat_key(origin), marked, "cluster: a dead node's session records are offline from now");
-        });
-    }
+        }
+    });
     let found_at = Instant::now();
     let mut listed = None;
     for _ in 0..LIST_ATTEMPTS {
