@@ -618,6 +618,76 @@ fn a_session_larger_than_one_nats_message_moves_whole() {
 }
 
 #[test]
+fn with_cluster_durable_a_killed_nodes_queued_and_unacknowledged_messages_come_back_elsewhere() {
+    const MESSAGES: usize = 40;
+    let Some(cluster) = Cluster::start(3, &["--cluster-durable"]) else { return };
+    for node in 0..3 {
+        wait_for_owner_bucket(&cluster, node);
+    }
+    // Every message below is published on node 2.
+    let stored_before = cluster.wait_for_durable_store(1, "ringmq_messages");
+    // Online on node 1: takes 3 messages and acknowledges them.
+    let (mut online, _) = resume(&cluster, 0, "durable-online");
+    online.subscribe(&[("live/+", QoS::AtLeastOnce)]);
+    cluster.wait_for_route(1, "live/probe", &mut online);
+    let mut publisher = cluster.nodes[1].client(&format!("durable-publisher-{}", rand_suffix()), true);
+    let publish_three = |publisher: &mut RawClient, name: &str, first_id: u16| {
+        for index in 0..3u16 {
+            publisher.publish(&format!("live/{name}"), format!("{name} {index}").as_bytes(), QoS::AtLeastOnce, false, first_id + index);
+        }
+    };
+    publish_three(&mut publisher, "old", 1);
+    assert_eq!(receive(&mut online, 3).len(), 3);
+    let acknowledged_at_ms = unix_ms();
+    // Its record's checkpoint moves past them (refreshed while the session owes nothing),
+    // so they are not replayed; the next 3 it receives and never acknowledges.
+    let margin_ms = ringmq::cluster::durable::CHECKPOINT_MARGIN.as_millis() as u64;
+    cluster.wait_for_record_checkpoint("durable-online", acknowledged_at_ms + margin_ms);
+    publish_three(&mut publisher, "new", 4);
+    let unacknowledged: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|_| match online.try_recv(Duration::from_secs(10)) {
+            Some(Packet::Publish(publish)) => (text(&publish.topic), publish.payload.to_vec()),
+            other => panic!("expected a PUBLISH, got {other:?}"),
+        })
+        .collect();
+    // Away: queued on node 1 for it, stored once each in the stream from node 2.
+    let messages: Vec<(String, Vec<u8>)> =
+        (0..MESSAGES).map(|sequence| (format!("durable/{}", sequence % 3), format!("queued {sequence}").into_bytes())).collect();
+    queue_while_away(&cluster, "durable-away", "durable", &messages);
+    cluster.wait_for_session_records(&["durable-away", "durable-online"], &[]);
+    cluster.wait_for_stream_messages("ringmq_messages", stored_before + (MESSAGES + 6) as u64);
+    cluster.nodes[0].signal(libc::SIGKILL);
+
+    // On node 3: its subscription from the record, and every message, once, in order.
+    let (mut away, present) = resume(&cluster, 2, "durable-away");
+    assert!(present, "session present after its node died");
+    let got: Vec<(String, Vec<u8>)> =
+        receive(&mut away, MESSAGES).iter().map(|publish| (text(&publish.topic), publish.payload.to_vec())).collect();
+    assert_eq!(got, messages);
+    away.assert_silent(Duration::from_millis(500));
+    // On node 2: what was in flight comes again, what was acknowledged before the
+    // checkpoint does not.
+    let (mut back, present) = resume(&cluster, 1, "durable-online");
+    assert!(present);
+    let got: Vec<(String, Vec<u8>)> =
+        receive(&mut back, 3).iter().map(|publish| (text(&publish.topic), publish.payload.to_vec())).collect();
+    assert_eq!(got, unacknowledged);
+    back.assert_silent(Duration::from_millis(500));
+    let replayed = |node: usize| cluster.nodes[node].wait_for_counters("replays", |c| both_shards(c, "cluster_messages_replayed"));
+    assert_eq!(replayed(2).total("cluster_messages_replayed"), MESSAGES as u64);
+    assert_eq!(replayed(1).total("cluster_messages_replayed"), 3);
+    // And subscribed there: a new message arrives as any would.
+    cluster.wait_for_route(1, "durable/probe", &mut away);
+    publisher.publish("durable/after", b"after the death", QoS::AtLeastOnce, false, 7);
+    let after = receive(&mut away, 1);
+    assert_eq!((text(&after[0].topic), &after[0].payload[..]), ("durable/after".to_string(), &b"after the death"[..]));
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64
+}
+
+#[test]
 fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptions() {
     let Some(cluster) = Cluster::start(3, &[]) else { return };
     for node in 0..3 {

@@ -5,7 +5,10 @@
 #   1. added latency of a cross-node delivery: QoS 1, 1 publisher -> 10 subscribers at a
 #      fixed rate, subscribers on the publisher's node vs on another node;
 #   2. fan-out throughput, closed loop, QoS 1, 1 -> 100: a lone node (no --cluster), all
-#      subscribers on the publisher's node of the cluster, subscribers spread over 3 nodes.
+#      subscribers on the publisher's node of the cluster, subscribers spread over 3 nodes;
+#   3. the cost of --cluster-durable: a second cluster of 3 nodes on the same NATS servers
+#      (--cluster-name ringmqd --cluster-durable), the cross-node latency run and a closed-
+#      loop QoS 1 fan-in (10 publishers on node 1 -> 1 subscriber on node 2) on both.
 #
 # On a 2-core machine these are correctness-level figures: every broker process shares
 # CPU 0 (taskset), loadgen runs on CPU 1.
@@ -58,15 +61,21 @@ for i in 1 2 3; do
   PIDS+=($!)
 done
 for i in 1 2 3; do wait_port 127.0.0.$i "${NATS_PORT[$i]}"; done
+declare -A DURABLE_PORT
 for i in 1 2 3; do
   taskset -c "$BROKER_CPUS" "$RINGMQ" --cores 1 --listen "127.0.0.$i:${MQTT_PORT[$i]}" --log warn \
     --cluster "nats://127.0.0.$i:${NATS_PORT[$i]}" --node-id "node$i" >"$WORK/ringmq$i.out" 2>"$WORK/ringmq$i.log" &
+  PIDS+=($!)
+  DURABLE_PORT[$i]=$(free_port 127.0.0.$i)
+  taskset -c "$BROKER_CPUS" "$RINGMQ" --cores 1 --listen "127.0.0.$i:${DURABLE_PORT[$i]}" --log warn \
+    --cluster "nats://127.0.0.$i:${NATS_PORT[$i]}" --node-id "durable$i" --cluster-name ringmqd --cluster-durable \
+    >"$WORK/durable$i.out" 2>"$WORK/durable$i.log" &
   PIDS+=($!)
 done
 LONE_PORT=$(free_port 127.0.0.1)
 taskset -c "$BROKER_CPUS" "$RINGMQ" --cores 1 --listen "127.0.0.1:$LONE_PORT" --log warn >"$WORK/lone.out" 2>"$WORK/lone.log" &
 PIDS+=($!)
-for i in 1 2 3; do wait_port 127.0.0.$i "${MQTT_PORT[$i]}"; done
+for i in 1 2 3; do wait_port 127.0.0.$i "${MQTT_PORT[$i]}"; wait_port 127.0.0.$i "${DURABLE_PORT[$i]}"; done
 wait_port 127.0.0.1 "$LONE_PORT"
 # NATS propagates interest between its servers asynchronously; give the routes a moment.
 sleep 2
@@ -89,13 +98,19 @@ run fanout-lone-node --host 127.0.0.1 --port "$LONE_PORT" "${FANOUT[@]}" --topic
 run fanout-one-node --host 127.0.0.1 --port "${MQTT_PORT[1]}" "${FANOUT[@]}" --topic-prefix bench/one
 run fanout-three-nodes --host 127.0.0.1 --port "${MQTT_PORT[1]}" --subscribe-to "$N1" --subscribe-to "$N2" --subscribe-to "$N3" \
   "${FANOUT[@]}" --topic-prefix bench/three
+D2="127.0.0.2:${DURABLE_PORT[2]}"
+run latency-cross-node-durable --host 127.0.0.1 --port "${DURABLE_PORT[1]}" --subscribe-to "$D2" "${LATENCY[@]}" --topic-prefix bench/dcross
+FANIN=(--scenario fanin --publishers 10 --subscribers 1 --qos-pub 1 --qos-sub 1)
+run fanin-cross-node --host 127.0.0.1 --port "${MQTT_PORT[1]}" --subscribe-to "$N2" "${FANIN[@]}" --topic-prefix bench/fanin
+run fanin-cross-node-durable --host 127.0.0.1 --port "${DURABLE_PORT[1]}" --subscribe-to "$D2" "${FANIN[@]}" --topic-prefix bench/dfanin
 
 python3 - "$WORK" <<'PY'
 import json, sys
 work = sys.argv[1]
 print("| run | deliveries/s | lost | dup | p50 us | p99 us | p99.9 us |")
 print("|---|---|---|---|---|---|---|")
-for name in ["latency-same-node", "latency-cross-node", "fanout-lone-node", "fanout-one-node", "fanout-three-nodes"]:
+for name in ["latency-same-node", "latency-cross-node", "fanout-lone-node", "fanout-one-node", "fanout-three-nodes",
+             "latency-cross-node-durable", "fanin-cross-node", "fanin-cross-node-durable"]:
     r = json.load(open(f"{work}/{name}.json"))
     lat = r.get("latency_us") or {}
     print(f"| {name} | {r['deliveries_per_s']:.0f} | {r['counts']['lost']} | {r['counts']['duplicated']} | "

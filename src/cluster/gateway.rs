@@ -61,6 +61,8 @@ pub struct GatewaySettings {
     pub cluster_name: String,
     /// `--cluster-replicas`: copies JetStream keeps of the cluster's buckets.
     pub replicas: usize,
+    /// `--cluster-durable` and its bounds (`durable.rs`), or `None`.
+    pub durable: Option<super::durable::DurableSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,11 @@ pub(super) struct GatewayCounters {
     pub(super) record_write_failures: u64,
     /// Session records past what one NATS message takes (deleted instead).
     pub(super) records_too_large: u64,
+    /// QoS 1/2 messages the durable stream acknowledged (`durable.rs`).
+    pub(super) durable_stored: u64,
+    /// QoS 1/2 messages not stored in it: not sent (cut off from NATS, too many waiting for
+    /// acknowledgements) or refused.
+    pub(super) durable_store_failures: u64,
 }
 
 /// Checks the settings; `start` refuses what this refuses.
@@ -148,6 +155,8 @@ struct Gateway {
     /// Session record changes for the records task, and its wake-up.
     records: Rc<RefCell<super::records::Records>>,
     records_wake: Rc<tokio::sync::Notify>,
+    /// `--cluster-durable`: where QoS 1/2 messages are stored.
+    durable: Option<super::durable::Durable>,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -221,6 +230,8 @@ async fn run(
         store: None,
         records_store: None,
         wills_open: false,
+        durable_stream: None,
+        durable: settings.durable.is_some(),
         client: client.clone(),
         cluster_name: settings.cluster_name.clone(),
         origin: stamp.origin,
@@ -270,6 +281,20 @@ async fn run(
         wake: records_wake.clone(),
         state: state.clone(),
     }));
+    let durable = settings.durable.map(|durable_settings| {
+        let (durable, acks) = super::durable::Durable::new(&client, &settings.cluster_name);
+        owner_tasks.push(tokio::task::spawn_local(super::durable::run_acks(acks, state.clone())));
+        let (owners, client, cluster_name, replicas) = (owners.clone(), client.clone(), settings.cluster_name.clone(), settings.replicas);
+        owner_tasks.push(tokio::task::spawn_local(async move {
+            // After the buckets a CONNECT or a will waits for (JetStream makes one at a time).
+            while owners.borrow().records_store.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let stream = super::durable::open(&client, &cluster_name, replicas, durable_settings).await;
+            owners.borrow_mut().durable_stream = Some(stream);
+        }));
+        durable
+    });
     let mut gateway = Gateway {
         settings,
         client,
@@ -281,6 +306,7 @@ async fn run(
         will_registry: Default::default(),
         records,
         records_wake,
+        durable,
         stamp,
         filters: HashMap::new(),
         state,
@@ -373,7 +399,7 @@ async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, to_shar
                 None => return,
                 Some(batch) => for item in batch {
                     if let ToGateway::Claim { client_id, shard, persistent, .. } = item {
-                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false, handed: None };
+                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false, handed: None, replay: Vec::new() };
                         let _ = to_shards[shard].send(answer).await;
                     }
                 },
@@ -394,6 +420,7 @@ impl GatewayCounters {
             + self.will_write_failures
             + self.record_write_failures
             + self.records_too_large
+            + self.durable_store_failures
     }
 }
 
@@ -445,6 +472,16 @@ impl Gateway {
     }
 
     async fn publish(&mut self, message: Arc<Message>) {
+        if let Some(durable) = &self.durable
+            && message.qos != crate::protocol::QoS::AtMostOnce
+        {
+            // Stored once, from the node it was published on (its stamp as it leaves).
+            let stored = self.client.connection_state() == async_nats::connection::State::Connected
+                && durable.store(encode(&message, self.stamp, Instant::now())).await;
+            if !stored {
+                self.state.borrow_mut().counters.durable_store_failures += 1;
+            }
+        }
         if message.retain {
             self.stamp.sequence += 1;
             if self.retained.try_send((self.stamp, message)).is_err() {
@@ -634,6 +671,7 @@ mod tests {
             node_id: "n1".into(),
             cluster_name: name.into(),
             replicas: 3,
+            durable: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! The session travels in the session log's own format (`persist::session`: one open
 //! record and the events that rebuild it, each message once), framed and checksummed like
-//! a log file, so what is tested for recovery from disk is what moves between nodes. The
+//! a log file, so what is tested for recovery from disk is what moves between nodes,
+//! behind the session's checkpoint (`[checkpoint_ms u64 LE]`, see `cluster::durable`). The
 //! bytes are cut into chunks that each fit one NATS message (`chunk`), numbered, since a
 //! session's queue can exceed the server's `max_payload` (1 MiB by default); the taker
 //! puts them back together (`Assembly`), bounded by `HANDOVER_BYTES_MAX`.
@@ -51,13 +52,14 @@ pub enum HandoverError {
 pub fn encode(session: &Session, version: ProtocolVersion, clock: Clock) -> Vec<u8> {
     // Only the session travels: the taker's CONNECT sets the expiry and the will.
     let header = SessionHeader { version, expiry_interval_s: 0, online: false, ends_at_ms: 0, will: None };
-    encode_events(session.client_id(), &header, &session.snapshot(), clock)
+    encode_events(session.client_id(), &header, &session.snapshot(), session.checkpoint_ms(), clock)
 }
 
-/// One session's open record and events, as a log file of its own.
-fn encode_events(client_id: &[u8], header: &SessionHeader, events: &[SessionEvent], clock: Clock) -> Vec<u8> {
+/// One session's checkpoint, then its open record and events as a log file of its own.
+fn encode_events(client_id: &[u8], header: &SessionHeader, events: &[SessionEvent], checkpoint_ms: u64, clock: Clock) -> Vec<u8> {
     let mut encoder = SessionEncoder::default();
-    let mut out = FILE_MAGIC.to_vec();
+    let mut out = checkpoint_ms.to_le_bytes().to_vec();
+    out.extend_from_slice(FILE_MAGIC);
     encoder.open(0, 0, client_id, header, clock, &mut out);
     encoder.events(0, events, clock, &mut out);
     out
@@ -72,8 +74,21 @@ pub fn encode_record(session: &Session, header: &SessionHeader, clock: Clock) ->
         .subscriptions()
         .map(|(filter, subscription)| SessionEvent::Subscribed { filter: filter.text(), subscription: *subscription })
         .collect();
-    encode_events(session.client_id(), &header, &subscriptions, clock)
+    encode_events(session.client_id(), &header, &subscriptions, session.checkpoint_ms(), clock)
 }
+
+/// What a taker replays for a dead node's session (`cluster::durable`): its checkpoint
+/// and the filters of its subscriptions (shared ones left out: their groups took the
+/// messages elsewhere).
+pub fn replay_plan(bytes: &[u8], clock: Clock) -> Result<(u64, Vec<Bytes>), HandoverError> {
+    let logged = replay_one(bytes, RECORD_LIMITS, clock)?;
+    let filters = logged.session.subscriptions().filter(|(filter, _)| !filter.is_shared()).map(|(filter, _)| filter.text()).collect();
+    Ok((logged.session.checkpoint_ms(), filters))
+}
+
+/// A record holds no messages: the limits it is read with do not matter.
+const RECORD_LIMITS: SessionLimits =
+    SessionLimits { inflight_max: 1, queued_messages_max: 0, queue_full_policy: crate::session::QueueFullPolicy::DropNew };
 
 /// What the reaper of a dead node does with one of its records (`offline_since_death`).
 #[derive(Debug, Clone, PartialEq)]
@@ -89,9 +104,7 @@ pub enum RecordFate {
 /// A dead node's record, seen by the survivor that reaps the node at `clock`: a session
 /// that was online went offline at the death (about now), so its expiry starts now.
 pub fn offline_since_death(bytes: &[u8], clock: Clock) -> RecordFate {
-    // A record holds no messages: the limits do not matter.
-    let limits = SessionLimits { inflight_max: 1, queued_messages_max: 0, queue_full_policy: crate::session::QueueFullPolicy::DropNew };
-    let Ok(logged) = replay_one(bytes, limits, clock) else { return RecordFate::Delete };
+    let Ok(logged) = replay_one(bytes, RECORD_LIMITS, clock) else { return RecordFate::Delete };
     if logged.expired {
         return RecordFate::Delete;
     }
@@ -123,7 +136,9 @@ pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Cloc
 
 /// The one session `bytes` holds, as the log replay leaves it (`expired` included).
 fn replay_one(bytes: &[u8], limits: SessionLimits, clock: Clock) -> Result<LoggedSession, HandoverError> {
-    let scan = record::scan(bytes).map_err(|_| HandoverError::NotAHandover)?;
+    let (checkpoint, log) = bytes.split_at_checked(8).ok_or(HandoverError::NotAHandover)?;
+    let checkpoint_ms = u64::from_le_bytes(checkpoint.try_into().map_err(|_| HandoverError::NotAHandover)?);
+    let scan = record::scan(log).map_err(|_| HandoverError::NotAHandover)?;
     if scan.damage.is_some() {
         return Err(HandoverError::Damaged);
     }
@@ -133,7 +148,9 @@ fn replay_one(bytes: &[u8], limits: SessionLimits, clock: Clock) -> Result<Logge
     if replayed.sessions.len() != 1 {
         return Err(HandoverError::SessionCount(replayed.sessions.len()));
     }
-    Ok(replayed.sessions.remove(0))
+    let mut logged = replayed.sessions.remove(0);
+    logged.session.set_checkpoint_ms(checkpoint_ms);
+    Ok(logged)
 }
 
 /// `bytes` in numbered chunks of at most `chunk_bytes_max` (at least one, empty for
@@ -277,6 +294,24 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpoint_goes_with_the_session_its_record_and_the_reaping() {
+        let clock = Clock::system();
+        let mut session = busy_session();
+        let shared = crate::topics::Filter::parse(b"$share/g/c/#").expect("filter");
+        session.subscribe(shared, Subscription { options: SubscriptionOptions::with_qos(QoS::AtLeastOnce), identifier: None });
+        session.set_checkpoint_ms(1_234_567);
+        let back = decode(&encode(&session, ProtocolVersion::V5, clock), b"roamer", limits(), clock).expect("decodes");
+        assert_eq!(back.checkpoint_ms(), 1_234_567);
+        let header = SessionHeader { version: ProtocolVersion::V5, expiry_interval_s: 60, online: true, ends_at_ms: 0, will: None };
+        let record = encode_record(&session, &header, clock);
+        // The group took its messages elsewhere: only the session's own filters replay.
+        let own_filters = vec![Bytes::from_static(b"a/+"), Bytes::from_static(b"b/#")];
+        assert_eq!(replay_plan(&record, clock).expect("a plan"), (1_234_567, own_filters.clone()));
+        let RecordFate::Rewrite(offline) = offline_since_death(&record, clock) else { panic!("an online session goes offline") };
+        assert_eq!(replay_plan(&offline, clock).expect("a plan"), (1_234_567, own_filters));
+    }
+
+    #[test]
     fn a_dead_nodes_online_sessions_go_offline_at_the_reaping() {
         let clock = Clock::system();
         let session = busy_session();
@@ -315,7 +350,9 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
         assert_eq!(decode(&flipped, b"roamer", limits(), clock).err(), Some(HandoverError::Damaged));
-        assert_eq!(decode(FILE_MAGIC, b"roamer", limits(), clock).err(), Some(HandoverError::SessionCount(0)));
+        let no_session = [&[0u8; 8][..], FILE_MAGIC].concat();
+        assert_eq!(decode(&no_session, b"roamer", limits(), clock).err(), Some(HandoverError::SessionCount(0)));
+        assert_eq!(decode(&[0u8; 7], b"roamer", limits(), clock).err(), Some(HandoverError::NotAHandover), "short of a checkpoint");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod bucket;
 pub mod dedup;
+pub mod durable;
 pub mod frame;
 pub mod gateway;
 pub mod handover;

@@ -124,6 +124,9 @@ pub struct Owners {
     pub records_store: Option<async_nats::jetstream::kv::Store>,
     /// The wills task has opened its buckets (the records bucket is made after them).
     pub wills_open: bool,
+    /// `--cluster-durable`, and its stream once open: read for a dead node's session.
+    pub durable: bool,
+    pub durable_stream: Option<async_nats::jetstream::stream::Stream>,
     pub client: async_nats::Client,
     pub cluster_name: String,
     pub origin: u64,
@@ -153,25 +156,37 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     owners.borrow_mut().claiming.insert(client_id.clone(), 0);
     let outcome = take(&owners, &client_id).await;
     // Still `claiming` while the session comes: an eviction meanwhile is not lost.
-    let handed = match outcome {
+    let (handed, replay) = match outcome {
         ClaimOutcome::Granted { revision, previous: Some(previous) } if resume => {
-            let (client, subject, records, cluster_name) = {
+            let (client, subject, records, cluster_name, durable, durable_stream) = {
                 let owners = owners.borrow();
                 let subject = evict_subject(&owners.cluster_name, previous);
-                (owners.client.clone(), subject, owners.records_store.clone(), owners.cluster_name.clone())
+                let (records, durable_stream) = (owners.records_store.clone(), owners.durable_stream.clone());
+                (owners.client.clone(), subject, records, owners.cluster_name.clone(), owners.durable, durable_stream)
             };
             match fetch_session(&client, subject, revision, &client_id).await {
-                Fetched::Session(bytes) => Some(bytes),
-                Fetched::NoSession => None,
+                Fetched::Session(bytes) => (Some(bytes), Vec::new()),
+                Fetched::NoSession => (None, Vec::new()),
                 // Dead, most likely: the session as its record left it (subscriptions,
-                // not messages), if it kept one.
-                Fetched::NoAnswer => match super::records::opened_or_bound(records, &client, &cluster_name).await {
-                    Some(records) => super::records::read(&records, previous, &client_id).await,
-                    None => None,
-                },
+                // not messages), if it kept one, and with `--cluster-durable` the messages
+                // stored since its checkpoint.
+                Fetched::NoAnswer => {
+                    let record = match super::records::opened_or_bound(records, &client, &cluster_name).await {
+                        Some(records) => super::records::read(&records, previous, &client_id).await,
+                        None => None,
+                    };
+                    let replay = match &record {
+                        Some(record) if durable => match super::durable::opened_or_bound(durable_stream, &client, &cluster_name).await {
+                            Some(stream) => super::durable::replay(&stream, record).await,
+                            None => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    };
+                    (record, replay)
+                }
             }
         }
-        _ => None,
+        _ => (None, Vec::new()),
     };
     let (target, evicted_meanwhile, evict) = {
         let mut owners = owners.borrow_mut();
@@ -206,7 +221,8 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     let verified = matches!(outcome, ClaimOutcome::Granted { .. });
     let granted = verified || !persistent;
     let handed = handed.filter(|_| granted && !evicted_meanwhile);
-    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed }).await;
+    let replay = if handed.is_some() { replay } else { Vec::new() };
+    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed, replay }).await;
     if granted && evicted_meanwhile {
         let _ = target.send(FromCluster::EvictRemote { client_id, handover: None }).await;
     }

@@ -58,7 +58,9 @@ pub enum FromCluster {
     /// To the home shard: the oldest waiting claim for `client_id` is granted, or refused
     /// (the cluster could not settle who owns it); `verified`: the owner bucket names us;
     /// `handed`: the session the previous owner handed over (`cluster::handover` bytes).
-    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes> },
+    /// `replay`: with `--cluster-durable`, for a session resumed from a dead node's record,
+    /// the messages published since its checkpoint that its filters match, oldest first.
+    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes>, replay: Vec<Arc<Message>> },
     /// To the home shard: a connection on another node now owns `client_id`. With
     /// `handover`, that connection resumes the session: send it (empty: none kept).
     EvictRemote { client_id: Bytes, handover: Option<SessionReply> },
@@ -76,6 +78,9 @@ pub struct ClusterPort {
     records_dirty: HashMap<Bytes, u64>,
     /// Publishes among `outbox`, for the bound.
     publishes: usize,
+    /// `--cluster-durable`: the shard refreshes its sessions' checkpoints, last at this time.
+    pub durable: bool,
+    pub checkpoints_refreshed_at: Option<std::time::Instant>,
     waker: Option<Waker>,
 }
 

@@ -329,6 +329,22 @@ pub struct Config {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub cluster_replicas: u64,
 
+    /// With --cluster: store each QoS 1/2 message once in a replicated JetStream stream, so
+    /// that a client resuming the session of a node that died gets the messages published
+    /// since its last checkpoint (at least once), not only its subscriptions.
+    #[arg(long)]
+    pub cluster_durable: bool,
+
+    /// With --cluster-durable: how long the stream keeps a message, so how long after a
+    /// node's death its sessions' messages can be replayed.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_durable_retention_s: u64,
+
+    /// With --cluster-durable: the stream's size bound on each NATS server; past it the
+    /// oldest messages go.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_durable_bytes_max: u64,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug". Reloaded on
     /// SIGHUP from the configuration file.
     #[arg(long, default_value = "info")]

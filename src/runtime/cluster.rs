@@ -21,11 +21,13 @@ const INBOX_BATCH: usize = 256;
 pub(super) struct ShardClusterEnds {
     pub(super) to_gateway: mpsc::Sender<Vec<ToGateway>>,
     pub(super) inbox: mpsc::Receiver<FromCluster>,
+    /// `--cluster-durable`: the shard keeps its sessions' checkpoints fresh.
+    pub(super) durable: bool,
 }
 
 pub(super) fn serve(shard: &Rc<RefCell<Shard>>, ends: ShardClusterEnds) {
-    let ShardClusterEnds { to_gateway, mut inbox } = ends;
-    shard.borrow_mut().attach_cluster();
+    let ShardClusterEnds { to_gateway, mut inbox, durable } = ends;
+    shard.borrow_mut().attach_cluster(durable);
     let outgoing = shard.clone();
     glommio::spawn_local(async move {
         loop {

@@ -180,6 +180,10 @@ fn gateway_settings(config: &Config, port: u16) -> Option<crate::cluster::gatewa
         node_id: config.node_id.clone().unwrap_or_else(|| format!("{}-{port}", host_name())),
         cluster_name: config.cluster_name.clone(),
         replicas: config.cluster_replicas as usize,
+        durable: config.cluster_durable.then(|| crate::cluster::durable::DurableSettings {
+            retention: Duration::from_secs(config.cluster_durable_retention_s),
+            bytes_max: config.cluster_durable_bytes_max,
+        }),
     })
 }
 
@@ -318,7 +322,7 @@ pub fn start(config: &Config, stop: Arc<AtomicBool>) -> Result<Broker, StartErro
         let cluster = to_gateway
             .clone()
             .zip(shard_inboxes.as_mut().and_then(Iterator::next))
-            .map(|(to_gateway, inbox)| cluster::ShardClusterEnds { to_gateway, inbox });
+            .map(|(to_gateway, inbox)| cluster::ShardClusterEnds { to_gateway, inbox, durable: config.cluster_durable });
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringmq-shard-{index}"))
             .io_memory(io_memory_bytes)

@@ -223,6 +223,10 @@ pub struct Session {
     pub expired_count: u64,
     /// Changes not yet taken for the session log; `None` unless the session is persistent.
     journal: Option<Vec<SessionEvent>>,
+    /// In a cluster (`cluster::durable`): a time (Unix ms) before which every message
+    /// published was acknowledged by this session or is not owed to it; 0 when unknown.
+    /// Only the cluster's session record carries it.
+    checkpoint_ms: u64,
 }
 
 impl Session {
@@ -240,7 +244,22 @@ impl Session {
             dropped_count: 0,
             expired_count: 0,
             journal: None,
+            checkpoint_ms: 0,
         }
+    }
+
+    /// See `checkpoint_ms` (the field).
+    pub fn checkpoint_ms(&self) -> u64 {
+        self.checkpoint_ms
+    }
+
+    pub fn set_checkpoint_ms(&mut self, checkpoint_ms: u64) {
+        self.checkpoint_ms = checkpoint_ms;
+    }
+
+    /// Whether the session owes its client nothing: nothing in flight, nothing queued.
+    pub fn owes_nothing(&self) -> bool {
+        self.inflight.is_empty() && self.queued.is_empty()
     }
 
     /// The client's Receive Maximum (5.0) narrows the window for this connection.

@@ -18,15 +18,17 @@
 use std::task::{Context, Poll};
 
 use super::*;
-use crate::cluster::handover;
 use crate::cluster::port::{ClusterPort, FromCluster, SessionReply, ToGateway};
+use crate::cluster::{durable, handover};
 use crate::persist::retained::Clock;
 
 impl Shard {
     /// Turns the cluster on for this shard: from now on publishes and interest go to the
     /// gateway, starting with every filter already subscribed here (restored sessions).
-    pub fn attach_cluster(&mut self) {
+    /// `durable` (`--cluster-durable`): checkpoints are refreshed (`refresh_checkpoints`).
+    pub fn attach_cluster(&mut self, durable: bool) {
         let mut port = ClusterPort::default();
+        port.durable = durable;
         for filter in self.interest.local_filters() {
             port.interest(filter.clone(), true);
         }
@@ -58,6 +60,28 @@ impl Shard {
         }
     }
 
+    /// With `--cluster-durable`, every `CHECKPOINT_REFRESH`: the records of connected
+    /// persistent sessions that owe nothing are written again, for their checkpoint alone
+    /// (what a client whose node dies gets again is bounded by how old it is).
+    pub(super) fn refresh_checkpoints(&mut self, now: Instant) {
+        let Some(port) = &mut self.cluster else { return };
+        if !port.durable || port.checkpoints_refreshed_at.is_some_and(|at| now.duration_since(at) < durable::CHECKPOINT_REFRESH) {
+            return;
+        }
+        port.checkpoints_refreshed_at = Some(now);
+        let stale_before_ms = Clock::system().unix_ms.saturating_sub(durable::CHECKPOINT_REFRESH.as_millis() as u64);
+        for (_, client) in self.clients.iter() {
+            let session = &client.session;
+            if client.link.is_some()
+                && client.lifecycle.expiry() != SessionExpiry::WithConnection
+                && session.owes_nothing()
+                && session.checkpoint_ms() < stale_before_ms
+            {
+                port.record_changed(session.client_id());
+            }
+        }
+    }
+
     /// The timer's turn: the records that changed, as they stand now (`cluster::records`):
     /// a persistent session's header and subscriptions, or `None` for a session gone from
     /// this shard or no longer persistent.
@@ -69,7 +93,9 @@ impl Shard {
         }
         let clock = Clock::system();
         for (client_id, version) in changed {
-            let record = self.clients.key_of(&client_id).map(|key| self.clients.get(key)).and_then(|client| {
+            let record = self.clients.key_of(&client_id).and_then(|key| {
+                let client = self.clients.get_mut(key);
+                advance_checkpoint(&mut client.session, clock);
                 (client.lifecycle.expiry() != SessionExpiry::WithConnection)
                     .then(|| Bytes::from(handover::encode_record(&client.session, &super::durable::header_of(client, clock), clock)))
             });
@@ -102,8 +128,8 @@ impl Shard {
                 self.counters.cluster_publishes_received += 1;
                 self.deliver_cluster_shared(&group, &filter, message, now);
             }
-            FromCluster::ClaimAnswer { client_id, granted, verified, handed } => {
-                self.on_claim_answer(client_id, granted, verified, handed, now)
+            FromCluster::ClaimAnswer { client_id, granted, verified, handed, replay } => {
+                self.on_claim_answer(client_id, granted, verified, handed, replay, now)
             }
             FromCluster::EvictRemote { client_id, handover } => self.on_remote_evict(client_id, handover, now),
             FromCluster::DeadNodesWill(message) => self.publish_as_will(message, now),
@@ -155,7 +181,15 @@ impl Shard {
 
     /// The gateway's word on the oldest waiting claim for `client_id`; `verified`: the
     /// owner bucket now names this node.
-    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes>, now: Instant) {
+    fn on_claim_answer(
+        &mut self,
+        client_id: Bytes,
+        granted: bool,
+        verified: bool,
+        handed: Option<Bytes>,
+        replay: Vec<Arc<Message>>,
+        now: Instant,
+    ) {
         let Some(queue) = self.cluster_claims.get_mut(&client_id) else { return };
         let Some((conn, clean_start, _)) = queue.pop_front() else { return };
         if let Some(&(_, next_clean_start, keeps_session)) = queue.front()
@@ -169,7 +203,7 @@ impl Shard {
             self.cluster_held.insert(client_id.clone());
         }
         if granted {
-            self.grant_claim(client_id, conn, clean_start, handed, now);
+            self.grant_claim(client_id, conn, clean_start, handed, replay, now);
         } else if conn.shard() == self.id {
             self.on_claim_refused(conn);
         } else {
@@ -227,6 +261,7 @@ impl Shard {
                 let mut session = client.session;
                 // Here it ends (on disk too); its shared messages in flight go with it.
                 self.session_ended(&mut session);
+                advance_checkpoint(&mut session, Clock::system());
                 let bytes = handover::encode(&session, client.version, Clock::system());
                 if bytes.len() > handover::HANDOVER_BYTES_MAX {
                     // Past what a taker accepts: ended here, fresh there (session present 0).
@@ -254,6 +289,26 @@ impl Shard {
                 tracing::warn!(client_id = %String::from_utf8_lossy(client_id), %error, "cluster: a session handed over does not decode; it starts fresh");
                 None
             }
+        }
+    }
+
+    /// Messages replayed from the cluster's durable stream for a session resumed from a
+    /// dead node's record (`cluster::durable`): each to this client alone, as its own
+    /// subscriptions take it (ACLs, expiry and the client's limits apply as to any).
+    pub(super) fn deliver_replayed(&mut self, key: ClientKey, replay: Vec<Arc<Message>>, now: Instant) {
+        for message in replay {
+            let session = &self.clients.get(key).session;
+            let matching: Vec<Subscription> = session
+                .subscriptions()
+                .filter(|(filter, _)| !filter.is_shared() && crate::topics::filter_matches(filter.matched(), &message.topic))
+                .map(|(_, subscription)| *subscription)
+                .collect();
+            let Some(delivery) = merge_matching(matching.iter(), false) else { continue };
+            let retain = delivery.retain_as_published && message.retain;
+            let copy =
+                CopyFor { qos: delivery.granted.min(message.qos), retain, subscription_ids: delivery.subscription_ids, shared: None };
+            self.counters.cluster_messages_replayed += 1;
+            self.deliver_to(key, &message, copy, None, now);
         }
     }
 
@@ -301,5 +356,13 @@ impl Shard {
         if let Some(port) = &mut self.cluster {
             port.interest(filter.clone(), subscribed);
         }
+    }
+}
+
+/// A session that owes its client nothing has had every message published until now
+/// (`clock`) acknowledged: its checkpoint moves there. One that owes keeps the last.
+fn advance_checkpoint(session: &mut Session, clock: Clock) {
+    if session.owes_nothing() {
+        session.set_checkpoint_ms(clock.unix_ms);
     }
 }

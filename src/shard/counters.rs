@@ -105,11 +105,14 @@ pub struct Counters {
     /// Sessions past `HANDOVER_BYTES_MAX` when their client resumed on another node: ended
     /// here rather than sent (the client started fresh there).
     pub cluster_sessions_too_large: u64,
+    /// Messages replayed from the durable stream (`--cluster-durable`) to sessions resumed
+    /// from a dead node's record.
+    pub cluster_messages_replayed: u64,
 }
 
 impl Counters {
     /// Name/value pairs, for `$SYS` and logs.
-    pub fn fields(&self) -> [(&'static str, u64); 52] {
+    pub fn fields(&self) -> [(&'static str, u64); 53] {
         [
             ("connections_accepted", self.connections_accepted),
             ("connections_refused", self.connections_refused),
@@ -163,6 +166,7 @@ impl Counters {
             ("cluster_sessions_moved_out", self.cluster_sessions_moved_out),
             ("cluster_sessions_refused", self.cluster_sessions_refused),
             ("cluster_sessions_too_large", self.cluster_sessions_too_large),
+            ("cluster_messages_replayed", self.cluster_messages_replayed),
         ]
     }
 }

@@ -17,6 +17,7 @@ impl Shard {
     /// periodic `$SYS` counters.
     pub fn tick(&mut self, now: Instant) {
         self.send_wills_of_expired_sessions(now);
+        self.refresh_checkpoints(now);
         self.write_changed_records();
         // One pass decides; the actions follow, since they add and remove clients.
         let mut due = Vec::new();

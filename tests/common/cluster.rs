@@ -167,6 +167,84 @@ impl Cluster {
         });
     }
 
+    /// Waits until `client_id`'s session record carries a checkpoint (its first 8 bytes,
+    /// Unix ms) past `after_ms`, and returns it (or panics after a while).
+    pub fn wait_for_record_checkpoint(&self, client_id: &str, after_ms: u64) -> u64 {
+        use futures_util::StreamExt;
+        let suffix = format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
+        let url = format!("nats://{}", self.nats[0].client_addr);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        runtime.block_on(async {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                assert!(Instant::now() < deadline, "{client_id}'s record never had a checkpoint past {after_ms}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Ok(store) = jetstream.get_key_value("ringmq_sessions").await else { continue };
+                let Ok(keys) = store.keys().await else { continue };
+                let keys: Vec<String> = keys.filter_map(|key| async move { key.ok() }).collect().await;
+                for key in keys.iter().filter(|key| key.ends_with(&suffix)) {
+                    if let Ok(Some(value)) = store.get(key).await
+                        && let Some(checkpoint) = value.get(..8)
+                    {
+                        let checkpoint_ms = u64::from_le_bytes(checkpoint.try_into().expect("8 bytes"));
+                        if checkpoint_ms > after_ms {
+                            return checkpoint_ms;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// How many messages the JetStream stream `stream` holds, if it exists.
+    pub fn stream_messages(&self, stream: &str) -> Option<u64> {
+        let url = format!("nats://{}", self.nats[0].client_addr);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        runtime.block_on(async {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
+            let mut handle = jetstream.get_stream(stream).await.ok()?;
+            handle.info().await.ok().map(|info| info.state.messages)
+        })
+    }
+
+    /// Waits until the stream `stream` holds at least `count` messages (or panics after
+    /// a while): `--cluster-durable` stores each QoS 1/2 publish there.
+    pub fn wait_for_stream_messages(&self, stream: &str, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let held = self.stream_messages(stream);
+            if held.is_some_and(|held| held >= count) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{stream} never held {count} messages (holds {held:?})");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Publishes QoS 1 probes (to a topic of their own) on node `node` until one lands in
+    /// the stream `stream`: a stream just made takes messages from a node only once NATS
+    /// has told that node's server where the stream listens (before, they are counted in
+    /// `durable_store_failures`). Returns how many messages the stream then holds.
+    pub fn wait_for_durable_store(&self, node: usize, stream: &str) -> u64 {
+        let mut publisher = self.nodes[node].client(&format!("durable-probe-{}", rand_suffix()), true);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in 1u16.. {
+            assert!(Instant::now() < deadline, "node {node}'s messages never reached {stream}");
+            let before = self.stream_messages(stream).unwrap_or(0);
+            publisher.publish("ringmq-test/durable-probe", b"probe", QoS::AtLeastOnce, false, id);
+            let landed_by = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < landed_by {
+                if let Some(held) = self.stream_messages(stream).filter(|&held| held > before) {
+                    publisher.disconnect();
+                    return held;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unreachable!("the deadline ends the loop")
+    }
+
     /// Publishes `probe_topic` from node `from` until `subscriber` (on another node, its
     /// subscription covering the topic) receives one, then drains the probes: the route
     /// from `from` to the subscriber's node exists. Cross-node routes are eventual (NATS
