@@ -641,7 +641,7 @@ fn with_cluster_durable_a_killed_nodes_queued_and_unacknowledged_messages_come_b
     let acknowledged_at_ms = unix_ms();
     // Its record's checkpoint moves past them (refreshed while the session owes nothing),
     // so they are not replayed; the next 3 it receives and never acknowledges.
-    let margin_ms = ringmq::cluster::durable::CHECKPOINT_MARGIN.as_millis() as u64;
+    let margin_ms = ringmq::cluster::message_stream::CHECKPOINT_MARGIN.as_millis() as u64;
     cluster.wait_for_record_checkpoint("durable-online", acknowledged_at_ms + margin_ms);
     publish_three(&mut publisher, "new", 4);
     let unacknowledged: Vec<(String, Vec<u8>)> = (0..3)

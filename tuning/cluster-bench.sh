@@ -83,7 +83,8 @@ sleep 2
 run() { # name, loadgen args...
   local name=$1
   shift
-  taskset -c "$CLIENT_CPUS" "$LOADGEN" --json --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s 3 "$@" >"$WORK/$name.json"
+  # A failed run (loadgen exits non-zero) is reported with its errors, not hidden.
+  taskset -c "$CLIENT_CPUS" "$LOADGEN" --json --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s 3 "$@" >"$WORK/$name.json" || true
   echo "$name: $*" >>"$WORK/commands"
 }
 
@@ -115,6 +116,8 @@ for name in ["latency-same-node", "latency-cross-node", "fanout-lone-node", "fan
     lat = r.get("latency_us") or {}
     print(f"| {name} | {r['deliveries_per_s']:.0f} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
           f"{lat.get('p50', '')} | {lat.get('p99', '')} | {lat.get('p99_9', '')} |")
+    if r.get("errors"):
+        print(f"|   {name} errors: {'; '.join(r['errors'][:3])} |")
 PY
 echo
 echo "commands (ports are this run's):"

@@ -62,7 +62,7 @@ pub struct GatewaySettings {
     /// `--cluster-replicas`: copies JetStream keeps of the cluster's buckets.
     pub replicas: usize,
     /// `--cluster-durable` and its bounds (`durable.rs`), or `None`.
-    pub durable: Option<super::durable::DurableSettings>,
+    pub durable: Option<super::message_stream::DurableSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +156,7 @@ struct Gateway {
     records: Rc<RefCell<super::records::Records>>,
     records_wake: Rc<tokio::sync::Notify>,
     /// `--cluster-durable`: where QoS 1/2 messages are stored.
-    durable: Option<super::durable::Durable>,
+    durable: Option<super::message_stream::Durable>,
     stamp: Stamp,
     /// Distinct filters the shards hold: how many shards, and the tasks reading their subjects.
     filters: HashMap<Bytes, FilterRoute>,
@@ -232,6 +232,7 @@ async fn run(
         wills_open: false,
         durable_stream: None,
         durable: settings.durable.is_some(),
+        replays: Rc::new(tokio::sync::Semaphore::new(super::message_stream::REPLAYS_AT_ONCE_MAX)),
         client: client.clone(),
         cluster_name: settings.cluster_name.clone(),
         origin: stamp.origin,
@@ -282,15 +283,15 @@ async fn run(
         state: state.clone(),
     }));
     let durable = settings.durable.map(|durable_settings| {
-        let (durable, acks) = super::durable::Durable::new(&client, &settings.cluster_name);
-        owner_tasks.push(tokio::task::spawn_local(super::durable::run_acks(acks, state.clone())));
+        let (durable, acks) = super::message_stream::Durable::new(&client, &settings.cluster_name);
+        owner_tasks.push(tokio::task::spawn_local(super::message_stream::run_acks(acks, state.clone())));
         let (owners, client, cluster_name, replicas) = (owners.clone(), client.clone(), settings.cluster_name.clone(), settings.replicas);
         owner_tasks.push(tokio::task::spawn_local(async move {
             // After the buckets a CONNECT or a will waits for (JetStream makes one at a time).
             while owners.borrow().records_store.is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let stream = super::durable::open(&client, &cluster_name, replicas, durable_settings).await;
+            let stream = super::message_stream::open(&client, &cluster_name, replicas, durable_settings).await;
             owners.borrow_mut().durable_stream = Some(stream);
         }));
         durable
@@ -399,7 +400,7 @@ async fn drain_until_stopped(inbox: &mut mpsc::Receiver<Vec<ToGateway>>, to_shar
                 None => return,
                 Some(batch) => for item in batch {
                     if let ToGateway::Claim { client_id, shard, persistent, .. } = item {
-                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false, handed: None, replay: Vec::new() };
+                        let answer = FromCluster::ClaimAnswer { client_id, granted: !persistent, verified: false, handed: None };
                         let _ = to_shards[shard].send(answer).await;
                     }
                 },
@@ -475,9 +476,9 @@ impl Gateway {
         if let Some(durable) = &self.durable
             && message.qos != crate::protocol::QoS::AtMostOnce
         {
-            // Stored once, from the node it was published on (its stamp as it leaves).
-            let stored = self.client.connection_state() == async_nats::connection::State::Connected
-                && durable.store(encode(&message, self.stamp, Instant::now())).await;
+            // Stored once, from the node it was published on.
+            let stored =
+                self.client.connection_state() == async_nats::connection::State::Connected && durable.store(&message, self.stamp).await;
             if !stored {
                 self.state.borrow_mut().counters.durable_store_failures += 1;
             }

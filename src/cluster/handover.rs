@@ -6,7 +6,7 @@
 //! The session travels in the session log's own format (`persist::session`: one open
 //! record and the events that rebuild it, each message once), framed and checksummed like
 //! a log file, so what is tested for recovery from disk is what moves between nodes,
-//! behind the session's checkpoint (`[checkpoint_ms u64 LE]`, see `cluster::durable`). The
+//! behind the session's checkpoint (`[checkpoint_ms u64 LE]`, see `cluster::message_stream`). The
 //! bytes are cut into chunks that each fit one NATS message (`chunk`), numbered, since a
 //! session's queue can exceed the server's `max_payload` (1 MiB by default); the taker
 //! puts them back together (`Assembly`), bounded by `HANDOVER_BYTES_MAX`.
@@ -77,7 +77,7 @@ pub fn encode_record(session: &Session, header: &SessionHeader, clock: Clock) ->
     encode_events(session.client_id(), &header, &subscriptions, session.checkpoint_ms(), clock)
 }
 
-/// What a taker replays for a dead node's session (`cluster::durable`): its checkpoint
+/// What a taker replays for a dead node's session (`cluster::message_stream`): its checkpoint
 /// and the filters of its subscriptions (shared ones left out: their groups took the
 /// messages elsewhere).
 pub fn replay_plan(bytes: &[u8], clock: Clock) -> Result<(u64, Vec<Bytes>), HandoverError> {
@@ -136,8 +136,14 @@ pub fn decode(bytes: &[u8], client_id: &[u8], limits: SessionLimits, clock: Cloc
 
 /// The one session `bytes` holds, as the log replay leaves it (`expired` included).
 fn replay_one(bytes: &[u8], limits: SessionLimits, clock: Clock) -> Result<LoggedSession, HandoverError> {
-    let (checkpoint, log) = bytes.split_at_checked(8).ok_or(HandoverError::NotAHandover)?;
-    let checkpoint_ms = u64::from_le_bytes(checkpoint.try_into().map_err(|_| HandoverError::NotAHandover)?);
+    // A node from before checkpoints sends the log alone (no checkpoint's bytes spell the
+    // magic: that would be a time some hundred million years from now).
+    let (checkpoint_ms, log) = if bytes.starts_with(FILE_MAGIC) {
+        (0, bytes)
+    } else {
+        let (checkpoint, log) = bytes.split_at_checked(8).ok_or(HandoverError::NotAHandover)?;
+        (u64::from_le_bytes(checkpoint.try_into().map_err(|_| HandoverError::NotAHandover)?), log)
+    };
     let scan = record::scan(log).map_err(|_| HandoverError::NotAHandover)?;
     if scan.damage.is_some() {
         return Err(HandoverError::Damaged);
@@ -300,8 +306,12 @@ mod tests {
         let shared = crate::topics::Filter::parse(b"$share/g/c/#").expect("filter");
         session.subscribe(shared, Subscription { options: SubscriptionOptions::with_qos(QoS::AtLeastOnce), identifier: None });
         session.set_checkpoint_ms(1_234_567);
-        let back = decode(&encode(&session, ProtocolVersion::V5, clock), b"roamer", limits(), clock).expect("decodes");
+        let bytes = encode(&session, ProtocolVersion::V5, clock);
+        let back = decode(&bytes, b"roamer", limits(), clock).expect("decodes");
         assert_eq!(back.checkpoint_ms(), 1_234_567);
+        // From a node before checkpoints: the log alone, read as checkpoint 0.
+        let older = decode(&bytes[8..], b"roamer", limits(), clock).expect("decodes");
+        assert_eq!((older.checkpoint_ms(), older.snapshot()), (0, back.snapshot()));
         let header = SessionHeader { version: ProtocolVersion::V5, expiry_interval_s: 60, online: true, ends_at_ms: 0, will: None };
         let record = encode_record(&session, &header, clock);
         // The group took its messages elsewhere: only the session's own filters replay.
@@ -350,8 +360,7 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
         assert_eq!(decode(&flipped, b"roamer", limits(), clock).err(), Some(HandoverError::Damaged));
-        let no_session = [&[0u8; 8][..], FILE_MAGIC].concat();
-        assert_eq!(decode(&no_session, b"roamer", limits(), clock).err(), Some(HandoverError::SessionCount(0)));
+        assert_eq!(decode(FILE_MAGIC, b"roamer", limits(), clock).err(), Some(HandoverError::SessionCount(0)));
         assert_eq!(decode(&[0u8; 7], b"roamer", limits(), clock).err(), Some(HandoverError::NotAHandover), "short of a checkpoint");
     }
 

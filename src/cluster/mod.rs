@@ -11,16 +11,16 @@
 //!   key-value buckets; `retained`: the retained store in one; `owners`: which node owns
 //!   each client id, in another; `wills`: heartbeats, and the wills a survivor sends for
 //!   a node that died; `handover`: a session moving to the node its client resumed on;
-//!   `records`: each persistent session's record, what is left of it if its node dies.
-//!
-//! Not built yet: durable cross-node QoS 1/2 (README, "Cluster").
+//!   `records`: each persistent session's record, what is left of it if its node dies;
+//!   `message_stream`: `--cluster-durable`, the QoS 1/2 messages a dead node's sessions
+//!   were owed, replayed to them where their clients come back.
 
 pub mod bucket;
 pub mod dedup;
-pub mod durable;
 pub mod frame;
 pub mod gateway;
 pub mod handover;
+pub mod message_stream;
 pub mod owners;
 pub mod port;
 pub mod records;

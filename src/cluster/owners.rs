@@ -17,9 +17,10 @@
 //! A claim with Clean Start 0 asks for the session too (`fetch_session`): the request
 //! names an inbox, the previous owner closes its connection, sends the session there in
 //! chunks (`handover`) and answers whether it had one; only then is the CONNECT answered,
-//! with session present as the old node's word says. A previous owner that does not answer
-//! in time (it died) hands over what its session record says (`records`: subscriptions,
-//! no messages), or nothing: the session starts fresh.
+//! with session present as the old node's word says. A previous owner that is gone (it
+//! died) hands over what its session record says (`records`: subscriptions, no messages;
+//! with `--cluster-durable` the messages follow from the stream, `message_stream`), or
+//! nothing: the session starts fresh. One that is slow past the timeout hands nothing.
 //!
 //! Without the bucket (JetStream unreachable or without quorum), a claim for a persistent
 //! session is refused (CONNACK Server unavailable: a session kept on a node that cannot
@@ -127,6 +128,9 @@ pub struct Owners {
     /// `--cluster-durable`, and its stream once open: read for a dead node's session.
     pub durable: bool,
     pub durable_stream: Option<async_nats::jetstream::stream::Stream>,
+    /// Replays reading the stream at once (`message_stream::replay_to`): a dead node's
+    /// clients coming back together do not each scan it at the same time.
+    pub replays: Rc<tokio::sync::Semaphore>,
     pub client: async_nats::Client,
     pub cluster_name: String,
     pub origin: u64,
@@ -156,37 +160,26 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     owners.borrow_mut().claiming.insert(client_id.clone(), 0);
     let outcome = take(&owners, &client_id).await;
     // Still `claiming` while the session comes: an eviction meanwhile is not lost.
-    let (handed, replay) = match outcome {
+    let (handed, from_record) = match outcome {
         ClaimOutcome::Granted { revision, previous: Some(previous) } if resume => {
-            let (client, subject, records, cluster_name, durable, durable_stream) = {
+            let (client, subject, records, cluster_name) = {
                 let owners = owners.borrow();
                 let subject = evict_subject(&owners.cluster_name, previous);
-                let (records, durable_stream) = (owners.records_store.clone(), owners.durable_stream.clone());
-                (owners.client.clone(), subject, records, owners.cluster_name.clone(), owners.durable, durable_stream)
+                (owners.client.clone(), subject, owners.records_store.clone(), owners.cluster_name.clone())
             };
             match fetch_session(&client, subject, revision, &client_id).await {
-                Fetched::Session(bytes) => (Some(bytes), Vec::new()),
-                Fetched::NoSession => (None, Vec::new()),
+                Fetched::Session(bytes) => (Some(bytes), false),
+                Fetched::NoSession => (None, false),
                 // Dead, most likely: the session as its record left it (subscriptions,
-                // not messages), if it kept one, and with `--cluster-durable` the messages
-                // stored since its checkpoint.
-                Fetched::NoAnswer => {
-                    let record = match super::records::opened_or_bound(records, &client, &cluster_name).await {
-                        Some(records) => super::records::read(&records, previous, &client_id).await,
-                        None => None,
-                    };
-                    let replay = match &record {
-                        Some(record) if durable => match super::durable::opened_or_bound(durable_stream, &client, &cluster_name).await {
-                            Some(stream) => super::durable::replay(&stream, record).await,
-                            None => Vec::new(),
-                        },
-                        _ => Vec::new(),
-                    };
-                    (record, replay)
-                }
+                // not messages), if it kept one; with `--cluster-durable` its messages
+                // follow once it is in place (`message_stream::replay_to`).
+                Fetched::NoAnswer => match super::records::opened_or_bound(records, &client, &cluster_name).await {
+                    Some(records) => (super::records::read(&records, previous, &client_id).await, true),
+                    None => (None, false),
+                },
             }
         }
-        _ => (None, Vec::new()),
+        _ => (None, false),
     };
     let (target, evicted_meanwhile, evict) = {
         let mut owners = owners.borrow_mut();
@@ -221,13 +214,16 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     let verified = matches!(outcome, ClaimOutcome::Granted { .. });
     let granted = verified || !persistent;
     let handed = handed.filter(|_| granted && !evicted_meanwhile);
-    let replay = if handed.is_some() { replay } else { Vec::new() };
-    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed, replay }).await;
+    let replay_from = handed.clone().filter(|_| from_record && owners.borrow().durable);
+    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed }).await;
     if granted && evicted_meanwhile {
-        let _ = target.send(FromCluster::EvictRemote { client_id, handover: None }).await;
+        let _ = target.send(FromCluster::EvictRemote { client_id: client_id.clone(), handover: None }).await;
     }
     if let Some((client, subject, body)) = evict {
         let _ = tokio::time::timeout(STEP_TIMEOUT, client.request(subject, body)).await;
+    }
+    if let Some(record) = replay_from {
+        super::message_stream::replay_to(&owners, target, client_id, record).await;
     }
 }
 
@@ -251,6 +247,8 @@ async fn fetch_session(client: &async_nats::Client, subject: String, revision: u
     let deadline = tokio::time::sleep(HANDOVER_ANSWER_TIMEOUT);
     tokio::pin!(deadline);
     let mut probes = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS_PROBE_PERIOD, LIVENESS_PROBE_PERIOD);
+    // A probe can take its whole period: the next waits a period after it, not at once.
+    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A dead node: no responders. One that is slow past the timeout still acts on the
     // request (it ends the session), so the taker starts fresh.
     let answer = loop {

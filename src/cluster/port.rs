@@ -58,9 +58,11 @@ pub enum FromCluster {
     /// To the home shard: the oldest waiting claim for `client_id` is granted, or refused
     /// (the cluster could not settle who owns it); `verified`: the owner bucket names us;
     /// `handed`: the session the previous owner handed over (`cluster::handover` bytes).
-    /// `replay`: with `--cluster-durable`, for a session resumed from a dead node's record,
-    /// the messages published since its checkpoint that its filters match, oldest first.
-    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes>, replay: Vec<Arc<Message>> },
+    ClaimAnswer { client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes> },
+    /// To the home shard, with `--cluster-durable`, after a session resumed from a dead
+    /// node's record is in place: the messages stored since its checkpoint that its
+    /// filters match, oldest first (`message_stream`).
+    Replay { client_id: Bytes, messages: Vec<Arc<Message>> },
     /// To the home shard: a connection on another node now owns `client_id`. With
     /// `handover`, that connection resumes the session: send it (empty: none kept).
     EvictRemote { client_id: Bytes, handover: Option<SessionReply> },

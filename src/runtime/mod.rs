@@ -180,7 +180,7 @@ fn gateway_settings(config: &Config, port: u16) -> Option<crate::cluster::gatewa
         node_id: config.node_id.clone().unwrap_or_else(|| format!("{}-{port}", host_name())),
         cluster_name: config.cluster_name.clone(),
         replicas: config.cluster_replicas as usize,
-        durable: config.cluster_durable.then(|| crate::cluster::durable::DurableSettings {
+        durable: config.cluster_durable.then(|| crate::cluster::message_stream::DurableSettings {
             retention: Duration::from_secs(config.cluster_durable_retention_s),
             bytes_max: config.cluster_durable_bytes_max,
         }),

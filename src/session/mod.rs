@@ -223,10 +223,13 @@ pub struct Session {
     pub expired_count: u64,
     /// Changes not yet taken for the session log; `None` unless the session is persistent.
     journal: Option<Vec<SessionEvent>>,
-    /// In a cluster (`cluster::durable`): a time (Unix ms) before which every message
+    /// In a cluster (`cluster::message_stream`): a time (Unix ms) before which every message
     /// published was acknowledged by this session or is not owed to it; 0 when unknown.
     /// Only the cluster's session record carries it.
     checkpoint_ms: u64,
+    /// A QoS 1/2 message was offered since the checkpoint was set: only then can moving
+    /// it spare a replay anything.
+    offered_since_checkpoint: bool,
 }
 
 impl Session {
@@ -245,6 +248,7 @@ impl Session {
             expired_count: 0,
             journal: None,
             checkpoint_ms: 0,
+            offered_since_checkpoint: false,
         }
     }
 
@@ -255,6 +259,11 @@ impl Session {
 
     pub fn set_checkpoint_ms(&mut self, checkpoint_ms: u64) {
         self.checkpoint_ms = checkpoint_ms;
+        self.offered_since_checkpoint = false;
+    }
+
+    pub fn offered_since_checkpoint(&self) -> bool {
+        self.offered_since_checkpoint
     }
 
     /// Whether the session owes its client nothing: nothing in flight, nothing queued.
@@ -365,6 +374,7 @@ impl Session {
             self.dropped_count += 1;
             return Offer::Dropped;
         }
+        self.offered_since_checkpoint = true;
         if online && self.queued.is_empty() && self.window_open() {
             self.record(|| SessionEvent::Enqueued { message: message.clone(), copy: copy.clone() });
             return Offer::Send(self.start_inflight(copy, message));

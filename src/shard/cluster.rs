@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use super::*;
 use crate::cluster::port::{ClusterPort, FromCluster, SessionReply, ToGateway};
-use crate::cluster::{durable, handover};
+use crate::cluster::{handover, message_stream};
 use crate::persist::retained::Clock;
 
 impl Shard {
@@ -60,20 +60,21 @@ impl Shard {
         }
     }
 
-    /// With `--cluster-durable`, every `CHECKPOINT_REFRESH`: the records of connected
-    /// persistent sessions that owe nothing are written again, for their checkpoint alone
-    /// (what a client whose node dies gets again is bounded by how old it is).
+    /// With `--cluster-durable`, every `CHECKPOINT_REFRESH`: the records of persistent
+    /// sessions that took QoS 1/2 messages since their checkpoint and owe nothing now are
+    /// written again, for their checkpoint alone (what a client whose node dies gets again
+    /// is bounded by how old it is). Sessions that took nothing cost no write.
     pub(super) fn refresh_checkpoints(&mut self, now: Instant) {
         let Some(port) = &mut self.cluster else { return };
-        if !port.durable || port.checkpoints_refreshed_at.is_some_and(|at| now.duration_since(at) < durable::CHECKPOINT_REFRESH) {
+        if !port.durable || port.checkpoints_refreshed_at.is_some_and(|at| now.duration_since(at) < message_stream::CHECKPOINT_REFRESH) {
             return;
         }
         port.checkpoints_refreshed_at = Some(now);
-        let stale_before_ms = Clock::system().unix_ms.saturating_sub(durable::CHECKPOINT_REFRESH.as_millis() as u64);
+        let stale_before_ms = Clock::system().unix_ms.saturating_sub(message_stream::CHECKPOINT_REFRESH.as_millis() as u64);
         for (_, client) in self.clients.iter() {
             let session = &client.session;
-            if client.link.is_some()
-                && client.lifecycle.expiry() != SessionExpiry::WithConnection
+            if client.lifecycle.expiry() != SessionExpiry::WithConnection
+                && session.offered_since_checkpoint()
                 && session.owes_nothing()
                 && session.checkpoint_ms() < stale_before_ms
             {
@@ -128,9 +129,10 @@ impl Shard {
                 self.counters.cluster_publishes_received += 1;
                 self.deliver_cluster_shared(&group, &filter, message, now);
             }
-            FromCluster::ClaimAnswer { client_id, granted, verified, handed, replay } => {
-                self.on_claim_answer(client_id, granted, verified, handed, replay, now)
+            FromCluster::ClaimAnswer { client_id, granted, verified, handed } => {
+                self.on_claim_answer(client_id, granted, verified, handed, now)
             }
+            FromCluster::Replay { client_id, messages } => self.on_replay(client_id, messages, now),
             FromCluster::EvictRemote { client_id, handover } => self.on_remote_evict(client_id, handover, now),
             FromCluster::DeadNodesWill(message) => self.publish_as_will(message, now),
         }
@@ -181,15 +183,7 @@ impl Shard {
 
     /// The gateway's word on the oldest waiting claim for `client_id`; `verified`: the
     /// owner bucket now names this node.
-    fn on_claim_answer(
-        &mut self,
-        client_id: Bytes,
-        granted: bool,
-        verified: bool,
-        handed: Option<Bytes>,
-        replay: Vec<Arc<Message>>,
-        now: Instant,
-    ) {
+    fn on_claim_answer(&mut self, client_id: Bytes, granted: bool, verified: bool, handed: Option<Bytes>, now: Instant) {
         let Some(queue) = self.cluster_claims.get_mut(&client_id) else { return };
         let Some((conn, clean_start, _)) = queue.pop_front() else { return };
         if let Some(&(_, next_clean_start, keeps_session)) = queue.front()
@@ -203,7 +197,7 @@ impl Shard {
             self.cluster_held.insert(client_id.clone());
         }
         if granted {
-            self.grant_claim(client_id, conn, clean_start, handed, replay, now);
+            self.grant_claim(client_id, conn, clean_start, handed, now);
         } else if conn.shard() == self.id {
             self.on_claim_refused(conn);
         } else {
@@ -292,18 +286,32 @@ impl Shard {
         }
     }
 
+    /// Home shard: messages replayed for `client_id`'s session, to the shard of whichever
+    /// connection holds it now (a takeover meanwhile moved the session with it).
+    fn on_replay(&mut self, client_id: Bytes, messages: Vec<Arc<Message>>, now: Instant) {
+        let Some(&conn) = self.registry.owners.get(&client_id) else { return };
+        if conn.shard() == self.id {
+            self.deliver_replayed(&client_id, messages, now);
+        } else {
+            self.send(conn.shard(), MeshMessage::Replay { client_id, messages }, now);
+        }
+    }
+
     /// Messages replayed from the cluster's durable stream for a session resumed from a
-    /// dead node's record (`cluster::durable`): each to this client alone, as its own
-    /// subscriptions take it (ACLs, expiry and the client's limits apply as to any).
-    pub(super) fn deliver_replayed(&mut self, key: ClientKey, replay: Vec<Arc<Message>>, now: Instant) {
-        for message in replay {
+    /// dead node's record (`cluster::message_stream`): each to this client alone, as its
+    /// own subscriptions take it (no-local, ACLs, expiry and the client's limits apply as
+    /// to any). A session that has ended or left meanwhile gets none.
+    pub(super) fn deliver_replayed(&mut self, client_id: &Bytes, messages: Vec<Arc<Message>>, now: Instant) {
+        let Some(key) = self.clients.key_of(client_id) else { return };
+        for message in messages {
+            let own_message = self.is_publisher(key, &message);
             let session = &self.clients.get(key).session;
             let matching: Vec<Subscription> = session
                 .subscriptions()
                 .filter(|(filter, _)| !filter.is_shared() && crate::topics::filter_matches(filter.matched(), &message.topic))
                 .map(|(_, subscription)| *subscription)
                 .collect();
-            let Some(delivery) = merge_matching(matching.iter(), false) else { continue };
+            let Some(delivery) = merge_matching(matching.iter(), own_message) else { continue };
             let retain = delivery.retain_as_published && message.retain;
             let copy =
                 CopyFor { qos: delivery.granted.min(message.qos), retain, subscription_ids: delivery.subscription_ids, shared: None };

@@ -370,7 +370,6 @@ impl Shard {
         &mut self,
         conn: ConnId,
         handed: Option<Box<Session>>,
-        replay: Vec<Arc<Message>>,
         cut: Option<StreamCut>,
         receive_all_held: bool,
         now: Instant,
@@ -495,7 +494,6 @@ impl Shard {
         if let Some(cut) = cut {
             self.catch_up(key, cut, now);
         }
-        self.deliver_replayed(key, replay, now);
         if !link_alive {
             self.client_lost(key, "closed before its CONNACK", now);
         }

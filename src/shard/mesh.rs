@@ -81,7 +81,10 @@ pub enum MeshMessage {
     Claim { client_id: Bytes, conn: ConnId, clean_start: bool, keeps_session: bool, assigned: bool },
     /// From the home shard: nobody on this node held `client_id`; `conn` starts a fresh
     /// session, or the one another node handed over (`--cluster`).
-    Granted { conn: ConnId, session: Option<Box<Session>>, replay: Vec<Arc<Message>> },
+    Granted { conn: ConnId, session: Option<Box<Session>> },
+    /// Home shard -> the shard of `client_id`'s connection (`--cluster-durable`): messages
+    /// replayed for the session it resumed from a dead node's record.
+    Replay { client_id: Bytes, messages: Vec<Arc<Message>> },
     /// From the home shard to the shard holding `previous`: give the session to `next`.
     Evict { client_id: Bytes, previous: ConnId, next: ConnId, clean_start: bool },
     /// From the home shard: a connection on another node now owns `client_id` (`--cluster`):

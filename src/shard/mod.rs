@@ -293,7 +293,8 @@ impl Shard {
             MeshMessage::Claim { client_id, conn, clean_start, keeps_session, assigned } => {
                 self.on_claim(client_id, conn, clean_start, ClaimKind { keeps_session, assigned }, now)
             }
-            MeshMessage::Granted { conn, session, replay } => self.complete_connect(conn, session, replay, None, false, now),
+            MeshMessage::Granted { conn, session } => self.complete_connect(conn, session, None, false, now),
+            MeshMessage::Replay { client_id, messages } => self.deliver_replayed(&client_id, messages, now),
             MeshMessage::Evict { client_id, previous, next, clean_start } => self.on_evict(client_id, previous, next, clean_start, now),
             MeshMessage::EvictForNode { client_id, previous, handover } => self.on_evict_for_node(client_id, previous, handover, now),
             MeshMessage::ClaimRefused { conn } => self.on_claim_refused(conn),
@@ -301,7 +302,7 @@ impl Shard {
                 if from != self.id && session.is_some() {
                     self.counters.sessions_moved_in += 1;
                 }
-                self.complete_connect(conn, session, Vec::new(), Some(cut), receive_all_held, now)
+                self.complete_connect(conn, session, Some(cut), receive_all_held, now)
             }
             MeshMessage::PausePublisher { client_id } => self.on_pause_publisher(&client_id),
             MeshMessage::ResumePublisher { client_id } => self.on_resume_publisher(&client_id),

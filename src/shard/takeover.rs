@@ -46,26 +46,16 @@ impl Shard {
         if self.claim_needs_cluster(&client_id, conn, clean_start, kind) {
             return;
         }
-        self.grant_claim(client_id, conn, clean_start, None, Vec::new(), now);
+        self.grant_claim(client_id, conn, clean_start, None, now);
     }
 
     /// `on_claim` once the id is this node's: grant it (with the session another node
     /// handed over, if any), or evict the connection that held it.
-    pub(super) fn grant_claim(
-        &mut self,
-        client_id: Bytes,
-        conn: ConnId,
-        clean_start: bool,
-        handed: Option<Bytes>,
-        replay: Vec<Arc<Message>>,
-        now: Instant,
-    ) {
+    pub(super) fn grant_claim(&mut self, client_id: Bytes, conn: ConnId, clean_start: bool, handed: Option<Bytes>, now: Instant) {
         match self.registry.owners.insert(client_id.clone(), conn) {
             None => {
                 let session = handed.and_then(|bytes| self.session_from_node(&client_id, &bytes));
-                // Replayed messages only go to the session they were read for.
-                let replay = if session.is_some() { replay } else { Vec::new() };
-                self.send(conn.shard(), MeshMessage::Granted { conn, session, replay }, now)
+                self.send(conn.shard(), MeshMessage::Granted { conn, session }, now)
             }
             Some(previous) => self.send(previous.shard(), MeshMessage::Evict { client_id, previous, next: conn, clean_start }, now),
         }

@@ -8,15 +8,20 @@
 //! session record carries a checkpoint, a time before which every message was
 //! acknowledged by the session or never owed to it (the shard moves it whenever the
 //! session owes nothing as the record is written, and every `CHECKPOINT_REFRESH` for
-//! sessions that otherwise never change). A client resuming a dead node's session gets,
-//! after the record's subscriptions, the stream's messages since the checkpoint (less
-//! `CHECKPOINT_MARGIN`) that its filters match, read with one short-lived ordered
-//! consumer.
+//! sessions that received something since). A client resuming a dead node's session
+//! gets the record's subscriptions at once and then, once those have had time to reach
+//! NATS (`REPLAY_DELAY`: whatever is published from then on comes live), the stream's
+//! messages since the checkpoint (less `CHECKPOINT_MARGIN`) that its filters match, read
+//! with one short-lived ordered consumer.
 //!
 //! That is at least once: messages the client acknowledged within the margin before its
-//! node died come again (QoS 2 ones too, as new messages). Publishes wait for no stream
+//! node died come again (QoS 2 ones too, as new messages), and so do those published in
+//! the `REPLAY_DELAY` (live, then replayed after them). Publishes wait for no stream
 //! acknowledgement: a message the node took in within the last moments before its death
 //! may not have reached the stream.
+//!
+//! A stored message is `[publisher length u16 LE][publisher client id][frame]` (`frame`),
+//! the publisher kept for no-local.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,8 +32,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::frame::{Stamp, encode};
 use super::gateway::Inbound;
 use super::handover;
+use super::owners::Owners;
+use super::port::FromCluster;
 use crate::persist::retained::Clock;
 use crate::session::Message;
 
@@ -42,9 +50,20 @@ pub const CHECKPOINT_MARGIN: Duration = Duration::from_secs(5);
 pub const CHECKPOINT_REFRESH: Duration = Duration::from_secs(10);
 /// Stream acknowledgements awaited at once; past it a message is not stored (counted).
 const ACKS_IN_FLIGHT_MAX: usize = 4_096;
+/// How long one acknowledgement is waited for (NATS does not fail the requests a
+/// disconnection cut off: they end here).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// From a session's arrival from a record to its replay: time for its filters to reach
+/// this node's NATS server and, over the routes, the others (milliseconds on a LAN), so
+/// that a message published after the read starts is delivered live.
+const REPLAY_DELAY: Duration = Duration::from_secs(1);
+/// Replays reading the stream at once on a node.
+pub const REPLAYS_AT_ONCE_MAX: usize = 4;
 /// How long a replay may take in all, and wait for any one message.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLAY_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a lookup of the stream by name may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `--cluster-durable`'s settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +108,9 @@ impl Durable {
         (Durable { jetstream, subject: stream_subject(cluster_name), acks }, receiver)
     }
 
-    /// Stores `frame` (a QoS 1/2 message's) in the stream; false if it could not be sent.
-    pub async fn store(&self, frame: Bytes) -> bool {
-        match self.jetstream.publish(self.subject.clone(), frame).await {
+    /// Stores `message` (QoS 1/2) in the stream; false if it could not be sent.
+    pub async fn store(&self, message: &Message, stamp: Stamp) -> bool {
+        match self.jetstream.publish(self.subject.clone(), encode_stored(message, stamp, Instant::now())).await {
             Ok(ack) => self.acks.try_send(ack).is_ok(),
             Err(_) => false,
         }
@@ -119,8 +138,19 @@ pub(super) async fn open(
     let mut warned = false;
     loop {
         match jetstream.get_or_create_stream(config.clone()).await {
-            Ok(stream) => {
+            Ok(mut stream) => {
                 tracing::info!(stream = config.name, "cluster: durable message stream open");
+                // Made by another node (or an earlier run) with other bounds: theirs hold.
+                if let Ok(info) = stream.info().await
+                    && (info.config.max_age != config.max_age || info.config.max_bytes != config.max_bytes)
+                {
+                    tracing::warn!(
+                        stream = config.name,
+                        retention_s = info.config.max_age.as_secs(),
+                        bytes_max = info.config.max_bytes,
+                        "cluster: the durable message stream exists with other bounds than this node's flags; it keeps its own"
+                    );
+                }
                 return stream;
             }
             Err(error) => {
@@ -145,19 +175,47 @@ pub(super) async fn opened_or_bound(
         return opened;
     }
     let jetstream = async_nats::jetstream::new(client.clone());
-    tokio::time::timeout(REPLAY_IDLE_TIMEOUT, jetstream.get_stream(stream_name(cluster_name))).await.ok()?.ok()
+    tokio::time::timeout(LOOKUP_TIMEOUT, jetstream.get_stream(stream_name(cluster_name))).await.ok()?.ok()
 }
 
-/// Awaits the stream's acknowledgements in order, counting the messages it did not take.
+/// Awaits the stream's acknowledgements, all at once, each for at most `ACK_TIMEOUT`,
+/// counting the messages it did not take.
 pub(super) async fn run_acks(mut acks: mpsc::Receiver<async_nats::jetstream::context::PublishAckFuture>, state: Rc<RefCell<Inbound>>) {
-    while let Some(ack) = acks.recv().await {
-        let stored = ack.await.is_ok();
-        let mut state = state.borrow_mut();
-        if stored {
-            state.counters.durable_stored += 1;
-        } else {
-            state.counters.durable_store_failures += 1;
+    let mut waiting = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            ack = acks.recv() => match ack {
+                Some(ack) => waiting.push(tokio::time::timeout(ACK_TIMEOUT, ack.into_future())),
+                None => break,
+            },
+            Some(answer) = waiting.next(), if !waiting.is_empty() => {
+                let mut state = state.borrow_mut();
+                if matches!(answer, Ok(Ok(_))) {
+                    state.counters.durable_stored += 1;
+                } else {
+                    state.counters.durable_store_failures += 1;
+                }
+            }
         }
+    }
+}
+
+/// After a session resumed from a dead node's record is in place (its filters on their
+/// way to NATS), reads what it is owed and hands it to its home shard (`target`).
+pub(super) async fn replay_to(owners: &Rc<RefCell<Owners>>, target: mpsc::Sender<FromCluster>, client_id: Bytes, record: Bytes) {
+    let (client, cluster_name, opened, replays) = {
+        let owners = owners.borrow();
+        (owners.client.clone(), owners.cluster_name.clone(), owners.durable_stream.clone(), owners.replays.clone())
+    };
+    tokio::time::sleep(REPLAY_DELAY).await;
+    let Ok(_permit) = replays.acquire().await else { return };
+    let Some(stream) = opened_or_bound(opened, &client, &cluster_name).await else {
+        tracing::warn!(client_id = %String::from_utf8_lossy(&client_id), "cluster: the durable message stream cannot be read; the session comes back without its messages");
+        return;
+    };
+    let messages = replay(&stream, &record, &client_id).await;
+    if !messages.is_empty() {
+        let _ = target.send(FromCluster::Replay { client_id, messages }).await;
     }
 }
 
@@ -165,7 +223,7 @@ pub(super) async fn run_acks(mut acks: mpsc::Receiver<async_nats::jetstream::con
 /// stream since the record's checkpoint (less the margin) that its filters match, oldest
 /// first, at most `handover::HANDOVER_BYTES_MAX` of them. Bounded in time: what comes
 /// after `REPLAY_TIMEOUT` is not waited for.
-pub(super) async fn replay(stream: &async_nats::jetstream::stream::Stream, record: &[u8]) -> Vec<Arc<Message>> {
+async fn replay(stream: &async_nats::jetstream::stream::Stream, record: &[u8], client_id: &[u8]) -> Vec<Arc<Message>> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let clock = Clock::system();
     let Ok((checkpoint_ms, filters)) = handover::replay_plan(record, clock) else { return Vec::new() };
@@ -195,11 +253,16 @@ pub(super) async fn replay(stream: &async_nats::jetstream::stream::Stream, recor
         // Its expiry counts from when it was stored, not from now.
         let age = (time::OffsetDateTime::now_utc() - info.published).try_into().unwrap_or(Duration::ZERO);
         let published_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        if let Ok((_, message)) = super::frame::decode_frame(message.payload.clone(), published_at)
+        if let Some(message) = decode_stored(&message.payload, published_at)
             && filters.iter().any(|filter| crate::topics::filter_matches(filter, &message.topic))
         {
             bytes += message.topic.len() + message.payload.len();
             if bytes > handover::HANDOVER_BYTES_MAX {
+                tracing::warn!(
+                    client_id = %String::from_utf8_lossy(client_id),
+                    replayed = replayed.len(),
+                    "cluster: a replay reached its byte bound; the newer messages are not replayed"
+                );
                 break;
             }
             replayed.push(Arc::new(message));
@@ -209,4 +272,65 @@ pub(super) async fn replay(stream: &async_nats::jetstream::stream::Stream, recor
         }
     }
     replayed
+}
+
+/// The body stored for `message` (see the module's opening), its expiry counted from `now`.
+fn encode_stored(message: &Message, stamp: Stamp, now: Instant) -> Bytes {
+    let publisher = message.publisher.as_deref().unwrap_or_default();
+    // Client ids are at most 65,535 bytes (a UTF-8 string field).
+    let publisher = &publisher[..publisher.len().min(usize::from(u16::MAX))];
+    let frame = encode(message, stamp, now);
+    let mut stored = Vec::with_capacity(2 + publisher.len() + frame.len());
+    stored.extend_from_slice(&(publisher.len() as u16).to_le_bytes());
+    stored.extend_from_slice(publisher);
+    stored.extend_from_slice(&frame);
+    Bytes::from(stored)
+}
+
+/// The message a stored body holds (see the module's opening), its expiry counted from
+/// `published_at`; `None` for a body that is not one.
+fn decode_stored(stored: &Bytes, published_at: Instant) -> Option<Message> {
+    let publisher_len = usize::from(u16::from_le_bytes(stored.get(..2)?.try_into().ok()?));
+    let publisher = stored.get(2..2 + publisher_len)?;
+    let (_, mut message) = super::frame::decode_frame(stored.slice(2 + publisher_len..), published_at).ok()?;
+    message.publisher = (!publisher.is_empty()).then(|| Bytes::copy_from_slice(publisher));
+    Some(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QoS;
+
+    fn message(publisher: Option<&'static [u8]>) -> Message {
+        Message {
+            topic: Bytes::from_static(b"a/b"),
+            payload: Bytes::from_static(b"payload"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: publisher.map(Bytes::from_static),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_message_comes_back_with_its_publisher_for_no_local() {
+        let stamp = Stamp { origin: 7, sequence: 9 };
+        let now = Instant::now();
+        for publisher in [Some(&b"sensor-1"[..]), None] {
+            let back = decode_stored(&encode_stored(&message(publisher), stamp, now), now).expect("decodes");
+            assert_eq!(back.publisher.as_deref(), publisher);
+            assert_eq!((&back.topic[..], &back.payload[..], back.qos, back.retain), (&b"a/b"[..], &b"payload"[..], QoS::AtLeastOnce, true));
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_stored_messages_are_skipped() {
+        let stored = encode_stored(&message(Some(b"sensor-1")), Stamp { origin: 1, sequence: 1 }, Instant::now());
+        for cut in [0, 1, 5, stored.len() - 1] {
+            assert!(decode_stored(&stored.slice(..cut), Instant::now()).is_none(), "cut at {cut}");
+        }
+        assert!(decode_stored(&Bytes::from_static(&[0xff, 0xff, 1, 2]), Instant::now()).is_none(), "a publisher past the end");
+    }
 }
