@@ -7,8 +7,9 @@
 #   2. fan-out throughput, closed loop, QoS 1, 1 -> 100: a lone node (no --cluster), all
 #      subscribers on the publisher's node of the cluster, subscribers spread over 3 nodes;
 #   3. the cost of --cluster-durable: a second cluster of 3 nodes on the same NATS servers
-#      (--cluster-name ringmqd --cluster-durable), the cross-node latency run and a closed-
-#      loop QoS 1 fan-in (10 publishers on node 1 -> 1 subscriber on node 2) on both.
+#      (--cluster-name ringmqd --cluster-durable), the cross-node latency run and a fixed-
+#      rate QoS 1 fan-in (10 publishers on node 1 -> 1 subscriber on node 2, FANIN_RATE
+#      messages/s in all) on both.
 #
 # On a 2-core machine these are correctness-level figures: every broker process shares
 # CPU 0 (taskset), loadgen runs on CPU 1.
@@ -18,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
 RATE=${RATE:-2000}
+FANIN_RATE=${FANIN_RATE:-10000}
 BROKER_CPUS=${BROKER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 command -v nats-server >/dev/null || { echo "nats-server not found (apt-get install nats-server)" >&2; exit 77; }
@@ -101,7 +103,7 @@ run fanout-three-nodes --host 127.0.0.1 --port "${MQTT_PORT[1]}" --subscribe-to 
   "${FANOUT[@]}" --topic-prefix bench/three
 D2="127.0.0.2:${DURABLE_PORT[2]}"
 run latency-cross-node-durable --host 127.0.0.1 --port "${DURABLE_PORT[1]}" --subscribe-to "$D2" "${LATENCY[@]}" --topic-prefix bench/dcross
-FANIN=(--scenario fanin --publishers 10 --subscribers 1 --qos-pub 1 --qos-sub 1)
+FANIN=(--scenario fanin --publishers 10 --subscribers 1 --qos-pub 1 --qos-sub 1 --rate "$FANIN_RATE")
 run fanin-cross-node --host 127.0.0.1 --port "${MQTT_PORT[1]}" --subscribe-to "$N2" "${FANIN[@]}" --topic-prefix bench/fanin
 run fanin-cross-node-durable --host 127.0.0.1 --port "${DURABLE_PORT[1]}" --subscribe-to "$D2" "${FANIN[@]}" --topic-prefix bench/dfanin
 

@@ -472,7 +472,10 @@ impl Gateway {
         }
     }
 
+    /// To the other nodes, then (`--cluster-durable`, QoS 1/2) to the stream: the live
+    /// copy does not wait behind the stored one.
     async fn publish(&mut self, message: Arc<Message>) {
+        self.publish_to_nodes(&message).await;
         if let Some(durable) = &self.durable
             && message.qos != crate::protocol::QoS::AtMostOnce
         {
@@ -483,9 +486,12 @@ impl Gateway {
                 self.state.borrow_mut().counters.durable_store_failures += 1;
             }
         }
+    }
+
+    async fn publish_to_nodes(&mut self, message: &Arc<Message>) {
         if message.retain {
             self.stamp.sequence += 1;
-            if self.retained.try_send((self.stamp, message)).is_err() {
+            if self.retained.try_send((self.stamp, message.clone())).is_err() {
                 self.state.borrow_mut().counters.retained_write_failures += 1;
             }
             return;
@@ -503,7 +509,7 @@ impl Gateway {
             return;
         }
         self.stamp.sequence += 1;
-        let frame = encode(&message, self.stamp, Instant::now());
+        let frame = encode(message, self.stamp, Instant::now());
         drop(state);
         let sent = self.client.publish(subject, frame).await;
         let mut state = self.state.borrow_mut();
