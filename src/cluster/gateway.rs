@@ -61,7 +61,7 @@ pub struct GatewaySettings {
     pub cluster_name: String,
     /// `--cluster-replicas`: copies JetStream keeps of the cluster's buckets.
     pub replicas: usize,
-    /// `--cluster-durable` and its bounds (`durable.rs`), or `None`.
+    /// `--cluster-durable` and its bounds (`message_stream.rs`), or `None`.
     pub durable: Option<super::message_stream::DurableSettings>,
 }
 
@@ -99,7 +99,7 @@ pub(super) struct GatewayCounters {
     pub(super) record_write_failures: u64,
     /// Session records past what one NATS message takes (deleted instead).
     pub(super) records_too_large: u64,
-    /// QoS 1/2 messages the durable stream acknowledged (`durable.rs`).
+    /// QoS 1/2 messages the durable stream acknowledged (`message_stream.rs`).
     pub(super) durable_stored: u64,
     /// QoS 1/2 messages not stored in it: not sent (cut off from NATS, too many waiting for
     /// acknowledgements) or refused.

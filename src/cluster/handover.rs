@@ -6,7 +6,7 @@
 //! The session travels in the session log's own format (`persist::session`: one open
 //! record and the events that rebuild it, each message once), framed and checksummed like
 //! a log file, so what is tested for recovery from disk is what moves between nodes,
-//! behind the session's checkpoint (`[checkpoint_ms u64 LE]`, see `cluster::message_stream`). The
+//! behind the session's checkpoint (`[checkpoint_ms u64 LE]`, see `message_stream`). The
 //! bytes are cut into chunks that each fit one NATS message (`chunk`), numbered, since a
 //! session's queue can exceed the server's `max_payload` (1 MiB by default); the taker
 //! puts them back together (`Assembly`), bounded by `HANDOVER_BYTES_MAX`.

@@ -66,7 +66,16 @@ pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a Subscription>, 
 }
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
-use crate::topics::Filter;
+use crate::topics::{Filter, filter_matches};
+
+impl Delivery {
+    /// The copy of `message` this delivery makes: at the lower of the published and the
+    /// granted QoS, with RETAIN as published only where a subscription asked for it.
+    pub fn copy_of(self, message: &Message) -> CopyFor {
+        let retain = self.retain_as_published && message.retain;
+        CopyFor { qos: self.granted.min(message.qos), retain, subscription_ids: self.subscription_ids, shared: None }
+    }
+}
 
 /// Bounds on what one session may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +312,18 @@ impl Session {
 
     pub fn subscriptions(&self) -> impl Iterator<Item = (&Filter, &Subscription)> {
         self.subscriptions.values().map(|(filter, subscription)| (filter, subscription))
+    }
+
+    /// How this session's own subscriptions take `message`, merged into one copy: for a
+    /// message matched against one session rather than the shard's trie (a takeover's
+    /// catch-up, a cluster replay). Shared subscriptions are left out: each of a group's
+    /// messages went to the member chosen for it.
+    pub fn own_delivery(&self, message: &Message) -> Option<Delivery> {
+        let matching = self
+            .subscriptions()
+            .filter(|(filter, _)| !filter.is_shared() && filter_matches(filter.matched(), &message.topic))
+            .map(|(_, subscription)| subscription);
+        merge_matching(matching, message.publisher.as_ref() == Some(&self.client_id))
     }
 
     pub fn subscription_count(&self) -> usize {

@@ -255,8 +255,9 @@ impl Shard {
                 let mut session = client.session;
                 // Here it ends (on disk too); its shared messages in flight go with it.
                 self.session_ended(&mut session);
-                advance_checkpoint(&mut session, Clock::system());
-                let bytes = handover::encode(&session, client.version, Clock::system());
+                let clock = Clock::system();
+                advance_checkpoint(&mut session, clock);
+                let bytes = handover::encode(&session, client.version, clock);
                 if bytes.len() > handover::HANDOVER_BYTES_MAX {
                     // Past what a taker accepts: ended here, fresh there (session present 0).
                     self.counters.cluster_sessions_too_large += 1;
@@ -304,19 +305,9 @@ impl Shard {
     pub(super) fn deliver_replayed(&mut self, client_id: &Bytes, messages: Vec<Arc<Message>>, now: Instant) {
         let Some(key) = self.clients.key_of(client_id) else { return };
         for message in messages {
-            let own_message = self.is_publisher(key, &message);
-            let session = &self.clients.get(key).session;
-            let matching: Vec<Subscription> = session
-                .subscriptions()
-                .filter(|(filter, _)| !filter.is_shared() && crate::topics::filter_matches(filter.matched(), &message.topic))
-                .map(|(_, subscription)| *subscription)
-                .collect();
-            let Some(delivery) = merge_matching(matching.iter(), own_message) else { continue };
-            let retain = delivery.retain_as_published && message.retain;
-            let copy =
-                CopyFor { qos: delivery.granted.min(message.qos), retain, subscription_ids: delivery.subscription_ids, shared: None };
+            let Some(delivery) = self.clients.get(key).session.own_delivery(&message) else { continue };
             self.counters.cluster_messages_replayed += 1;
-            self.deliver_to(key, &message, copy, None, now);
+            self.deliver_to(key, &message, delivery.copy_of(&message), None, now);
         }
     }
 

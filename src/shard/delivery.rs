@@ -122,10 +122,7 @@ impl Shard {
             let key = same_client[0].0;
             let own_message = self.is_publisher(key, message);
             if let Some(delivery) = merge_matching(same_client.iter().map(|(_, subscription)| subscription), own_message) {
-                let retain = delivery.retain_as_published && message.retain;
-                let qos = delivery.granted.min(message.qos);
-                let copy = CopyFor { qos, retain, subscription_ids: delivery.subscription_ids, shared: None };
-                self.deliver_to(key, message, copy, Some((source, sequence)), now);
+                self.deliver_to(key, message, delivery.copy_of(message), Some((source, sequence)), now);
             }
         }
         matches.clear();
@@ -205,10 +202,7 @@ impl Shard {
             let Some(subscription) = client.session.subscription(filter).copied() else { continue };
             let own_message = self.is_publisher(key, message);
             if let Some(delivery) = merge_matching(std::iter::once(&subscription), own_message) {
-                let retain = delivery.retain_as_published && message.retain;
-                let copy =
-                    CopyFor { qos: delivery.granted.min(message.qos), retain, subscription_ids: delivery.subscription_ids, shared: None };
-                self.deliver_to(key, message, copy, None, now);
+                self.deliver_to(key, message, delivery.copy_of(message), None, now);
             }
         }
     }

@@ -190,20 +190,12 @@ impl Shard {
     /// owner's cut, and skips the ones at or before it that are still on their way here.
     pub(super) fn catch_up(&mut self, key: ClientKey, cut: StreamCut, now: Instant) {
         let (entries, gap) = self.streams.recent.since(&cut);
-        let mut missed: Vec<(Arc<Message>, QoS, bool, Vec<u32>)> = Vec::new();
-        let client = self.clients.get(key);
+        let mut missed: Vec<(Arc<Message>, CopyFor)> = Vec::new();
+        let session = &self.clients.get(key).session;
         for entry in entries {
-            let message = &entry.message;
             // Shared copies are not replayed: each went to the member chosen at its origin.
-            let matching = client
-                .session
-                .subscriptions()
-                .filter(|(filter, _)| !filter.is_shared() && filter_matches(filter.matched(), &message.topic))
-                .map(|(_, subscription)| subscription);
-            let own_message = message.publisher.as_ref() == Some(client.session.client_id());
-            if let Some(delivery) = merge_matching(matching, own_message) {
-                let retain = delivery.retain_as_published && message.retain;
-                missed.push((message.clone(), delivery.granted.min(message.qos), retain, delivery.subscription_ids));
+            if let Some(delivery) = session.own_delivery(&entry.message) {
+                missed.push((entry.message.clone(), delivery.copy_of(&entry.message)));
             }
         }
         if gap {
@@ -213,8 +205,8 @@ impl Shard {
                 "session handoff could not replay every publish; raise --recent-publishes-max / --recent-publish-bytes-max"
             );
         }
-        for (message, qos, retain, subscription_ids) in missed {
-            self.deliver_to(key, &message, CopyFor { qos, retain, subscription_ids, shared: None }, None, now);
+        for (message, copy) in missed {
+            self.deliver_to(key, &message, copy, None, now);
         }
         if cut.iter().zip(&self.streams.seen).any(|(cut_at, seen_at)| cut_at > seen_at) {
             self.client(key).skip_until = Some(cut);
