@@ -6,14 +6,18 @@
 # Usage: tuning/compare.sh [seconds per run]
 # Env:   BROKER_CPUS (default 0), CLIENT_CPUS (default 1), RINGMQ_FLAGS,
 #        MATRIX    dev (default: the 2-core matrix), scale (the many-core matrix at max
-#                  rate) or scale-rates (the many-core matrix at fixed offered loads),
+#                  rate), scale-rates (the many-core matrix at fixed offered loads) or
+#                  flashmq (issue #14's rows at max rate: fan-out 1 -> 100 QoS 0/1/2, p2p
+#                  100 pairs QoS 1, fan-out 4 -> 1,000 QoS 1; latency of fan-out QoS 1
+#                  at 100k deliveries/s),
 #        BROKERS   default "mosquitto ringmq", plus "flashmq" when tuning/build-flashmq.sh
 #                  has built it (or FLASHMQ names a binary); also "ringmq-1" (ringmq with one
 #                  shard on the first broker CPU), "ringmq-broadcast" (every publish to every
 #                  shard), "ringmq-cpu" (connections steered by CPU) and "rmqtt",
 #        BIN_DIR   prebuilt ringmq and loadgen here instead of `cargo build`,
 #        ONLY      run only the scenarios named here (space-separated),
-#        MOSQUITTO, RMQTTD, FLASHMQ (binaries), OUT_DIR (keep every loadgen JSON report here).
+#        MOSQUITTO, RMQTTD, FLASHMQ (binaries), OUT_DIR (keep every loadgen JSON report here),
+#        DRAIN_S   how long loadgen waits after publishing for the last deliveries (10).
 # Needs: mosquitto (apt-get install -y mosquitto), python3 for the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,19 +29,8 @@ FLASHMQ=${FLASHMQ:-$(ls .peers/flashmq-*/build/flashmq 2>/dev/null | tail -1)}
 BROKERS=${BROKERS:-mosquitto ${FLASHMQ:+flashmq }ringmq}
 MOSQUITTO=${MOSQUITTO:-mosquitto}
 RMQTTD=${RMQTTD:-rmqttd}
-if ! command -v taskset >/dev/null || [ -n "${PY_TASKSET:-}" ]; then
-  # Minimal images lack util-linux: pin with Python instead (`taskset -c LIST cmd args...`).
-  taskset() {
-    shift
-    exec python3 -c 'import os, sys
-cpus = set()
-for part in sys.argv[1].split(","):
-    first, _, last = part.partition("-")
-    cpus.update(range(int(first), int(last or first) + 1))
-os.sched_setaffinity(0, cpus)
-os.execvp(sys.argv[2], sys.argv[2:])' "$@"
-  }
-fi
+# shellcheck source=tuning/pin.sh
+. tuning/pin.sh
 count_cpus() { echo "$1" | awk -F, '{n=0; for (i=1;i<=NF;i++) { split($i,r,"-"); n += (r[2]=="" ? 1 : r[2]-r[1]+1) } print n}'; }
 SHARDS=$(count_cpus "$BROKER_CPUS")
 CLIENT_CORES=$(count_cpus "$CLIENT_CPUS")
@@ -71,6 +64,8 @@ start_broker() {
     ringmq-cpu) start_ringmq "$BROKER_CPUS" "$SHARDS" --steer cpu ;;
     ringmq-1) start_ringmq "$FIRST_BROKER_CPU" 1 ;;
     mosquitto) printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nmax_inflight_messages 32\n' $PORT $QUEUE >"$WORK/m.conf"
+               # As root it would drop to a user "mosquitto", which a bare machine lacks.
+               [ "$(id -u)" != 0 ] || echo "user root" >>"$WORK/m.conf"
                taskset -c "$BROKER_CPUS" "$MOSQUITTO" -c "$WORK/m.conf" >"$WORK/broker.log" 2>&1 & ;;
     flashmq) # One worker thread per broker CPU; its per-client QoS 1/2 bounds raised to the
              # most it takes (its defaults, 512 messages and 64 KiB, drop under a fast publisher).
@@ -98,7 +93,7 @@ run() { # name broker loadgen-args...
   local ticks_before
   ticks_before=$(broker_cpu_ticks)
   taskset -c "$CLIENT_CPUS" "$LOADGEN" --port $PORT --json --cores "$CLIENT_CORES" \
-    --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s 10 "$@" >"$WORK/$name.$broker.json" 2>"$WORK/$name.$broker.err" || true
+    --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s "${DRAIN_S:-10}" "$@" >"$WORK/$name.$broker.json" 2>"$WORK/$name.$broker.err" || true
   # The broker's CPU time (all threads) while loadgen ran, connecting and draining
   # included: deliveries per broker CPU-second compares brokers that a closed loop leaves
   # below 100% of their core, where deliveries/s alone would measure the loop.
@@ -120,6 +115,14 @@ case "$MATRIX" in
     "fanout-4x1000-qos1|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1"
     "p2p-1000-qos1|--scenario p2p --publishers 1000 --qos-pub 1 --qos-sub 1"
   ) ;;
+  flashmq) SCENARIOS=(
+    "fanout-1x100-qos0|--scenario fanout --publishers 1 --subscribers 100 --qos-pub 0 --qos-sub 0"
+    "fanout-1x100-qos1|--scenario fanout --publishers 1 --subscribers 100 --qos-pub 1 --qos-sub 1"
+    "fanout-1x100-qos2|--scenario fanout --publishers 1 --subscribers 100 --qos-pub 2 --qos-sub 2"
+    "p2p-100-qos1|--scenario p2p --publishers 100 --qos-pub 1 --qos-sub 1"
+    "fanout-4x1000-qos1|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1"
+    "fixed-1k-qos1|--scenario fanout --publishers 1 --subscribers 100 --qos-pub 1 --qos-sub 1 --rate 1000"
+  ) ;;
   # A third field limits a scenario to the brokers it names.
   scale-rates) SCENARIOS=(
     "fanout-1x100-qos0|--scenario fanout --publishers 1 --subscribers 100 --qos-pub 0 --qos-sub 0"
@@ -129,7 +132,7 @@ case "$MATRIX" in
     "fanout-4x1000-qos1-at6M|--scenario fanout --publishers 4 --subscribers 1000 --qos-pub 1 --qos-sub 1 --rate 6000|ringmq ringmq-cpu"
     "p2p-1000-qos1|--scenario p2p --publishers 1000 --qos-pub 1 --qos-sub 1|ringmq ringmq-cpu"
   ) ;;
-  *) echo "MATRIX is dev, scale or scale-rates" >&2; exit 2 ;;
+  *) echo "MATRIX is dev, scale, scale-rates or flashmq" >&2; exit 2 ;;
 esac
 echo "broker CPUs $BROKER_CPUS ($SHARDS), loadgen CPUs $CLIENT_CPUS, $SECONDS_PER_RUN s per run, $(date -u +%F), $(nproc) CPUs, $(uname -r)"
 for entry in "${SCENARIOS[@]}"; do
