@@ -56,8 +56,27 @@ start_ringmq() { # cpus shards extra-flags...
     "$@" ${RINGMQ_FLAGS:-} >"$WORK/broker.log" 2>&1 &
 }
 
+# A fresh port each run (mosquitto cannot rebind one in TIME_WAIT), below the kernel's
+# ephemeral range where loadgen's closed connections linger; a broker that still finds its
+# port taken is started again on another.
 start_broker() {
-  PORT=$((20000 + RANDOM % 20000))   # fresh port: mosquitto cannot rebind one in TIME_WAIT
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    start_broker_once "$1"
+    for _ in $(seq 50); do
+      (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
+      kill -0 "$BROKER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    echo "$1 did not start on port $PORT (attempt $attempt): $(tail -1 "$WORK/broker.log")" >&2
+    kill "$BROKER_PID" 2>/dev/null || true
+  done
+}
+
+start_broker_once() {
+  local ephemeral_first
+  ephemeral_first=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  PORT=$((10000 + RANDOM % (ephemeral_first > 11000 ? ephemeral_first - 10000 : 1000)))
   case "$1" in
     ringmq) start_ringmq "$BROKER_CPUS" "$SHARDS" ;;
     ringmq-broadcast) start_ringmq "$BROKER_CPUS" "$SHARDS" --routing broadcast ;;
@@ -78,7 +97,6 @@ start_broker() {
            (cd "$WORK" && exec taskset -c "$BROKER_CPUS" "$RMQTTD" -f "$WORK/rmqtt.toml" --id 1) >"$WORK/broker.log" 2>&1 & ;;
   esac
   BROKER_PID=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 }
 
 # utime + stime of the broker, in clock ticks (fields 14 and 15, counted after the command
@@ -98,7 +116,7 @@ run() { # name broker loadgen-args...
   # included: deliveries per broker CPU-second compares brokers that a closed loop leaves
   # below 100% of their core, where deliveries/s alone would measure the loop.
   echo $(( $(broker_cpu_ticks) - ticks_before )) >"$WORK/$name.$broker.cpu_ticks"
-  kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
+  kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true
 }
 
 case "$MATRIX" in
