@@ -689,7 +689,8 @@ fn unix_ms() -> u64 {
 
 #[test]
 fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptions() {
-    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    // Swept each second: the dead node's records go once no client will use them.
+    let Some(cluster) = Cluster::start(3, &["--cluster-sweep-interval-s", "1"]) else { return };
     for node in 0..3 {
         wait_for_owner_bucket(&cluster, node);
     }
@@ -719,6 +720,9 @@ fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptio
     };
     assert_eq!(short.connect_sending(connect).code, 0);
     cluster.wait_for_session_records(&["record-away", "record-online", "record-short"], &["record-clean"]);
+    let dead_records: Vec<String> =
+        ["record-away", "record-online", "record-short"].iter().flat_map(|id| cluster.record_keys(id)).collect();
+    assert_eq!(dead_records.len(), 3, "one record each, all node 1's: {dead_records:?}");
     cluster.nodes[0].signal(libc::SIGKILL);
     // Back on nodes 2 and 3: session present, and subscribed without subscribing again.
     for (node, client_id, topic) in [(1, "record-away", "records/away/x"), (2, "record-online", "records/online/x/y")] {
@@ -742,4 +746,11 @@ fn a_killed_nodes_persistent_sessions_come_back_elsewhere_with_their_subscriptio
     let mut late = cluster.nodes[1].raw_v5();
     let connack = late.connect_with_properties("record-short", false, 60, short_expiry());
     assert_eq!((connack.code, connack.session_present), (0, false), "expired 3 s after its node was found dead");
+    // The sweep removes, history and all, the expired record and the two whose clients
+    // came back elsewhere; the sessions' new records stay.
+    cluster.wait_for_records_swept(&dead_records);
+    for client_id in ["record-away", "record-online"] {
+        let keys = cluster.record_keys(client_id);
+        assert!(keys.len() == 1 && !dead_records.contains(&keys[0]), "{client_id} keeps its new node's record: {keys:?}");
+    }
 }

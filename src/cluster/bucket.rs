@@ -40,6 +40,14 @@ pub async fn purge_origin(client: &async_nats::Client, bucket: &str, origin: u64
     }
 }
 
+/// Removes `key` from `bucket`'s stream, its history and delete markers included: for keys
+/// nobody writes again (a process gone for good). True if the purge was acknowledged.
+pub async fn purge_key(client: &async_nats::Client, bucket: &str, key: &str) -> bool {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let Ok(stream) = jetstream.get_stream(format!("KV_{bucket}")).await else { return false };
+    stream.purge().filter(format!("$KV.{bucket}.{key}")).await.is_ok()
+}
+
 /// Opens `bucket` (made with `replicas` copies and one revision per key if missing;
 /// entries older than `max_age` vanish, when given).
 pub async fn open(

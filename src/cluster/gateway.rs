@@ -63,6 +63,9 @@ pub struct GatewaySettings {
     pub replicas: usize,
     /// `--cluster-durable` and its bounds (`message_stream.rs`), or `None`.
     pub durable: Option<super::message_stream::DurableSettings>,
+    /// `--cluster-sweep-interval-s`: how often one node sweeps the records that nodes no
+    /// longer running left (`sweep.rs`).
+    pub sweep_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,8 @@ pub(super) struct GatewayCounters {
     pub(super) record_write_failures: u64,
     /// Session records past what one NATS message takes (deleted instead).
     pub(super) records_too_large: u64,
+    /// Records of processes no longer running that this node swept (`sweep.rs`).
+    pub(super) records_swept: u64,
     /// QoS 1/2 messages the durable stream acknowledged (`message_stream.rs`).
     pub(super) durable_stored: u64,
     /// QoS 1/2 messages not stored in it: not sent (cut off from NATS, too many waiting for
@@ -282,6 +287,14 @@ async fn run(
         wake: records_wake.clone(),
         state: state.clone(),
     }));
+    owner_tasks.push(tokio::task::spawn_local(super::sweep::run(super::sweep::SweepTask {
+        client: client.clone(),
+        cluster_name: settings.cluster_name.clone(),
+        origin: stamp.origin,
+        interval: settings.sweep_interval,
+        owners: owners.clone(),
+        state: state.clone(),
+    })));
     let durable = settings.durable.map(|durable_settings| {
         let (durable, acks) = super::message_stream::Durable::new(&client, &settings.cluster_name);
         owner_tasks.push(tokio::task::spawn_local(super::message_stream::run_acks(acks, state.clone())));
@@ -679,6 +692,7 @@ mod tests {
             cluster_name: name.into(),
             replicas: 3,
             durable: None,
+            sweep_interval: Duration::from_secs(600),
         }
     }
 

@@ -13,7 +13,8 @@
 //!   a node that died; `handover`: a session moving to the node its client resumed on;
 //!   `records`: each persistent session's record, what is left of it if its node dies;
 //!   `message_stream`: `--cluster-durable`, the QoS 1/2 messages a dead node's sessions
-//!   were owed, replayed to them where their clients come back.
+//!   were owed, replayed to them where their clients come back; `sweep`: removing the
+//!   records that nodes no longer running left and no client will use again.
 
 pub mod bucket;
 pub mod dedup;
@@ -26,4 +27,5 @@ pub mod port;
 pub mod records;
 pub mod retained;
 pub mod subject;
+pub mod sweep;
 pub mod wills;

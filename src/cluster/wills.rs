@@ -59,7 +59,7 @@ pub fn will_key(origin: u64, client_id: &[u8]) -> Option<String> {
 }
 
 /// A node's heartbeat key (and the value of a reaper mark it makes): its origin in hex.
-fn heartbeat_key(origin: u64) -> String {
+pub(super) fn heartbeat_key(origin: u64) -> String {
     format!("{origin:016x}")
 }
 
@@ -235,7 +235,7 @@ pub(super) async fn run(task: WillsTask, mut changes: mpsc::Receiver<WillChange>
     .await;
 }
 
-fn reaper_key(origin: u64) -> String {
+pub(super) fn reaper_key(origin: u64) -> String {
     format!("reaper.{}", heartbeat_key(origin))
 }
 

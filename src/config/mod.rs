@@ -345,6 +345,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_durable_bytes_max: u64,
 
+    /// With --cluster: how often one node removes the session records that nodes no longer
+    /// running left and no client will use again (expired, or taken over elsewhere).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_sweep_interval_s: u64,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "ringmq=debug". Reloaded on
     /// SIGHUP from the configuration file.
     #[arg(long, default_value = "info")]

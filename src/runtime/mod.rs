@@ -184,6 +184,7 @@ fn gateway_settings(config: &Config, port: u16) -> Option<crate::cluster::gatewa
             retention: Duration::from_secs(config.cluster_durable_retention_s),
             bytes_max: config.cluster_durable_bytes_max,
         }),
+        sweep_interval: Duration::from_secs(config.cluster_sweep_interval_s),
     })
 }
 

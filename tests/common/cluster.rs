@@ -167,6 +167,46 @@ impl Cluster {
         });
     }
 
+    /// The keys (`<origin hex>.<client key>`) of every session record `client_id` has.
+    pub fn record_keys(&self, client_id: &str) -> Vec<String> {
+        use futures_util::StreamExt;
+        let suffix = format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
+        let url = format!("nats://{}", self.nats[0].client_addr);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        runtime.block_on(async {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
+            let store = jetstream.get_key_value("ringmq_sessions").await.expect("the records bucket");
+            let keys: Vec<String> = store.keys().await.expect("keys").filter_map(|key| async move { key.ok() }).collect().await;
+            keys.into_iter().filter(|key| key.ends_with(&suffix)).collect()
+        })
+    }
+
+    /// Waits until the records bucket holds nothing under any of `keys`, not even a delete
+    /// marker (the sweep purges a gone process's records with their history), or panics
+    /// after a while.
+    pub fn wait_for_records_swept(&self, keys: &[String]) {
+        let url = format!("nats://{}", self.nats[0].client_addr);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        runtime.block_on(async {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
+            let store = jetstream.get_key_value("ringmq_sessions").await.expect("the records bucket");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut left = Vec::new();
+                for key in keys {
+                    if !matches!(store.entry(key.clone()).await, Ok(None)) {
+                        left.push(key.clone());
+                    }
+                }
+                if left.is_empty() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "records never swept: {left:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
     /// Waits until `client_id`'s session record carries a checkpoint (its first 8 bytes,
     /// Unix ms) past `after_ms`, and returns it (or panics after a while).
     pub fn wait_for_record_checkpoint(&self, client_id: &str, after_ms: u64) -> u64 {
