@@ -40,7 +40,7 @@ pub(super) struct Client {
 pub(super) struct Clients {
     slots: Vec<Option<Client>>,
     free: Vec<ClientKey>,
-    by_id: HashMap<Bytes, ClientKey>,
+    by_id: HashMap<Bytes, ClientKey, crate::topics::KeyedHasher>,
     /// Looked up for every packet a client sends: hashed by a multiply, not SipHash
     /// (connection ids are the broker's own counters, not attacker-chosen keys).
     by_conn: HashMap<ConnId, ClientKey, BuildHasherDefault<ConnIdHasher>>,

@@ -25,7 +25,10 @@ pub struct RecentPublish {
 }
 
 pub struct RecentPublishes {
-    entries: VecDeque<RecentPublish>,
+    /// Each entry with its payload's length, kept beside it: evicting reads the length
+    /// without touching the message, long out of cache by then (a cache miss per publish
+    /// was 4% of a 2-shard p2p profile).
+    entries: VecDeque<(RecentPublish, usize)>,
     /// Per source: the highest sequence number evicted from the log.
     evicted_through: Vec<u64>,
     payload_bytes: usize,
@@ -45,25 +48,26 @@ impl RecentPublishes {
     }
 
     pub fn push(&mut self, entry: RecentPublish) {
-        self.payload_bytes += entry.message.payload.len();
-        self.entries.push_back(entry);
+        let payload_len = entry.message.payload.len();
+        self.payload_bytes += payload_len;
+        self.entries.push_back((entry, payload_len));
         while self.entries.len() > self.max_entries || self.payload_bytes > self.max_payload_bytes {
-            let Some(evicted) = self.entries.pop_front() else { break };
-            self.payload_bytes -= evicted.message.payload.len();
+            let Some((evicted, evicted_len)) = self.entries.pop_front() else { break };
+            self.payload_bytes -= evicted_len;
             self.evicted_through[evicted.source.0] = evicted.sequence;
         }
     }
 
     /// This shard's own publishes (`source`) applied at or after `since`, newest first.
     pub fn own_since(&self, source: ShardId, since: Instant) -> impl Iterator<Item = &RecentPublish> {
-        self.entries.iter().rev().take_while(move |e| e.at >= since).filter(move |e| e.source == source)
+        self.entries.iter().rev().map(|(e, _)| e).take_while(move |e| e.at >= since).filter(move |e| e.source == source)
     }
 
     /// Entries after `cut` for each source, oldest first, and whether any entry after the
     /// cut was already evicted.
     pub fn since<'a>(&'a self, cut: &'a [u64]) -> (impl Iterator<Item = &'a RecentPublish> + 'a, bool) {
         let gap = self.evicted_through.iter().zip(cut).any(|(&evicted, &cut_at)| evicted > cut_at);
-        (self.entries.iter().filter(move |e| e.sequence > cut[e.source.0]), gap)
+        (self.entries.iter().map(|(e, _)| e).filter(move |e| e.sequence > cut[e.source.0]), gap)
     }
 }
 

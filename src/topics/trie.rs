@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use super::is_system_topic;
+use super::{KeyedHasher, is_system_topic};
 
 struct Node<K, V> {
-    children: HashMap<Box<[u8]>, Node<K, V>>,
+    children: HashMap<Box<[u8]>, Node<K, V>, KeyedHasher>,
     single_level: Option<Box<Node<K, V>>>,
     /// Subscribers whose filter ends with `#` right below this node.
     multi_level: Subscribers<K, V>,
@@ -20,7 +20,7 @@ struct Node<K, V> {
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
-        Node { children: HashMap::new(), single_level: None, multi_level: Subscribers::default(), exact: Subscribers::default() }
+        Node { children: HashMap::default(), single_level: None, multi_level: Subscribers::default(), exact: Subscribers::default() }
     }
 }
 
@@ -30,7 +30,7 @@ const INDEXED_FROM: usize = 32;
 /// One node's subscribers: the vector a match walks, and for long lists an index into it.
 struct Subscribers<K, V> {
     entries: Vec<(K, V)>,
-    index: Option<HashMap<K, usize>>,
+    index: Option<HashMap<K, usize, KeyedHasher>>,
 }
 
 impl<K, V> Default for Subscribers<K, V> {
