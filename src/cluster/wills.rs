@@ -2,8 +2,9 @@
 //!
 //! Heartbeats: every node puts its origin (hex) in the bucket `<cluster-name>_nodes` every
 //! `HEARTBEAT_INTERVAL` and watches the bucket. A node silent for `NODE_DEAD_AFTER` is
-//! dead, as judged by a node whose own heartbeats have been landing for that long (one back
-//! from a NATS outage first waits to hear the others again).
+//! dead, as judged by a node whose own heartbeats have been landing for that long, with no
+//! gap over `OWN_GAP_MAX` (one back from a NATS outage first waits to hear the others
+//! again).
 //!
 //! Wills: while a client's connection is open on a node, its will is in the bucket
 //! `<cluster-name>_wills` under `<origin>.<client id>` (written on CONNECT, deleted when
@@ -115,12 +116,19 @@ impl WillRegistry {
     }
 }
 
+/// The longest this node's own heartbeats may go without landing before it stops judging
+/// others (and counts its health from the next one again): a lone slow write to a busy
+/// JetStream is not an outage, while three seconds without one may be.
+const OWN_GAP_MAX: Duration = Duration::from_secs(3);
+
 /// Which nodes are alive, from their heartbeats and this node's own.
 #[derive(Debug, Default)]
 pub struct Liveness {
     last_heard: HashMap<u64, Instant>,
-    /// Since when this node's own heartbeats have landed without a miss.
+    /// Since when this node's own heartbeats have landed with no gap over `OWN_GAP_MAX`.
     healthy_since: Option<Instant>,
+    /// When this node's own heartbeat last landed.
+    last_landed: Option<Instant>,
 }
 
 impl Liveness {
@@ -134,14 +142,20 @@ impl Liveness {
     }
 
     pub fn own_heartbeat(&mut self, landed: bool, now: Instant) {
-        self.healthy_since = if landed { self.healthy_since.or(Some(now)) } else { None };
+        if !landed {
+            return;
+        }
+        if self.last_landed.is_none_or(|last| now.duration_since(last) > OWN_GAP_MAX) {
+            self.healthy_since = Some(now);
+        }
+        self.last_landed = Some(now);
     }
 
-    /// The nodes silent for `NODE_DEAD_AFTER`, each told once; none while this node
-    /// itself has not been heard for that long.
+    /// The nodes silent for `NODE_DEAD_AFTER`, each told once; none unless this node's
+    /// own heartbeats have been landing, with no gap over `OWN_GAP_MAX`, for that long.
     pub fn take_dead(&mut self, now: Instant) -> Vec<u64> {
-        let Some(healthy_since) = self.healthy_since else { return Vec::new() };
-        if now.duration_since(healthy_since) < NODE_DEAD_AFTER {
+        let (Some(healthy_since), Some(last_landed)) = (self.healthy_since, self.last_landed) else { return Vec::new() };
+        if now.duration_since(healthy_since) < NODE_DEAD_AFTER || now.duration_since(last_landed) > OWN_GAP_MAX {
             return Vec::new();
         }
         let dead: Vec<u64> =
@@ -487,22 +501,38 @@ mod tests {
     #[test]
     fn a_silent_node_is_dead_once_and_only_to_a_node_that_is_heard_itself() {
         let start = Instant::now();
+        let second = Duration::from_secs(1);
         let mut liveness = Liveness::default();
         liveness.heard(5, start);
         liveness.heard(6, start);
-        let later = start + NODE_DEAD_AFTER + Duration::from_secs(1);
+        let later = start + NODE_DEAD_AFTER + second;
         assert!(liveness.take_dead(later).is_empty(), "no judging before our own heartbeat landed");
         liveness.own_heartbeat(true, later);
         assert!(liveness.take_dead(later).is_empty(), "nor right after an outage of our own");
-        let judged_at = later + NODE_DEAD_AFTER;
-        liveness.own_heartbeat(true, judged_at);
-        liveness.heard(6, judged_at - Duration::from_secs(1));
+        // Our beats land each second, but one: a slow write is not an outage.
+        let mut now = later;
+        for beat in 1..=5 {
+            now = later + second * beat;
+            liveness.own_heartbeat(beat != 3, now);
+        }
+        let judged_at = now;
+        liveness.heard(6, judged_at - second);
         assert_eq!(liveness.take_dead(judged_at), vec![5]);
         assert!(liveness.take_dead(judged_at).is_empty(), "told once");
-        liveness.own_heartbeat(false, judged_at);
-        assert!(liveness.take_dead(judged_at + NODE_DEAD_AFTER * 3).is_empty(), "our heartbeat missed: no judging");
+        liveness.heard(7, judged_at);
+        for beat in 1..=4 {
+            liveness.own_heartbeat(false, judged_at + second * beat);
+        }
+        assert!(liveness.take_dead(judged_at + NODE_DEAD_AFTER * 3).is_empty(), "our heartbeats missed: no judging");
+        // Back after a gap: healthy again only after NODE_DEAD_AFTER of landed beats.
+        let back = judged_at + NODE_DEAD_AFTER * 3;
+        liveness.own_heartbeat(true, back);
+        assert!(liveness.take_dead(back + second).is_empty(), "health counts from the end of the gap");
         liveness.forget(6);
-        liveness.own_heartbeat(true, judged_at + NODE_DEAD_AFTER * 3);
-        assert!(liveness.take_dead(judged_at + NODE_DEAD_AFTER * 5).is_empty(), "a node gone from the bucket is not reaped");
+        liveness.forget(7);
+        for beat in 1..=6 {
+            liveness.own_heartbeat(true, back + second * beat);
+        }
+        assert!(liveness.take_dead(back + second * 6).is_empty(), "a node gone from the bucket is not reaped");
     }
 }
