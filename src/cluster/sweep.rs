@@ -7,7 +7,7 @@
 //! session has expired, or one whose client came back on another node (which read it when
 //! it took the session, and keeps a record of its own), is never used again.
 //!
-//! Once per interval one node (the one that moves `sweeper` in the nodes bucket to this
+//! Once per interval one node (the one that moves `sweeper` in the records bucket to this
 //! round's number) lists the records bucket and, for each record of a process that is not
 //! running (reaped, stopped, or with no heartbeat for over a minute: a running node beats
 //! every second), removes it from the bucket's stream, delete markers and all, when
@@ -34,8 +34,10 @@ use crate::persist::retained::Clock;
 const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a round may take listing the bucket.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The nodes bucket's key that elects each round's sweeper: its value is the last round
-/// swept (Unix seconds over the interval).
+/// The records bucket's key that elects each round's sweeper: its value is the last round
+/// swept (Unix seconds over the interval). In the records bucket, which keeps entries for
+/// good (the nodes bucket forgets them after a minute, which would let a second node win
+/// the same round); it is no record key (no origin before a dot), so the sweep skips it.
 const SWEEPER_KEY: &str = "sweeper";
 
 /// What the sweep does with one record of a process that is not running.
@@ -101,7 +103,7 @@ pub(super) async fn run(task: SweepTask) {
             continue;
         };
         let round = Clock::system().unix_ms / 1000 / task.interval.as_secs().max(1);
-        if !won_round(&nodes, round).await {
+        if !won_round(&records, round).await {
             // Another node sweeps this round; what this one saw last is stale by the next.
             superseded.clear();
             continue;
@@ -118,9 +120,9 @@ pub(super) async fn run(task: SweepTask) {
 }
 
 /// Moves `sweeper` to `round` if it is behind: true if this node did.
-async fn won_round(nodes: &async_nats::jetstream::kv::Store, round: u64) -> bool {
+async fn won_round(bucket: &async_nats::jetstream::kv::Store, round: u64) -> bool {
     let value = Bytes::from(round.to_string());
-    let swept = match tokio::time::timeout(STEP_TIMEOUT, nodes.entry(SWEEPER_KEY)).await {
+    let swept = match tokio::time::timeout(STEP_TIMEOUT, bucket.entry(SWEEPER_KEY)).await {
         Ok(Ok(entry)) => entry.filter(|entry| entry.operation == async_nats::jetstream::kv::Operation::Put),
         _ => return false,
     };
@@ -128,9 +130,9 @@ async fn won_round(nodes: &async_nats::jetstream::kv::Store, round: u64) -> bool
         match swept {
             Some(entry) => {
                 let last = std::str::from_utf8(&entry.value).ok().and_then(|text| text.parse::<u64>().ok()).unwrap_or(0);
-                last < round && nodes.update(SWEEPER_KEY, value, entry.revision).await.is_ok()
+                last < round && bucket.update(SWEEPER_KEY, value, entry.revision).await.is_ok()
             }
-            None => nodes.create(SWEEPER_KEY, value).await.is_ok(),
+            None => bucket.create(SWEEPER_KEY, value).await.is_ok(),
         }
     };
     tokio::time::timeout(STEP_TIMEOUT, write).await.unwrap_or(false)
