@@ -10,12 +10,12 @@ mod trie;
 use bytes::Bytes;
 
 pub use retained::RetainedTree;
-
-/// The hasher of the hot maps keyed by bytes clients choose (topic levels, client ids):
-/// ahash, keyed at random per map, so colliding keys cannot be picked from outside, and
-/// several times cheaper than std's SipHash on short keys (criterion `match_*`).
-pub type KeyedHasher = ahash::RandomState;
 pub use trie::SubscriptionTree;
+
+/// The hasher of the maps keyed by bytes clients choose (topic levels in both trees,
+/// client ids): ahash, keyed at random per map, so colliding keys cannot be picked from
+/// outside, and several times cheaper than std's SipHash on short keys (criterion `match_*`).
+pub type KeyedHasher = ahash::RandomState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {

@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 
-use super::is_system_topic;
+use super::{KeyedHasher, is_system_topic};
 
 struct Node<V> {
-    children: HashMap<Box<[u8]>, Node<V>>,
+    children: HashMap<Box<[u8]>, Node<V>, KeyedHasher>,
     message: Option<V>,
 }
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node { children: HashMap::new(), message: None }
+        Node { children: HashMap::default(), message: None }
     }
 }
 
