@@ -183,8 +183,9 @@ impl Shard {
         let outbound_limit = self.limits.outbound_buffer_bytes_max;
         loop {
             let client = self.client(key);
-            let Some(link) = client.link.clone() else { return };
+            // Called after every acknowledgement: nothing to stream is the common case.
             let Some(backlog) = client.retained_backlog.as_mut() else { return };
+            let Some(link) = client.link.clone() else { return };
             let Some(next) = backlog.front() else {
                 client.retained_backlog = None;
                 link.set_wants_drained(false);

@@ -265,57 +265,72 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
 
     /// Calls `visit` for every subscription whose filter matches `topic`. A subscriber
     /// with several matching filters is visited once per filter.
+    ///
+    /// The topic is not split up front: the walk follows named children level by level,
+    /// finding each `/` as it goes, and only a `+` child becomes a branch to come back to.
+    /// A topic under no wildcard subscription (p2p's every publish) is one hash lookup
+    /// per level and nothing else.
     pub fn for_each_match(&self, topic: &[u8], mut visit: impl FnMut(&K, &V)) {
+        if self.len == 0 {
+            return;
+        }
         let system = is_system_topic(topic);
-        let topic_levels = smallvec_levels::Levels::new(topic);
-        let rest = topic_levels.as_slice();
-        // Nodes still to visit, each with how many topic levels it has consumed. A match
-        // branches at most two ways per level (the named child and `+`).
-        let mut pending = walk_stack::Stack::new();
-        pending.push((&self.root, 0));
-        while let Some((node, depth)) = pending.pop() {
-            // At the root, wildcards skip `$` topics (MQTT 4.7.2).
-            let wildcards_allowed = !(depth == 0 && system);
-            if wildcards_allowed {
-                // `a/#` matches `a` itself as well as everything below it.
-                for (key, value) in node.multi_level.iter() {
-                    visit(key, value);
+        // A node with where its next topic level starts; past `topic.len()`: no level left
+        // (`a/` has a last, empty level; `a` has none after `a`).
+        let consumed = topic.len() + 1;
+        let mut branches = walk_stack::Stack::new();
+        let mut next = Some((&self.root, 0));
+        while let Some((mut node, mut start)) = next {
+            loop {
+                // At the root, wildcards skip `$` topics (MQTT 4.7.2).
+                let wildcards_allowed = !(start == 0 && system);
+                if wildcards_allowed {
+                    // `a/#` matches `a` itself as well as everything below it.
+                    for (key, value) in node.multi_level.iter() {
+                        visit(key, value);
+                    }
+                }
+                if start >= consumed {
+                    for (key, value) in node.exact.iter() {
+                        visit(key, value);
+                    }
+                    break;
+                }
+                let end = topic[start..].iter().position(|&b| b == b'/').map_or(topic.len(), |at| start + at);
+                if wildcards_allowed && let Some(child) = &node.single_level {
+                    branches.push((&**child, end + 1));
+                }
+                match node.children.get(&topic[start..end]) {
+                    Some(child) => (node, start) = (child, end + 1),
+                    None => break,
                 }
             }
-            let Some(level) = rest.get(depth) else {
-                for (key, value) in node.exact.iter() {
-                    visit(key, value);
-                }
-                continue;
-            };
-            if let Some(child) = node.children.get(*level) {
-                pending.push((child, depth + 1));
-            }
-            if wildcards_allowed && let Some(child) = &node.single_level {
-                pending.push((child, depth + 1));
-            }
+            next = branches.pop();
         }
     }
 }
 
-/// The match walk's stack: inline for the depths real topics have, on the heap beyond.
+/// The `+` branches a match walk comes back to: inline (and left uninitialised until
+/// used, as most walks take no branch) for the depths real topics have, on the heap beyond.
 mod walk_stack {
-    const INLINE: usize = 32;
+    use std::mem::MaybeUninit;
+
+    const INLINE: usize = 16;
 
     pub struct Stack<T: Copy> {
-        inline: [Option<T>; INLINE],
+        inline: [MaybeUninit<T>; INLINE],
         inline_len: usize,
         spilled: Vec<T>,
     }
 
     impl<T: Copy> Stack<T> {
         pub fn new() -> Self {
-            Stack { inline: [None; INLINE], inline_len: 0, spilled: Vec::new() }
+            Stack { inline: [const { MaybeUninit::uninit() }; INLINE], inline_len: 0, spilled: Vec::new() }
         }
 
         pub fn push(&mut self, item: T) {
             if self.inline_len < INLINE {
-                self.inline[self.inline_len] = Some(item);
+                self.inline[self.inline_len].write(item);
                 self.inline_len += 1;
             } else {
                 self.spilled.push(item);
@@ -330,41 +345,9 @@ mod walk_stack {
                 return None;
             }
             self.inline_len -= 1;
-            self.inline[self.inline_len].take()
-        }
-    }
-}
-
-/// Splitting a topic into levels without allocating for the common depths.
-mod smallvec_levels {
-    const INLINE: usize = 16;
-
-    // The inline variant is the point: up to 16 levels live on the stack, no allocation.
-    #[allow(clippy::large_enum_variant)]
-    pub enum Levels<'a> {
-        Inline([&'a [u8]; INLINE], usize),
-        Heap(Vec<&'a [u8]>),
-    }
-
-    impl<'a> Levels<'a> {
-        pub fn new(topic: &'a [u8]) -> Self {
-            let mut inline: [&[u8]; INLINE] = [&[]; INLINE];
-            let mut count = 0;
-            for level in topic.split(|&b| b == b'/') {
-                if count == INLINE {
-                    return Levels::Heap(topic.split(|&b| b == b'/').collect());
-                }
-                inline[count] = level;
-                count += 1;
-            }
-            Levels::Inline(inline, count)
-        }
-
-        pub fn as_slice(&self) -> &[&'a [u8]] {
-            match self {
-                Levels::Inline(levels, count) => &levels[..*count],
-                Levels::Heap(levels) => levels,
-            }
+            // SAFETY: every slot below `inline_len` was written by `push`, and `T: Copy`
+            // has no drop to run twice.
+            Some(unsafe { self.inline[self.inline_len].assume_init() })
         }
     }
 }
