@@ -1,12 +1,12 @@
 //! Codec cost per packet: decoding and encoding PUBLISH (64 B and 4 KiB payloads),
-//! CONNECT and SUBSCRIBE, for MQTT 3.1.1.
+//! CONNECT and SUBSCRIBE, a block of 64 PUBACKs, for MQTT 3.1.1.
 
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ringmq::protocol::{
-    Connect, Packet, PacketId, ProtocolVersion, Publish, PublishHeader, QoS, Subscribe, SubscriptionOptions, decode, write_publish,
+    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, PublishHeader, QoS, Subscribe, SubscriptionOptions, decode, write_publish,
 };
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
@@ -67,6 +67,28 @@ fn codec(c: &mut Criterion) {
         ],
     });
     bench_decode(c, "subscribe_2_filters", encoded(&subscribe));
+
+    // A QoS 1 fan-out's subscriber, or its publisher, reads acknowledgements in blocks:
+    // 64 PUBACKs from one read, decoded in turn from the same buffer.
+    let mut acks = BytesMut::new();
+    for id in 1..=64 {
+        Packet::PubAck(Ack::new(PacketId::new(id).expect("non-zero"))).encode(V311, &mut acks);
+    }
+    let acks = acks.freeze();
+    let mut group = c.benchmark_group("decode_block");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("puback_x64_one_read", |b| {
+        b.iter_batched(
+            || BytesMut::from(&acks[..]),
+            |mut buf| {
+                while let Some(packet) = decode(&mut buf, V311, u32::MAX).expect("valid") {
+                    black_box(packet);
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 
     let mut group = c.benchmark_group("encode");
     group.throughput(Throughput::Elements(1));

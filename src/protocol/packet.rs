@@ -147,16 +147,49 @@ pub fn decode(buf: &mut BytesMut, version: ProtocolVersion, max_packet_size_byte
     if buf.len() < total {
         return Ok(None);
     }
-    let mut frame = buf.split_to(total).freeze();
-    frame.advance(1 + len_bytes);
     let packet_type = first >> 4;
     let flags = first & 0x0F;
+    if remaining_len == 2
+        && len_bytes == 1
+        && let Some(ack) = short_ack(packet_type, flags, [buf[2], buf[3]])
+    {
+        buf.advance(total);
+        return ack.map(Some);
+    }
+    decode_frame(buf, total, len_bytes, version).map(Some)
+}
+
+/// Splits the whole packet of `total` bytes off `buf` and decodes it: the general path,
+/// whose fields (topics, payloads) share the input's memory.
+pub(crate) fn decode_frame(buf: &mut BytesMut, total: usize, len_bytes: usize, version: ProtocolVersion) -> Result<Packet, DecodeError> {
+    let mut frame = buf.split_to(total).freeze();
+    let first = frame[0];
+    frame.advance(1 + len_bytes);
     let mut reader = Reader::new(frame);
-    let packet = decode_body(packet_type, flags, &mut reader, version)?;
+    let packet = decode_body(first >> 4, first & 0x0F, &mut reader, version)?;
     if !reader.is_empty() {
         return Err(DecodeError::TrailingBytes(reader.remaining()));
     }
-    Ok(Some(packet))
+    Ok(packet)
+}
+
+/// An acknowledgement in its two-byte form (every 3.1.1 one, a 5.0 success), read in
+/// place: a fan-out's subscribers send one per message, and splitting each off the input
+/// as a frame of its own costs two atomic reference-count updates. `None`: not one of the
+/// four, or flags `decode_body` must judge.
+fn short_ack(packet_type: u8, flags: u8, id: [u8; 2]) -> Option<Result<Packet, DecodeError>> {
+    use packet_type::*;
+    if !matches!((packet_type, flags), (PUBACK | PUBREC | PUBCOMP, 0) | (PUBREL, 0b0010)) {
+        return None;
+    }
+    let Some(packet_id) = PacketId::new(u16::from_be_bytes(id)) else { return Some(Err(DecodeError::ZeroPacketId)) };
+    let ack = Ack::new(packet_id);
+    Some(Ok(match packet_type {
+        PUBACK => Packet::PubAck(ack),
+        PUBREC => Packet::PubRec(ack),
+        PUBREL => Packet::PubRel(ack),
+        _ => Packet::PubComp(ack),
+    }))
 }
 
 fn expect_flags(packet_type: u8, flags: u8, expected: u8) -> Result<(), DecodeError> {

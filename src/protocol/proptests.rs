@@ -249,4 +249,15 @@ proptest! {
         buf[index] = byte;
         let _ = decode(&mut buf, version, MAX_PACKET);
     }
+
+    /// The in-place path for two-byte acknowledgements decides exactly as the general one.
+    #[test]
+    fn short_acknowledgements_decode_as_the_general_path_does(first in 0x40u8..0x80, id in any::<[u8; 2]>(), v5 in any::<bool>()) {
+        let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        let wire = [first, 2, id[0], id[1], 0xE0];
+        let mut fast = BytesMut::from(&wire[..]);
+        let mut general = BytesMut::from(&wire[..]);
+        prop_assert_eq!(decode(&mut fast, version, MAX_PACKET), super::packet::decode_frame(&mut general, 4, 1, version).map(Some));
+        prop_assert_eq!(&fast[..], &general[..]);
+    }
 }
