@@ -226,7 +226,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::{PacketId, QoS, SubscriptionOptions};
-    use crate::session::{CopyFor, Message, Outgoing, Subscription};
+    use crate::session::{CopyFor, Message, SendNow, Subscription};
 
     fn limits() -> SessionLimits {
         SessionLimits { inflight_max: 2, queued_messages_max: 100, queue_full_policy: crate::session::QueueFullPolicy::DropNew }
@@ -258,8 +258,8 @@ mod tests {
         let mut first = None;
         for (topic, payload) in [("a/1", b"one" as &[u8]), ("a/2", b"two"), ("a/3", b"three"), ("b/4", b"four")] {
             // The first two go out at once (the window is 2), the others queue.
-            if let crate::session::Offer::Send(Outgoing::Publish { packet_id, .. }) =
-                session.offer(message(topic, payload), CopyFor::at(QoS::ExactlyOnce), true)
+            if let crate::session::Offer::Send(SendNow { packet_id, .. }) =
+                session.offer(&message(topic, payload), CopyFor::at(QoS::ExactlyOnce), true)
             {
                 first = first.or(packet_id);
             }

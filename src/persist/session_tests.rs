@@ -60,7 +60,7 @@ fn busy_session(clock: Clock) -> Session {
         if n == 4 {
             copy.shared = Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t/+") }));
         }
-        let _ = session.offer(message(n, clock), copy, true);
+        let _ = session.offer(&message(n, clock), copy, true);
     }
     let first = session.snapshot().iter().find_map(|event| if let SessionEvent::Sent(id) = event { Some(*id) } else { None }).unwrap();
     session.on_pubrec(first, false);
@@ -128,7 +128,7 @@ fn a_message_fanned_out_to_many_sessions_is_written_once() {
         let mut session = Session::new(Bytes::from(format!("c{slot}")), LIMITS);
         session.enable_journal();
         encoder.open(slot, u64::from(slot), session.client_id(), &header(false), clock, &mut file);
-        let _ = session.offer(shared.clone(), CopyFor::at(QoS::AtLeastOnce), false);
+        let _ = session.offer(&shared, CopyFor::at(QoS::AtLeastOnce), false);
         let mut events = Vec::new();
         session.take_journal(&mut events);
         encoder.events(slot, &events, clock, &mut file);

@@ -93,7 +93,7 @@ proptest! {
                         copy.shared = Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"x") }));
                         copy.subscription_ids = vec![7];
                     }
-                    let _ = session.offer(message(seq as u64, expired, now), copy, online);
+                    let _ = session.offer(&message(seq as u64, expired, now), copy, online);
                 }
                 Op::Ack(index, kind) => {
                     let ids: Vec<PacketId> = session.inflight.iter().map(|entry| entry.packet_id).collect();

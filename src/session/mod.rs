@@ -196,11 +196,29 @@ pub enum AckOutcome {
     WrongKind,
 }
 
+/// The offered message, to be written now: how (its QoS 1/2 copy is in flight).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendNow {
+    pub packet_id: Option<PacketId>,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Identifiers of the recipient's matching subscriptions (5.0).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl SendNow {
+    /// The packet to write, for writers that take the general form.
+    pub fn into_outgoing(self, message: Arc<Message>) -> Outgoing {
+        let SendNow { packet_id, qos, retain, subscription_ids } = self;
+        Outgoing::Publish { packet_id, qos, dup: false, retain, subscription_ids, message }
+    }
+}
+
 /// What became of a message offered to the session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Offer {
-    /// Write this now.
-    Send(Outgoing),
+    /// Write the offered message now, as this says.
+    Send(SendNow),
     /// Kept until the window opens or the client returns.
     Queued,
     /// Kept, by an online session whose queue is at (or past) its bound: the publisher
@@ -360,22 +378,15 @@ impl Session {
         }
     }
 
-    fn start_inflight(&mut self, copy: CopyFor, message: Arc<Message>) -> Outgoing {
+    /// Puts `message` in flight as `copy` says and gives it its packet id.
+    fn start_inflight(&mut self, copy: CopyFor, message: Arc<Message>) -> PacketId {
         debug_assert!(copy.qos != QoS::AtMostOnce);
         let packet_id = self.allocate_packet_id();
         let stage = if copy.qos == QoS::AtLeastOnce { AckStage::AwaitingPubAck } else { AckStage::AwaitingPubRec };
-        let outgoing = Outgoing::Publish {
-            packet_id: Some(packet_id),
-            qos: copy.qos,
-            dup: false,
-            retain: copy.retain,
-            subscription_ids: copy.subscription_ids.clone(),
-            message: message.clone(),
-        };
         let serial = self.allocated;
         self.inflight.push_back(Inflight { packet_id, serial, copy, message, stage });
         self.record(|| SessionEvent::Sent(packet_id));
-        outgoing
+        packet_id
     }
 
     fn push_queued(&mut self, copy: CopyFor, message: Arc<Message>) {
@@ -386,11 +397,14 @@ impl Session {
     /// Offers a message as `copy` says. QoS 1/2 order is kept: no QoS 1/2 message
     /// overtakes one already queued. An online QoS 0 message goes out at once, ahead of
     /// queued QoS 1/2 ones (MQTT orders messages per topic and QoS, 5.0 4.6).
-    pub fn offer(&mut self, message: Arc<Message>, copy: CopyFor, online: bool) -> Offer {
+    ///
+    /// `message` is borrowed: a copy written at once needs no reference of its own (the
+    /// caller writes it), so only a kept copy costs a reference count.
+    pub fn offer(&mut self, message: &Arc<Message>, copy: CopyFor, online: bool) -> Offer {
         if copy.qos == QoS::AtMostOnce {
             if online {
                 let CopyFor { qos, retain, subscription_ids, .. } = copy;
-                return Offer::Send(Outgoing::Publish { packet_id: None, qos, dup: false, retain, subscription_ids, message });
+                return Offer::Send(SendNow { packet_id: None, qos, retain, subscription_ids });
             }
             self.dropped_count += 1;
             return Offer::Dropped;
@@ -398,18 +412,20 @@ impl Session {
         self.offered_since_checkpoint = true;
         if online && self.queued.is_empty() && self.window_open() {
             self.record(|| SessionEvent::Enqueued { message: message.clone(), copy: copy.clone() });
-            return Offer::Send(self.start_inflight(copy, message));
+            let (qos, retain, subscription_ids) = (copy.qos, copy.retain, copy.subscription_ids.clone());
+            let packet_id = Some(self.start_inflight(copy, message.clone()));
+            return Offer::Send(SendNow { packet_id, qos, retain, subscription_ids });
         }
         if online {
             if self.queued.len() >= self.limits.queued_hard_max() {
                 self.dropped_count += 1;
                 return Offer::Dropped;
             }
-            self.push_queued(copy, message);
+            self.push_queued(copy, message.clone());
             return if self.queued.len() >= self.limits.queued_messages_max { Offer::QueuedFull } else { Offer::Queued };
         }
         if self.queued.len() < self.limits.queued_messages_max {
-            self.push_queued(copy, message);
+            self.push_queued(copy, message.clone());
             return Offer::Queued;
         }
         self.dropped_count += 1;
@@ -418,7 +434,7 @@ impl Session {
             QueueFullPolicy::DropOldest => {
                 self.queued.pop_front();
                 self.record(|| SessionEvent::DroppedFront);
-                self.push_queued(copy, message);
+                self.push_queued(copy, message.clone());
                 Offer::QueuedDroppingOldest
             }
         }
@@ -485,7 +501,10 @@ impl Session {
                 self.record(|| SessionEvent::ExpiredFront);
                 continue;
             }
-            out.push(self.start_inflight(next.copy, next.message));
+            let (qos, retain, subscription_ids) = (next.copy.qos, next.copy.retain, next.copy.subscription_ids.clone());
+            let message = next.message.clone();
+            let packet_id = Some(self.start_inflight(next.copy, next.message));
+            out.push(Outgoing::Publish { packet_id, qos, dup: false, retain, subscription_ids, message });
         }
     }
 

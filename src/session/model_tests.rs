@@ -87,13 +87,13 @@ impl Harness {
     fn offer(&mut self, qos: QoS, online: bool) -> Result<(), TestCaseError> {
         let seq = self.offered;
         self.offered += 1;
-        let got = self.session.offer(message(seq), CopyFor::at(qos), online);
+        let got = self.session.offer(&message(seq), CopyFor::at(qos), online);
         let window_open = self.inflight.len() < usize::from(self.limits.inflight_max);
         let expected = match (qos, online) {
             (QoS::AtMostOnce, false) => self.drop_new(seq),
             (_, true) if qos == QoS::AtMostOnce || (self.queued.is_empty() && window_open) => {
-                let Offer::Send(out) = &got else { return Err(TestCaseError::fail(format!("{seq}: expected a send, got {got:?}"))) };
-                return self.sent_fresh(out, seq, qos);
+                let Offer::Send(out) = got else { return Err(TestCaseError::fail(format!("{seq}: expected a send, got {got:?}"))) };
+                return self.sent_fresh(&out.into_outgoing(message(seq)), seq, qos);
             }
             (_, true) if self.queued.len() >= self.limits.queued_hard_max() => self.drop_new(seq),
             (_, true) => {

@@ -21,7 +21,7 @@ fn message(payload: &'static str) -> Arc<Message> {
 
 fn sent_id(offer: &Offer) -> PacketId {
     match offer {
-        Offer::Send(Outgoing::Publish { packet_id: Some(id), .. }) => *id,
+        Offer::Send(SendNow { packet_id: Some(id), .. }) => *id,
         other => panic!("expected a send with an id, got {other:?}"),
     }
 }
@@ -44,16 +44,16 @@ fn matching_subscriptions_merge_into_one_delivery() {
 #[test]
 fn qos0_offline_is_dropped_and_counted() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 2));
-    assert_eq!(session.offer(message("a"), CopyFor::at(QoS::AtMostOnce), false), Offer::Dropped);
+    assert_eq!(session.offer(&message("a"), CopyFor::at(QoS::AtMostOnce), false), Offer::Dropped);
     assert_eq!(session.dropped_count, 1);
 }
 
 #[test]
 fn window_queues_in_order_and_acks_release() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(2, 10));
-    let first = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
-    let _second = sent_id(&session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true));
-    assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+    let first = sent_id(&session.offer(&message("1"), CopyFor::at(QoS::AtLeastOnce), true));
+    let _second = sent_id(&session.offer(&message("2"), CopyFor::at(QoS::AtLeastOnce), true));
+    assert_eq!(session.offer(&message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
     assert_eq!(session.on_puback(first), AckOutcome::Done);
     assert_eq!(session.on_puback(first), AckOutcome::Unknown, "a second PUBACK finds nothing");
     let mut out = Vec::new();
@@ -66,9 +66,9 @@ fn expired_queued_messages_are_not_sent() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
     let now = Instant::now();
     let expiring = Arc::new(Message { expires_at: Some(now + std::time::Duration::from_secs(5)), ..(*message("old")).clone() });
-    assert!(matches!(session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Send(_)));
-    assert_eq!(session.offer(expiring, CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-    assert_eq!(session.offer(message("new"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+    assert!(matches!(session.offer(&message("sent"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Send(_)));
+    assert_eq!(session.offer(&expiring, CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+    assert_eq!(session.offer(&message("new"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
     let first = PacketId::new(1).unwrap();
     assert_eq!(session.on_puback(first), AckOutcome::Done);
     let mut out = Vec::new();
@@ -88,18 +88,18 @@ fn remaining_expiry_is_rounded_up_and_properties_borrowed_without_one() {
 #[test]
 fn queue_bound_drops() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 1));
-    assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
-    assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Dropped);
+    assert_eq!(session.offer(&message("1"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
+    assert_eq!(session.offer(&message("2"), CopyFor::at(QoS::AtLeastOnce), false), Offer::Dropped);
     assert_eq!(session.dropped_count, 1);
 }
 
 #[test]
 fn an_online_queue_at_its_bound_keeps_the_message_and_asks_for_a_pause() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 2));
-    let first = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
-    assert_eq!(session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
-    assert_eq!(session.offer(message("2"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
-    assert_eq!(session.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull, "never dropped below the hard bound");
+    let first = sent_id(&session.offer(&message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
+    assert_eq!(session.offer(&message("1"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+    assert_eq!(session.offer(&message("2"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
+    assert_eq!(session.offer(&message("3"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull, "never dropped below the hard bound");
     assert_eq!(session.dropped_count, 0);
     assert!(session.is_queue_full() && !session.may_resume_publishers());
     assert_eq!(session.on_puback(first), AckOutcome::Done);
@@ -109,7 +109,7 @@ fn an_online_queue_at_its_bound_keeps_the_message_and_asks_for_a_pause() {
     assert!(!session.may_resume_publishers(), "half the bound first");
     // Going offline trims to the bound, newest first under drop-new.
     assert_eq!(session.trim_to_offline_bound(), 0);
-    assert_eq!(session.offer(message("4"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
+    assert_eq!(session.offer(&message("4"), CopyFor::at(QoS::AtLeastOnce), true), Offer::QueuedFull);
     assert_eq!(session.trim_to_offline_bound(), 1);
     assert_eq!(session.dropped_count, 1);
 }
@@ -118,11 +118,11 @@ fn an_online_queue_at_its_bound_keeps_the_message_and_asks_for_a_pause() {
 fn an_online_queue_drops_only_at_its_hard_bound() {
     let limits = limits(1, 10);
     let mut session = Session::new(Bytes::from_static(b"c"), limits);
-    let _ = sent_id(&session.offer(message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
+    let _ = sent_id(&session.offer(&message("sent"), CopyFor::at(QoS::AtLeastOnce), true));
     for _ in 0..limits.queued_hard_max() {
-        assert_ne!(session.offer(message("m"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
+        assert_ne!(session.offer(&message("m"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
     }
-    assert_eq!(session.offer(message("over"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
+    assert_eq!(session.offer(&message("over"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Dropped);
 }
 
 #[test]
@@ -130,9 +130,9 @@ fn an_offline_queue_follows_its_full_policy() {
     let mut oldest =
         Session::new(Bytes::from_static(b"c"), SessionLimits { queue_full_policy: QueueFullPolicy::DropOldest, ..limits(1, 2) });
     for payload in ["1", "2"] {
-        assert_eq!(oldest.offer(message(payload), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
+        assert_eq!(oldest.offer(&message(payload), CopyFor::at(QoS::AtLeastOnce), false), Offer::Queued);
     }
-    assert_eq!(oldest.offer(message("3"), CopyFor::at(QoS::AtLeastOnce), false), Offer::QueuedDroppingOldest);
+    assert_eq!(oldest.offer(&message("3"), CopyFor::at(QoS::AtLeastOnce), false), Offer::QueuedDroppingOldest);
     let mut out = Vec::new();
     oldest.resume(Instant::now(), &mut out);
     assert!(matches!(&out[..], [Outgoing::Publish { message, .. }] if &message.payload[..] == b"2"), "1 was dropped");
@@ -142,8 +142,8 @@ fn an_offline_queue_follows_its_full_policy() {
 #[test]
 fn qos2_outbound_flow_and_resume() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-    let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::ExactlyOnce), true));
-    let b = sent_id(&session.offer(message("b"), CopyFor::at(QoS::ExactlyOnce), true));
+    let a = sent_id(&session.offer(&message("a"), CopyFor::at(QoS::ExactlyOnce), true));
+    let b = sent_id(&session.offer(&message("b"), CopyFor::at(QoS::ExactlyOnce), true));
     assert_eq!(session.on_pubrec(a, false), AckOutcome::Done);
     assert_eq!(session.on_pubrec(a, false), AckOutcome::Done, "repeated PUBREC is answered again");
     // Reconnect: a is past PUBREC (PUBREL again), b is re-sent with DUP.
@@ -159,8 +159,8 @@ fn qos2_outbound_flow_and_resume() {
 #[test]
 fn an_acknowledgement_of_the_wrong_kind_is_told_apart_from_an_unknown_id() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(5, 10));
-    let qos1 = sent_id(&session.offer(message("1"), CopyFor::at(QoS::AtLeastOnce), true));
-    let qos2 = sent_id(&session.offer(message("2"), CopyFor::at(QoS::ExactlyOnce), true));
+    let qos1 = sent_id(&session.offer(&message("1"), CopyFor::at(QoS::AtLeastOnce), true));
+    let qos2 = sent_id(&session.offer(&message("2"), CopyFor::at(QoS::ExactlyOnce), true));
     assert_eq!(session.on_pubcomp(qos1), AckOutcome::WrongKind);
     assert_eq!(session.on_pubrec(qos1, false), AckOutcome::WrongKind);
     assert_eq!(session.on_puback(qos2), AckOutcome::WrongKind);
@@ -174,8 +174,8 @@ fn an_acknowledgement_of_the_wrong_kind_is_told_apart_from_an_unknown_id() {
 #[test]
 fn a_refused_pubrec_ends_the_flow_and_frees_the_id() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(1, 10));
-    let id = sent_id(&session.offer(message("1"), CopyFor::at(QoS::ExactlyOnce), true));
-    assert_eq!(session.offer(message("2"), CopyFor::at(QoS::ExactlyOnce), true), Offer::Queued);
+    let id = sent_id(&session.offer(&message("1"), CopyFor::at(QoS::ExactlyOnce), true));
+    assert_eq!(session.offer(&message("2"), CopyFor::at(QoS::ExactlyOnce), true), Offer::Queued);
     assert_eq!(session.on_pubrec(id, true), AckOutcome::Done);
     assert_eq!(session.inflight_len(), 0);
     assert_eq!(session.on_pubcomp(id), AckOutcome::Unknown, "nothing waits for a PUBCOMP");
@@ -200,22 +200,22 @@ fn packet_ids_skip_those_in_flight() {
     // "a" stays unacknowledged while a whole lap of 65,535 ids goes by: the id after the
     // lap is a's, so it is skipped; ids given before the lap need no search.
     let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
-    let a = sent_id(&session.offer(message("a"), CopyFor::at(QoS::AtLeastOnce), true));
+    let a = sent_id(&session.offer(&message("a"), CopyFor::at(QoS::AtLeastOnce), true));
     assert_eq!(a.get(), 1);
     let mut last = a;
     for _ in 0..u16::MAX - 1 {
-        last = sent_id(&session.offer(message("b"), CopyFor::at(QoS::AtLeastOnce), true));
+        last = sent_id(&session.offer(&message("b"), CopyFor::at(QoS::AtLeastOnce), true));
         assert_eq!(session.on_puback(last), AckOutcome::Done);
     }
     assert_eq!(last.get(), u16::MAX);
-    let after_the_lap = sent_id(&session.offer(message("c"), CopyFor::at(QoS::AtLeastOnce), true));
+    let after_the_lap = sent_id(&session.offer(&message("c"), CopyFor::at(QoS::AtLeastOnce), true));
     assert_eq!(after_the_lap.get(), 2, "1 is still a's");
     // An entry read back from the log is of unknown age: searched for too.
     let mut restored = Session::new(Bytes::from_static(b"c"), limits(3, 10));
     restored.apply(SessionEvent::Enqueued { message: message("old"), copy: CopyFor::at(QoS::AtLeastOnce) }).unwrap();
     restored.apply(SessionEvent::Sent(PacketId::new(5).unwrap())).unwrap();
     restored.apply(SessionEvent::NextPacketId(PacketId::new(5).unwrap())).unwrap();
-    let next = sent_id(&restored.offer(message("new"), CopyFor::at(QoS::AtLeastOnce), true));
+    let next = sent_id(&restored.offer(&message("new"), CopyFor::at(QoS::AtLeastOnce), true));
     assert_eq!(next.get(), 6);
 }
 
@@ -226,11 +226,11 @@ fn an_ending_session_gives_up_only_unfinished_shared_copies() {
         shared: Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t") })),
         ..CopyFor::at(qos)
     };
-    let acked = sent_id(&session.offer(message("acked"), shared(QoS::AtLeastOnce), true));
-    let received = sent_id(&session.offer(message("past-pubrec"), shared(QoS::ExactlyOnce), true));
-    let _ = sent_id(&session.offer(message("unacked"), shared(QoS::AtLeastOnce), true));
-    assert_eq!(session.offer(message("queued"), shared(QoS::ExactlyOnce), true), Offer::Queued);
-    assert_eq!(session.offer(message("plain"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
+    let acked = sent_id(&session.offer(&message("acked"), shared(QoS::AtLeastOnce), true));
+    let received = sent_id(&session.offer(&message("past-pubrec"), shared(QoS::ExactlyOnce), true));
+    let _ = sent_id(&session.offer(&message("unacked"), shared(QoS::AtLeastOnce), true));
+    assert_eq!(session.offer(&message("queued"), shared(QoS::ExactlyOnce), true), Offer::Queued);
+    assert_eq!(session.offer(&message("plain"), CopyFor::at(QoS::AtLeastOnce), true), Offer::Queued);
     assert_eq!(session.on_puback(acked), AckOutcome::Done);
     assert_eq!(session.on_pubrec(received, false), AckOutcome::Done, "after PUBREC the message is the client's");
     let unfinished: Vec<(Bytes, QoS)> =

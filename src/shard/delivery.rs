@@ -284,15 +284,15 @@ impl Shard {
             self.counters.qos0_dropped_memory += 1;
             return;
         }
-        match client.session.offer(message.clone(), copy, link.is_some()) {
-            Offer::Send(outgoing) => {
+        match client.session.offer(message, copy, link.is_some()) {
+            Offer::Send(send) => {
                 let link = link.expect("offers are sent only when online");
-                match &outgoing {
-                    Outgoing::Publish { packet_id, qos, dup, retain, .. } if shares_layout => {
-                        let layout = self.scratch.layouts.get(message, client.version, *qos, *retain, now);
-                        link.write_with(|buf| layout.write_to(buf, *packet_id, *dup));
-                    }
-                    _ => write_outgoing(link, client.version, &outgoing, now, client.connection.outbound_aliases()),
+                if shares_layout {
+                    let layout = self.scratch.layouts.get(message, client.version, send.qos, send.retain, now);
+                    link.write_with(|buf| layout.write_to(buf, send.packet_id, false));
+                } else {
+                    let outgoing = send.into_outgoing(message.clone());
+                    write_outgoing(link, client.version, &outgoing, now, client.connection.outbound_aliases());
                 }
                 self.counters.messages_delivered += 1;
             }
