@@ -352,6 +352,10 @@ impl Session {
         self.inflight.len()
     }
 
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
     pub fn queued_len(&self) -> usize {
         self.queued.len()
     }

@@ -71,6 +71,12 @@ impl Shard {
     }
 
     pub(super) fn fill_window(&mut self, key: ClientKey, link: &Link, now: Instant) {
+        // After most acknowledgements there is nothing to do: nothing queued behind the
+        // window, no publisher paused on this client, no retained messages to stream.
+        let client = self.clients.get_mut(key);
+        if !client.session.has_queued() && client.stalled_since.is_none() && client.retained_backlog.is_none() {
+            return;
+        }
         let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
         let delivered = {
             let client = self.clients.get_mut(key);
