@@ -220,6 +220,33 @@ fn packet_ids_skip_those_in_flight() {
 }
 
 #[test]
+fn acknowledgements_find_their_entry_in_any_order_past_laps_and_restores() {
+    // A QoS 2 window: a restored entry (unknown age), one that stays past a whole lap of
+    // ids, then fresh ones acknowledged newest first.
+    let mut session = Session::new(Bytes::from_static(b"c"), limits(8, 10));
+    session.apply(SessionEvent::Enqueued { message: message("old"), copy: CopyFor::at(QoS::ExactlyOnce) }).unwrap();
+    session.apply(SessionEvent::Sent(PacketId::new(7).unwrap())).unwrap();
+    session.apply(SessionEvent::NextPacketId(PacketId::new(8).unwrap())).unwrap();
+    let stuck = sent_id(&session.offer(&message("stuck"), CopyFor::at(QoS::ExactlyOnce), true));
+    for _ in 0..u16::MAX {
+        let passing = sent_id(&session.offer(&message("b"), CopyFor::at(QoS::AtLeastOnce), true));
+        assert_eq!(session.on_puback(passing), AckOutcome::Done);
+    }
+    let fresh: Vec<PacketId> = (0..4).map(|_| sent_id(&session.offer(&message("f"), CopyFor::at(QoS::ExactlyOnce), true))).collect();
+    for id in fresh.iter().rev() {
+        assert_eq!(session.on_pubrec(*id, false), AckOutcome::Done);
+        assert_eq!(session.on_puback(*id), AckOutcome::WrongKind, "found at its PUBCOMP stage");
+    }
+    assert_eq!(session.on_pubrec(stuck, false), AckOutcome::Done);
+    assert_eq!(session.on_pubrec(PacketId::new(7).unwrap(), false), AckOutcome::Done);
+    for id in fresh.iter().chain([&stuck, &PacketId::new(7).unwrap()]) {
+        assert_eq!(session.on_pubcomp(*id), AckOutcome::Done);
+        assert_eq!(session.on_pubcomp(*id), AckOutcome::Unknown);
+    }
+    assert!(session.owes_nothing());
+}
+
+#[test]
 fn an_ending_session_gives_up_only_unfinished_shared_copies() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
     let shared = |qos| CopyFor {

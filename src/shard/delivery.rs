@@ -120,7 +120,9 @@ impl Shard {
         let matched = !matches.is_empty();
         for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same_client[0].0;
-            let own_message = self.is_publisher(key, message);
+            // Only a no-local subscription asks who published: comparing client ids for
+            // every recipient cost two cache misses each (the client, its id's bytes).
+            let own_message = same_client.iter().any(|(_, subscription)| subscription.options.no_local) && self.is_publisher(key, message);
             if let Some(delivery) = merge_matching(same_client.iter().map(|(_, subscription)| subscription), own_message) {
                 self.deliver_to(key, message, delivery.copy_of(message), Some((source, sequence)), now);
             }
