@@ -98,6 +98,9 @@ impl SharedGroups {
 
     /// One member for each group whose filter matches `topic`, taking turns.
     pub fn choose(&mut self, topic: &[u8]) -> Vec<SharedTarget> {
+        if self.filters.is_empty() {
+            return Vec::new();
+        }
         let mut matching = Vec::new();
         self.filters.for_each_match(topic, |index, _| matching.push(*index));
         let mut targets = Vec::with_capacity(matching.len());
