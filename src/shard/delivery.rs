@@ -115,8 +115,17 @@ impl Shard {
             self.streams.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });
         }
         let mut matches = std::mem::take(&mut self.scratch.matches);
-        self.subscriptions.for_each_match(&message.topic, |key, options| matches.push((*key, *options)));
-        matches.sort_unstable_by_key(|entry| entry.0);
+        let mut lists = 0;
+        self.subscriptions.for_each_matching_list(&message.topic, |list| {
+            matches.extend_from_slice(list);
+            lists += 1;
+        });
+        // A client with several matching subscriptions gets one copy: sorting brings its
+        // entries together. Within one list every client is there once, so the common
+        // case (one filter matched, 1,000 subscribers) needs no sort.
+        if lists > 1 {
+            matches.sort_unstable_by_key(|entry| entry.0);
+        }
         let matched = !matches.is_empty();
         for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same_client[0].0;

@@ -47,10 +47,6 @@ impl<K, V> Subscribers<K, V> {
     fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    fn iter(&self) -> std::slice::Iter<'_, (K, V)> {
-        self.entries.iter()
-    }
 }
 
 impl<K: Hash + Eq + Clone, V> Subscribers<K, V> {
@@ -271,6 +267,16 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
     /// A topic under no wildcard subscription (p2p's every publish) is one hash lookup
     /// per level and nothing else.
     pub fn for_each_match(&self, topic: &[u8], mut visit: impl FnMut(&K, &V)) {
+        self.for_each_matching_list(topic, |list| {
+            for (key, value) in list {
+                visit(key, value);
+            }
+        });
+    }
+
+    /// `for_each_match` a list at a time: the subscribers of one matching filter, each
+    /// key at most once in a list (a key may be in several lists).
+    pub fn for_each_matching_list(&self, topic: &[u8], mut visit: impl FnMut(&[(K, V)])) {
         if self.len == 0 {
             return;
         }
@@ -284,15 +290,13 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
             loop {
                 // At the root, wildcards skip `$` topics (MQTT 4.7.2).
                 let wildcards_allowed = !(start == 0 && system);
-                if wildcards_allowed {
+                if wildcards_allowed && !node.multi_level.is_empty() {
                     // `a/#` matches `a` itself as well as everything below it.
-                    for (key, value) in node.multi_level.iter() {
-                        visit(key, value);
-                    }
+                    visit(&node.multi_level.entries);
                 }
                 if start >= consumed {
-                    for (key, value) in node.exact.iter() {
-                        visit(key, value);
+                    if !node.exact.is_empty() {
+                        visit(&node.exact.entries);
                     }
                     break;
                 }
