@@ -214,6 +214,30 @@ impl SendNow {
     }
 }
 
+/// A message to write, borrowed from where it is kept (the window's entry, say).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// None for a QoS 0 message.
+    pub packet_id: Option<PacketId>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: &'a [u32],
+    pub message: &'a Arc<Message>,
+}
+
+impl PublishRef<'_> {
+    pub fn to_outgoing(self) -> Outgoing {
+        Outgoing::Publish {
+            packet_id: self.packet_id,
+            qos: self.qos,
+            dup: false,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids.to_vec(),
+            message: self.message.clone(),
+        }
+    }
+}
+
 /// What became of a message offered to the session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Offer {
@@ -498,6 +522,14 @@ impl Session {
 
     /// Moves queued messages into the window while it has room; expired ones are dropped.
     pub fn fill_window(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        self.fill_window_with(now, |publish| out.push(publish.to_outgoing()));
+    }
+
+    /// `fill_window`, handing each message put in flight to `send` as it goes: the
+    /// writer encodes it from the window's own entry, so nothing is built, counted or
+    /// dropped per message on the way (the shard's path after every acknowledgement
+    /// while messages queue).
+    pub fn fill_window_with(&mut self, now: Instant, mut send: impl FnMut(PublishRef<'_>)) {
         while self.window_open() {
             let Some(next) = self.queued.pop_front() else { break };
             if next.message.is_expired(now) {
@@ -505,10 +537,16 @@ impl Session {
                 self.record(|| SessionEvent::ExpiredFront);
                 continue;
             }
-            let (qos, retain, subscription_ids) = (next.copy.qos, next.copy.retain, next.copy.subscription_ids.clone());
-            let message = next.message.clone();
-            let packet_id = Some(self.start_inflight(next.copy, next.message));
-            out.push(Outgoing::Publish { packet_id, qos, dup: false, retain, subscription_ids, message });
+            self.start_inflight(next.copy, next.message);
+            if let Some(entry) = self.inflight.back() {
+                send(PublishRef {
+                    packet_id: Some(entry.packet_id),
+                    qos: entry.copy.qos,
+                    retain: entry.copy.retain,
+                    subscription_ids: &entry.copy.subscription_ids,
+                    message: &entry.message,
+                });
+            }
         }
     }
 

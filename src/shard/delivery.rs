@@ -7,22 +7,37 @@ use super::*;
 
 pub(super) fn write_outgoing(link: &Link, version: ProtocolVersion, outgoing: &Outgoing, now: Instant, aliases: &mut OutboundAliases) {
     match outgoing {
-        Outgoing::Publish { packet_id, qos, dup, retain, subscription_ids, message } => link.write_with(|buf| {
-            let mut header = PublishHeader { dup: *dup, qos: *qos, retain: *retain, packet_id: *packet_id, topic_alias: None };
-            if version.is_v5() {
-                let mut properties = message.properties_at(now);
-                if !subscription_ids.is_empty() {
-                    properties.to_mut().subscription_identifiers.clone_from(subscription_ids);
-                }
-                let (topic, alias) = aliases.resolve(&message.topic);
-                header.topic_alias = alias;
-                write_publish(buf, version, header, topic, &properties, &message.payload)
-            } else {
-                write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
-            }
-        }),
+        Outgoing::Publish { packet_id, qos, dup, retain, subscription_ids, message } => {
+            let publish = PublishRef { packet_id: *packet_id, qos: *qos, retain: *retain, subscription_ids, message };
+            write_publish_ref(link, version, publish, *dup, now, aliases);
+        }
         Outgoing::PubRel(packet_id) => link.write_with(|buf| Packet::PubRel(Ack::new(*packet_id)).encode(version, buf)),
     }
+}
+
+pub(super) fn write_publish_ref(
+    link: &Link,
+    version: ProtocolVersion,
+    publish: PublishRef<'_>,
+    dup: bool,
+    now: Instant,
+    aliases: &mut OutboundAliases,
+) {
+    let PublishRef { packet_id, qos, retain, subscription_ids, message } = publish;
+    link.write_with(|buf| {
+        let mut header = PublishHeader { dup, qos, retain, packet_id, topic_alias: None };
+        if version.is_v5() {
+            let mut properties = message.properties_at(now);
+            if !subscription_ids.is_empty() {
+                properties.to_mut().subscription_identifiers = subscription_ids.to_vec();
+            }
+            let (topic, alias) = aliases.resolve(&message.topic);
+            header.topic_alias = alias;
+            write_publish(buf, version, header, topic, &properties, &message.payload)
+        } else {
+            write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
+        }
+    })
 }
 
 /// The message a will becomes when it is sent at `now`.

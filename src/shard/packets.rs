@@ -77,19 +77,14 @@ impl Shard {
         if !client.session.has_queued() && client.stalled_since.is_none() && client.retained_backlog.is_none() {
             return;
         }
-        let mut outgoing = std::mem::take(&mut self.scratch.outgoing);
-        let delivered = {
-            let client = self.clients.get_mut(key);
-            client.session.fill_window(now, &mut outgoing);
-            outgoing.len() as u64
-        };
-        self.counters.messages_delivered += delivered;
-        let client = self.clients.get_mut(key);
         let version = client.version;
-        for packet in outgoing.drain(..) {
-            write_outgoing(link, version, &packet, now, client.connection.outbound_aliases());
-        }
-        self.scratch.outgoing = outgoing;
+        let aliases = client.connection.outbound_aliases();
+        let mut delivered = 0;
+        client.session.fill_window_with(now, |publish| {
+            write_publish_ref(link, version, publish, false, now, aliases);
+            delivered += 1;
+        });
+        self.counters.messages_delivered += delivered;
         self.release_publishers_if_drained(key, now);
         self.drain_retained(key, now);
     }
