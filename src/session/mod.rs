@@ -206,8 +206,9 @@ pub struct SendNow {
     pub subscription_ids: Vec<u32>,
 }
 
+#[cfg(test)]
 impl SendNow {
-    /// The packet to write, for writers that take the general form.
+    /// The packet the session's model compares a send with.
     pub fn into_outgoing(self, message: Arc<Message>) -> Outgoing {
         let SendNow { packet_id, qos, retain, subscription_ids } = self;
         Outgoing::Publish { packet_id, qos, dup: false, retain, subscription_ids, message }
@@ -374,10 +375,6 @@ impl Session {
 
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
-    }
-
-    pub fn has_queued(&self) -> bool {
-        !self.queued.is_empty()
     }
 
     pub fn queued_len(&self) -> usize {

@@ -317,8 +317,9 @@ impl Shard {
                     let layout = self.scratch.layouts.get(message, client.version, send.qos, send.retain, now);
                     link.write_with(|buf| layout.write_to(buf, send.packet_id, false));
                 } else {
-                    let outgoing = send.into_outgoing(message.clone());
-                    write_outgoing(link, client.version, &outgoing, now, client.connection.outbound_aliases());
+                    let SendNow { packet_id, qos, retain, subscription_ids } = &send;
+                    let publish = PublishRef { packet_id: *packet_id, qos: *qos, retain: *retain, subscription_ids, message };
+                    write_publish_ref(link, client.version, publish, false, now, client.connection.outbound_aliases());
                 }
                 self.counters.messages_delivered += 1;
             }

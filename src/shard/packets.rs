@@ -74,7 +74,7 @@ impl Shard {
         // After most acknowledgements there is nothing to do: nothing queued behind the
         // window, no publisher paused on this client, no retained messages to stream.
         let client = self.clients.get_mut(key);
-        if !client.session.has_queued() && client.stalled_since.is_none() && client.retained_backlog.is_none() {
+        if client.session.queued_len() == 0 && client.stalled_since.is_none() && client.retained_backlog.is_none() {
             return;
         }
         let version = client.version;

@@ -261,11 +261,6 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
 
     /// Calls `visit` for every subscription whose filter matches `topic`. A subscriber
     /// with several matching filters is visited once per filter.
-    ///
-    /// The topic is not split up front: the walk follows named children level by level,
-    /// finding each `/` as it goes, and only a `+` child becomes a branch to come back to.
-    /// A topic under no wildcard subscription (p2p's every publish) is one hash lookup
-    /// per level and nothing else.
     pub fn for_each_match(&self, topic: &[u8], mut visit: impl FnMut(&K, &V)) {
         self.for_each_matching_list(topic, |list| {
             for (key, value) in list {
@@ -276,6 +271,11 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
 
     /// `for_each_match` a list at a time: the subscribers of one matching filter, each
     /// key at most once in a list (a key may be in several lists).
+    ///
+    /// The topic is not split up front: the walk follows named children level by level,
+    /// finding each `/` as it goes, and only a `+` child becomes a branch to come back to.
+    /// A topic under no wildcard subscription (p2p's every publish) is one hash lookup
+    /// per level and nothing else.
     pub fn for_each_matching_list(&self, topic: &[u8], mut visit: impl FnMut(&[(K, V)])) {
         if self.len == 0 {
             return;
