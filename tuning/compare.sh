@@ -99,23 +99,26 @@ start_broker_once() {
   BROKER_PID=$!
 }
 
-# utime + stime of the broker, in clock ticks (fields 14 and 15, counted after the command
-# name's closing parenthesis, which may hold spaces).
+# utime and stime of the broker, in clock ticks (fields 14 and 15, counted after the
+# command name's closing parenthesis, which may hold spaces): user space and kernel apart,
+# since both brokers pay the kernel's TCP work on the same bytes.
 broker_cpu_ticks() {
-  sed 's/.*) //' "/proc/$BROKER_PID/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0
+  sed 's/.*) //' "/proc/$BROKER_PID/stat" 2>/dev/null | awk '{print $12, $13}' || echo 0 0
 }
 
 run() { # name broker loadgen-args...
   local name=$1 broker=$2; shift 2
   start_broker "$broker"
-  local ticks_before
+  local ticks_before ticks_after
   ticks_before=$(broker_cpu_ticks)
   taskset -c "$CLIENT_CPUS" "$LOADGEN" --port $PORT --json --cores "$CLIENT_CORES" \
     --duration-s "$SECONDS_PER_RUN" --warmup-s 1 --drain-s "${DRAIN_S:-10}" "$@" >"$WORK/$name.$broker.json" 2>"$WORK/$name.$broker.err" || true
   # The broker's CPU time (all threads) while loadgen ran, connecting and draining
   # included: deliveries per broker CPU-second compares brokers that a closed loop leaves
   # below 100% of their core, where deliveries/s alone would measure the loop.
-  echo $(( $(broker_cpu_ticks) - ticks_before )) >"$WORK/$name.$broker.cpu_ticks"
+  ticks_after=$(broker_cpu_ticks)
+  # One line: user ticks, kernel ticks.
+  echo "$ticks_before $ticks_after" | awk '{print $3 - $1, $4 - $2}' >"$WORK/$name.$broker.cpu_ticks"
   kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true
 }
 
@@ -172,16 +175,26 @@ def load(name, broker):
         report = json.load(open(f"{work}/{name}.{broker}.json"))
     except Exception:
         return None
+    report["per_cpu_s"] = report["user_ns"] = report["kernel_ns"] = None
     try:
-        cpu_s = int(open(f"{work}/{name}.{broker}.cpu_ticks").read()) / ticks_per_s
-        report["per_cpu_s"] = report["counts"]["unique"] / cpu_s if cpu_s > 0 else None
+        user, kernel = (int(t) for t in open(f"{work}/{name}.{broker}.cpu_ticks").read().split())
+        cpu_s = (user + kernel) / ticks_per_s
+        unique = report["counts"]["unique"]
+        if cpu_s > 0 and unique > 0:
+            report["per_cpu_s"] = unique / cpu_s
+            # Broker CPU per delivery, split: what the broker's own code costs beside the
+            # kernel's share (socket reads and writes, TCP on loopback).
+            report["user_ns"] = user / ticks_per_s / unique * 1e9
+            report["kernel_ns"] = kernel / ticks_per_s / unique * 1e9
     except Exception:
-        report["per_cpu_s"] = None
+        pass
     return report
 def per_cpu(r):
     return f"{r['per_cpu_s'] / 1e6:.2f} M" if r.get("per_cpu_s") else ""
-print("| scenario | broker | deliveries/s | per broker CPU-s | lost | dup | p50 us | p99 us | p99.9 us | client CPU | vs mosquitto | vs flashmq | per CPU-s vs flashmq |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def split(r):
+    return f"{r['user_ns']:.0f} / {r['kernel_ns']:.0f}" if r.get("user_ns") is not None else ""
+print("| scenario | broker | deliveries/s | per broker CPU-s | broker ns per delivery, user / kernel | lost | dup | p50 us | p99 us | p99.9 us | client CPU | vs mosquitto | vs flashmq | per CPU-s vs flashmq |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for entry in entries:
     name = entry.split("|")[0]
     if os.environ.get("ONLY") and name not in os.environ["ONLY"].split():
@@ -193,7 +206,7 @@ for entry in entries:
     for broker, r in rows.items():
         if r is None:
             if broker != "ringmq-1" or name.startswith("fanout-1x100-qos0"):
-                print(f"| {name} | {broker} | (no result) | | | | | | | | | | |")
+                print(f"| {name} | {broker} | (no result) | | | | | | | | | | | |")
             continue
         lat = r.get("latency_us") or {}
         ratio = ""
@@ -216,6 +229,6 @@ for entry in entries:
         if flash and broker not in ("flashmq", "mosquitto") and "fixed" not in name and r.get("per_cpu_s") and flash.get("per_cpu_s"):
             efficiency = f"{r['per_cpu_s'] / flash['per_cpu_s']:.2f}x"
         sat = " (saturated)" if r["client_saturated"] else ""
-        print(f"| {name} | {broker} | {r['deliveries_per_s']:.0f} | {per_cpu(r)} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
+        print(f"| {name} | {broker} | {r['deliveries_per_s']:.0f} | {per_cpu(r)} | {split(r)} | {r['counts']['lost']} | {r['counts']['duplicated']} | "
               f"{lat.get('p50','')} | {lat.get('p99','')} | {lat.get('p99_9','')} | {100*r['client_cpu_fraction']:.0f}%{sat} | {ratio} | {versus_flash} | {efficiency} |")
 PY
