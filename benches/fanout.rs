@@ -4,6 +4,9 @@
 //! Layouts: 3.1.1 QoS 0 and QoS 1, 5.0 QoS 1, at 64 B and 1 KiB payloads.
 //! `*_acks`: the other half of a QoS 1 fan-out, the 1,000 PUBACKs coming back (decoded
 //! from their bytes, as a connection reads them, and handled), timed instead.
+//! `*_window63`: both halves timed with every subscriber's window holding 63 messages (each
+//! PUBACK answers the message from 63 rounds before), as under a steady load, so what the
+//! windows' entries cost in cache shows.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,10 +33,21 @@ struct Fanout {
     /// from 1 and each window holds one message at a time here, so all agree.
     delivered_packet_id: u16,
     version: ProtocolVersion,
+    /// Rounds a subscriber's PUBACK lags behind its delivery (0: the same round).
+    ack_lag: u16,
+    rounds: u64,
+}
+
+/// What a round times.
+#[derive(Clone, Copy, PartialEq)]
+enum Timed {
+    Publish,
+    Acks,
+    Both,
 }
 
 impl Fanout {
-    fn new(version: ProtocolVersion, qos: QoS, payload_bytes: usize) -> Fanout {
+    fn new(version: ProtocolVersion, qos: QoS, payload_bytes: usize, ack_lag: u16) -> Fanout {
         let now = Instant::now();
         let limits = ShardLimits {
             session: SessionLimits { inflight_max: 64, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
@@ -71,12 +85,15 @@ impl Fanout {
             next_packet_id: 0,
             delivered_packet_id: 0,
             version,
+            ack_lag,
+            rounds: 0,
         }
     }
 
-    /// One publish, timed; then every subscriber reads (and acknowledges) it, untimed.
-    /// With `time_acks`, the acknowledgements are what is timed.
-    fn round(&mut self, time_acks: bool) -> Duration {
+    /// One publish; then every subscriber reads it and acknowledges the message from
+    /// `ack_lag` rounds before (once there is one); `timed` says which half is timed.
+    fn round(&mut self, timed: Timed) -> Duration {
+        self.rounds += 1;
         self.next_packet_id = self.next_packet_id % 60_000 + 1;
         let packet_id = (self.qos != QoS::AtMostOnce).then(|| PacketId::new(self.next_packet_id).expect("non-zero"));
         let publish = Publish { packet_id, ..Publish::at_most_once(Bytes::from_static(b"fan/out"), self.payload.clone()) };
@@ -87,7 +104,9 @@ impl Fanout {
         let elapsed = started.elapsed();
         drop(self.publisher.take_output());
         self.delivered_packet_id = if self.delivered_packet_id == u16::MAX { 1 } else { self.delivered_packet_id + 1 };
-        let ack = PacketId::new(self.delivered_packet_id).expect("non-zero");
+        // Ids run 1..=65,535 and wrap; the one `ack_lag` deliveries back.
+        let acked = (u32::from(self.delivered_packet_id) - 1 + 65_535 - u32::from(self.ack_lag)) % 65_535 + 1;
+        let ack = PacketId::new(acked as u16).expect("non-zero");
         let version = self.version;
         let mut ack_bytes = BytesMut::new();
         Packet::PubAck(Ack::new(ack)).encode(version, &mut ack_bytes);
@@ -96,7 +115,7 @@ impl Fanout {
             assert!(written.len() > self.payload.len(), "every subscriber got the message");
         }
         let mut acks_elapsed = Duration::ZERO;
-        if self.qos == QoS::AtLeastOnce {
+        if self.qos == QoS::AtLeastOnce && self.rounds > u64::from(self.ack_lag) {
             let mut wires: Vec<BytesMut> = self.subscribers.iter().map(|_| ack_bytes.clone()).collect();
             let started = Instant::now();
             for (link, wire) in self.subscribers.iter().zip(&mut wires) {
@@ -108,7 +127,11 @@ impl Fanout {
                 assert!(link.take_output().is_empty(), "the window was empty again, nothing queued");
             }
         }
-        if time_acks { acks_elapsed } else { elapsed }
+        match timed {
+            Timed::Publish => elapsed,
+            Timed::Acks => acks_elapsed,
+            Timed::Both => elapsed + acks_elapsed,
+        }
     }
 }
 
@@ -120,11 +143,15 @@ fn fanout(c: &mut Criterion) {
         ("v5_qos1_64b", ProtocolVersion::V5, QoS::AtLeastOnce, 64),
         ("v311_qos1_1k", ProtocolVersion::V311, QoS::AtLeastOnce, 1024),
     ] {
-        let mut fanout = Fanout::new(version, qos, payload_bytes);
-        group.bench_function(label, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(false)).sum()));
+        let mut fanout = Fanout::new(version, qos, payload_bytes, 0);
+        group.bench_function(label, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(Timed::Publish)).sum()));
         if qos == QoS::AtLeastOnce && payload_bytes == 64 {
             let acks = format!("{label}_acks");
-            group.bench_function(acks, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(true)).sum()));
+            group.bench_function(acks, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(Timed::Acks)).sum()));
+            // A window of 64 with 63 in it: publish and ack both land on full windows.
+            let mut deep = Fanout::new(version, qos, payload_bytes, 63);
+            let window = format!("{label}_window63");
+            group.bench_function(window, |b| b.iter_custom(|iterations| (0..iterations).map(|_| deep.round(Timed::Both)).sum()));
         }
     }
     group.finish();
