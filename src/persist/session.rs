@@ -155,12 +155,12 @@ impl SessionEncoder {
                 let id = self.message_id(message, clock, out);
                 body.push(3);
                 body.extend_from_slice(&id.to_le_bytes());
-                body.push(copy.qos as u8 | (u8::from(copy.retain) << 2) | (u8::from(copy.shared.is_some()) << 3));
-                put_u32(body, copy.subscription_ids.len() as u32);
-                for identifier in &copy.subscription_ids {
+                body.push(copy.qos as u8 | (u8::from(copy.retain) << 2) | (u8::from(copy.shared().is_some()) << 3));
+                put_u32(body, copy.subscription_ids().len() as u32);
+                for identifier in copy.subscription_ids() {
                     put_u32(body, *identifier);
                 }
-                if let Some(route) = &copy.shared {
+                if let Some(route) = copy.shared() {
                     put_bytes(body, &route.group);
                     put_bytes(body, &route.filter);
                 }
@@ -320,9 +320,11 @@ fn decode_event(cursor: &mut Cursor, messages: &HashMap<u64, Arc<Message>>) -> R
             for _ in 0..count {
                 subscription_ids.push(cursor.u32()?);
             }
-            let shared =
-                if flags & 0b1000 != 0 { Some(Box::new(SharedRoute { group: cursor.bytes()?, filter: cursor.bytes()? })) } else { None };
-            SessionEvent::Enqueued { message, copy: CopyFor { qos, retain: flags & 0b100 != 0, subscription_ids, shared } }
+            let mut copy = CopyFor::new(qos, flags & 0b100 != 0, subscription_ids);
+            if flags & 0b1000 != 0 {
+                copy.set_shared(SharedRoute { group: cursor.bytes()?, filter: cursor.bytes()? });
+            }
+            SessionEvent::Enqueued { message, copy }
         }
         4 => SessionEvent::Sent(cursor.packet_id()?),
         5 => SessionEvent::ExpiredFront,

@@ -56,9 +56,9 @@ fn busy_session(clock: Clock) -> Session {
     );
     for n in 0..5 {
         let mut copy = CopyFor::at(if n == 1 { QoS::AtLeastOnce } else { QoS::ExactlyOnce });
-        copy.subscription_ids = vec![9, u32::from(n)];
+        copy.set_subscription_ids(vec![9, u32::from(n)]);
         if n == 4 {
-            copy.shared = Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t/+") }));
+            copy.set_shared(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t/+") });
         }
         let _ = session.offer(&message(n, clock), copy, true);
     }

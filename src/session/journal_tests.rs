@@ -90,8 +90,8 @@ proptest! {
                 Op::Offer { qos, online, expired, shared } => {
                     let mut copy = CopyFor::at(qos);
                     if shared {
-                        copy.shared = Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"x") }));
-                        copy.subscription_ids = vec![7];
+                        copy.set_shared(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"x") });
+                        copy.set_subscription_ids(vec![7]);
                     }
                     let _ = session.offer(&message(seq as u64, expired, now), copy, online);
                 }

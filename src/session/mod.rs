@@ -6,6 +6,7 @@
 //! `Send`, so a session can move to the shard its client reconnects on.
 
 mod connection;
+mod copy;
 mod journal;
 #[cfg(test)]
 mod journal_tests;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 pub use connection::{AliasError, Connection, OutboundAliases};
+pub use copy::{CopyFor, Delivery, SharedRoute, merge_matching};
 pub use journal::{Mismatch, SessionEvent};
 pub use lifecycle::{ConnectionLost, Due, ExpiryRaisedFromZero, Lifecycle, SessionExpiry, TakenOver, will_delay};
 pub use message::{Message, detach};
@@ -34,48 +36,8 @@ pub struct Subscription {
     pub identifier: Option<u32>,
 }
 
-/// How one client receives a message, given every subscription of its that matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The highest QoS granted by a matching subscription (deliver at min(this, published)).
-    pub granted: QoS,
-    /// Some matching subscription asked for the RETAIN flag as published.
-    pub retain_as_published: bool,
-    /// Identifiers of every matching subscription that has one (empty: no allocation).
-    pub subscription_ids: Vec<u32>,
-}
-
-/// One copy per client at the highest granted QoS, carrying every matching subscription
-/// identifier (MQTT 3.1.1 3.3.5, 5.0 3.3.4). When the client published the message itself
-/// (`own_message`), no-local subscriptions do not count.
-pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a Subscription>, own_message: bool) -> Option<Delivery> {
-    let mut merged: Option<Delivery> = None;
-    for subscription in matching {
-        let options = subscription.options;
-        if own_message && options.no_local {
-            continue;
-        }
-        let delivery = merged.get_or_insert(Delivery { granted: options.qos, retain_as_published: false, subscription_ids: Vec::new() });
-        delivery.granted = delivery.granted.max(options.qos);
-        delivery.retain_as_published |= options.retain_as_published;
-        if let Some(identifier) = subscription.identifier {
-            delivery.subscription_ids.push(identifier);
-        }
-    }
-    merged
-}
-
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
 use crate::topics::{Filter, filter_matches};
-
-impl Delivery {
-    /// The copy of `message` this delivery makes: at the lower of the published and the
-    /// granted QoS, with RETAIN as published only where a subscription asked for it.
-    pub fn copy_of(self, message: &Message) -> CopyFor {
-        let retain = self.retain_as_published && message.retain;
-        CopyFor { qos: self.granted.min(message.qos), retain, subscription_ids: self.subscription_ids, shared: None }
-    }
-}
 
 /// Bounds on what one session may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,42 +88,22 @@ pub enum AckStage {
     AwaitingPubComp,
 }
 
-/// The shared subscription (`$share/group/filter`) a copy was delivered through: if the
-/// session ends before the client acknowledges it, another member gets it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedRoute {
-    pub group: Bytes,
-    pub filter: Bytes,
-}
-
-/// How one client gets its copy of a message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CopyFor {
-    /// The delivery QoS: the lower of the published and the granted one.
-    pub qos: QoS,
-    pub retain: bool,
-    /// Identifiers of the recipient's matching subscriptions (5.0).
-    pub subscription_ids: Vec<u32>,
-    /// Boxed: most copies come through ordinary subscriptions.
-    pub shared: Option<Box<SharedRoute>>,
-}
-
-impl CopyFor {
-    pub fn at(qos: QoS) -> CopyFor {
-        CopyFor { qos, retain: false, subscription_ids: Vec::new(), shared: None }
-    }
-}
-
+/// One message in the window: 32 bytes (a window entry per recipient is what a QoS 1/2
+/// fan-out with full windows walks through; see `copy.rs`).
 #[derive(Debug, Clone)]
 struct Inflight {
     packet_id: PacketId,
-    /// The session's allocation count when this id was given (see `allocate_packet_id`);
-    /// 0 for an entry read back from the session log, whose age is unknown.
-    serial: u64,
+    /// The session's allocation count (wrapping) when this id was given (see
+    /// `allocate_packet_id`); 0 for an entry whose age is unknown: read back from the
+    /// session log, or found a lap of ids old.
+    serial: u32,
     copy: CopyFor,
     message: Arc<Message>,
     stage: AckStage,
 }
+
+/// A whole lap of packet ids.
+const ID_LAP: u32 = u16::MAX as u32;
 
 #[derive(Debug, Clone)]
 struct Queued {
@@ -267,8 +209,8 @@ pub struct Session {
     queued: VecDeque<Queued>,
     incoming_qos2: HashSet<PacketId>,
     next_packet_id: PacketId,
-    /// Packet ids allocated so far (for `allocate_packet_id`'s shortcut).
-    allocated: u64,
+    /// Packet ids allocated so far, wrapping (for `allocate_packet_id`'s shortcut).
+    allocated: u32,
     /// Messages this session had to drop (queue full, or QoS 0 while offline).
     pub dropped_count: u64,
     /// Queued messages whose expiry passed before delivery could start.
@@ -391,12 +333,23 @@ impl Session {
         // 65,535 ids ago (it stayed unacknowledged while 65,535 others went). Only then is
         // the window searched: sending stays O(1) at any window size (a search per send
         // cost 5% of a QoS 1 fan-out at a window of 64, more at 256).
-        let lapped =
-            self.inflight.front().is_some_and(|oldest| oldest.serial == 0 || self.allocated + 1 - oldest.serial >= u64::from(u16::MAX));
+        //
+        // The count wraps (4 bytes keep the entry at 32), so an entry found a lap old loses
+        // its serial (0: age unknown) before the count could come round and make it look
+        // young: while the oldest is a lap old every send checks them all, and while it is
+        // not, no younger entry can be.
+        let allocated = self.allocated;
+        let lap_old = |serial: u32| serial == 0 || allocated.wrapping_add(1).wrapping_sub(serial) >= ID_LAP;
+        let lapped = self.inflight.front().is_some_and(|oldest| lap_old(oldest.serial));
+        if lapped {
+            for entry in self.inflight.iter_mut().filter(|entry| lap_old(entry.serial)) {
+                entry.serial = 0;
+            }
+        }
         loop {
             let candidate = self.next_packet_id;
             self.next_packet_id = candidate.next();
-            self.allocated += 1;
+            self.allocated = self.allocated.wrapping_add(1);
             if !lapped || !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
                 return candidate;
             }
@@ -428,8 +381,8 @@ impl Session {
     pub fn offer(&mut self, message: &Arc<Message>, copy: CopyFor, online: bool) -> Offer {
         if copy.qos == QoS::AtMostOnce {
             if online {
-                let CopyFor { qos, retain, subscription_ids, .. } = copy;
-                return Offer::Send(SendNow { packet_id: None, qos, retain, subscription_ids });
+                let (qos, retain) = (copy.qos, copy.retain);
+                return Offer::Send(SendNow { packet_id: None, qos, retain, subscription_ids: copy.into_subscription_ids() });
             }
             self.dropped_count += 1;
             return Offer::Dropped;
@@ -437,7 +390,7 @@ impl Session {
         self.offered_since_checkpoint = true;
         if online && self.queued.is_empty() && self.window_open() {
             self.record(|| SessionEvent::Enqueued { message: message.clone(), copy: copy.clone() });
-            let (qos, retain, subscription_ids) = (copy.qos, copy.retain, copy.subscription_ids.clone());
+            let (qos, retain, subscription_ids) = (copy.qos, copy.retain, copy.subscription_ids().to_vec());
             let packet_id = Some(self.start_inflight(copy, message.clone()));
             return Offer::Send(SendNow { packet_id, qos, retain, subscription_ids });
         }
@@ -499,19 +452,23 @@ impl Session {
     /// For a session that is ending: the QoS 1/2 copies that came through a shared
     /// subscription and that the client has not taken (queued, or sent and not yet
     /// acknowledged with PUBACK/PUBREC), to go to another member (MQTT 5.0 4.8.2).
-    pub fn take_unfinished_shared(&mut self) -> Vec<(Arc<Message>, QoS, Box<SharedRoute>)> {
+    pub fn take_unfinished_shared(&mut self) -> Vec<(Arc<Message>, QoS, SharedRoute)> {
         let mut unfinished = Vec::new();
         if !self.inflight.is_empty() || !self.queued.is_empty() {
             self.record(|| SessionEvent::Cleared);
         }
         for entry in std::mem::take(&mut self.inflight) {
-            if let (Some(route), AckStage::AwaitingPubAck | AckStage::AwaitingPubRec) = (entry.copy.shared, entry.stage) {
-                unfinished.push((entry.message, entry.copy.qos, route));
+            if matches!(entry.stage, AckStage::AwaitingPubAck | AckStage::AwaitingPubRec) {
+                let qos = entry.copy.qos;
+                if let Some(route) = entry.copy.into_shared() {
+                    unfinished.push((entry.message, qos, route));
+                }
             }
         }
         for entry in std::mem::take(&mut self.queued) {
-            if let Some(route) = entry.copy.shared {
-                unfinished.push((entry.message, entry.copy.qos, route));
+            let qos = entry.copy.qos;
+            if let Some(route) = entry.copy.into_shared() {
+                unfinished.push((entry.message, qos, route));
             }
         }
         unfinished
@@ -540,7 +497,7 @@ impl Session {
                     packet_id: Some(entry.packet_id),
                     qos: entry.copy.qos,
                     retain: entry.copy.retain,
-                    subscription_ids: &entry.copy.subscription_ids,
+                    subscription_ids: entry.copy.subscription_ids(),
                     message: &entry.message,
                 });
             }
@@ -558,7 +515,7 @@ impl Session {
                     qos: entry.copy.qos,
                     dup: true,
                     retain: entry.copy.retain,
-                    subscription_ids: entry.copy.subscription_ids.clone(),
+                    subscription_ids: entry.copy.subscription_ids().to_vec(),
                     message: entry.message.clone(),
                 },
             });
@@ -580,11 +537,11 @@ impl Session {
         if front.packet_id == packet_id {
             return Some(0);
         }
-        let ids = u64::from(u16::MAX);
-        let last_given = u64::from(self.next_packet_id.get()) + ids - 1;
-        let behind = (last_given - u64::from(packet_id.get())) % ids;
+        let last_given = u32::from(self.next_packet_id.get()) + ID_LAP - 1;
+        let behind = (last_given - u32::from(packet_id.get())) % ID_LAP;
+        // Wrapping: a guess past the window (the count came round) fails the check below.
+        let index = self.allocated.wrapping_sub(behind).wrapping_sub(front.serial);
         if front.serial != 0
-            && let Some(index) = self.allocated.checked_sub(behind + front.serial)
             && let Some(entry) = self.inflight.get(index as usize)
             && entry.packet_id == packet_id
         {

@@ -220,6 +220,42 @@ fn packet_ids_skip_those_in_flight() {
 }
 
 #[test]
+fn the_wrapping_allocation_count_never_makes_an_old_entry_look_young() {
+    // The count is 32 bits: start it just short of wrapping, keep "a" unacknowledged for a
+    // lap of ids across the wrap, and acknowledge a QoS 2 window out of order there.
+    let mut session = Session::new(Bytes::from_static(b"c"), limits(8, 10));
+    session.allocated = u32::MAX - 2;
+    let a = sent_id(&session.offer(&message("a"), CopyFor::at(QoS::AtLeastOnce), true));
+    let a_serial = session.inflight[0].serial;
+    for _ in 0..u16::MAX - 1 {
+        let passing = sent_id(&session.offer(&message("b"), CopyFor::at(QoS::AtLeastOnce), true));
+        assert_eq!(session.on_puback(passing), AckOutcome::Done);
+    }
+    let after_the_lap = sent_id(&session.offer(&message("c"), CopyFor::at(QoS::ExactlyOnce), true));
+    assert_ne!(after_the_lap, a, "a's id is skipped after the lap, across the count's wrap");
+    assert_eq!(session.inflight[0].serial, 0, "a lap old: its age is unknown from now on");
+    // Had a kept its serial, a count come round to just past it would make it look young
+    // and the next id (a's again after another lap) would be given without a search.
+    session.allocated = a_serial.wrapping_add(3);
+    session.next_packet_id = a;
+    let next = sent_id(&session.offer(&message("d"), CopyFor::at(QoS::ExactlyOnce), true));
+    assert_ne!(next, a, "searched, since a's age is unknown");
+    let fresh: Vec<PacketId> = (0..4).map(|_| sent_id(&session.offer(&message("f"), CopyFor::at(QoS::ExactlyOnce), true))).collect();
+    for id in fresh.iter().rev().chain([&next, &after_the_lap]) {
+        assert_eq!(session.on_pubrec(*id, false), AckOutcome::Done);
+        assert_eq!(session.on_pubcomp(*id), AckOutcome::Done);
+    }
+    assert_eq!(session.on_puback(a), AckOutcome::Done);
+    assert!(session.owes_nothing());
+}
+
+#[test]
+fn window_entries_are_half_a_cache_line() {
+    assert_eq!(std::mem::size_of::<super::Inflight>(), 32);
+    assert_eq!(std::mem::size_of::<super::Queued>(), 24);
+}
+
+#[test]
 fn acknowledgements_find_their_entry_in_any_order_past_laps_and_restores() {
     // A QoS 2 window: a restored entry (unknown age), one that stays past a whole lap of
     // ids, then fresh ones acknowledged newest first.
@@ -249,10 +285,7 @@ fn acknowledgements_find_their_entry_in_any_order_past_laps_and_restores() {
 #[test]
 fn an_ending_session_gives_up_only_unfinished_shared_copies() {
     let mut session = Session::new(Bytes::from_static(b"c"), limits(3, 10));
-    let shared = |qos| CopyFor {
-        shared: Some(Box::new(SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t") })),
-        ..CopyFor::at(qos)
-    };
+    let shared = |qos| CopyFor::through(qos, SharedRoute { group: Bytes::from_static(b"g"), filter: Bytes::from_static(b"t") });
     let acked = sent_id(&session.offer(&message("acked"), shared(QoS::AtLeastOnce), true));
     let received = sent_id(&session.offer(&message("past-pubrec"), shared(QoS::ExactlyOnce), true));
     let _ = sent_id(&session.offer(&message("unacked"), shared(QoS::AtLeastOnce), true));

@@ -184,9 +184,12 @@ impl Shard {
             Some((key, granted)) => {
                 let qos = granted.min(message.qos);
                 // Only a QoS 1/2 copy can be left unacknowledged and go to another member.
-                let shared =
-                    (qos != QoS::AtMostOnce).then(|| Box::new(SharedRoute { group: target.group.clone(), filter: target.filter.clone() }));
-                self.deliver_to(key, message, CopyFor { qos, retain: false, subscription_ids: Vec::new(), shared }, origin, now)
+                let copy = if qos == QoS::AtMostOnce {
+                    CopyFor::at(qos)
+                } else {
+                    CopyFor::through(qos, SharedRoute { group: target.group.clone(), filter: target.filter.clone() })
+                };
+                self.deliver_to(key, message, copy, origin, now)
             }
             None => match self.shared.pick(&target.group, &target.filter).filter(|next| may_forward && next.shard != self.id) {
                 Some(next) => {
@@ -280,15 +283,17 @@ impl Shard {
         let link = client.link.as_ref().filter(|link| !link.is_closing());
         // Recipients with neither subscription identifiers nor outbound aliases share one
         // encoding per layout (see `layouts.rs`).
-        let shares_layout = copy.subscription_ids.is_empty() && !client.connection.takes_outbound_aliases();
+        let shares_layout = copy.subscription_ids().is_empty() && !client.connection.takes_outbound_aliases();
         let outbound_packet_bytes_max = client.connection.outbound_packet_bytes_max();
         let oversize = outbound_packet_bytes_max != u32::MAX && {
             let wire_len = if shares_layout {
                 self.scratch.layouts.get(message, client.version, qos, retain, now).len()
             } else {
                 let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
-                if !copy.subscription_ids.is_empty() {
-                    properties.to_mut().subscription_identifiers.clone_from(&copy.subscription_ids);
+                if !copy.subscription_ids().is_empty() {
+                    let identifiers = &mut properties.to_mut().subscription_identifiers;
+                    identifiers.clear();
+                    identifiers.extend_from_slice(copy.subscription_ids());
                 }
                 // Counted with an alias property, in case this delivery assigns one.
                 let topic_alias = client.connection.takes_outbound_aliases().then_some(1);

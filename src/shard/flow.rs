@@ -162,7 +162,7 @@ impl Shard {
         self.counters.session_queue_drops += dropped;
         for RetainedCopy { message, qos, identifier } in backlog.into_iter().flat_map(|backlog| *backlog) {
             if qos != QoS::AtMostOnce {
-                let copy = CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect(), shared: None };
+                let copy = CopyFor::new(qos, true, identifier.into_iter().collect());
                 self.deliver_to(key, &message, copy, None, now);
             }
         }
@@ -206,7 +206,7 @@ impl Shard {
                 self.forget_expired_retained(&message);
                 continue;
             }
-            let copy = CopyFor { qos, retain: true, subscription_ids: identifier.into_iter().collect(), shared: None };
+            let copy = CopyFor::new(qos, true, identifier.into_iter().collect());
             self.deliver_to(key, &message, copy, None, now);
         }
     }
