@@ -18,9 +18,10 @@
 #   cluster  tuning/cluster-scale.sh: 4 single-CPU nodes on CPUs 0-3, 3 nats-server on 4-7;
 #   window   ringmq's --inflight-max at each of WINDOWS ("64 256 1024") beside FlashMQ, on 1
 #            and on 8 CPUs: fan-out 1 -> 100 QoS 1/2, p2p 100 pairs, fan-out 4 -> 1,000.
-# Env: SECONDS_PER_RUN (5); the CPU sets, for a trial run on a smaller machine: BROKER_SET
-#      (0-7), CLIENT_SET (8-15), SCALING_SETS ("0 0-1 0-3"), NODE_SETS ("0 1 2 3"), NATS_SET
-#      (4-7).
+# Env: SECONDS_PER_RUN (5); WINDOWS; WINDOW_FLASHMQ=0 leaves FlashMQ out of `window` (when
+#      `matrix` ran it on the same CPUs in the same lease); the CPU sets, for a trial run on
+#      a smaller machine: BROKER_SET (0-7), CLIENT_SET (8-15), SCALING_SETS ("0 0-1 0-3"),
+#      NODE_SETS ("0 1 2 3"), NATS_SET (4-7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.carry
@@ -98,6 +99,7 @@ run_parts() {
           tuning/cluster-scale.sh "$seconds" 2>&1 | tee "$out/cluster.md" ;;
       window)
         for cpus in 0 $broker_set; do
+          [ "${WINDOW_FLASHMQ:-1}" = 0 ] ||
           OUT_DIR=$WORK/window-$cpus-flashmq BROKER_CPUS=$cpus CLIENT_CPUS=$client_set MATRIX=flashmq BROKERS=flashmq \
             ONLY="fanout-1x100-qos1 fanout-1x100-qos2 p2p-100-qos1 fanout-4x1000-qos1" tuning/compare.sh "$seconds" 2>&1
           for window in ${WINDOWS:-64 256 1024}; do
