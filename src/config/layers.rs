@@ -7,7 +7,7 @@
 //! is first parsed on its own, so that a bad one is reported with its key and line (or its
 //! variable) rather than as a flag the user never typed.
 //!
-//! File keys are the long flag names with `_` for `-` (`inflight_max = 64`); repeatable
+//! File keys are the long flag names with `_` for `-` (`inflight_max = 256`); repeatable
 //! flags take arrays (`deny_subscribe = ["a/#", "b"]`); listeners are `[[listener]]`
 //! tables with a `url` (and `proxy = true`). Variables are `RINGMQ_` and the key in upper
 //! case (`RINGMQ_INFLIGHT_MAX=64`); a repeatable flag's values are separated by commas.

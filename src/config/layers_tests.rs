@@ -30,7 +30,7 @@ fn defaults_then_file_then_environment_then_command_line() {
     let file = file_with("precedence.toml", "inflight_max = 10\nsys_interval_s = 3\n");
     let path = file.to_str().unwrap();
     let inflight = |extra: &[&str], environment: &[(&str, &str)]| load(args(extra), &env(environment)).unwrap().config.inflight_max;
-    assert_eq!(inflight(&[], &[]), 64, "the default");
+    assert_eq!(inflight(&[], &[]), 256, "the default");
     assert_eq!(inflight(&["-c", path], &[]), 10, "the file over the default");
     assert_eq!(inflight(&["-c", path], &[("RINGMQ_INFLIGHT_MAX", "20")]), 20, "the environment over the file");
     assert_eq!(inflight(&["--config", path, "--inflight-max", "30"], &[("RINGMQ_INFLIGHT_MAX", "20")]), 30, "the command line over all");

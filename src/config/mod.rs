@@ -62,8 +62,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_packet_size_bytes: u32,
 
-    /// Unacknowledged QoS 1/2 messages in flight to one client.
-    #[arg(long, default_value_t = 64)]
+    /// Unacknowledged QoS 1/2 messages in flight to one client (a 5.0 client's Receive
+    /// Maximum can lower it). One write to a client carries at most this many, so a small
+    /// window makes a subscriber fed by several publishers cost a write per few messages
+    /// (README, "How the defaults were chosen").
+    #[arg(long, default_value_t = 256)]
     pub inflight_max: u16,
 
     /// Inbound QoS 2 messages a client may have awaiting PUBREL (5.0 Receive Maximum,
@@ -280,7 +283,7 @@ pub struct Config {
     pub ring_depth: usize,
 
     /// Read settings from this TOML file: keys are the long flag names with `_`
-    /// (`inflight_max = 64`), repeatable flags take arrays, listeners are `[[listener]]`
+    /// (`inflight_max = 256`), repeatable flags take arrays, listeners are `[[listener]]`
     /// tables with a `url`. `RINGMQ_*` environment variables (`RINGMQ_INFLIGHT_MAX=64`)
     /// override the file, and flags override both. Example: tuning/ringmq.toml.
     #[arg(short = 'c', long, value_name = "FILE")]

@@ -108,7 +108,7 @@ impl ShardLimits {
             retained_messages_max: 1_000_000,
             retained_bytes_max: 256 * 1024 * 1024,
             publish_rate_max: None,
-            session: SessionLimits { inflight_max: 64, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
+            session: SessionLimits { inflight_max: 256, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
             receive_maximum: 1024,
             topic_alias_maximum: 64,
             keep_alive_s_max: None,
