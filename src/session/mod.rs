@@ -95,7 +95,8 @@ struct Inflight {
     packet_id: PacketId,
     /// The session's allocation count (wrapping) when this id was given (see
     /// `allocate_packet_id`); 0 for an entry whose age is unknown: read back from the
-    /// session log, or found a lap of ids old.
+    /// session log, found a lap of ids old, or given as the count wrapped to 0 (searched
+    /// for until acknowledged, once per 2^32 sends).
     serial: u32,
     copy: CopyFor,
     message: Arc<Message>,
@@ -341,16 +342,22 @@ impl Session {
         let allocated = self.allocated;
         let lap_old = |serial: u32| serial == 0 || allocated.wrapping_add(1).wrapping_sub(serial) >= ID_LAP;
         let lapped = self.inflight.front().is_some_and(|oldest| lap_old(oldest.serial));
-        if lapped {
-            for entry in self.inflight.iter_mut().filter(|entry| lap_old(entry.serial)) {
-                entry.serial = 0;
-            }
-        }
         loop {
             let candidate = self.next_packet_id;
             self.next_packet_id = candidate.next();
             self.allocated = self.allocated.wrapping_add(1);
-            if !lapped || !self.inflight.iter().any(|entry| entry.packet_id == candidate) {
+            if !lapped {
+                return candidate;
+            }
+            // One pass: forget the age of every lap-old entry and look for the candidate.
+            let mut in_use = false;
+            for entry in &mut self.inflight {
+                if entry.serial != 0 && lap_old(entry.serial) {
+                    entry.serial = 0;
+                }
+                in_use |= entry.packet_id == candidate;
+            }
+            if !in_use {
                 return candidate;
             }
         }

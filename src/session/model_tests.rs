@@ -251,6 +251,8 @@ proptest! {
         queued_messages_max in 1usize..=6,
         drop_oldest in any::<bool>(),
         first_id in prop_oneof![Just(1u16), 65_530u16..=u16::MAX],
+        // The allocation count near its wrap too: acknowledgements in any order across it.
+        first_allocated in prop_oneof![Just(0u32), (u32::MAX - 8)..=u32::MAX],
         ops in proptest::collection::vec(op(), 1..80),
         // Rarely, before that op, offer online until the queue passes its hard bound.
         flood in prop::option::weighted(0.1, (any::<Index>(), 1usize..4)),
@@ -259,6 +261,7 @@ proptest! {
         let limits = SessionLimits { inflight_max, queued_messages_max, queue_full_policy };
         let mut session = Session::new(Bytes::from_static(b"c"), limits);
         session.next_packet_id = PacketId::new(first_id).expect("non-zero");
+        session.allocated = first_allocated;
         let mut harness = Harness {
             session, limits, inflight: Vec::new(), queued: VecDeque::new(), dropped: Vec::new(),
             delivered: HashSet::new(), last_ordered: None, incoming: HashSet::new(), offered: 0,
