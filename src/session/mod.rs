@@ -149,9 +149,14 @@ pub struct SendNow {
     pub subscription_ids: Vec<u32>,
 }
 
-#[cfg(test)]
 impl SendNow {
+    /// The send, as a message to write borrowed from `message`.
+    pub fn publish_ref<'a>(&'a self, message: &'a Arc<Message>) -> PublishRef<'a> {
+        PublishRef { packet_id: self.packet_id, qos: self.qos, retain: self.retain, subscription_ids: &self.subscription_ids, message }
+    }
+
     /// The packet the session's model compares a send with.
+    #[cfg(test)]
     pub fn into_outgoing(self, message: Arc<Message>) -> Outgoing {
         let SendNow { packet_id, qos, retain, subscription_ids } = self;
         Outgoing::Publish { packet_id, qos, dup: false, retain, subscription_ids, message }

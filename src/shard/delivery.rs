@@ -28,9 +28,7 @@ pub(super) fn write_publish_ref(
         let mut header = PublishHeader { dup, qos, retain, packet_id, topic_alias: None };
         if version.is_v5() {
             let mut properties = message.properties_at(now);
-            if !subscription_ids.is_empty() {
-                properties.to_mut().subscription_identifiers = subscription_ids.to_vec();
-            }
+            set_subscription_identifiers(&mut properties, subscription_ids);
             let (topic, alias) = aliases.resolve(&message.topic);
             header.topic_alias = alias;
             write_publish(buf, version, header, topic, &properties, &message.payload)
@@ -38,6 +36,16 @@ pub(super) fn write_publish_ref(
             write_publish(buf, version, header, &message.topic, &message.properties, &message.payload)
         }
     })
+}
+
+/// A recipient's matching subscription identifiers (5.0) in the properties written to it;
+/// the message's own are borrowed unchanged when there are none.
+fn set_subscription_identifiers(properties: &mut std::borrow::Cow<'_, Properties>, subscription_ids: &[u32]) {
+    if !subscription_ids.is_empty() {
+        let identifiers = &mut properties.to_mut().subscription_identifiers;
+        identifiers.clear();
+        identifiers.extend_from_slice(subscription_ids);
+    }
 }
 
 /// The message a will becomes when it is sent at `now`.
@@ -290,11 +298,7 @@ impl Shard {
                 self.scratch.layouts.get(message, client.version, qos, retain, now).len()
             } else {
                 let mut properties = std::borrow::Cow::Borrowed(&*message.properties);
-                if !copy.subscription_ids().is_empty() {
-                    let identifiers = &mut properties.to_mut().subscription_identifiers;
-                    identifiers.clear();
-                    identifiers.extend_from_slice(copy.subscription_ids());
-                }
+                set_subscription_identifiers(&mut properties, copy.subscription_ids());
                 // Counted with an alias property, in case this delivery assigns one.
                 let topic_alias = client.connection.takes_outbound_aliases().then_some(1);
                 let header = PublishHeader { dup: false, qos, retain, packet_id: None, topic_alias };
@@ -322,9 +326,7 @@ impl Shard {
                     let layout = self.scratch.layouts.get(message, client.version, send.qos, send.retain, now);
                     link.write_with(|buf| layout.write_to(buf, send.packet_id, false));
                 } else {
-                    let SendNow { packet_id, qos, retain, subscription_ids } = &send;
-                    let publish = PublishRef { packet_id: *packet_id, qos: *qos, retain: *retain, subscription_ids, message };
-                    write_publish_ref(link, client.version, publish, false, now, client.connection.outbound_aliases());
+                    write_publish_ref(link, client.version, send.publish_ref(message), false, now, client.connection.outbound_aliases());
                 }
                 self.counters.messages_delivered += 1;
             }

@@ -78,7 +78,7 @@ use crate::protocol::{
     ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, publish_wire_len, write_publish,
 };
 use crate::session::{
-    AckOutcome, AliasError, Connection, CopyFor, Due, Lifecycle, Message, Offer, OutboundAliases, Outgoing, PublishRef, SendNow, Session,
+    AckOutcome, AliasError, Connection, CopyFor, Due, Lifecycle, Message, Offer, OutboundAliases, Outgoing, PublishRef, Session,
     SessionExpiry, SharedRoute, Subscription, detach, merge_matching,
 };
 use crate::topics::{Filter, SubscriptionTree, TopicError, filter_matches, is_broker_topic, validate_topic_filter, validate_topic_name};
