@@ -141,7 +141,6 @@ impl Cluster {
     /// Reads `bucket`, whose keys end in a client id's key, until it holds keys for each
     /// of `present` and none for `absent`.
     fn wait_for_client_keys(&self, bucket: &str, present: &[&str], absent: &[&str]) {
-        use futures_util::StreamExt;
         let suffix = |client_id: &str| format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
         let (present, absent): (Vec<String>, Vec<String>) =
             (present.iter().map(|id| suffix(id)).collect(), absent.iter().map(|id| suffix(id)).collect());
@@ -153,9 +152,9 @@ impl Cluster {
             loop {
                 let mut keys = Vec::new();
                 if let Ok(store) = jetstream.get_key_value(bucket).await
-                    && let Ok(listing) = store.keys().await
+                    && let Some(listing) = list_keys(&store).await
                 {
-                    keys = listing.filter_map(|key| async move { key.ok() }).collect().await;
+                    keys = listing;
                 }
                 let holds = |wanted: &String| keys.iter().any(|key| key.ends_with(wanted.as_str()));
                 if present.iter().all(holds) && !absent.iter().any(holds) {
@@ -169,15 +168,20 @@ impl Cluster {
 
     /// The keys (`<origin hex>.<client key>`) of every session record `client_id` has.
     pub fn record_keys(&self, client_id: &str) -> Vec<String> {
-        use futures_util::StreamExt;
         let suffix = format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
         let url = format!("nats://{}", self.nats[0].client_addr);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         runtime.block_on(async {
             let jetstream = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
             let store = jetstream.get_key_value("ringmq_sessions").await.expect("the records bucket");
-            let keys: Vec<String> = store.keys().await.expect("keys").filter_map(|key| async move { key.ok() }).collect().await;
-            keys.into_iter().filter(|key| key.ends_with(&suffix)).collect()
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(keys) = list_keys(&store).await {
+                    return keys.into_iter().filter(|key| key.ends_with(&suffix)).collect();
+                }
+                assert!(Instant::now() < deadline, "the records bucket's keys could not be listed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         })
     }
 
@@ -210,7 +214,6 @@ impl Cluster {
     /// Waits until `client_id`'s session record carries a checkpoint (its first 8 bytes,
     /// Unix ms) past `after_ms`, and returns it (or panics after a while).
     pub fn wait_for_record_checkpoint(&self, client_id: &str, after_ms: u64) -> u64 {
-        use futures_util::StreamExt;
         let suffix = format!(".{}", ringmq::cluster::bucket::key_of(client_id.as_bytes()).expect("a short id"));
         let url = format!("nats://{}", self.nats[0].client_addr);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
@@ -221,8 +224,7 @@ impl Cluster {
                 assert!(Instant::now() < deadline, "{client_id}'s record never had a checkpoint past {after_ms}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let Ok(store) = jetstream.get_key_value("ringmq_sessions").await else { continue };
-                let Ok(keys) = store.keys().await else { continue };
-                let keys: Vec<String> = keys.filter_map(|key| async move { key.ok() }).collect().await;
+                let Some(keys) = list_keys(&store).await else { continue };
                 for key in keys.iter().filter(|key| key.ends_with(&suffix)) {
                     if let Ok(Some(value)) = store.get(key).await
                         && let Some(checkpoint) = value.get(..8)
@@ -309,4 +311,16 @@ impl Cluster {
         }
         publisher.disconnect();
     }
+}
+
+/// Every key `store` holds, or None if the listing failed or did not end within 5 s (a
+/// listing is a JetStream consumer, which was seen to wait forever under CI load; callers
+/// list again until their own deadline).
+async fn list_keys(store: &async_nats::jetstream::kv::Store) -> Option<Vec<String>> {
+    use futures_util::StreamExt;
+    let listing = async {
+        let keys = store.keys().await.ok()?;
+        Some(keys.filter_map(|key| async move { key.ok() }).collect::<Vec<String>>().await)
+    };
+    tokio::time::timeout(Duration::from_secs(5), listing).await.ok().flatten()
 }
