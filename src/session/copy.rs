@@ -26,21 +26,22 @@ pub struct Delivery {
 /// One copy per client at the highest granted QoS, carrying every matching subscription
 /// identifier (MQTT 3.1.1 3.3.5, 5.0 3.3.4). When the client published the message itself
 /// (`own_message`), no-local subscriptions do not count.
+#[inline]
 pub fn merge_matching<'a>(matching: impl IntoIterator<Item = &'a Subscription>, own_message: bool) -> Option<Delivery> {
-    let mut merged: Option<Delivery> = None;
-    for subscription in matching {
-        let options = subscription.options;
-        if own_message && options.no_local {
-            continue;
-        }
-        let delivery = merged.get_or_insert(Delivery { granted: options.qos, retain_as_published: false, subscription_ids: Vec::new() });
-        delivery.granted = delivery.granted.max(options.qos);
-        delivery.retain_as_published |= options.retain_as_published;
-        if let Some(identifier) = subscription.identifier {
-            delivery.subscription_ids.push(identifier);
-        }
+    let mut counted = matching.into_iter().filter(|subscription| !(own_message && subscription.options.no_local));
+    let first = counted.next()?;
+    // Built in locals and returned whole: the common copy has one matching subscription
+    // and no identifier, and is then never written field by field into the caller's slot.
+    let mut granted = first.options.qos;
+    let mut retain_as_published = first.options.retain_as_published;
+    let mut subscription_ids = Vec::new();
+    subscription_ids.extend(first.identifier);
+    for subscription in counted {
+        granted = granted.max(subscription.options.qos);
+        retain_as_published |= subscription.options.retain_as_published;
+        subscription_ids.extend(subscription.identifier);
     }
-    merged
+    Some(Delivery { granted, retain_as_published, subscription_ids })
 }
 
 impl Delivery {
