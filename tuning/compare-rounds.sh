@@ -17,6 +17,7 @@ PEER=${PEER:-flashmq}
 BROKERS=${BROKERS:-$PEER ringmq}
 KEEP=${OUT_DIR:-}
 WORK=${KEEP:-$(mktemp -d)}
+mkdir -p "$WORK"
 [ -n "$KEEP" ] || trap 'rm -rf "$WORK"' EXIT
 # Built once here, so that no round builds while another broker is measured.
 if [ -z "${BIN_DIR:-}" ]; then
