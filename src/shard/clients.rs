@@ -176,7 +176,18 @@ impl Shard {
 
     /// The client a link serves, if that link is still the client's current connection.
     pub(super) fn client_of(&self, link: &Link) -> Option<ClientKey> {
-        self.clients.key_of_conn(link.conn_id)
+        // Every packet a client sends asks this: the link remembers its slot, and a slot
+        // whose client has this connection is the one the index would give (connection
+        // ids are never reused on a shard), so the index is only consulted when the slot
+        // changed hands (a takeover, the session ended) or on the connection's first packet.
+        if let Some(slot) = link.client_slot_hint()
+            && self.clients.find(ClientKey(slot)).is_some_and(|client| client.conn_id == link.conn_id)
+        {
+            return Some(ClientKey(slot));
+        }
+        let key = self.clients.key_of_conn(link.conn_id)?;
+        link.remember_client_slot(key.0);
+        Some(key)
     }
 
     /// The connection of `key` is gone (or was never opened): publish the will, and end

@@ -158,3 +158,50 @@ fn racing_connects_leave_exactly_one_open_link() {
         assert_eq!(registered, 1, "seed {seed}: one registry entry");
     }
 }
+
+/// A connection remembers the client slot it was found in (`Shard::client_of`). Once that
+/// slot holds another connection, the same client taken over or another client in the
+/// reused slot, the old connection's packets must reach nobody.
+#[test]
+fn a_replaced_connections_packets_reach_neither_its_successor_nor_the_slots_next_client() {
+    let subscriptions =
+        |sim: &Sim| -> usize { sim.shards[0].clients.iter().map(|(_, client)| client.session.subscriptions().count()).sum() };
+    let mut sim = Sim::new(1, 1);
+    let first = sim.connect(0, "alpha", true);
+    sim.packet(0, &first, subscribe_packet("first/#"));
+    assert_eq!(read_packets(&first).len(), 2, "CONNACK and SUBACK");
+
+    // Taken over (a clean start: the session starts empty): the first connection's
+    // SUBSCRIBE goes nowhere.
+    let second = sim.connect(0, "alpha", true);
+    sim.settle();
+    assert_eq!(read_packets(&second).len(), 1, "CONNACK");
+    assert_eq!(subscriptions(&sim), 0);
+    sim.packet(0, &first, subscribe_packet("stale/#"));
+    assert_eq!(subscriptions(&sim), 0, "the successor's session got no subscription from the old connection");
+    assert!(read_packets(&second).is_empty(), "no SUBACK for a packet the successor did not send");
+    sim.packet(0, &second, subscribe_packet("second/#"));
+    assert_eq!(read_packets(&second).len(), 1, "the successor's own SUBACK");
+    assert_eq!(subscriptions(&sim), 1);
+
+    // The session ends with its connection and other clients take the free slot: the old
+    // connections' packets still go nowhere.
+    sim.close(0, &second);
+    sim.settle();
+    assert_eq!(subscriptions(&sim), 0);
+    let others: Vec<Rc<Link>> = ["beta", "gamma"]
+        .iter()
+        .map(|id| {
+            let link = sim.connect(0, id, true);
+            sim.settle();
+            assert_eq!(read_packets(&link).len(), 1, "CONNACK");
+            link
+        })
+        .collect();
+    sim.packet(0, &second, subscribe_packet("stale/#"));
+    sim.packet(0, &first, subscribe_packet("stale/#"));
+    for link in &others {
+        assert!(read_packets(link).is_empty(), "no SUBACK on another client's connection");
+    }
+    assert_eq!(subscriptions(&sim), 0, "no client subscribed to anything");
+}
