@@ -180,13 +180,13 @@ impl Shard {
         // whose client has this connection is the one the index would give (connection
         // ids are never reused on a shard), so the index is only consulted when the slot
         // changed hands (a takeover, the session ended) or on the connection's first packet.
-        if let Some(slot) = link.client_slot_hint()
-            && self.clients.find(ClientKey(slot)).is_some_and(|client| client.conn_id == link.conn_id)
+        if let Some(key) = link.client_slot_hint()
+            && self.clients.find(key).is_some_and(|client| client.conn_id == link.conn_id)
         {
-            return Some(ClientKey(slot));
+            return Some(key);
         }
         let key = self.clients.key_of_conn(link.conn_id)?;
-        link.remember_client_slot(key.0);
+        link.remember_client_slot(key);
         Some(key)
     }
 

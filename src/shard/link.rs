@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
+use super::ClientKey;
 use super::durability::{Durability, Ticket};
 use super::mesh::ConnId;
 use crate::protocol::{Packet, ProtocolVersion};
@@ -57,9 +58,9 @@ pub struct Link {
     peer: Cell<Option<std::net::SocketAddr>>,
     /// `--durability sync`: output held until what it acknowledges is on disk.
     held: RefCell<Option<Held>>,
-    /// The client slot this connection was last found in (`u32::MAX`: none yet). Only a
-    /// hint: the shard checks that the slot still holds this connection before using it.
-    client_slot: Cell<u32>,
+    /// The client slot this connection was last found in. Only a hint: the shard checks
+    /// that the slot still holds this connection before using it.
+    client_slot: Cell<Option<ClientKey>>,
 }
 
 /// Output waiting for tickets (`durability.rs`): the bytes from each gate's offset on wait
@@ -93,17 +94,17 @@ impl Link {
             holds_connection_slot: Cell::new(false),
             peer: Cell::new(None),
             held: RefCell::new(None),
-            client_slot: Cell::new(u32::MAX),
+            client_slot: Cell::new(None),
         }
     }
 
     /// The client slot this connection was last found in, if any (see `client_slot`).
-    pub(crate) fn client_slot_hint(&self) -> Option<u32> {
-        Some(self.client_slot.get()).filter(|&slot| slot != u32::MAX)
+    pub(super) fn client_slot_hint(&self) -> Option<ClientKey> {
+        self.client_slot.get()
     }
 
-    pub(crate) fn remember_client_slot(&self, slot: u32) {
-        self.client_slot.set(slot);
+    pub(super) fn remember_client_slot(&self, key: ClientKey) {
+        self.client_slot.set(Some(key));
     }
 
     /// `--durability sync`: this link's output may be held for `durability`'s tickets.
