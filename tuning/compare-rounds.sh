@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tuning/compare.sh several times, the brokers' order reversed every other round, and
 # prints each scenario's ratio of ringmq to a peer per round with the median: on a shared
-# or virtual machine one pair of runs can differ by 20% from the next, so a single ratio
+# or virtual machine one round's ratio can differ from the next by 20-40%, so a single ratio
 # says little, and alternating cancels a drift that favours whoever runs first.
 #
 # Usage: tuning/compare-rounds.sh ROUNDS [seconds per run]
@@ -34,20 +34,18 @@ for round in $(seq "$ROUNDS"); do
 done
 head -1 "$WORK/round-1.md"
 python3 - "$WORK" "$ROUNDS" "$PEER" "$(getconf CLK_TCK)" <<'PY'
-import glob, json, os, statistics, sys
+import glob, os, statistics, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "tuning")
+import broker_runs
 work, rounds, peer, ticks_per_s = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 def load(round_, name, broker):
-    base = f"{work}/round-{round_}/{name}.{broker}"
-    try:
-        report = json.load(open(base + ".json"))
-        user, kernel = (int(t) for t in open(base + ".cpu_ticks").read().split())
-    except Exception:
+    report = broker_runs.load(f"{work}/round-{round_}", name, broker, ticks_per_s)
+    if report is None:
         return None
-    unique = report["counts"]["unique"]
-    cpu_s = (user + kernel) / ticks_per_s
     return {
         "rate": report["deliveries_per_s"],
-        "per_cpu_s": unique / cpu_s if cpu_s > 0 and unique > 0 else None,
+        "per_cpu_s": report["per_cpu_s"],
         "lost": report["counts"]["lost"],
         "p99": (report.get("latency_us") or {}).get("p99"),
     }

@@ -168,27 +168,13 @@ for entry in "${SCENARIOS[@]}"; do
   done
 done
 python3 - "$WORK" "$BROKERS" "$(getconf CLK_TCK)" "${SCENARIOS[@]}" <<'PY'
-import json, os, sys
+import os, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "tuning")
+import broker_runs
 work, brokers, ticks_per_s, entries = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4:]
 def load(name, broker):
-    try:
-        report = json.load(open(f"{work}/{name}.{broker}.json"))
-    except Exception:
-        return None
-    report["per_cpu_s"] = report["user_ns"] = report["kernel_ns"] = None
-    try:
-        user, kernel = (int(t) for t in open(f"{work}/{name}.{broker}.cpu_ticks").read().split())
-        cpu_s = (user + kernel) / ticks_per_s
-        unique = report["counts"]["unique"]
-        if cpu_s > 0 and unique > 0:
-            report["per_cpu_s"] = unique / cpu_s
-            # Broker CPU per delivery, split: what the broker's own code costs beside the
-            # kernel's share (socket reads and writes, TCP on loopback).
-            report["user_ns"] = user / ticks_per_s / unique * 1e9
-            report["kernel_ns"] = kernel / ticks_per_s / unique * 1e9
-    except Exception:
-        pass
-    return report
+    return broker_runs.load(work, name, broker, ticks_per_s)
 def per_cpu(r):
     return f"{r['per_cpu_s'] / 1e6:.2f} M" if r.get("per_cpu_s") else ""
 def split(r):
