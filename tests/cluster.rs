@@ -558,6 +558,33 @@ fn a_persistent_session_moves_to_whichever_node_its_client_comes_back_to() {
     assert_eq!(moved.total("cluster_sessions_refused"), 0);
 }
 
+/// A clean start's CONNACK comes once the node that held the session has been told to end
+/// it: the client, straight back on that node, finds nothing there (that node answers a
+/// CONNECT for an id it holds without asking the cluster). Ten rounds, each racing the
+/// clean start's eviction against the client's return.
+#[test]
+fn a_clean_start_on_another_node_has_ended_the_session_by_its_connack() {
+    let Some(cluster) = Cluster::start(3, &[]) else { return };
+    wait_for_owner_bucket(&cluster, 0);
+    wait_for_owner_bucket(&cluster, 1);
+    for round in 0..10 {
+        let client_id = format!("hopper-{round}-{}", rand_suffix());
+        let (mut first, present) = resume(&cluster, 0, &client_id);
+        assert!(!present, "round {round}: a new session");
+        first.subscribe(&[("hop/t", QoS::AtLeastOnce)]);
+        first.disconnect();
+        // Connected before the clean start, so its CONNECT follows that CONNACK at once.
+        let mut back = cluster.nodes[0].raw();
+        let mut clean = cluster.nodes[1].client(&client_id, true);
+        let connack = back.connect(&client_id, false, 60, None);
+        assert_eq!(connack.code, 0, "round {round}: CONNACK on node 1");
+        assert!(!connack.session_present, "round {round}: the clean start on node 2 ended the session on node 1");
+        // The id is node 1's again: node 2's connection for it is closed.
+        clean.assert_closed();
+        back.disconnect();
+    }
+}
+
 #[test]
 fn a_live_takeover_from_another_node_resends_the_unacknowledged_messages() {
     let Some(cluster) = Cluster::start(3, &[]) else { return };

@@ -154,8 +154,8 @@ const WARN_PERIOD: Duration = Duration::from_secs(10);
 
 /// Settles one claim and tells the home shard. If the id was another process's: with
 /// `resume`, first takes the session from it (which also closes its connection); without,
-/// answers first and then asks it to close its connection (best effort: a dead node
-/// cannot answer).
+/// first asks it to close its connection and end the session (best effort: a dead node
+/// cannot answer), then answers.
 pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, persistent: bool, resume: bool) {
     owners.borrow_mut().claiming.insert(client_id.clone(), 0);
     let outcome = take(&owners, &client_id).await;
@@ -215,12 +215,17 @@ pub async fn claim(owners: Rc<RefCell<Owners>>, client_id: Bytes, shard: usize, 
     let granted = verified || !persistent;
     let handed = handed.filter(|_| granted && !evicted_meanwhile);
     let replay_from = handed.clone().filter(|_| from_record && owners.borrow().durable);
-    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed }).await;
-    if granted && evicted_meanwhile {
-        let _ = target.send(FromCluster::EvictRemote { client_id: client_id.clone(), handover: None }).await;
-    }
+    // The previous owner hears first: it answers once the id's home shard there has let
+    // go of it (`evict_then_answer`), so by the CONNACK a client straight back there finds
+    // no session (that node answers an id it holds without asking). A dead node answers
+    // "no responders" at once; a live one that is slow costs this CONNECT at most
+    // STEP_TIMEOUT.
     if let Some((client, subject, body)) = evict {
         let _ = tokio::time::timeout(STEP_TIMEOUT, client.request(subject, body)).await;
+    }
+    let _ = target.send(FromCluster::ClaimAnswer { client_id: client_id.clone(), granted, verified, handed }).await;
+    if granted && evicted_meanwhile {
+        let _ = target.send(FromCluster::EvictRemote { client_id: client_id.clone(), handover: None, applied: None }).await;
     }
     if let Some(record) = replay_from {
         super::message_stream::replay_to(&owners, target, client_id, record).await;
@@ -400,18 +405,37 @@ pub async fn listen_for_evictions(mut requests: async_nats::Subscriber, owners: 
             (Some(target), Some(inbox)) => {
                 tokio::task::spawn_local(hand_over(target, client, client_id, inbox, request.reply));
             }
-            (target, _) => {
-                if let Some(target) = target
-                    && target.send(FromCluster::EvictRemote { client_id, handover: None }).await.is_err()
-                {
-                    return;
-                }
+            (Some(target), None) => {
+                tokio::task::spawn_local(evict_then_answer(target, client, client_id, request.reply));
+            }
+            (None, _) => {
                 if let Some(reply) = request.reply {
                     // "No session here" to a taker that asked for one.
                     let _ = client.publish(reply, Bytes::from_static(&[0])).await;
                 }
             }
         }
+    }
+}
+
+/// Our connection for `client_id` goes, and its session ends (a Clean Start elsewhere);
+/// the answer (`[0]`: no session sent) waits until the home shard has let go of the id,
+/// so the taker's CONNACK comes after it: a client straight back here then finds no
+/// session (the shard would resume an id it still held without asking the cluster).
+async fn evict_then_answer(
+    target: mpsc::Sender<FromCluster>,
+    client: async_nats::Client,
+    client_id: Bytes,
+    reply: Option<async_nats::Subject>,
+) {
+    let (applied, let_go) = tokio::sync::oneshot::channel();
+    if target.send(FromCluster::EvictRemote { client_id, handover: None, applied: Some(applied) }).await.is_err() {
+        return;
+    }
+    // Dropped by the shard once applied (or with the shard): either way, done waiting.
+    let _ = tokio::time::timeout(HANDOVER_SHARD_WAIT, let_go).await;
+    if let Some(reply) = reply {
+        let _ = client.publish(reply, Bytes::from_static(&[0])).await;
     }
 }
 
@@ -425,7 +449,7 @@ async fn hand_over(
     reply: Option<async_nats::Subject>,
 ) {
     let (sender, session) = tokio::sync::oneshot::channel();
-    if target.send(FromCluster::EvictRemote { client_id, handover: Some(sender) }).await.is_err() {
+    if target.send(FromCluster::EvictRemote { client_id, handover: Some(sender), applied: None }).await.is_err() {
         return;
     }
     let session = tokio::time::timeout(HANDOVER_SHARD_WAIT, session).await.ok().and_then(Result::ok).filter(|bytes| !bytes.is_empty());

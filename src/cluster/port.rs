@@ -65,7 +65,9 @@ pub enum FromCluster {
     Replay { client_id: Bytes, messages: Vec<Arc<Message>> },
     /// To the home shard: a connection on another node now owns `client_id`. With
     /// `handover`, that connection resumes the session: send it (empty: none kept).
-    EvictRemote { client_id: Bytes, handover: Option<SessionReply> },
+    /// `applied` is dropped once the home shard no longer counts the id as this node's
+    /// (a CONNECT for it from then on asks the cluster), for the taker's answer to wait on.
+    EvictRemote { client_id: Bytes, handover: Option<SessionReply>, applied: Option<tokio::sync::oneshot::Sender<()>> },
     /// The will of a client of a node that died: publish it here, as this node's own.
     DeadNodesWill(Arc<Message>),
 }

@@ -63,7 +63,10 @@ impl ReasonCode {
 pub enum ConnectRefusal {
     UnsupportedProtocolVersion,
     ClientIdentifierNotValid,
+    /// The broker is shutting down.
     ServerUnavailable,
+    /// In a cluster, the client-id bucket did not settle who owns a persistent session's id.
+    ClusterUnavailable,
     BadUserNameOrPassword,
     NotAuthorized,
     /// 5.0 extended authentication with a method we do not offer.
@@ -89,7 +92,10 @@ impl ConnectRefusal {
         match self {
             ConnectRefusal::UnsupportedProtocolVersion => Some(1),
             ConnectRefusal::ClientIdentifierNotValid => Some(2),
-            ConnectRefusal::ServerUnavailable | ConnectRefusal::ConnectionLimit | ConnectRefusal::ServerBusy => Some(3),
+            ConnectRefusal::ServerUnavailable
+            | ConnectRefusal::ClusterUnavailable
+            | ConnectRefusal::ConnectionLimit
+            | ConnectRefusal::ServerBusy => Some(3),
             ConnectRefusal::BadUserNameOrPassword => Some(4),
             ConnectRefusal::NotAuthorized
             | ConnectRefusal::BadAuthenticationMethod
@@ -103,7 +109,7 @@ impl ConnectRefusal {
         match self {
             ConnectRefusal::UnsupportedProtocolVersion => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             ConnectRefusal::ClientIdentifierNotValid => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            ConnectRefusal::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+            ConnectRefusal::ServerUnavailable | ConnectRefusal::ClusterUnavailable => ReasonCode::SERVER_UNAVAILABLE,
             ConnectRefusal::ConnectionLimit => ReasonCode::QUOTA_EXCEEDED,
             ConnectRefusal::ServerBusy => ReasonCode::SERVER_BUSY,
             ConnectRefusal::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
@@ -122,6 +128,7 @@ impl ConnectRefusal {
             ConnectRefusal::UnsupportedProtocolVersion => "unsupported protocol version",
             ConnectRefusal::ClientIdentifierNotValid => "client identifier not valid",
             ConnectRefusal::ServerUnavailable => "server unavailable (shutting down)",
+            ConnectRefusal::ClusterUnavailable => "server unavailable (the cluster cannot settle who owns this client id now)",
             ConnectRefusal::BadUserNameOrPassword => "bad user name or password",
             ConnectRefusal::NotAuthorized => "not authorized",
             ConnectRefusal::BadAuthenticationMethod => "authentication method not supported",

@@ -133,7 +133,10 @@ impl Shard {
                 self.on_claim_answer(client_id, granted, verified, handed, now)
             }
             FromCluster::Replay { client_id, messages } => self.on_replay(client_id, messages, now),
-            FromCluster::EvictRemote { client_id, handover } => self.on_remote_evict(client_id, handover, now),
+            FromCluster::EvictRemote { client_id, handover, applied } => {
+                self.on_remote_evict(client_id, handover, now);
+                drop(applied);
+            }
             FromCluster::DeadNodesWill(message) => self.publish_as_will(message, now),
         }
     }
@@ -316,7 +319,7 @@ impl Shard {
         let Some(pending) = self.connecting.pending.remove(&conn) else { return };
         self.release_connection_slot(&pending.link);
         let link = pending.link.clone();
-        self.refuse(&link, pending.connect.version, ConnectRefusal::ServerUnavailable);
+        self.refuse(&link, pending.connect.version, ConnectRefusal::ClusterUnavailable);
     }
 
     /// NATS chose this node for a group's message: one member here takes it, on whichever
