@@ -44,9 +44,10 @@ impl BrokerProcess {
         match Self::try_spawn_within(command, SPAWN_PATIENCE) {
             Ok(process) => process,
             Err(mut failure) => {
+                let state = describe_stuck(&mut failure.child);
                 let _ = failure.child.kill();
                 let _ = failure.child.wait();
-                panic!("ringmq did not start: {}", failure.reason);
+                panic!("ringmq did not start: {}; {state}", failure.reason);
             }
         }
     }
@@ -120,4 +121,34 @@ fn listening_addresses(child: &mut Child, patience: Duration) -> Option<Vec<Sock
     });
     let line = receiver.recv_timeout(patience).ok()?;
     Some(line.split_whitespace().filter_map(|word| word.parse().ok()).collect())
+}
+
+/// What a broker that did not start was doing: its exit status if it exited, otherwise
+/// each thread's name and the system call it waits in (`/proc`), and with gdb on the
+/// machine every thread's stack (printed to stderr), so that a start that hangs in CI
+/// leaves evidence.
+fn describe_stuck(child: &mut Child) -> String {
+    if let Ok(Some(status)) = child.try_wait() {
+        return format!("it exited: {status}");
+    }
+    let pid = child.id();
+    let mut threads = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default().trim().to_string();
+            let syscall = read("syscall");
+            let number = syscall.split_whitespace().next().unwrap_or("?").to_string();
+            threads.push(format!("{} (syscall {number}, {})", read("comm"), read("wchan")));
+        }
+    }
+    let gdb = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    if let Ok(output) = gdb {
+        eprintln!("ringmq {pid} did not start; its threads' stacks:\n{}", String::from_utf8_lossy(&output.stdout));
+    }
+    format!("still running, threads: {}", threads.join(", "))
 }
