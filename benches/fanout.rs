@@ -2,8 +2,10 @@
 //! takes for the publisher's PUBLISH, from decode-free packet in to every subscriber's
 //! bytes in its buffer. Reading the buffers and acknowledging is done outside the timing.
 //! Layouts: 3.1.1 QoS 0 and QoS 1, 5.0 QoS 1, at 64 B and 1 KiB payloads.
-//! `*_acks`: the other half of a QoS 1 fan-out, the 1,000 PUBACKs coming back (decoded
-//! from their bytes, as a connection reads them, and handled), timed instead.
+//! `*_acks`: the other half of a QoS 1 fan-out, the 1,000 PUBACKs coming back, timed
+//! instead: taken from their bytes as a connection's read loop takes them (a run of short
+//! PUBACKs, `Shard::handle_short_pubacks`). `*_acks_decoded`: the same through the general
+//! path, each decoded into a packet and given to `Shard::handle_packet`.
 //! `*_window63`: both halves timed with every subscriber's window holding 63 messages (each
 //! PUBACK answers the message from 63 rounds before), as under a steady load, so what the
 //! windows' entries cost in cache shows.
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ringmq::auth::Authenticator;
-use ringmq::protocol::{Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode};
+use ringmq::protocol::{
+    Ack, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions, decode, short_puback_run_bytes,
+};
 use ringmq::session::{QueueFullPolicy, SessionLimits};
 use ringmq::shard::link::Link;
 use ringmq::shard::{Shard, ShardId, ShardLimits};
@@ -35,6 +39,8 @@ struct Fanout {
     version: ProtocolVersion,
     /// Rounds a subscriber's PUBACK lags behind its delivery (0: the same round).
     ack_lag: u16,
+    /// Each PUBACK decoded into a packet first, rather than taken as a short run.
+    decode_acks: bool,
     rounds: u64,
 }
 
@@ -47,7 +53,7 @@ enum Timed {
 }
 
 impl Fanout {
-    fn new(version: ProtocolVersion, qos: QoS, payload_bytes: usize, ack_lag: u16) -> Fanout {
+    fn new(version: ProtocolVersion, qos: QoS, payload_bytes: usize, ack_lag: u16, decode_acks: bool) -> Fanout {
         let now = Instant::now();
         let limits = ShardLimits {
             session: SessionLimits { inflight_max: 64, queued_messages_max: 1000, queue_full_policy: QueueFullPolicy::DropNew },
@@ -86,6 +92,7 @@ impl Fanout {
             delivered_packet_id: 0,
             version,
             ack_lag,
+            decode_acks,
             rounds: 0,
         }
     }
@@ -119,8 +126,13 @@ impl Fanout {
             let mut wires: Vec<BytesMut> = self.subscribers.iter().map(|_| ack_bytes.clone()).collect();
             let started = Instant::now();
             for (link, wire) in self.subscribers.iter().zip(&mut wires) {
-                let packet = decode(wire, version, u32::MAX).expect("valid").expect("whole");
-                self.shard.handle_packet(link, packet, now).expect("puback");
+                if self.decode_acks {
+                    let packet = decode(wire, version, u32::MAX).expect("valid").expect("whole");
+                    self.shard.handle_packet(link, packet, now).expect("puback");
+                } else {
+                    let run = short_puback_run_bytes(wire);
+                    self.shard.handle_short_pubacks(link, &wire[..run], now).expect("pubacks");
+                }
             }
             acks_elapsed = started.elapsed();
             for link in &self.subscribers {
@@ -143,13 +155,16 @@ fn fanout(c: &mut Criterion) {
         ("v5_qos1_64b", ProtocolVersion::V5, QoS::AtLeastOnce, 64),
         ("v311_qos1_1k", ProtocolVersion::V311, QoS::AtLeastOnce, 1024),
     ] {
-        let mut fanout = Fanout::new(version, qos, payload_bytes, 0);
+        let mut fanout = Fanout::new(version, qos, payload_bytes, 0, false);
         group.bench_function(label, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(Timed::Publish)).sum()));
         if qos == QoS::AtLeastOnce && payload_bytes == 64 {
             let acks = format!("{label}_acks");
             group.bench_function(acks, |b| b.iter_custom(|iterations| (0..iterations).map(|_| fanout.round(Timed::Acks)).sum()));
+            let mut decoding = Fanout::new(version, qos, payload_bytes, 0, true);
+            let acks_decoded = format!("{label}_acks_decoded");
+            group.bench_function(acks_decoded, |b| b.iter_custom(|iterations| (0..iterations).map(|_| decoding.round(Timed::Acks)).sum()));
             // A window of 64 with 63 in it: publish and ack both land on full windows.
-            let mut deep = Fanout::new(version, qos, payload_bytes, 63);
+            let mut deep = Fanout::new(version, qos, payload_bytes, 63, false);
             let window = format!("{label}_window63");
             group.bench_function(window, |b| b.iter_custom(|iterations| (0..iterations).map(|_| deep.round(Timed::Both)).sum()));
         }

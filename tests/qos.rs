@@ -195,3 +195,42 @@ fn publishing_to_a_wildcard_topic_closes_the_connection() {
     publisher.send(&publish_packet("a/#", b"m", QoS::AtLeastOnce, 1, false));
     publisher.assert_closed();
 }
+
+/// Acknowledgements sent together in one write (as a subscriber acks what one read brought)
+/// each free their place in the window: with a window of 4, twelve messages arrive in three
+/// windows, each opened by the previous four PUBACKs in one write; then a run naming a QoS
+/// 2 message closes the connection, as that PUBACK alone would.
+#[test]
+fn pubacks_in_one_write_each_free_their_place_in_the_window() {
+    let broker = Broker::start(&["--inflight-max", "4"]);
+    let mut sub = broker.client("ack-run-sub", true);
+    assert_eq!(sub.subscribe(&[("run/t", QoS::ExactlyOnce)]).codes, vec![ReasonCode(2)]);
+    let mut publisher = broker.client("ack-run-pub", true);
+    for n in 0..12u16 {
+        publisher.publish("run/t", &n.to_be_bytes(), QoS::AtLeastOnce, false, n + 1);
+    }
+    let mut received = Vec::new();
+    for _ in 0..3 {
+        let window: Vec<Publish> = (0..4).map(|_| sub.recv_publish()).collect();
+        sub.assert_silent(Duration::from_millis(200));
+        let mut acks = Vec::new();
+        for publish in &window {
+            received.push(u16::from_be_bytes(publish.payload[..2].try_into().expect("2 bytes")));
+            let id = publish.packet_id.expect("QoS 1").get().to_be_bytes();
+            acks.extend_from_slice(&[0x40, 0x02, id[0], id[1]]);
+        }
+        sub.send_bytes(&acks);
+    }
+    assert_eq!(received, (0..12).collect::<Vec<_>>(), "each once, in order");
+    sub.assert_silent(Duration::from_millis(200));
+    // A QoS 1 and a QoS 2 message; PUBACKs for both in one write.
+    publisher.publish("run/t", b"one", QoS::AtLeastOnce, false, 100);
+    publisher.publish("run/t", b"two", QoS::ExactlyOnce, false, 101);
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let id = sub.recv_publish().packet_id.expect("QoS 1/2").get().to_be_bytes();
+        acks.extend_from_slice(&[0x40, 0x02, id[0], id[1]]);
+    }
+    sub.send_bytes(&acks);
+    sub.assert_closed();
+}

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_lite::future::or;
 use glommio::net::TcpStream;
 use glommio::timer::sleep;
@@ -19,7 +19,7 @@ use super::rate::TokenBucket;
 use super::split::{ReadHalf, WriteHalf};
 use super::wire::{Outgoing, ReadOutcome, SharedTransport, WireReader, WireWriter};
 use super::{ListenerContext, TlsSource};
-use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, ProtocolVersion, decode};
+use crate::protocol::{ConnAck, Connect, ConnectRefusal, DecodeError, Packet, ProtocolVersion, decode, short_puback_run_bytes};
 use crate::shard::link::Link;
 use crate::shard::{CloseReason, ConnectProgress, Shard};
 use crate::transport::tls::TlsLayer;
@@ -366,6 +366,19 @@ async fn read_loop(shard: &Rc<RefCell<Shard>>, link: &Rc<Link>, reader: &mut Wir
         // millisecond (keep alive, expiry). Re-read after anything that may have waited.
         let mut now = Instant::now();
         loop {
+            // A subscriber's acknowledgements in a row (each 4 bytes, nothing but the id)
+            // go to the shard as one run: a QoS 1 fan-out's subscribers send one per
+            // delivery, and decoding and dispatching each as a packet cost more than
+            // retiring it.
+            let acks = short_puback_run_bytes(&buf);
+            if acks > 0 {
+                shard.borrow_mut().handle_short_pubacks(link, &buf[..acks], now)?;
+                buf.advance(acks);
+                if link.is_closing() {
+                    return Ok(());
+                }
+                continue;
+            }
             match decode(&mut buf, version, max_packet) {
                 Ok(Some(packet)) => {
                     match &packet {

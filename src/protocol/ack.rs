@@ -9,6 +9,27 @@ use super::primitives::Reader;
 use super::properties::{PacketProperties, PropertyContext};
 use super::reason::ReasonCode;
 
+/// Bytes of a PUBACK that carries nothing but its packet id (3.1.1's only form, and 5.0's
+/// success without properties): `0x40 0x02 id id`.
+pub const SHORT_PUBACK_BYTES: usize = 4;
+
+/// The packet ids of the whole short PUBACKs `buf` starts with, in order: what `decode`
+/// returns for each of them (a PUBACK, reason Success, no properties, in either version),
+/// for a reader that takes a subscriber's run of acknowledgements at once. The run ends
+/// at the first bytes that are anything else, an id of 0 (which `decode` refuses) and an
+/// incomplete packet included.
+pub fn short_pubacks(buf: &[u8]) -> impl Iterator<Item = PacketId> + '_ {
+    buf.chunks_exact(SHORT_PUBACK_BYTES).map_while(|ack| match *ack {
+        [0x40, 0x02, high, low] => PacketId::new(u16::from_be_bytes([high, low])),
+        _ => None,
+    })
+}
+
+/// How many bytes at the start of `buf` the run `short_pubacks` reads takes.
+pub fn short_puback_run_bytes(buf: &[u8]) -> usize {
+    short_pubacks(buf).count() * SHORT_PUBACK_BYTES
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     pub packet_id: PacketId,

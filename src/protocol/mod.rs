@@ -21,7 +21,7 @@ mod subscribe;
 mod unsuback;
 mod unsubscribe;
 
-pub use ack::Ack;
+pub use ack::{Ack, SHORT_PUBACK_BYTES, short_puback_run_bytes, short_pubacks};
 pub use auth::Auth;
 pub use connack::ConnAck;
 pub use connect::{Connect, Will};

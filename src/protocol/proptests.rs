@@ -250,6 +250,35 @@ proptest! {
         let _ = decode(&mut buf, version, MAX_PACKET);
     }
 
+    /// A run of short PUBACKs is exactly the PUBACKs `decode` reads one by one from the
+    /// start (Success, no properties, four bytes each), and it stops only where `decode`
+    /// would read something else.
+    #[test]
+    fn a_short_puback_run_is_what_decode_reads(
+        chunks in proptest::collection::vec(
+            prop_oneof![3 => any::<[u8; 2]>().prop_map(|id| [0x40, 2, id[0], id[1]]), 1 => any::<[u8; 4]>()],
+            0..16,
+        ),
+        tail in proptest::collection::vec(any::<u8>(), 0..8),
+        v5 in any::<bool>(),
+    ) {
+        let version = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        let bytes: Vec<u8> = chunks.iter().flatten().copied().chain(tail).collect();
+        let ids: Vec<PacketId> = short_pubacks(&bytes).collect();
+        let run = short_puback_run_bytes(&bytes);
+        prop_assert_eq!(run, ids.len() * SHORT_PUBACK_BYTES);
+        let mut buf = BytesMut::from(&bytes[..]);
+        for id in &ids {
+            prop_assert_eq!(decode(&mut buf, version, MAX_PACKET), Ok(Some(Packet::PubAck(Ack::new(*id)))));
+        }
+        prop_assert_eq!(buf.len(), bytes.len() - run);
+        let before = buf.len();
+        if let Ok(Some(Packet::PubAck(ack))) = decode(&mut buf, version, MAX_PACKET) {
+            let short = before - buf.len() == SHORT_PUBACK_BYTES && ack == Ack::new(ack.packet_id);
+            prop_assert!(!short, "the run stopped before a short PUBACK");
+        }
+    }
+
     /// The in-place path for two-byte acknowledgements decides exactly as the general one.
     #[test]
     fn short_acknowledgements_decode_as_the_general_path_does(first in 0x40u8..0x80, id in any::<[u8; 2]>(), v5 in any::<bool>()) {

@@ -75,7 +75,8 @@ use takeover::*;
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::protocol::{
     Ack, Auth, ConnAck, Connect, ConnectRefusal, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, PublishHeader, QoS,
-    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, publish_wire_len, write_publish,
+    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, publish_wire_len, short_pubacks,
+    write_publish,
 };
 use crate::session::{
     AckOutcome, AliasError, Connection, CopyFor, Due, Lifecycle, Message, Offer, OutboundAliases, Outgoing, PublishRef, Session,

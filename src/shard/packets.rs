@@ -70,6 +70,25 @@ impl Shard {
         Ok(())
     }
 
+    /// A run of short PUBACKs from one link (`protocol::short_pubacks`, a subscriber's
+    /// acknowledgements as they come in one read), taken as `handle_packet` takes each of
+    /// them, with one client lookup and one refill of the window for the whole run.
+    pub fn handle_short_pubacks(&mut self, link: &Link, run: &[u8], now: Instant) -> Result<(), CloseReason> {
+        let Some(key) = self.client_of(link) else {
+            // Taken over or timed out while these were in the socket buffer.
+            return Ok(());
+        };
+        let client = self.client(key);
+        client.connection.touch(now);
+        for packet_id in short_pubacks(run) {
+            if client.session.on_puback(packet_id) == AckOutcome::WrongKind {
+                return Err(CloseReason::WrongAcknowledgement("PUBACK"));
+            }
+        }
+        self.fill_window(key, link, now);
+        Ok(())
+    }
+
     pub(super) fn fill_window(&mut self, key: ClientKey, link: &Link, now: Instant) {
         // After most acknowledgements there is nothing to do: nothing queued behind the
         // window, no publisher paused on this client, no retained messages to stream.

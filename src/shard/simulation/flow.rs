@@ -74,14 +74,16 @@ fn run_back_pressure_scenario(seed: u64) -> u64 {
         sim.random_steps(3);
         // The subscriber reads now and then (slower than the publisher writes), acknowledging.
         if sim.rng.below(5) == 0 {
+            let mut acknowledgements = Vec::new();
             for packet in read_packets(&subscriber) {
                 if let Packet::Publish(publish) = packet {
                     let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
                     assert_eq!(n, next_expected, "seed {seed}: in order, none lost");
                     next_expected += 1;
-                    sim.packet(subscriber_shard, &subscriber, Packet::PubAck(Ack::new(publish.packet_id.expect("QoS 1"))));
+                    acknowledgements.push(publish.packet_id.expect("QoS 1"));
                 }
             }
+            sim.acknowledge(subscriber_shard, &subscriber, &acknowledgements);
         }
     }
     sim.settle();
@@ -97,4 +99,40 @@ fn back_pressure_across_shards_loses_nothing_and_always_resumes() {
     let runs = seeds.clone().count() as u64;
     let paused_runs = seeds.filter(|&seed| run_back_pressure_scenario(seed) > 0).count() as u64;
     assert!(runs < 10 || paused_runs * 2 > runs, "most runs exercise the pause: {paused_runs} of {runs}");
+}
+
+/// A run of PUBACKs is held to what each PUBACK alone is: one that names a QoS 2 message
+/// (owed a PUBREC) is a protocol error, as it is through `handle_packet`.
+#[test]
+fn a_puback_run_naming_a_qos_2_message_is_a_protocol_error() {
+    let mut sim = Sim::new(1, 1);
+    let subscriber = sim.connect(0, "run-subscriber", true);
+    let publisher = sim.connect(0, "run-publisher", true);
+    sim.settle();
+    let _ = read_packets(&subscriber);
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("id"),
+        properties: Default::default(),
+        filters: vec![(Bytes::from_static(b"run/t"), SubscriptionOptions::with_qos(QoS::ExactlyOnce))],
+    });
+    sim.packet(0, &subscriber, subscribe);
+    for (n, qos) in [(1u16, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
+        let publish = Publish::acknowledged(Bytes::from_static(b"run/t"), Bytes::from_static(b"x"), qos, PacketId::new(n).expect("id"));
+        sim.packet(0, &publisher, Packet::Publish(publish));
+    }
+    sim.settle();
+    let ids: Vec<(PacketId, QoS)> = read_packets(&subscriber)
+        .into_iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some((publish.packet_id.expect("QoS 1/2"), publish.qos)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.iter().map(|(_, qos)| *qos).collect::<Vec<_>>(), [QoS::AtLeastOnce, QoS::ExactlyOnce]);
+    let mut run = BytesMut::new();
+    for (id, _) in &ids {
+        Packet::PubAck(Ack::new(*id)).encode(ProtocolVersion::V311, &mut run);
+    }
+    let outcome = sim.shards[0].handle_short_pubacks(&subscriber, &run, sim.now);
+    assert_eq!(outcome, Err(crate::shard::CloseReason::WrongAcknowledgement("PUBACK")));
 }

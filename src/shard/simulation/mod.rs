@@ -151,6 +151,23 @@ impl Sim {
         self.pump();
     }
 
+    /// Acknowledges `ids` on `link`: one PUBACK packet at a time, or, as the IO layer hands
+    /// over a read holding several, as one run of short PUBACKs; the seed decides.
+    fn acknowledge(&mut self, shard: usize, link: &Link, ids: &[PacketId]) {
+        if ids.len() > 1 && self.rng.below(2) == 0 {
+            let mut run = BytesMut::new();
+            for &id in ids {
+                Packet::PubAck(Ack::new(id)).encode(ProtocolVersion::V311, &mut run);
+            }
+            self.shards[shard].handle_short_pubacks(link, &run, self.now).expect("valid acknowledgements");
+            self.pump();
+        } else {
+            for &id in ids {
+                self.packet(shard, link, Packet::PubAck(Ack::new(id)));
+            }
+        }
+    }
+
     fn close(&mut self, shard: usize, link: &Link) {
         if std::env::var("SIM_TRACE").is_ok() {
             eprintln!("close {:?} on shard {shard}", link.conn_id);
@@ -201,6 +218,7 @@ impl Received {
 
 /// Reads a subscriber link, acknowledging each PUBLISH while the link is still open.
 fn drain_subscriber(sim: &mut Sim, shard: usize, link: &Rc<Link>, received: &mut Received, seed: u64) {
+    let mut acknowledgements = Vec::new();
     for packet in read_packets(link) {
         if let Packet::Publish(publish) = packet {
             if std::env::var("SIM_TRACE").is_ok() {
@@ -213,10 +231,11 @@ fn drain_subscriber(sim: &mut Sim, shard: usize, link: &Rc<Link>, received: &mut
                 );
             }
             received.take(link, &publish, seed);
-            if link.state() == LinkState::Open {
-                sim.packet(shard, link, Packet::PubAck(Ack::new(publish.packet_id.expect("qos 1"))));
-            }
+            acknowledgements.push(publish.packet_id.expect("qos 1"));
         }
+    }
+    if link.state() == LinkState::Open {
+        sim.acknowledge(shard, link, &acknowledgements);
     }
 }
 
