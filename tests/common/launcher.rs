@@ -139,16 +139,26 @@ fn describe_stuck(child: &mut Child) -> String {
             let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default().trim().to_string();
             let syscall = read("syscall");
             let number = syscall.split_whitespace().next().unwrap_or("?").to_string();
-            threads.push(format!("{} (syscall {number}, {})", read("comm"), read("wchan")));
+            // Field 3 of `stat` (after the parenthesised name) is the state: R, S, D, T, t...
+            let stat = read("stat");
+            let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let (state, user_ticks, system_ticks) =
+                (fields.first().copied().unwrap_or("?"), fields.get(11).copied().unwrap_or("?"), fields.get(12).copied().unwrap_or("?"));
+            threads.push(format!(
+                "{} (state {state}, CPU ticks {user_ticks} user {system_ticks} system, syscall {number}, wchan {})",
+                read("comm"),
+                read("wchan")
+            ));
         }
     }
-    let gdb = Command::new("gdb")
-        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
+    let gdb = Command::new("gdb").args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"]).stdin(Stdio::null()).output();
     if let Ok(output) = gdb {
-        eprintln!("ringmq {pid} did not start; its threads' stacks:\n{}", String::from_utf8_lossy(&output.stdout));
+        eprintln!(
+            "ringmq {pid} did not start; its threads' stacks:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     format!("still running, threads: {}", threads.join(", "))
 }
