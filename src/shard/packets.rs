@@ -15,12 +15,7 @@ impl Shard {
         let version = client.version;
         match packet {
             Packet::Publish(publish) => self.handle_publish(key, link, publish, now)?,
-            Packet::PubAck(ack) => {
-                if self.client(key).session.on_puback(ack.packet_id) == AckOutcome::WrongKind {
-                    return Err(CloseReason::WrongAcknowledgement("PUBACK"));
-                }
-                self.fill_window(key, link, now);
-            }
+            Packet::PubAck(ack) => self.retire_pubacks(key, link, [ack.packet_id], now)?,
             Packet::PubRec(ack) => {
                 let refused = ack.reason.is_error();
                 match self.client(key).session.on_pubrec(ack.packet_id, refused) {
@@ -78,10 +73,22 @@ impl Shard {
             // Taken over or timed out while these were in the socket buffer.
             return Ok(());
         };
-        let client = self.client(key);
-        client.connection.touch(now);
-        for packet_id in short_pubacks(run) {
-            if client.session.on_puback(packet_id) == AckOutcome::WrongKind {
+        self.client(key).connection.touch(now);
+        self.retire_pubacks(key, link, short_pubacks(run), now)
+    }
+
+    /// PUBACKs from `key`'s client, in the order sent: each ends its QoS 1 flow (one for a
+    /// message owed a PUBREC is a protocol error), then the window takes what is queued.
+    fn retire_pubacks(
+        &mut self,
+        key: ClientKey,
+        link: &Link,
+        ids: impl IntoIterator<Item = crate::protocol::PacketId>,
+        now: Instant,
+    ) -> Result<(), CloseReason> {
+        let session = &mut self.client(key).session;
+        for packet_id in ids {
+            if session.on_puback(packet_id) == AckOutcome::WrongKind {
                 return Err(CloseReason::WrongAcknowledgement("PUBACK"));
             }
         }

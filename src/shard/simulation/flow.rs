@@ -110,12 +110,7 @@ fn a_puback_run_naming_a_qos_2_message_is_a_protocol_error() {
     let publisher = sim.connect(0, "run-publisher", true);
     sim.settle();
     let _ = read_packets(&subscriber);
-    let subscribe = Packet::Subscribe(Subscribe {
-        packet_id: PacketId::new(1).expect("id"),
-        properties: Default::default(),
-        filters: vec![(Bytes::from_static(b"run/t"), SubscriptionOptions::with_qos(QoS::ExactlyOnce))],
-    });
-    sim.packet(0, &subscriber, subscribe);
+    sim.packet(0, &subscriber, subscribe_packet_at("run/t", QoS::ExactlyOnce));
     for (n, qos) in [(1u16, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)] {
         let publish = Publish::acknowledged(Bytes::from_static(b"run/t"), Bytes::from_static(b"x"), qos, PacketId::new(n).expect("id"));
         sim.packet(0, &publisher, Packet::Publish(publish));
@@ -129,10 +124,7 @@ fn a_puback_run_naming_a_qos_2_message_is_a_protocol_error() {
         })
         .collect();
     assert_eq!(ids.iter().map(|(_, qos)| *qos).collect::<Vec<_>>(), [QoS::AtLeastOnce, QoS::ExactlyOnce]);
-    let mut run = BytesMut::new();
-    for (id, _) in &ids {
-        Packet::PubAck(Ack::new(*id)).encode(ProtocolVersion::V311, &mut run);
-    }
+    let run = puback_run(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>());
     let outcome = sim.shards[0].handle_short_pubacks(&subscriber, &run, sim.now);
     assert_eq!(outcome, Err(crate::shard::CloseReason::WrongAcknowledgement("PUBACK")));
 }

@@ -150,12 +150,7 @@ fn run_session_expiry_scenario(seed: u64) {
     sim.shards[home].begin_connect(&sleeper, Box::new(sleeper_connect(true, true)), sim.now);
     sim.pump();
     sim.settle();
-    let subscribe = Subscribe {
-        packet_id: PacketId::new(1).expect("id"),
-        properties: Default::default(),
-        filters: vec![(Bytes::from_static(b"news/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
-    };
-    sim.packet(home, &sleeper, Packet::Subscribe(subscribe));
+    sim.packet(home, &sleeper, subscribe_packet_at("news/#", QoS::AtLeastOnce));
     sim.settle();
     let _ = read_packets_as(&sleeper, ProtocolVersion::V5);
     sim.random_steps(3);

@@ -155,10 +155,7 @@ impl Sim {
     /// over a read holding several, as one run of short PUBACKs; the seed decides.
     fn acknowledge(&mut self, shard: usize, link: &Link, ids: &[PacketId]) {
         if ids.len() > 1 && self.rng.below(2) == 0 {
-            let mut run = BytesMut::new();
-            for &id in ids {
-                Packet::PubAck(Ack::new(id)).encode(ProtocolVersion::V311, &mut run);
-            }
+            let run = puback_run(ids);
             self.shards[shard].handle_short_pubacks(link, &run, self.now).expect("valid acknowledgements");
             self.pump();
         } else {
@@ -261,11 +258,24 @@ fn take_publishes(sim: &mut Sim) -> Vec<usize> {
 }
 
 fn subscribe_packet(filter: &'static str) -> Packet {
+    subscribe_packet_at(filter, QoS::AtMostOnce)
+}
+
+fn subscribe_packet_at(filter: &'static str, qos: QoS) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("id"),
         properties: Default::default(),
-        filters: vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(QoS::AtMostOnce))],
+        filters: vec![(Bytes::from_static(filter.as_bytes()), SubscriptionOptions::with_qos(qos))],
     })
+}
+
+/// PUBACKs for `ids` as a client writes them in one go (short, 3.1.1 form).
+fn puback_run(ids: &[PacketId]) -> BytesMut {
+    let mut run = BytesMut::new();
+    for &id in ids {
+        Packet::PubAck(Ack::new(id)).encode(ProtocolVersion::V311, &mut run);
+    }
+    run
 }
 
 fn publish_packet(topic: &'static str, retain: bool) -> Packet {

@@ -29,12 +29,7 @@ fn run_takeover_scenario(seed: u64) {
     let mut sub = sim.connect(sub_shard, "subscriber", false);
     let mut all_links = vec![(sub_shard, sub.clone())];
     sim.settle();
-    let subscribe = Subscribe {
-        packet_id: PacketId::new(1).expect("id"),
-        properties: Default::default(),
-        filters: vec![(Bytes::from_static(b"t/#"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
-    };
-    sim.packet(sub_shard, &sub, Packet::Subscribe(subscribe));
+    sim.packet(sub_shard, &sub, subscribe_packet_at("t/#", QoS::AtLeastOnce));
     // Like a real client, publish only once the SUBACK is in: only then does every shard
     // route by the subscription.
     sim.settle();
