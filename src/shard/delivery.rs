@@ -138,16 +138,25 @@ impl Shard {
             self.streams.recent.push(RecentPublish { source, sequence, message: message.clone(), at: now, sent_to });
         }
         let mut matches = std::mem::take(&mut self.scratch.matches);
-        let mut lists = 0;
-        self.subscriptions.for_each_matching_list(&message.topic, |list| {
-            matches.extend_from_slice(list);
-            lists += 1;
-        });
-        // A client with several matching subscriptions gets one copy: sorting brings its
-        // entries together. Within one list every client is there once, so the common
-        // case (one filter matched, 1,000 subscribers) needs no sort.
-        if lists > 1 {
-            matches.sort_unstable_by_key(|entry| entry.0);
+        let generation = self.subscriptions.generation();
+        if self.scratch.matches_generation != Some(generation) || self.scratch.matches_topic != message.topic {
+            matches.clear();
+            let mut lists = 0;
+            self.subscriptions.for_each_matching_list(&message.topic, |list| {
+                matches.extend_from_slice(list);
+                lists += 1;
+            });
+            // A client with several matching subscriptions gets one copy: sorting brings
+            // its entries together. Within one list every client is there once, so the
+            // common case (one filter matched, 1,000 subscribers) needs no sort.
+            if lists > 1 {
+                matches.sort_unstable_by_key(|entry| entry.0);
+            }
+            self.scratch.matches_topic.clear();
+            self.scratch.matches_topic.extend_from_slice(&message.topic);
+            // Taken before delivering: a delivery that changes the trie (a client closed
+            // for its queue) moves the generation on, and the next publish walks again.
+            self.scratch.matches_generation = Some(generation);
         }
         let matched = !matches.is_empty();
         for same_client in matches.chunk_by(|a, b| a.0 == b.0) {
@@ -159,7 +168,6 @@ impl Shard {
                 self.deliver_to(key, message, delivery.copy_of(message), Some((source, sequence)), now);
             }
         }
-        matches.clear();
         self.scratch.matches = matches;
         let here = self.id;
         for target in shared.iter().filter(|target| target.shard == here) {

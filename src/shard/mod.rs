@@ -156,8 +156,13 @@ pub(super) struct Streams {
 pub(super) struct Scratch {
     /// Which peers a publish goes to.
     pub(super) route_targets: Vec<bool>,
-    /// The local subscriptions a publish matched.
+    /// The local subscriptions the last publish matched, sorted by client, and what they
+    /// are valid for: a publish to the same topic while the trie's generation is the same
+    /// matches them again without walking the trie (a publisher's read brings a run of
+    /// PUBLISHes to one topic; on a p2p profile the walk was 7% of the shard's time).
     pub(super) matches: Vec<(ClientKey, Subscription)>,
+    pub(super) matches_topic: Vec<u8>,
+    pub(super) matches_generation: Option<u64>,
     /// What a session wants written.
     pub(super) outgoing: Vec<Outgoing>,
     /// The wire layouts of the message being delivered (see `layouts.rs`).

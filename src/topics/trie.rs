@@ -134,11 +134,13 @@ impl<K, V> Drop for Node<K, V> {
 pub struct SubscriptionTree<K, V> {
     root: Node<K, V>,
     len: usize,
+    /// Counts changes to the entries (see `generation`).
+    generation: u64,
 }
 
 impl<K, V> Default for SubscriptionTree<K, V> {
     fn default() -> Self {
-        SubscriptionTree { root: Node::default(), len: 0 }
+        SubscriptionTree { root: Node::default(), len: 0, generation: 0 }
     }
 }
 
@@ -166,8 +168,16 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
         self.len == 0
     }
 
+    /// Changes with every insert and every removal that found its entry: while it stays
+    /// the same, a topic matches exactly what it matched before, so a match result may be
+    /// kept and reused (the shard does, for runs of publishes to one topic).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Adds or replaces `key`'s subscription to a validated `filter`; returns the old value.
     pub fn insert(&mut self, filter: &[u8], key: K, value: V) -> Option<V> {
+        self.generation += 1;
         let subscribers = self.subscribers_mut(filter);
         if let Some(existing) = subscribers.get_mut(&key) {
             return Some(std::mem::replace(existing, value));
@@ -180,6 +190,7 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
     /// `insert` for a `key` the caller knows holds no subscription to `filter` yet: no
     /// lookup of the filter's subscribers (short lists have no index).
     pub fn insert_new(&mut self, filter: &[u8], key: K, value: V) {
+        self.generation += 1;
         let subscribers = self.subscribers_mut(filter);
         debug_assert!(subscribers.position(&key).is_none(), "insert_new for a key already subscribed");
         subscribers.push(key, value);
@@ -255,6 +266,7 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTree<K, V> {
         };
         if removed.is_some() {
             self.len -= 1;
+            self.generation += 1;
         }
         removed
     }
@@ -514,6 +526,36 @@ mod tests {
             let mut expected = expected;
             expected.sort();
             prop_assert_eq!(matches(&tree, "a/b"), expected);
+        }
+
+        /// What the shard relies on to reuse a match: the generation moves whenever any
+        /// topic's matches may have changed (values included), and a failed removal,
+        /// which changes nothing, leaves it.
+        #[test]
+        fn an_unchanged_generation_means_unchanged_matches(ops in proptest::collection::vec((0u32..6, filter(), any::<bool>(), 0u8..3), 1..60)) {
+            let topics = ["a/b", "a", "b/a/b", "$x/a", "a//b"];
+            let mut tree = SubscriptionTree::default();
+            let snapshot = |tree: &SubscriptionTree<u32, u8>| -> Vec<Vec<(u32, u8)>> {
+                topics.iter().map(|topic| {
+                    let mut found = Vec::new();
+                    tree.for_each_match(topic.as_bytes(), |key, value| found.push((*key, *value)));
+                    found.sort();
+                    found
+                }).collect()
+            };
+            for (key, filter, add, value) in ops {
+                let (before, generation) = (snapshot(&tree), tree.generation());
+                let changed = if add {
+                    tree.insert(filter.as_bytes(), key, value);
+                    true
+                } else {
+                    tree.remove(filter.as_bytes(), &key).is_some()
+                };
+                prop_assert_eq!(tree.generation() != generation, changed);
+                if !changed {
+                    prop_assert_eq!(snapshot(&tree), before);
+                }
+            }
         }
     }
 }

@@ -81,3 +81,56 @@ fn a_publish_taken_after_a_subscribe_reaches_it_before_the_peers_know() {
     sim.settle();
     assert!(!read_packets(&other).iter().any(|p| matches!(p, Packet::Publish(_))));
 }
+
+/// A run of publishes to one topic reuses the shard's last match (`Scratch::matches`):
+/// each change to the subscriptions between them must show in the very next publish.
+#[test]
+fn a_run_of_publishes_to_one_topic_sees_every_subscription_change_between_them() {
+    let mut sim = Sim::new(1, 1);
+    let publisher = sim.connect(0, "publisher", true);
+    let (a, b) = (sim.connect(0, "a", true), sim.connect(0, "b", true));
+    let publish_at_least_once = |id: u16| {
+        Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: PacketId::new(id),
+            ..Publish::at_most_once(Bytes::from_static(b"t"), Bytes::from_static(b"p"))
+        })
+    };
+    // The QoS each of `links` got the last publish at (None: not delivered).
+    let delivered = |links: [&Link; 2]| {
+        links.map(|link| {
+            read_packets(link).into_iter().find_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish.qos),
+                _ => None,
+            })
+        })
+    };
+    sim.packet(0, &a, subscribe_packet("t"));
+    let _ = delivered([&a, &b]);
+    sim.packet(0, &publisher, publish_at_least_once(1));
+    assert_eq!(delivered([&a, &b]), [Some(QoS::AtMostOnce), None]);
+    sim.packet(0, &b, subscribe_packet_at("t/#", QoS::AtLeastOnce));
+    let _ = delivered([&a, &b]);
+    sim.packet(0, &publisher, publish_at_least_once(2));
+    assert_eq!(delivered([&a, &b]), [Some(QoS::AtMostOnce), Some(QoS::AtLeastOnce)], "a new subscriber");
+    sim.packet(0, &a, subscribe_packet_at("t", QoS::AtLeastOnce));
+    let _ = delivered([&a, &b]);
+    sim.packet(0, &publisher, publish_at_least_once(3));
+    assert_eq!(delivered([&a, &b]), [Some(QoS::AtLeastOnce), Some(QoS::AtLeastOnce)], "a replaced subscription");
+    sim.packet(0, &publisher, publish_packet("other", false));
+    sim.packet(
+        0,
+        &a,
+        Packet::Unsubscribe(crate::protocol::Unsubscribe {
+            packet_id: PacketId::new(2).expect("id"),
+            properties: Default::default(),
+            filters: vec![Bytes::from_static(b"t")],
+        }),
+    );
+    let _ = delivered([&a, &b]);
+    sim.packet(0, &publisher, publish_at_least_once(4));
+    assert_eq!(delivered([&a, &b]).map(|qos| qos.is_some()), [false, true], "an unsubscribe");
+    sim.close(0, &b);
+    sim.packet(0, &publisher, publish_at_least_once(5));
+    assert_eq!(delivered([&a, &b]), [None, None], "a clean session's end");
+}
