@@ -269,6 +269,14 @@ fn subscribe_packet_at(filter: &'static str, qos: QoS) -> Packet {
     })
 }
 
+fn unsubscribe_packet(filter: &'static str) -> Packet {
+    Packet::Unsubscribe(crate::protocol::Unsubscribe {
+        packet_id: PacketId::new(2).expect("id"),
+        properties: Default::default(),
+        filters: vec![Bytes::from_static(filter.as_bytes())],
+    })
+}
+
 /// PUBACKs for `ids` as a client writes them in one go (short, 3.1.1 form).
 fn puback_run(ids: &[PacketId]) -> BytesMut {
     let mut run = BytesMut::new();

@@ -22,15 +22,7 @@ fn publishes_travel_only_to_shards_with_a_matching_subscriber() {
     assert_eq!(take_publishes(&mut sim), vec![1, 2], "retained messages reach every replica");
 
     // The last subscriber leaves: withdrawn at the next tick, not before.
-    sim.packet(
-        1,
-        &subscriber,
-        Packet::Unsubscribe(crate::protocol::Unsubscribe {
-            packet_id: PacketId::new(2).expect("id"),
-            properties: Default::default(),
-            filters: vec![Bytes::from_static(b"a/#")],
-        }),
-    );
+    sim.packet(1, &subscriber, unsubscribe_packet("a/#"));
     sim.settle();
     sim.packet(0, &publisher, publish_packet("a/1", false));
     assert_eq!(take_publishes(&mut sim), vec![1], "a withdrawal waits for the tick");
@@ -118,15 +110,7 @@ fn a_run_of_publishes_to_one_topic_sees_every_subscription_change_between_them()
     sim.packet(0, &publisher, publish_at_least_once(3));
     assert_eq!(delivered([&a, &b]), [Some(QoS::AtLeastOnce), Some(QoS::AtLeastOnce)], "a replaced subscription");
     sim.packet(0, &publisher, publish_packet("other", false));
-    sim.packet(
-        0,
-        &a,
-        Packet::Unsubscribe(crate::protocol::Unsubscribe {
-            packet_id: PacketId::new(2).expect("id"),
-            properties: Default::default(),
-            filters: vec![Bytes::from_static(b"t")],
-        }),
-    );
+    sim.packet(0, &a, unsubscribe_packet("t"));
     let _ = delivered([&a, &b]);
     sim.packet(0, &publisher, publish_at_least_once(4));
     assert_eq!(delivered([&a, &b]).map(|qos| qos.is_some()), [false, true], "an unsubscribe");
