@@ -48,6 +48,21 @@ fn a_second_broker_on_the_same_address_refuses_to_start() {
 }
 
 #[test]
+fn brokers_on_one_port_of_different_addresses_both_serve() {
+    // One broker per address on a shared port (one per interface): the second is not
+    // mistaken for a second broker on the first one's address.
+    let first = Broker::start(&[]);
+    let beside = format!("127.0.0.2:{}", first.addr.port());
+    let second = Broker::start(&["--listen", &beside]);
+    assert_eq!(second.addr.to_string(), beside);
+    for broker in [&first, &second] {
+        let mut client = broker.client("on-its-own-address", true);
+        client.send(&ringmq::protocol::Packet::PingReq);
+        assert_eq!(client.recv(), ringmq::protocol::Packet::PingResp);
+    }
+}
+
+#[test]
 fn a_listener_beyond_loopback_without_authentication_refuses_to_start_and_says_why() {
     let refused = ringmq(&["--listen", "0.0.0.0:0", "--cores", "1"], "");
     assert!(!refused.status.success(), "anonymous clients on every interface need saying so");

@@ -1,4 +1,4 @@
-//! The listening sockets: the start-up probe that proves the address free, the per-port
+//! The listening sockets: the start-up probe that proves the address free, the per-address
 //! lock, and each shard's SO_REUSEPORT listener (with our backlog and optional CPU steering).
 
 use std::net::SocketAddr;
@@ -59,10 +59,10 @@ fn steer_by_cpu(socket: &socket2::Socket, shard_count: usize) -> std::io::Result
 
 /// Proves `addr` free and resolves port 0 to a concrete port that every shard then binds
 /// with SO_REUSEPORT. The probe binds *without* SO_REUSEPORT, so any socket already
-/// listening there (another broker's, another ringmq's shards) makes it fail: with the
-/// option, a second ringmq would join the first one's group and the kernel would split
-/// clients between two unrelated brokers. The returned lock closes the race of two
-/// ringmq starting at once on one port.
+/// listening there (another broker's, another ringmq's shards, one on the wildcard
+/// address) makes it fail: with the option, a second ringmq would join the first one's
+/// group and the kernel would split clients between two unrelated brokers. The returned
+/// lock closes the race of two ringmq starting at once on one address.
 pub(super) fn reserve_address(addr: SocketAddr) -> Result<(PortLock, SocketAddr), StartError> {
     let bind_error = |source| StartError::Bind { addr, source };
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(bind_error)?;
@@ -74,27 +74,52 @@ pub(super) fn reserve_address(addr: SocketAddr) -> Result<(PortLock, SocketAddr)
         .map_err(bind_error)?
         .as_socket()
         .ok_or_else(|| bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address")))?;
-    let lock = PortLock::take(local.port()).map_err(|source| StartError::Bind { addr: local, source })?;
+    let lock = PortLock::take(local).map_err(|source| StartError::Bind { addr: local, source })?;
     Ok((lock, local))
 }
 
-/// Held for the broker's life: an abstract-namespace Unix socket named after the port.
-/// The kernel frees it when the process ends however it ends (kill -9 too), and it lives
-/// in the network namespace, like the port itself.
+/// Held for the broker's life: an abstract-namespace Unix socket named after the listening
+/// address. The kernel frees it when the process ends however it ends (kill -9 too), and it
+/// lives in the network namespace, like the port itself.
+///
+/// Named after the address, not the port alone: brokers on one port of different addresses
+/// (127.0.0.1:1883 and 127.0.0.2:1883, one per interface) are separate SO_REUSEPORT groups,
+/// and a lock per port refused the second of them. A wildcard and a specific address on one
+/// port are separate groups too (the specific one takes its address's connections, none are
+/// split), and whichever starts second is refused by the probe once the other listens.
 pub struct PortLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
 
 impl PortLock {
-    fn take(port: u16) -> std::io::Result<PortLock> {
+    fn take(addr: SocketAddr) -> std::io::Result<PortLock> {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("ringmq-listen-port-{port}");
+        let name = format!("ringmq-listen-{addr}");
         let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         match std::os::unix::net::UnixListener::bind_addr(&address) {
             Ok(listener) => Ok(PortLock(listener)),
             Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("address already in use: another ringmq is starting or running on port {port}"),
+                format!("address already in use: another ringmq is starting or running on {addr}"),
             )),
             Err(error) => Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_is_locked_once_and_other_addresses_on_its_port_are_free() {
+        let first: SocketAddr = "127.0.0.1:1".parse().expect("an address");
+        let lock = PortLock::take(first).expect("the first lock");
+        let again = PortLock::take(first).err().expect("a second lock on one address is refused");
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(again.to_string().contains("127.0.0.1:1"), "{again}");
+        let other_ip = PortLock::take("127.0.0.2:1".parse().expect("an address")).expect("another address, same port");
+        let ipv6 = PortLock::take("[::1]:1".parse().expect("an address")).expect("IPv6, same port");
+        drop(lock);
+        PortLock::take(first).expect("free again once its holder is gone");
+        drop((other_ip, ipv6));
     }
 }
