@@ -134,9 +134,12 @@ fn wildcards_and_awkward_topics_cross_nodes_once_per_client() {
 }
 
 /// Subscribes on `node` until a retained copy of `topic` with `payload` arrives (a node
-/// applies a change from the bucket soon, not at once), or panics after a while.
+/// applies a change from the bucket soon, not at once), or panics after a while: 30 s, as
+/// the harness's other waits on buckets, since the first change waits for a fresh NATS
+/// cluster to make its replicated buckets, which took more than 15 s in a full CI run
+/// (its requests timing out meanwhile).
 fn wait_for_retained(cluster: &Cluster, node: usize, topic: &str, payload: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "node {} never held {topic} = {payload:?}", node + 1);
         let mut client = cluster.nodes[node].client(&format!("retained-{node}-{}", rand_suffix()), true);
