@@ -75,13 +75,11 @@ fn run_back_pressure_scenario(seed: u64) -> u64 {
         // The subscriber reads now and then (slower than the publisher writes), acknowledging.
         if sim.rng.below(5) == 0 {
             let mut acknowledgements = Vec::new();
-            for packet in read_packets(&subscriber) {
-                if let Packet::Publish(publish) = packet {
-                    let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
-                    assert_eq!(n, next_expected, "seed {seed}: in order, none lost");
-                    next_expected += 1;
-                    acknowledgements.push(publish.packet_id.expect("QoS 1"));
-                }
+            for publish in read_publishes(&subscriber) {
+                let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+                assert_eq!(n, next_expected, "seed {seed}: in order, none lost");
+                next_expected += 1;
+                acknowledgements.push(publish.packet_id.expect("QoS 1"));
             }
             sim.acknowledge(subscriber_shard, &subscriber, &acknowledgements);
         }
@@ -116,13 +114,8 @@ fn a_puback_run_naming_a_qos_2_message_is_a_protocol_error() {
         sim.packet(0, &publisher, Packet::Publish(publish));
     }
     sim.settle();
-    let ids: Vec<(PacketId, QoS)> = read_packets(&subscriber)
-        .into_iter()
-        .filter_map(|packet| match packet {
-            Packet::Publish(publish) => Some((publish.packet_id.expect("QoS 1/2"), publish.qos)),
-            _ => None,
-        })
-        .collect();
+    let ids: Vec<(PacketId, QoS)> =
+        read_publishes(&subscriber).into_iter().map(|publish| (publish.packet_id.expect("QoS 1/2"), publish.qos)).collect();
     assert_eq!(ids.iter().map(|(_, qos)| *qos).collect::<Vec<_>>(), [QoS::AtLeastOnce, QoS::ExactlyOnce]);
     let run = puback_run(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>());
     let outcome = sim.shards[0].handle_short_pubacks(&subscriber, &run, sim.now);

@@ -61,11 +61,9 @@ fn run_will_and_shared_scenario(seed: u64) {
     );
     let mut seen = vec![0u32; messages as usize];
     for link in &members {
-        for packet in read_packets(link) {
-            if let Packet::Publish(publish) = packet {
-                let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
-                seen[n as usize] += 1;
-            }
+        for publish in read_publishes(link) {
+            let n = u32::from_be_bytes(publish.payload[..4].try_into().expect("4 bytes"));
+            seen[n as usize] += 1;
         }
     }
     assert!(seen.iter().all(|&count| count == 1), "seed {seed}: each message to exactly one member: {seen:?}");

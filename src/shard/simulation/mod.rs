@@ -178,6 +178,17 @@ fn read_packets(link: &Link) -> Vec<Packet> {
     read_packets_as(link, ProtocolVersion::V311)
 }
 
+/// The PUBLISHes among what the broker wrote to `link` (3.1.1), in order.
+fn read_publishes(link: &Link) -> Vec<Publish> {
+    read_packets(link)
+        .into_iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        })
+        .collect()
+}
+
 fn read_packets_as(link: &Link, version: ProtocolVersion) -> Vec<Packet> {
     let mut buf = BytesMut::from(&link.take_output()[..]);
     let mut packets = Vec::new();
@@ -216,20 +227,18 @@ impl Received {
 /// Reads a subscriber link, acknowledging each PUBLISH while the link is still open.
 fn drain_subscriber(sim: &mut Sim, shard: usize, link: &Rc<Link>, received: &mut Received, seed: u64) {
     let mut acknowledgements = Vec::new();
-    for packet in read_packets(link) {
-        if let Packet::Publish(publish) = packet {
-            if std::env::var("SIM_TRACE").is_ok() {
-                eprintln!(
-                    "shard {shard} conn {:?} got {:?} dup={} id={:?}",
-                    link.conn_id,
-                    &publish.payload[..],
-                    publish.dup,
-                    publish.packet_id
-                );
-            }
-            received.take(link, &publish, seed);
-            acknowledgements.push(publish.packet_id.expect("qos 1"));
+    for publish in read_publishes(link) {
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!(
+                "shard {shard} conn {:?} got {:?} dup={} id={:?}",
+                link.conn_id,
+                &publish.payload[..],
+                publish.dup,
+                publish.packet_id
+            );
         }
+        received.take(link, &publish, seed);
+        acknowledgements.push(publish.packet_id.expect("qos 1"));
     }
     if link.state() == LinkState::Open {
         sim.acknowledge(shard, link, &acknowledgements);

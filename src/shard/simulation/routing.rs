@@ -82,21 +82,11 @@ fn a_run_of_publishes_to_one_topic_sees_every_subscription_change_between_them()
     let publisher = sim.connect(0, "publisher", true);
     let (a, b) = (sim.connect(0, "a", true), sim.connect(0, "b", true));
     let publish_at_least_once = |id: u16| {
-        Packet::Publish(Publish {
-            qos: QoS::AtLeastOnce,
-            packet_id: PacketId::new(id),
-            ..Publish::at_most_once(Bytes::from_static(b"t"), Bytes::from_static(b"p"))
-        })
+        let id = PacketId::new(id).expect("id");
+        Packet::Publish(Publish::acknowledged(Bytes::from_static(b"t"), Bytes::from_static(b"p"), QoS::AtLeastOnce, id))
     };
     // The QoS each of `links` got the last publish at (None: not delivered).
-    let delivered = |links: [&Link; 2]| {
-        links.map(|link| {
-            read_packets(link).into_iter().find_map(|packet| match packet {
-                Packet::Publish(publish) => Some(publish.qos),
-                _ => None,
-            })
-        })
-    };
+    let delivered = |links: [&Link; 2]| links.map(|link| read_publishes(link).first().map(|publish| publish.qos));
     sim.packet(0, &a, subscribe_packet("t"));
     let _ = delivered([&a, &b]);
     sim.packet(0, &publisher, publish_at_least_once(1));
