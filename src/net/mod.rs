@@ -5,6 +5,7 @@
 mod connection;
 pub mod proxy;
 pub mod rate;
+pub mod readiness;
 pub mod split;
 pub mod wire;
 

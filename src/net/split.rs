@@ -1,7 +1,8 @@
 //! Read and write halves of one glommio `TcpStream`, for one reader task and one writer
 //! task on the same executor. glommio tracks read and write readiness separately, and
 //! each half borrows the stream only inside a single `poll_*` call, never across an
-//! await, so the two never contend.
+//! await, so the two never contend. The read half waits through the shard's readiness set
+//! (`readiness.rs`) where there is one, and through glommio's per-read poll otherwise.
 
 use std::cell::RefCell;
 use std::io;
@@ -13,12 +14,19 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-pub struct ReadHalf(Rc<RefCell<TcpStream>>);
+use super::readiness::{self, Watch};
+
+pub struct ReadHalf {
+    // Dropped before the stream: the kernel's poll on the socket ends first.
+    watch: Option<Watch>,
+    stream: Rc<RefCell<TcpStream>>,
+}
 pub struct WriteHalf(Rc<RefCell<TcpStream>>);
 
 impl ReadHalf {
     pub fn new(stream: Rc<RefCell<TcpStream>>) -> Self {
-        ReadHalf(stream)
+        let watch = readiness::watch(stream.borrow().as_raw_fd());
+        ReadHalf { watch, stream }
     }
 }
 
@@ -39,7 +47,10 @@ impl WriteHalf {
 
 impl AsyncRead for ReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+        if let Some(read) = self.watch.as_ref().and_then(|watch| watch.poll_read(cx, buf)) {
+            return read;
+        }
+        Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
     }
 }
 
