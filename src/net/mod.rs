@@ -5,7 +5,6 @@
 mod connection;
 pub mod proxy;
 pub mod rate;
-pub mod readiness;
 pub mod split;
 pub mod wire;
 

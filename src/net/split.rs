@@ -1,8 +1,7 @@
 //! Read and write halves of one glommio `TcpStream`, for one reader task and one writer
 //! task on the same executor. glommio tracks read and write readiness separately, and
 //! each half borrows the stream only inside a single `poll_*` call, never across an
-//! await, so the two never contend. The read half waits through the shard's readiness set
-//! (`readiness.rs`) where there is one, and through glommio's per-read poll otherwise.
+//! await, so the two never contend.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,19 +13,12 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-use super::readiness::{self, Watch};
-
-pub struct ReadHalf {
-    // Dropped before the stream: the kernel's poll on the socket ends first.
-    watch: Option<Watch>,
-    stream: Rc<RefCell<TcpStream>>,
-}
+pub struct ReadHalf(Rc<RefCell<TcpStream>>);
 pub struct WriteHalf(Rc<RefCell<TcpStream>>);
 
 impl ReadHalf {
     pub fn new(stream: Rc<RefCell<TcpStream>>) -> Self {
-        let watch = readiness::watch(stream.borrow().as_raw_fd());
-        ReadHalf { watch, stream }
+        ReadHalf(stream)
     }
 }
 
@@ -47,10 +39,7 @@ impl WriteHalf {
 
 impl AsyncRead for ReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        if let Some(read) = self.watch.as_ref().and_then(|watch| watch.poll_read(cx, buf)) {
-            return read;
-        }
-        Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
     }
 }
 

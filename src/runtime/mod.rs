@@ -527,10 +527,6 @@ async fn shard_main(params: ShardParams) {
         shard.borrow_mut().set_connection_budget(budget);
     }
     let accepts_per_s = (connection_rate_max > 0).then(|| f64::from(connection_rate_max) / shard_count as f64);
-    if let Err(error) = crate::net::readiness::start() {
-        // Connections still work, each socket polled once per read (slower under load).
-        tracing::warn!(shard = id.0, %error, "no multishot readiness set; sockets are polled per read");
-    }
     for (listener, spec) in bound {
         let stop_accepting = {
             let stopping = stopping.clone();
