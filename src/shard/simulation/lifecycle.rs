@@ -54,9 +54,9 @@ fn run_will_and_shared_scenario(seed: u64) {
     }
     sim.settle();
 
-    let wills: Vec<Packet> = read_packets(&watcher).into_iter().filter(|packet| matches!(packet, Packet::Publish(_))).collect();
+    let wills = read_publishes(&watcher);
     assert!(
-        matches!(&wills[..], [Packet::Publish(publish)] if &publish.payload[..] == b"gone"),
+        matches!(&wills[..], [publish] if &publish.payload[..] == b"gone"),
         "seed {seed}: the will arrives once across shards: {wills:?}"
     );
     let mut seen = vec![0u32; messages as usize];
@@ -183,7 +183,7 @@ fn run_session_expiry_scenario(seed: u64) {
     assert_eq!(session_present, Some(!expired), "seed {seed}: back after {away_s} s");
     let expected: Vec<u32> = if expired { Vec::new() } else { (0..messages).collect() };
     assert_eq!(payloads, expected, "seed {seed}: back after {away_s} s on shard {back} (home {home})");
-    let wills = read_packets(&watcher).into_iter().filter(|packet| matches!(packet, Packet::Publish(_))).count();
+    let wills = read_publishes(&watcher).len();
     assert_eq!(wills, usize::from(away_s >= 5), "seed {seed}: wills after {away_s} s away");
 }
 
